@@ -1,0 +1,4 @@
+package apns
+
+// binaryOptions are the binary engine's own settings.
+type binaryOptions struct{}

@@ -1,0 +1,123 @@
+package apns
+
+import (
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Option configures an engine. Options an engine does not use are ignored.
+type Option func(*options) error
+
+// options holds the settings shared by both engines; each engine keeps its
+// own in a sub-struct defined beside it.
+type options struct {
+	outcome     OutcomeFunc
+	log         *slog.Logger
+	rootCAs     *x509.CertPool
+	conns       int
+	maxInFlight int
+	maxRetries  int
+	now         func() time.Time
+
+	binary binaryOptions // binary.go
+	h2     http2Options  // http2.go
+}
+
+func defaultOptions() options {
+	return options{
+		outcome:     func(Outcome) {},
+		log:         slog.New(slog.DiscardHandler),
+		conns:       4,
+		maxInFlight: 0, // engine default
+		maxRetries:  3,
+		now:         time.Now,
+	}
+}
+
+func applyOptions(o *options, opts []Option) error {
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WithOutcomeFunc sets where outcomes go (default: discarded).
+func WithOutcomeFunc(f OutcomeFunc) Option {
+	return func(o *options) error {
+		if f == nil {
+			return fmt.Errorf("%w: nil OutcomeFunc", ErrInvalidOption)
+		}
+		o.outcome = f
+		return nil
+	}
+}
+
+// WithLogger sets the engine's logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return fmt.Errorf("%w: nil logger", ErrInvalidOption)
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithRootCAs sets the CAs that verify APNs' server certificate (default:
+// the system roots). Tests pass the apnstest server's pool.
+func WithRootCAs(p *x509.CertPool) Option {
+	return func(o *options) error {
+		o.rootCAs = p
+		return nil
+	}
+}
+
+// WithConns sets the number of connections to APNs (default 4).
+func WithConns(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("%w: conns %d < 1", ErrInvalidOption, n)
+		}
+		o.conns = n
+		return nil
+	}
+}
+
+// WithMaxInFlight bounds how many accepted notifications may wait for their
+// outcome at once; Send blocks beyond it.
+func WithMaxInFlight(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("%w: max in flight %d < 1", ErrInvalidOption, n)
+		}
+		o.maxInFlight = n
+		return nil
+	}
+}
+
+// WithMaxRetries sets how many times a notification is sent again after a
+// temporary error before its outcome is failed (default 3).
+func WithMaxRetries(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("%w: max retries %d < 0", ErrInvalidOption, n)
+		}
+		o.maxRetries = n
+		return nil
+	}
+}
+
+// WithClock sets the engine's clock (tests).
+func WithClock(now func() time.Time) Option {
+	return func(o *options) error {
+		if now == nil {
+			return fmt.Errorf("%w: nil clock", ErrInvalidOption)
+		}
+		o.now = now
+		return nil
+	}
+}
