@@ -1,0 +1,699 @@
+package config
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"software.sslmate.com/src/go-pkcs12"
+)
+
+// Defaults that depend on the mode.
+const (
+	maxInFlightBinary = 200_000 // 40 000 jobs/s for the 5 s assumed-delivered window
+	maxInFlightHTTP2  = 10_000
+	maxPayloadBinary  = 2048
+	maxPayloadHTTP2   = 4096
+	maxConns          = 1000
+	maxNameLen        = 255 // JetStream stream and consumer names
+)
+
+// decoder turns a spec into a Config, collecting one *Error per bad
+// variable. Variables are named without Prefix here.
+type decoder struct {
+	errs []error
+	bad  map[string]bool // variables with an error: later checks skip them
+	seen map[string]bool // variables decoded (the tests compare with envconfig)
+	now  func() time.Time
+}
+
+func newDecoder() *decoder {
+	return &decoder{bad: map[string]bool{}, seen: map[string]bool{}, now: time.Now}
+}
+
+// fullName returns the name users set for variable v.
+func fullName(v string) string { return Prefix + "_" + v }
+
+func (d *decoder) fail(v string, err error) {
+	d.bad[v] = true
+	d.errs = append(d.errs, &Error{Var: fullName(v), Err: err})
+}
+
+func (d *decoder) failf(v, format string, args ...any) {
+	d.fail(v, fmt.Errorf(format, args...))
+}
+
+func (d *decoder) err() error { return errors.Join(d.errs...) }
+
+// ok reports whether none of the variables has an error.
+func (d *decoder) ok(vs ...string) bool {
+	for _, v := range vs {
+		if d.bad[v] {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *decoder) decode(s *spec) *Config {
+	c := new(Config)
+
+	// Phase 1: each variable on its own.
+	n := &c.NATS
+	n.URLs = d.natsURLs("NATS_URL", s.NATS.URL)
+	n.CredsFile = d.str("NATS_CREDS", s.NATS.Creds)
+	n.NKeyFile = d.str("NATS_NKEY", s.NATS.Nkey)
+	n.User = d.str("NATS_USER", s.NATS.User)
+	n.Password = Secret(d.str("NATS_PASSWORD", s.NATS.Password))
+	n.Token = Secret(d.str("NATS_TOKEN", s.NATS.Token))
+	n.TLSCAFile = d.str("NATS_TLS_CA", s.NATS.TlsCa)
+	n.TLSCertFile = d.str("NATS_TLS_CERT", s.NATS.TlsCert)
+	n.TLSKeyFile = d.str("NATS_TLS_KEY", s.NATS.TlsKey)
+	n.ReconnectWait = d.duration("NATS_RECONNECT_WAIT", s.NATS.ReconnectWait, false)
+	n.Name = d.str("NATS_NAME", s.NATS.Name)
+
+	c.Embedded.DataDir = d.str("EMBEDDED_DATA_DIR", s.Embedded.DataDir)
+	c.Embedded.Listen = d.hostPort("EMBEDDED_LISTEN", s.Embedded.Listen, true)
+
+	j := &c.Jobs
+	j.Stream = d.name("JOBS_STREAM", s.Jobs.Stream)
+	j.Subject = d.subject("JOBS_SUBJECT", s.Jobs.Subject)
+	j.Consumer = d.name("JOBS_CONSUMER", s.Jobs.Consumer)
+	j.AckWait = d.duration("JOBS_ACK_WAIT", s.Jobs.AckWait, false)
+	j.MaxDeliver = d.integer("JOBS_MAX_DELIVER", s.Jobs.MaxDeliver, 1, 1_000_000)
+	j.Backoff = d.durations("JOBS_BACKOFF", s.Jobs.Backoff)
+
+	e := &c.Events
+	e.Stream = d.name("EVENTS_STREAM", s.Events.Stream)
+	e.MaxAge = d.duration("EVENTS_MAX_AGE", s.Events.MaxAge, true)
+	e.RejectedSubject = d.subject("EVENTS_REJECTED_SUBJECT", s.Events.RejectedSubject)
+	e.BadTokensSubject = d.subject("EVENTS_BAD_TOKENS_SUBJECT", s.Events.BadTokensSubject)
+	e.DeadLetterSubject = d.subject("EVENTS_DEAD_LETTER_SUBJECT", s.Events.DeadLetterSubject)
+	e.DeliveredSubject = d.subject("EVENTS_DELIVERED_SUBJECT", s.Events.DeliveredSubject)
+	e.Receipts = d.boolean("EVENTS_RECEIPTS", s.Events.Receipts)
+
+	a := &c.APNs
+	modeSet := s.APNS.Mode != ""
+	a.Mode = Mode(d.oneOf("APNS_MODE", s.APNS.Mode, string(ModeMock), string(ModeBinary), string(ModeHTTP2)))
+	if !modeSet {
+		a.Mode = ModeMock
+	}
+	a.Environment = Environment(d.oneOf("APNS_ENVIRONMENT", s.APNS.Environment, string(Production), string(Sandbox)))
+	a.Addr = d.str("APNS_ADDR", s.APNS.Addr)
+	a.CertFile = d.str("APNS_CERT_FILE", s.APNS.CertFile)
+	a.CertPassword = Secret(d.str("APNS_CERT_PASSWORD", s.APNS.CertPassword))
+	a.KeyFile = d.str("APNS_KEY_FILE", s.APNS.KeyFile)
+	a.P8File = d.str("APNS_P8_FILE", s.APNS.P8File)
+	a.KeyID = d.appleID("APNS_KEY_ID", s.APNS.KeyID)
+	a.TeamID = d.appleID("APNS_TEAM_ID", s.APNS.TeamID)
+	a.Topic = d.topic("APNS_TOPIC", s.APNS.Topic)
+	a.Conns = d.integer("APNS_CONNS", s.APNS.Conns, 1, maxConns)
+	a.AssumedDelivered = d.duration("APNS_ASSUMED_DELIVERED", s.APNS.AssumedDelivered, false)
+	a.IdleTimeout = d.duration("APNS_IDLE_TIMEOUT", s.APNS.IdleTimeout, true)
+	a.MaxPayload = d.optInteger("APNS_MAX_PAYLOAD", s.APNS.MaxPayload, 1, 65535)
+	a.RequestTimeout = d.duration("APNS_REQUEST_TIMEOUT", s.APNS.RequestTimeout, false)
+
+	c.Feedback.Addr = d.hostPort("FEEDBACK_ADDR", s.Feedback.Addr, false)
+	c.Feedback.Interval = d.duration("FEEDBACK_INTERVAL", s.Feedback.Interval, true)
+
+	c.Replicas = d.integer("REPLICAS", s.Replicas, 1, 5)
+	c.MaxInFlight = d.optInteger("MAX_IN_FLIGHT", s.MaxInFlight, 1, 100_000_000)
+	c.HTTPAddr = d.hostPort("HTTP_ADDR", s.HTTPAddr, true)
+	c.Log.Level = d.level("LOG_LEVEL", s.Log.Level)
+	c.Log.Format = LogFormat(d.oneOf("LOG_FORMAT", s.Log.Format, string(LogAuto), string(LogText), string(LogJSON)))
+	c.ShutdownGrace = d.duration("SHUTDOWN_GRACE", s.ShutdownGrace, false)
+
+	// Phase 2: rules across variables, files, and mode-dependent defaults.
+	d.checkNATS(c)
+	d.checkStreams(c)
+	d.checkAPNs(c, modeSet)
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = maxInFlightBinary
+		if c.APNs.Mode == ModeHTTP2 {
+			c.MaxInFlight = maxInFlightHTTP2
+		}
+	}
+	return c
+}
+
+func (d *decoder) checkNATS(c *Config) {
+	n := &c.NATS
+	if len(n.URLs) == 0 && d.ok("NATS_URL") {
+		if n.Name == "" {
+			d.failf("NATS_NAME", "must not be empty")
+		}
+		if c.Embedded.DataDir == "" {
+			d.failf("EMBEDDED_DATA_DIR", "must not be empty: the embedded nats-server stores JetStream here")
+		}
+		// The embedded server has neither authentication nor TLS: a
+		// setting for them means the URL was forgotten.
+		for _, v := range []struct{ name, val string }{
+			{"NATS_CREDS", n.CredsFile}, {"NATS_NKEY", n.NKeyFile},
+			{"NATS_USER", n.User}, {"NATS_PASSWORD", n.Password.Reveal()},
+			{"NATS_TOKEN", n.Token.Reveal()}, {"NATS_TLS_CA", n.TLSCAFile},
+			{"NATS_TLS_CERT", n.TLSCertFile}, {"NATS_TLS_KEY", n.TLSKeyFile},
+		} {
+			if v.val != "" {
+				d.failf(v.name, "set, but %s is empty: the worker would start an embedded nats-server, which uses no authentication or TLS; set %s",
+					fullName("NATS_URL"), fullName("NATS_URL"))
+			}
+		}
+		return
+	}
+
+	// One authentication method.
+	var first string
+	for _, m := range []struct{ name, val string }{
+		{"NATS_CREDS", n.CredsFile}, {"NATS_NKEY", n.NKeyFile},
+		{"NATS_USER", n.User + n.Password.Reveal()}, {"NATS_TOKEN", n.Token.Reveal()},
+	} {
+		switch {
+		case m.val == "":
+		case first == "":
+			first = m.name
+		default:
+			name := m.name
+			if name == "NATS_USER" && n.User == "" {
+				name = "NATS_PASSWORD"
+			}
+			d.failf(name, "set together with %s: use one NATS authentication method", fullName(first))
+		}
+	}
+	d.pair("NATS_USER", n.User, "NATS_PASSWORD", n.Password.Reveal())
+	d.pair("NATS_TLS_CERT", n.TLSCertFile, "NATS_TLS_KEY", n.TLSKeyFile)
+
+	d.readFile("NATS_CREDS", n.CredsFile)
+	d.readFile("NATS_NKEY", n.NKeyFile)
+	if b, ok := d.readFile("NATS_TLS_CA", n.TLSCAFile); ok {
+		if _, err := firstCert(b); err != nil {
+			d.failf("NATS_TLS_CA", "%s: %v", n.TLSCAFile, err)
+		}
+	}
+	if b, ok := d.readFile("NATS_TLS_CERT", n.TLSCertFile); ok {
+		d.checkPEMCert("NATS_TLS_CERT", n.TLSCertFile, b)
+	}
+	if b, ok := d.readFile("NATS_TLS_KEY", n.TLSKeyFile); ok && pemKey(b) == nil {
+		d.failf("NATS_TLS_KEY", "%s: no PEM PRIVATE KEY block", n.TLSKeyFile)
+	}
+}
+
+// pair fails the missing one of two variables that go together.
+func (d *decoder) pair(v1, val1, v2, val2 string) {
+	switch {
+	case val1 != "" && val2 == "":
+		d.failf(v2, "required with %s", fullName(v1))
+	case val1 == "" && val2 != "":
+		d.failf(v1, "required with %s", fullName(v2))
+	}
+}
+
+func (d *decoder) checkStreams(c *Config) {
+	j, e := &c.Jobs, &c.Events
+	if d.ok("JOBS_STREAM", "EVENTS_STREAM") && j.Stream == e.Stream {
+		d.failf("EVENTS_STREAM", "%q is also %s: the streams need distinct names", e.Stream, fullName("JOBS_STREAM"))
+	}
+	seen := map[string]string{}
+	for _, v := range []struct{ name, subj string }{
+		{"EVENTS_REJECTED_SUBJECT", e.RejectedSubject},
+		{"EVENTS_BAD_TOKENS_SUBJECT", e.BadTokensSubject},
+		{"EVENTS_DEAD_LETTER_SUBJECT", e.DeadLetterSubject},
+		{"EVENTS_DELIVERED_SUBJECT", e.DeliveredSubject},
+	} {
+		if !d.ok(v.name) {
+			continue
+		}
+		if d.ok("JOBS_SUBJECT") && (v.subj == j.Subject || strings.HasPrefix(v.subj, j.Subject+".")) {
+			d.failf(v.name, "%q falls in the jobs stream's subjects %s and %s.>", v.subj, j.Subject, j.Subject)
+			continue
+		}
+		if other, dup := seen[v.subj]; dup {
+			d.failf(v.name, "%q is also %s: each event kind needs its own subject", v.subj, fullName(other))
+			continue
+		}
+		seen[v.subj] = v.name
+	}
+}
+
+func (d *decoder) checkAPNs(c *Config, modeSet bool) {
+	a := &c.APNs
+	if !d.ok("APNS_MODE", "APNS_ENVIRONMENT") {
+		return // the rest depends on them
+	}
+	sandbox := a.Environment == Sandbox
+	if !modeSet && (a.CertFile != "" || a.P8File != "") {
+		set := fullName("APNS_CERT_FILE")
+		if a.CertFile == "" {
+			set = fullName("APNS_P8_FILE")
+		}
+		d.failf("APNS_MODE", "not set, so the worker would use the mock APNs gateway, but %s is set: set http2 (or binary) to send to Apple, or mock to test", set)
+	}
+
+	// Where to connect.
+	switch a.Mode {
+	case ModeBinary:
+		if a.Addr == "" {
+			a.Addr = pick(sandbox, "gateway.sandbox.push.apple.com:2195", "gateway.push.apple.com:2195")
+		} else {
+			a.Addr = d.hostPort("APNS_ADDR", a.Addr, false)
+		}
+		if c.Feedback.Addr == "" && d.ok("FEEDBACK_ADDR") {
+			c.Feedback.Addr = pick(sandbox, "feedback.sandbox.push.apple.com:2196", "feedback.push.apple.com:2196")
+		}
+	case ModeHTTP2:
+		if a.Addr == "" {
+			a.Addr = pick(sandbox, "https://api.sandbox.push.apple.com", "https://api.push.apple.com")
+		} else {
+			d.baseURL("APNS_ADDR", a.Addr)
+		}
+	case ModeMock:
+		a.Addr = "" // the in-process gateway has its own
+	}
+	if a.MaxPayload == 0 {
+		a.MaxPayload = maxPayloadBinary
+		if a.Mode == ModeHTTP2 {
+			a.MaxPayload = maxPayloadHTTP2
+		}
+	}
+
+	// Credentials.
+	if a.KeyFile != "" && a.CertFile == "" {
+		d.failf("APNS_KEY_FILE", "set, but %s is not (a .p8 token-auth key goes in %s)", fullName("APNS_CERT_FILE"), fullName("APNS_P8_FILE"))
+	}
+	switch a.Mode {
+	case ModeBinary:
+		if a.CertFile == "" {
+			d.failf("APNS_CERT_FILE", "required in binary mode (a .p12 or PEM client certificate)")
+		}
+		if a.P8File != "" {
+			d.failf("APNS_P8_FILE", "token auth is for http2 mode only; binary mode uses %s", fullName("APNS_CERT_FILE"))
+		}
+	case ModeHTTP2:
+		switch {
+		case a.CertFile == "" && a.P8File == "":
+			d.failf("APNS_P8_FILE", "http2 mode needs credentials: set %s, %s, %s and %s (token auth) or %s (certificate auth)",
+				fullName("APNS_P8_FILE"), fullName("APNS_KEY_ID"), fullName("APNS_TEAM_ID"), fullName("APNS_TOPIC"), fullName("APNS_CERT_FILE"))
+		case a.CertFile != "" && a.P8File != "":
+			d.failf("APNS_CERT_FILE", "set together with %s: choose certificate auth or token auth", fullName("APNS_P8_FILE"))
+		}
+	}
+	if a.P8File != "" {
+		for _, v := range []struct{ name, val string }{
+			{"APNS_KEY_ID", a.KeyID}, {"APNS_TEAM_ID", a.TeamID}, {"APNS_TOPIC", a.Topic},
+		} {
+			if v.val == "" && d.ok(v.name) {
+				d.failf(v.name, "required with %s (token auth)", fullName("APNS_P8_FILE"))
+			}
+		}
+	}
+	if a.CertFile != "" {
+		d.checkAPNsCert(a)
+	}
+	if b, ok := d.readFile("APNS_P8_FILE", a.P8File); ok {
+		if err := checkP8(b); err != nil {
+			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, err)
+		}
+	}
+
+	// The ack wait must outlast the engine's wait for an outcome.
+	j := &c.Jobs
+	if a.Mode != ModeHTTP2 && d.ok("JOBS_ACK_WAIT", "APNS_ASSUMED_DELIVERED") && j.AckWait <= a.AssumedDelivered {
+		d.failf("JOBS_ACK_WAIT", "%v must be longer than %s (%v)", j.AckWait, fullName("APNS_ASSUMED_DELIVERED"), a.AssumedDelivered)
+	}
+	if a.Mode != ModeBinary && d.ok("JOBS_ACK_WAIT", "APNS_REQUEST_TIMEOUT") && j.AckWait <= a.RequestTimeout {
+		d.failf("JOBS_ACK_WAIT", "%v must be longer than %s (%v)", j.AckWait, fullName("APNS_REQUEST_TIMEOUT"), a.RequestTimeout)
+	}
+}
+
+func pick(cond bool, yes, no string) string {
+	if cond {
+		return yes
+	}
+	return no
+}
+
+// checkAPNsCert checks that CertFile is a .p12 that opens with CertPassword,
+// or a PEM certificate with a key in it or in KeyFile, and is not expired.
+func (d *decoder) checkAPNsCert(a *APNs) {
+	b, ok := d.readFile("APNS_CERT_FILE", a.CertFile)
+	if !ok {
+		return
+	}
+	var cert *x509.Certificate
+	if bytes.Contains(b, []byte("-----BEGIN ")) {
+		var err error
+		if cert, err = firstCert(b); err != nil {
+			d.failf("APNS_CERT_FILE", "%s: %v", a.CertFile, err)
+			return
+		}
+		switch kb, ok := d.readFile("APNS_KEY_FILE", a.KeyFile); {
+		case a.KeyFile == "" && pemKey(b) == nil:
+			d.failf("APNS_KEY_FILE", "required: the PEM certificate %s (%s) holds no private key", a.CertFile, fullName("APNS_CERT_FILE"))
+		case ok && pemKey(kb) == nil:
+			d.failf("APNS_KEY_FILE", "%s: no PEM PRIVATE KEY block", a.KeyFile)
+		}
+	} else {
+		_, c, _, err := pkcs12.DecodeChain(b, a.CertPassword.Reveal())
+		if err != nil {
+			d.failf("APNS_CERT_FILE", "%s: not a PKCS#12 (.p12) file that opens with %s: %v", a.CertFile, fullName("APNS_CERT_PASSWORD"), err)
+			return
+		}
+		cert = c
+		if a.KeyFile != "" {
+			d.failf("APNS_KEY_FILE", "set, but %s is a .p12 file, which holds its key", fullName("APNS_CERT_FILE"))
+		}
+	}
+	if now := d.now(); now.After(cert.NotAfter) {
+		d.failf("APNS_CERT_FILE", "%s: certificate %q expired on %s", a.CertFile, cert.Subject.CommonName, cert.NotAfter.UTC().Format(time.DateOnly))
+	}
+}
+
+func (d *decoder) checkPEMCert(v, path string, b []byte) {
+	if _, err := firstCert(b); err != nil {
+		d.failf(v, "%s: %v", path, err)
+	}
+}
+
+// firstCert parses the first CERTIFICATE block of PEM data.
+func firstCert(b []byte) (*x509.Certificate, error) {
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return nil, errors.New("no PEM CERTIFICATE block")
+		}
+		if blk.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(blk.Bytes)
+		}
+	}
+}
+
+// pemKey returns the first PEM block whose type ends in PRIVATE KEY.
+func pemKey(b []byte) *pem.Block {
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil || strings.HasSuffix(blk.Type, "PRIVATE KEY") {
+			return blk
+		}
+	}
+}
+
+// checkP8 checks that b is Apple's token-auth key: PEM PKCS#8, EC P-256.
+func checkP8(b []byte) error {
+	blk := pemKey(b)
+	if blk == nil {
+		return errors.New("no PEM PRIVATE KEY block (want the .p8 file from Apple)")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("not a PKCS#8 key: %w", err)
+	}
+	ec, ok := k.(*ecdsa.PrivateKey)
+	if !ok || ec.Curve != elliptic.P256() {
+		return fmt.Errorf("a %T, want an EC P-256 key (ES256)", k)
+	}
+	return nil
+}
+
+// readFile reads path, if set, failing v when it cannot.
+func (d *decoder) readFile(v, path string) ([]byte, bool) {
+	if path == "" || !d.ok(v) {
+		return nil, false
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		d.fail(v, err) // *fs.PathError names the path
+		return nil, false
+	}
+	return b, true
+}
+
+// Phase 1 parsers. Each records its variable as seen.
+
+func (d *decoder) str(v, s string) string {
+	d.seen[v] = true
+	return s
+}
+
+// duration parses a Go duration; zero is allowed only when zeroOK.
+func (d *decoder) duration(v, s string, zeroOK bool) time.Duration {
+	d.str(v, s)
+	t, err := time.ParseDuration(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		d.fail(v, err)
+	case t < 0 || t == 0 && !zeroOK:
+		d.failf(v, "%v must be positive", t)
+	}
+	return t
+}
+
+// durations parses a comma-separated list of positive durations.
+func (d *decoder) durations(v, s string) []time.Duration {
+	d.str(v, s)
+	var out []time.Duration
+	for _, f := range strings.Split(s, ",") {
+		t, err := time.ParseDuration(strings.TrimSpace(f))
+		switch {
+		case err != nil:
+			d.fail(v, err)
+			return nil
+		case t <= 0:
+			d.failf(v, "%v must be positive", t)
+			return nil
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func (d *decoder) integer(v, s string, lo, hi int) int {
+	d.str(v, s)
+	i, err := strconv.Atoi(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		d.failf(v, "%q is not an integer", s)
+	case i < lo || i > hi:
+		d.failf(v, "%d is out of range %d..%d", i, lo, hi)
+	}
+	return i
+}
+
+// optInteger is integer, with empty meaning 0 (a default chosen later).
+func (d *decoder) optInteger(v, s string, lo, hi int) int {
+	if strings.TrimSpace(s) == "" {
+		d.str(v, s)
+		return 0
+	}
+	return d.integer(v, s, lo, hi)
+}
+
+func (d *decoder) boolean(v, s string) bool {
+	d.str(v, s)
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		d.failf(v, "%q is not true or false", s)
+	}
+	return b
+}
+
+// oneOf returns s lower-cased if it is one of allowed; empty is allowed
+// when allowed holds "".
+func (d *decoder) oneOf(v, s string, allowed ...string) string {
+	d.str(v, s)
+	if s == "" {
+		return ""
+	}
+	t := strings.ToLower(strings.TrimSpace(s))
+	for _, a := range allowed {
+		if t == a {
+			return t
+		}
+	}
+	d.failf(v, "%q is not one of %s", s, strings.Join(allowed, ", "))
+	return ""
+}
+
+func (d *decoder) level(v, s string) slog.Level {
+	switch d.oneOf(v, s, "debug", "info", "warn", "error") {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// hostPort checks host:port. Listen addresses (listen) may omit the host
+// and use port 0; empty is allowed (a default or "disabled").
+func (d *decoder) hostPort(v, s string, listen bool) string {
+	d.str(v, s)
+	if s == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		d.failf(v, "%q is not host:port", s)
+		return s
+	}
+	p, err := strconv.Atoi(port)
+	lo := 1
+	if listen {
+		lo = 0
+	}
+	switch {
+	case err != nil || p < lo || p > 65535:
+		d.failf(v, "%q: port %q is not a number in %d..65535", s, port, lo)
+	case host == "" && !listen:
+		d.failf(v, "%q: missing host", s)
+	}
+	return s
+}
+
+// natsURLs parses a comma-separated list of NATS server URLs.
+func (d *decoder) natsURLs(v, s string) []string {
+	d.str(v, s)
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	var out []string
+	for _, raw := range strings.Split(s, ",") {
+		raw = strings.TrimSpace(raw)
+		shown := redactURL(raw)
+		if raw == "" {
+			d.failf(v, "empty URL in the list %q", redactURL(s))
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			var uerr *url.Error
+			if shown != raw || !errors.As(err, &uerr) {
+				d.failf(v, "parse %q: invalid URL", shown) // the detail may quote a secret
+			} else {
+				d.failf(v, "parse %q: %v", shown, uerr.Err)
+			}
+			continue
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			d.failf(v, "%q: scheme %q is not nats, tls, ws or wss (want nats://host:4222)", shown, u.Scheme)
+			continue
+		}
+		if u.Hostname() == "" {
+			d.failf(v, "%q: missing host", shown)
+			continue
+		}
+		out = append(out, raw)
+	}
+	return out
+}
+
+// baseURL checks an https base URL for the HTTP/2 API.
+func (d *decoder) baseURL(v, s string) {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		d.failf(v, "parse %q: invalid URL", redactURL(s))
+	case u.Scheme != "https" || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "":
+		d.failf(v, "%q is not a base URL like https://api.push.apple.com or https://127.0.0.1:8443", redactURL(s))
+	}
+}
+
+// redactURL hides the user information of a URL, which may hold a password
+// or a token, even when the URL does not parse.
+func redactURL(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		if at := strings.LastIndex(s, "@"); at >= 0 {
+			return redacted + s[at:]
+		}
+		return s
+	}
+	rest := s[i+3:]
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	at := strings.LastIndex(rest[:end], "@")
+	if at < 0 {
+		return s
+	}
+	return s[:i+3] + redacted + rest[at:]
+}
+
+// name checks a JetStream stream or consumer name.
+func (d *decoder) name(v, s string) string {
+	d.str(v, s)
+	switch {
+	case s == "":
+		d.failf(v, "must not be empty")
+	case len(s) > maxNameLen:
+		d.failf(v, "longer than %d bytes", maxNameLen)
+	case strings.ContainsAny(s, " \t\r\n.*>/\\"):
+		d.failf(v, "%q: a JetStream name may not hold whitespace, '.', '*', '>', '/' or '\\'", s)
+	}
+	return s
+}
+
+// subject checks a literal NATS subject (no wildcards).
+func (d *decoder) subject(v, s string) string {
+	d.str(v, s)
+	if s == "" {
+		d.failf(v, "must not be empty")
+		return s
+	}
+	if strings.ContainsAny(s, " \t\r\n") {
+		d.failf(v, "%q: a subject may not hold whitespace", s)
+		return s
+	}
+	for _, tok := range strings.Split(s, ".") {
+		switch tok {
+		case "":
+			d.failf(v, "%q: empty token", s)
+			return s
+		case "*", ">":
+			d.failf(v, "%q: wildcards are not allowed", s)
+			return s
+		}
+	}
+	return s
+}
+
+// appleID checks a 10-character Apple key or team id.
+func (d *decoder) appleID(v, s string) string {
+	d.str(v, s)
+	if s == "" {
+		return s
+	}
+	valid := len(s) == 10
+	for _, r := range s {
+		valid = valid && (r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	}
+	if !valid {
+		d.failf(v, "%q is not 10 characters A-Z, 0-9", s)
+	}
+	return s
+}
+
+// topic checks an apns-topic: a bundle id, maybe with a push-type suffix.
+func (d *decoder) topic(v, s string) string {
+	d.str(v, s)
+	if strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		d.failf(v, "%q is not a bundle id like com.example.app", s)
+	}
+	return s
+}

@@ -1,0 +1,110 @@
+package config
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// LogValue implements slog.LogValuer: every setting, with secrets and the
+// user information of URLs redacted.
+func (c Config) LogValue() slog.Value {
+	n, a := c.NATS, c.APNs
+	urls := make([]string, len(n.URLs))
+	for i, u := range n.URLs {
+		urls[i] = logURL(u)
+	}
+	attrs := []slog.Attr{
+		slog.Group("nats",
+			slog.Any("urls", urls),
+			slog.String("creds", n.CredsFile),
+			slog.String("nkey", n.NKeyFile),
+			slog.String("user", n.User),
+			slog.Any("password", n.Password),
+			slog.Any("token", n.Token),
+			slog.String("tls_ca", n.TLSCAFile),
+			slog.String("tls_cert", n.TLSCertFile),
+			slog.String("tls_key", n.TLSKeyFile),
+			slog.Duration("reconnect_wait", n.ReconnectWait),
+			slog.String("name", n.Name)),
+	}
+	if len(n.URLs) == 0 {
+		attrs = append(attrs, slog.Group("embedded",
+			slog.String("data_dir", c.Embedded.DataDir),
+			slog.String("listen", c.Embedded.Listen)))
+	}
+	attrs = append(attrs,
+		slog.Group("jobs",
+			slog.String("stream", c.Jobs.Stream),
+			slog.String("subject", c.Jobs.Subject),
+			slog.String("consumer", c.Jobs.Consumer),
+			slog.Duration("ack_wait", c.Jobs.AckWait),
+			slog.Int("max_deliver", c.Jobs.MaxDeliver),
+			slog.Any("backoff", durations(c.Jobs.Backoff))),
+		slog.Group("events",
+			slog.String("stream", c.Events.Stream),
+			slog.Duration("max_age", c.Events.MaxAge),
+			slog.String("rejected_subject", c.Events.RejectedSubject),
+			slog.String("bad_tokens_subject", c.Events.BadTokensSubject),
+			slog.String("dead_letter_subject", c.Events.DeadLetterSubject),
+			slog.String("delivered_subject", c.Events.DeliveredSubject),
+			slog.Bool("receipts", c.Events.Receipts)),
+		slog.Group("apns",
+			slog.String("mode", string(a.Mode)),
+			slog.String("environment", string(a.Environment)),
+			slog.String("addr", logURL(a.Addr)),
+			slog.String("cert_file", a.CertFile),
+			slog.Any("cert_password", a.CertPassword),
+			slog.String("key_file", a.KeyFile),
+			slog.String("p8_file", a.P8File),
+			slog.String("key_id", a.KeyID),
+			slog.String("team_id", a.TeamID),
+			slog.String("topic", a.Topic),
+			slog.Int("conns", a.Conns),
+			slog.Duration("assumed_delivered", a.AssumedDelivered),
+			slog.Duration("idle_timeout", a.IdleTimeout),
+			slog.Int("max_payload", a.MaxPayload),
+			slog.Duration("request_timeout", a.RequestTimeout)),
+		slog.Group("feedback",
+			slog.String("addr", c.Feedback.Addr),
+			slog.Duration("interval", c.Feedback.Interval)),
+		slog.Int("replicas", c.Replicas),
+		slog.Int("max_in_flight", c.MaxInFlight),
+		slog.String("http_addr", c.HTTPAddr),
+		slog.Group("log",
+			slog.String("level", c.Log.Level.String()),
+			slog.String("format", string(c.Log.Format))),
+		slog.Duration("shutdown_grace", c.ShutdownGrace),
+	)
+	return slog.GroupValue(attrs...)
+}
+
+// String renders LogValue as logfmt, so printing a Config reveals no secret.
+func (c Config) String() string {
+	var b strings.Builder
+	h := slog.NewTextHandler(&b, &slog.HandlerOptions{
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && (a.Key == slog.LevelKey || a.Key == slog.MessageKey) {
+				return slog.Attr{}
+			}
+			return a
+		},
+	})
+	r := slog.NewRecord(time.Time{}, slog.LevelInfo, "", 0)
+	r.AddAttrs(c.LogValue().Group()...)
+	_ = h.Handle(context.Background(), r)
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// logURL hides a URL's user information, which may hold a password or a
+// token.
+func logURL(s string) string { return redactURL(s) }
+
+func durations(ds []time.Duration) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return out
+}
