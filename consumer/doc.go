@@ -1,0 +1,41 @@
+// Package consumer moves push jobs from a JetStream work-queue stream to an
+// apns.Engine, and turns each engine outcome into an ack, a nak or a term
+// plus the events producers act on. It owns the job format (Job,
+// job.schema.json) and the event formats (event.go).
+//
+// # Flow
+//
+//	producers ──▶ <JobsSubject>[.>]  stream JobsStream (work queue, file)
+//	                 │ durable pull consumer Durable, shared by every worker
+//	                 ▼
+//	   Worker.Run ──Send(ctx, n, ref)──▶ apns.Engine
+//	   Worker.HandleOutcome ◀── Outcome ──┘
+//	     delivered  → Ack (receipt on <EventsSubject>.delivered first, if on)
+//	     rejected   → <EventsSubject>.rejected (+ .badtokens), PubAck, then Ack
+//	     failed     → NakWithDelay(Backoff); at MaxDeliver .deadletter, then Term
+//	     malformed  → .rejected with the raw job, then Term
+//	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter
+//
+// Events are published asynchronously with a Nats-Msg-Id of
+// "<kind>:<job id>" (or "<kind>:seq:<stream seq>" for jobs without an id),
+// so a redelivered job never doubles its event; a job is finished only once
+// its events are stored, and naked for a retry if they are not.
+//
+// # Shutdown
+//
+// The order matters: stop intake, let the engine finish, ack or nak every
+// outcome, and only then close NATS (acks are messages on the connection).
+//
+//	w, err := consumer.New(js, opts)
+//	eng, err := apns.NewXxx(..., apns.WithOutcomeFunc(w.HandleOutcome))
+//	err = w.Run(ctx, eng)    // until ctx is done; then drains the pull buffer into Send
+//	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+//	defer cancel()
+//	err = errors.Join(err, w.Shutdown(sctx, eng)) // closes eng, waits for every ack/nak/term, flushes
+//	stopFeedback()                                // background pollers (they may still publish)
+//	err = errors.Join(err, nc.Drain())            // last
+//
+// Shutdown returns only once every job Run received has been acked, naked or
+// terminated (jobs still waiting when sctx ends are naked) and the acks are
+// flushed to the server. Call PublishBadTokens before nc.Drain.
+package consumer

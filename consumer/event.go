@@ -1,0 +1,145 @@
+package consumer
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Event kinds; each has its own subject below Options.EventsSubject and is
+// part of the event's Nats-Msg-Id.
+const (
+	KindRejected   = "rejected"   // APNs refused the job, or the job is malformed
+	KindBadToken   = "badtoken"   // a device token to remove
+	KindDeadLetter = "deadletter" // the job failed MaxDeliver times
+	KindDelivered  = "delivered"  // receipt (Options.Receipts)
+)
+
+// Sources of a BadTokenEvent.
+const (
+	SourceRejection = "rejection"
+	SourceFeedback  = "feedback"
+)
+
+// Reasons of rejection events for malformed jobs (APNs rejections carry
+// APNs' own reason, e.g. "BadDeviceToken" or "InvalidToken").
+const (
+	ReasonMalformedJob        = "MalformedJob"        // not a job: bad JSON or a wrong type
+	ReasonInvalidNotification = "InvalidNotification" // a job the engine refused before sending
+)
+
+// RejectionEvent is published on <events>.rejected when APNs refuses a job
+// for good or the job is malformed. The job was then acked (rejected) or
+// terminated (malformed): it will not be retried.
+type RejectionEvent struct {
+	JobID      string    `json:"job_id,omitempty"`
+	Seq        uint64    `json:"seq"`                   // jobs stream sequence
+	Token      string    `json:"token,omitempty"`       // hex, if the job had a readable one
+	Protocol   string    `json:"protocol"`              // "binary" or "http2"
+	Status     int       `json:"status,omitempty"`      // binary status code
+	Reason     string    `json:"reason"`                // APNs reason, or MalformedJob / InvalidNotification
+	HTTPStatus int       `json:"http_status,omitempty"` // HTTP/2 status
+	Timestamp  time.Time `json:"timestamp,omitzero"`    // HTTP/2 410: token invalid since
+	Time       time.Time `json:"time"`                  // when the worker saw the outcome
+	Error      string    `json:"error"`
+	Malformed  bool      `json:"malformed,omitempty"`
+	// Job is the job message as received, when it is valid JSON; otherwise
+	// JobRaw holds its bytes (base64 in JSON).
+	Job    json.RawMessage `json:"job,omitempty"`
+	JobRaw []byte          `json:"job_raw,omitempty"`
+}
+
+// BadTokenEvent is published on <events>.badtokens for each dead device
+// token: from a rejection (binary status 8; HTTP/2 BadDeviceToken,
+// Unregistered, ExpiredToken) or from the feedback service.
+type BadTokenEvent struct {
+	Token  string    `json:"token"` // hex
+	Time   time.Time `json:"time"`  // when the token was known bad (APNs timestamp, or now)
+	Source string    `json:"source"`
+	Reason string    `json:"reason,omitempty"`
+	JobID  string    `json:"job_id,omitempty"`
+	Seq    uint64    `json:"seq,omitempty"`
+}
+
+// DeadLetterEvent is published on <events>.deadletter when a job failed
+// MaxDeliver times; the job is then terminated.
+type DeadLetterEvent struct {
+	JobID      string          `json:"job_id,omitempty"`
+	Seq        uint64          `json:"seq"`
+	Error      string          `json:"error"`
+	Deliveries uint64          `json:"deliveries"`
+	Time       time.Time       `json:"time"`
+	Job        json.RawMessage `json:"job,omitempty"`
+	JobRaw     []byte          `json:"job_raw,omitempty"`
+}
+
+// ReceiptEvent is published on <events>.delivered for each delivered job
+// when Options.Receipts is on.
+type ReceiptEvent struct {
+	JobID  string    `json:"job_id,omitempty"`
+	Seq    uint64    `json:"seq"`
+	APNsID string    `json:"apns_id,omitempty"`
+	Token  string    `json:"token"`
+	Time   time.Time `json:"time"`
+}
+
+// rawJob splits a job's bytes into the event's job (valid JSON) or job_raw.
+func rawJob(data []byte) (json.RawMessage, []byte) {
+	if json.Valid(data) {
+		return json.RawMessage(data), nil
+	}
+	return nil, data
+}
+
+// eventMsgID derives an event's Nats-Msg-Id from the job and the event kind,
+// so a redelivered job publishes the same id and the events stream drops
+// the repeat. Jobs without an id use their stream sequence; ids that are
+// not short printable ASCII are hashed.
+func eventMsgID(kind, jobID string, seq uint64) string {
+	if jobID == "" {
+		return kind + ":seq:" + strconv.FormatUint(seq, 10)
+	}
+	if len(jobID) <= 128 && printable(jobID) {
+		return kind + ":" + jobID
+	}
+	h := sha256.Sum256([]byte(jobID))
+	return kind + ":h:" + hex.EncodeToString(h[:16])
+}
+
+// feedbackMsgID de-duplicates a feedback bad token by token and time.
+func feedbackMsgID(token []byte, t time.Time) string {
+	h := sha256.New()
+	h.Write(token)
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(t.Unix()))
+	h.Write(b[:])
+	return KindBadToken + ":fb:" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// eventMsg encodes an event into a message with its Nats-Msg-Id.
+func eventMsg(subject, msgID string, ev any) (*nats.Msg, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	return &nats.Msg{
+		Subject: subject,
+		Data:    data,
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{msgID}},
+	}, nil
+}

@@ -1,0 +1,686 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpush/apns-worker/apns"
+)
+
+// Worker moves jobs from the jobs stream to an apns.Engine and turns each
+// outcome into an ack, a nak or a term, plus the events producers act on.
+//
+// Wire it so: w := New(js, opts); the engine is built with
+// apns.WithOutcomeFunc(w.HandleOutcome); then Run(ctx, eng) until ctx is
+// done; then Shutdown(sctx, eng); then drain the NATS connection. See the
+// package documentation for the shutdown sequence.
+type Worker struct {
+	js   jetstream.JetStream
+	opts Options
+	log  *slog.Logger
+	m    *Metrics
+	cons jetstream.Consumer
+
+	// Jobs received and not yet finished, oldest first: what InProgress
+	// keeps alive and what Shutdown waits for.
+	mu    sync.Mutex
+	head  *item
+	tail  *item
+	n     int
+	epoch int64         // keep-alive ticks
+	idle  chan struct{} // closed when n drops to 0, if someone waits
+
+	pending chan *pendingEvents // events awaiting their PubAck, FIFO
+
+	running  atomic.Bool
+	runDone  chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+
+	lastCredsLog atomic.Int64 // unix nanos; rate-limits the credentials error
+}
+
+// item is one received job, the ref passed to Engine.Send.
+type item struct {
+	w     *Worker
+	msg   jetstream.Msg
+	id    string // job id; written before Send
+	epoch int64  // w.mu
+	prev  *item  // w.mu
+	next  *item  // w.mu
+	done  atomic.Bool
+}
+
+// action is what finishes a job.
+type action uint8
+
+const (
+	actAck action = iota
+	actNak
+	actNakDelay
+	actTerm
+)
+
+func (a action) String() string {
+	return [...]string{"ack", "nak", "nak with delay", "term"}[a]
+}
+
+// New creates or updates the jobs stream, the events stream and the durable
+// pull consumer, and returns a Worker ready to Run. It starts background
+// goroutines that Shutdown stops.
+func New(js jetstream.JetStream, opts Options) (*Worker, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: nil JetStream", ErrInvalidOption)
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		js:      js,
+		opts:    o,
+		log:     o.Logger,
+		m:       o.Metrics,
+		pending: make(chan *pendingEvents, 4096),
+		runDone: make(chan struct{}),
+		stop:    make(chan struct{}),
+	}
+	if w.m == nil {
+		if w.m, err = NewMetrics(nil); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.SetupTimeout)
+	defer cancel()
+	if err := w.setup(ctx); err != nil {
+		return nil, err
+	}
+	w.wg.Add(2)
+	go w.confirmEvents()
+	go w.keepAlive()
+	return w, nil
+}
+
+// setup creates or updates both streams and the durable consumer.
+func (w *Worker) setup(ctx context.Context) error {
+	o := &w.opts
+	_, err := w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       o.JobsStream,
+		Subjects:   []string{o.JobsSubject, o.JobsSubject + ".>"},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   o.Replicas,
+		Duplicates: o.JobsDuplicates,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
+	}
+	_, err = w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       o.EventsStream,
+		Subjects:   []string{o.EventsSubject + ".>"},
+		Retention:  jetstream.LimitsPolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   o.Replicas,
+		MaxAge:     o.EventsMaxAge,
+		Duplicates: o.EventsDuplicates,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: events stream %s: %w", o.EventsStream, err)
+	}
+	return w.bindConsumer(ctx)
+}
+
+func (w *Worker) bindConsumer(ctx context.Context) error {
+	o := &w.opts
+	c, err := w.js.CreateOrUpdateConsumer(ctx, o.JobsStream, jetstream.ConsumerConfig{
+		Durable:       o.Durable,
+		Description:   "apns-worker jobs, shared by every worker",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.AckWait,
+		MaxDeliver:    -1, // enforced by the worker: dead letter, then Term
+		MaxAckPending: o.MaxAckPending,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: durable %s on %s: %w", o.Durable, o.JobsStream, err)
+	}
+	w.cons = c
+	return nil
+}
+
+// Run pulls jobs and sends them to eng until ctx is done. It then stops
+// pulling (Drain): jobs already buffered still reach eng.Send, waiting at
+// most Options.DrainTimeout for the engine to accept them, and are naked
+// if it does not. Run returns nil after a clean drain, or an error if the
+// engine closed under it (apns.ErrClosed) or the consumer could not be
+// bound. Outcomes keep arriving through HandleOutcome after Run returns:
+// call Shutdown next.
+func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
+	if eng == nil {
+		return fmt.Errorf("%w: nil engine", ErrInvalidOption)
+	}
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("consumer: Run called twice")
+	}
+	defer close(w.runDone)
+	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSend()
+	fatal := make(chan error, 1)
+	handler := func(m jetstream.Msg) { w.handle(sendCtx, eng, m, fatal) }
+
+	for attempt := 0; ; attempt++ {
+		cc, err := w.cons.Consume(handler,
+			jetstream.PullMaxMessages(w.opts.PullMaxMessages),
+			jetstream.ConsumeErrHandler(w.consumeError))
+		if err != nil {
+			w.log.Warn("consume failed", slog.Any("error", err))
+		} else {
+			attempt = 0
+			var runErr error
+			select {
+			case <-ctx.Done():
+			case runErr = <-fatal:
+			case <-cc.Closed():
+			}
+			cc.Drain()
+			if ctx.Err() != nil || runErr != nil {
+				t := time.AfterFunc(w.opts.DrainTimeout, cancelSend)
+				select {
+				case <-cc.Closed():
+				case <-time.After(2 * w.opts.DrainTimeout):
+					w.log.Error("drain did not finish; stopping the consumer")
+					cc.Stop()
+				}
+				t.Stop()
+				return runErr
+			}
+			<-cc.Closed()
+			w.log.Warn("consume stopped; binding the consumer again")
+		}
+		// Consume stopped by itself (consumer deleted, connection closed):
+		// bind again, backing off, until ctx is done.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(min(time.Duration(attempt+1)*100*time.Millisecond, 5*time.Second)):
+		}
+		bctx, cancel := context.WithTimeout(ctx, w.opts.SetupTimeout)
+		if err := w.bindConsumer(bctx); err != nil {
+			w.log.Warn("binding the consumer failed", slog.Any("error", err))
+		}
+		cancel()
+	}
+}
+
+func (w *Worker) consumeError(_ jetstream.ConsumeContext, err error) {
+	w.log.Warn("consume error", slog.Any("error", err))
+}
+
+// handle takes one job from the stream to the engine. It runs on the pull
+// subscription's goroutine and blocks while the engine is saturated, which
+// keeps the pull buffer full and the server from sending more.
+func (w *Worker) handle(ctx context.Context, eng apns.Engine, msg jetstream.Msg, fatal chan<- error) {
+	w.m.received.Inc()
+	it := &item{w: w, msg: msg}
+	w.track(it)
+	job, err := DecodeJob(msg.Data())
+	var n *apns.Notification
+	if err == nil {
+		it.id = job.ID
+		n, err = job.Notification()
+	}
+	if err != nil {
+		w.malformed(it, job.Token, err)
+		return
+	}
+	err = eng.Send(ctx, n, it)
+	switch {
+	case err == nil:
+	case errors.Is(err, apns.ErrInvalidNotification):
+		w.malformed(it, job.Token, err)
+	default: // engine closed, or the drain timed out: someone else's turn
+		w.finish(it, actNak, 0)
+		if errors.Is(err, apns.ErrClosed) {
+			select {
+			case fatal <- fmt.Errorf("consumer: engine closed while running: %w", err):
+			default:
+			}
+		}
+	}
+}
+
+// HandleOutcome turns an engine outcome into an ack, nak or term and the
+// events it needs. Pass it to the engine as apns.WithOutcomeFunc. It never
+// waits for the server: acks are pipelined and events are confirmed in the
+// background, the job finished once its events are stored.
+func (w *Worker) HandleOutcome(o apns.Outcome) {
+	it, ok := o.Ref.(*item)
+	if !ok || it.w != w {
+		w.log.Error("outcome with a foreign ref", slog.Any("ref", o.Ref), slog.Any("error", o.Err))
+		return
+	}
+	if !o.Accepted.IsZero() {
+		w.m.latency.Observe(time.Since(o.Accepted).Seconds())
+	}
+	var token apns.Token
+	if o.Notification != nil {
+		token = o.Notification.Token
+	}
+	if o.Err == nil {
+		w.m.delivered.Inc()
+		if w.opts.Receipts {
+			w.receipt(it, token, o.APNsID)
+			return
+		}
+		w.finish(it, actAck, 0)
+		return
+	}
+	if rej, ok := o.Rejection(); ok {
+		w.rejected(it, token, rej)
+		return
+	}
+	if errors.Is(o.Err, apns.ErrInvalidNotification) {
+		w.malformed(it, token.String(), o.Err)
+		return
+	}
+	w.failed(it, o.Err)
+}
+
+// failed naks a job for a retry, or dead-letters it at MaxDeliver.
+func (w *Worker) failed(it *item, cause error) {
+	w.m.failed.Inc()
+	switch {
+	case errors.Is(cause, apns.ErrClosed):
+		// The engine is closing (shutdown): not the job's fault.
+		w.finish(it, actNak, 0)
+	case errors.Is(cause, apns.ErrCredentials):
+		// A configuration problem: wait, do not burn the job's attempts
+		// towards a dead letter.
+		now := time.Now().UnixNano()
+		if last := w.lastCredsLog.Load(); now-last > int64(10*time.Second) && w.lastCredsLog.CompareAndSwap(last, now) {
+			w.log.Error("APNS REFUSED THE CREDENTIALS: jobs are naked until they are fixed", slog.Any("error", cause))
+		}
+		w.finish(it, actNakDelay, w.opts.Backoff[len(w.opts.Backoff)-1])
+	default:
+		seq, deliveries := w.meta(it)
+		if deliveries < uint64(w.opts.MaxDeliver) {
+			w.finish(it, actNakDelay, w.opts.backoff(deliveries))
+			return
+		}
+		w.m.deadLettered.Inc()
+		w.log.Warn("job dead-lettered", slog.String("job_id", it.id), slog.Uint64("seq", seq),
+			slog.Uint64("deliveries", deliveries), slog.Any("error", cause))
+		ev := DeadLetterEvent{JobID: it.id, Seq: seq, Error: cause.Error(), Deliveries: deliveries, Time: time.Now().UTC()}
+		ev.Job, ev.JobRaw = rawJob(it.msg.Data())
+		w.publish(it, KindDeadLetter, actTerm, false, event{KindDeadLetter, ev})
+	}
+}
+
+// rejected publishes the rejection (and bad-token) events, then acks.
+func (w *Worker) rejected(it *item, token apns.Token, rej *apns.RejectionError) {
+	reason := rej.Reason
+	if reason == "" {
+		reason = rej.Status.String()
+	}
+	w.m.rejected.WithLabelValues(reason).Inc()
+	seq, _ := w.meta(it)
+	now := time.Now().UTC()
+	ev := RejectionEvent{
+		JobID: it.id, Seq: seq, Token: token.String(), Protocol: w.opts.Protocol,
+		Status: int(rej.Status), Reason: reason, HTTPStatus: rej.HTTPStatus,
+		Timestamp: rej.Timestamp.UTC(), Time: now, Error: rej.Error(),
+	}
+	ev.Job, ev.JobRaw = rawJob(it.msg.Data())
+	evs := []event{{KindRejected, ev}}
+	if rej.BadToken() {
+		t := now
+		if !rej.Timestamp.IsZero() {
+			t = rej.Timestamp.UTC()
+		}
+		evs = append(evs, event{KindBadToken, BadTokenEvent{
+			Token: token.String(), Time: t, Source: SourceRejection, Reason: reason, JobID: it.id, Seq: seq,
+		}})
+	}
+	w.publish(it, KindRejected, actAck, false, evs...)
+}
+
+// malformed publishes a rejection event carrying the job's bytes, then
+// terminates the job: no attempt will ever succeed.
+func (w *Worker) malformed(it *item, token string, cause error) {
+	reason := malformedReason(cause)
+	w.m.malformed.WithLabelValues(reason).Inc()
+	seq, _ := w.meta(it)
+	w.log.Warn("malformed job", slog.String("job_id", it.id), slog.Uint64("seq", seq),
+		slog.String("reason", reason), slog.Any("error", cause))
+	ev := RejectionEvent{
+		JobID: it.id, Seq: seq, Token: token, Protocol: w.opts.Protocol, Reason: reason,
+		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
+	}
+	ev.Job, ev.JobRaw = rawJob(it.msg.Data())
+	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
+}
+
+func malformedReason(err error) string {
+	for _, r := range []struct {
+		err    error
+		reason string
+	}{
+		{ErrMalformedJob, ReasonMalformedJob},
+		{apns.ErrInvalidToken, "InvalidToken"},
+		{apns.ErrNoAPS, "MissingAps"},
+		{apns.ErrInvalidPayload, "InvalidPayload"},
+		{apns.ErrPayloadTooLarge, "PayloadTooLarge"},
+		{apns.ErrInvalidPriority, "InvalidPriority"},
+		{apns.ErrInvalidPushType, "InvalidPushType"},
+		{apns.ErrInvalidCollapseID, "InvalidCollapseId"},
+		{apns.ErrInvalidID, "InvalidId"},
+		{apns.ErrInvalidTopic, "InvalidTopic"},
+	} {
+		if errors.Is(err, r.err) {
+			return r.reason
+		}
+	}
+	return ReasonInvalidNotification
+}
+
+// receipt publishes a delivered receipt, then acks. A receipt that cannot
+// be stored is counted and logged, and the job acked all the same: sending
+// a delivered notification again would be worse than a missing receipt.
+func (w *Worker) receipt(it *item, token apns.Token, apnsID string) {
+	seq, _ := w.meta(it)
+	w.publish(it, KindDelivered, actAck, true, event{KindDelivered, ReceiptEvent{
+		JobID: it.id, Seq: seq, APNsID: apnsID, Token: token.String(), Time: time.Now().UTC(),
+	}})
+}
+
+// meta returns the job's stream sequence and delivery count.
+func (w *Worker) meta(it *item) (seq, deliveries uint64) {
+	md, err := it.msg.Metadata()
+	if err != nil {
+		w.log.Warn("job without metadata", slog.Any("error", err))
+		return 0, 1
+	}
+	return md.Sequence.Stream, md.NumDelivered
+}
+
+// finish acks, naks or terminates a job, once.
+func (w *Worker) finish(it *item, a action, delay time.Duration) {
+	if !it.done.CompareAndSwap(false, true) {
+		return
+	}
+	var err error
+	switch a {
+	case actAck:
+		err = it.msg.Ack()
+	case actNak:
+		err = it.msg.Nak()
+	case actNakDelay:
+		err = it.msg.NakWithDelay(delay)
+	case actTerm:
+		err = it.msg.Term()
+	}
+	if err != nil {
+		// The connection is gone: the server redelivers after AckWait.
+		w.log.Warn("job "+a.String()+" failed", slog.String("job_id", it.id), slog.Any("error", err))
+	}
+	w.untrack(it)
+}
+
+// track adds a received job to the in-flight list.
+func (w *Worker) track(it *item) {
+	w.mu.Lock()
+	it.epoch = w.epoch
+	if w.tail == nil {
+		w.head, w.tail = it, it
+	} else {
+		it.prev = w.tail
+		w.tail.next = it
+		w.tail = it
+	}
+	w.n++
+	w.mu.Unlock()
+	w.m.inFlight.Inc()
+}
+
+func (w *Worker) unlinkLocked(it *item) {
+	if it.prev != nil {
+		it.prev.next = it.next
+	} else {
+		w.head = it.next
+	}
+	if it.next != nil {
+		it.next.prev = it.prev
+	} else {
+		w.tail = it.prev
+	}
+	it.prev, it.next = nil, nil
+}
+
+func (w *Worker) untrack(it *item) {
+	w.mu.Lock()
+	w.unlinkLocked(it)
+	w.n--
+	if w.n == 0 && w.idle != nil {
+		close(w.idle)
+		w.idle = nil
+	}
+	w.mu.Unlock()
+	w.m.inFlight.Dec()
+}
+
+// InFlight returns the number of jobs received and not yet acked, naked or
+// terminated.
+func (w *Worker) InFlight() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}
+
+// keepAlive sends InProgress for jobs that have waited for two or more
+// ticks of AckWait/4 (so every job gets one before AckWait runs out). The
+// hot path pays only for the list insert it needs anyway.
+func (w *Worker) keepAlive() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.opts.AckWait / 4)
+	defer t.Stop()
+	var old []*item
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		w.epoch++
+		cur := w.epoch
+		for it := w.head; it != nil && it.epoch <= cur-2; it = w.head {
+			w.unlinkLocked(it)
+			it.epoch = cur
+			it.prev = w.tail
+			if w.tail == nil {
+				w.head = it
+			} else {
+				w.tail.next = it
+			}
+			w.tail = it
+			old = append(old, it)
+		}
+		w.mu.Unlock()
+		for i, it := range old {
+			if !it.done.Load() {
+				_ = it.msg.InProgress() // fails only if finished meanwhile
+			}
+			old[i] = nil
+		}
+		old = old[:0]
+	}
+}
+
+// Shutdown finishes what Run started: it waits for Run to return, closes
+// eng (outcomes keep flowing to HandleOutcome), waits until every job Run
+// received is acked, naked or terminated, stops the worker's goroutines and
+// flushes the acks to the server. If ctx ends first, the jobs still waiting
+// are naked. The caller drains the NATS connection afterwards. eng may be
+// nil if Run never ran.
+func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
+	var errs []error
+	if w.running.Load() {
+		select {
+		case <-w.runDone:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("consumer: Run did not return: %w", ctx.Err()))
+		}
+	}
+	if eng != nil {
+		if err := eng.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("consumer: close engine: %w", err))
+		}
+	}
+	if err := w.waitIdle(ctx); err != nil {
+		n := w.nakAll()
+		errs = append(errs, fmt.Errorf("consumer: %d jobs still waiting at shutdown were naked: %w", n, err))
+	}
+	w.stopOnce.Do(func() { close(w.stop) })
+	w.wg.Wait()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if nc := w.js.Conn(); nc != nil && !nc.IsClosed() {
+		if err := nc.FlushWithContext(fctx); err != nil {
+			errs = append(errs, fmt.Errorf("consumer: flush acks: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (w *Worker) waitIdle(ctx context.Context) error {
+	w.mu.Lock()
+	if w.n == 0 {
+		w.mu.Unlock()
+		return nil
+	}
+	if w.idle == nil {
+		w.idle = make(chan struct{})
+	}
+	idle := w.idle
+	w.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w *Worker) nakAll() int {
+	w.mu.Lock()
+	var all []*item
+	for it := w.head; it != nil; it = it.next {
+		all = append(all, it)
+	}
+	w.mu.Unlock()
+	for _, it := range all {
+		w.finish(it, actNak, 0)
+	}
+	return len(all)
+}
+
+// event is one event to publish for a job.
+type event struct {
+	kind string
+	body any
+}
+
+// pendingEvents are a job's published events awaiting their PubAcks.
+type pendingEvents struct {
+	it       *item
+	kind     string
+	onOK     action
+	ackOnErr bool // receipts: ack even if the event is lost
+	futs     []jetstream.PubAckFuture
+	deadline time.Time
+}
+
+// publish sends a job's events asynchronously; the job is finished with
+// onOK once every event is confirmed, or naked for a retry if one is not.
+func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, evs ...event) {
+	seq, _ := w.meta(it)
+	pe := &pendingEvents{it: it, kind: kind, onOK: onOK, ackOnErr: ackOnErr,
+		futs: make([]jetstream.PubAckFuture, 0, len(evs))}
+	for _, ev := range evs {
+		m, err := eventMsg(w.opts.subject(ev.kind), eventMsgID(ev.kind, it.id, seq), ev.body)
+		if err == nil {
+			var f jetstream.PubAckFuture
+			if f, err = w.js.PublishMsgAsync(m); err == nil {
+				pe.futs = append(pe.futs, f)
+				continue
+			}
+		}
+		w.eventFailed(pe, err)
+		return
+	}
+	pe.deadline = time.Now().Add(w.opts.EventTimeout)
+	select {
+	case w.pending <- pe:
+	case <-w.stop:
+		w.eventFailed(pe, errors.New("consumer: worker stopped"))
+	}
+}
+
+// eventFailed finishes a job whose events were not stored: nak for a retry
+// (the events' Msg-Ids keep a retry from doubling those that were).
+func (w *Worker) eventFailed(pe *pendingEvents, err error) {
+	w.m.eventErrors.WithLabelValues(pe.kind).Inc()
+	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id), slog.Any("error", err))
+	if pe.ackOnErr {
+		w.finish(pe.it, actAck, 0)
+		return
+	}
+	_, deliveries := w.meta(pe.it)
+	w.finish(pe.it, actNakDelay, w.opts.backoff(deliveries))
+}
+
+// confirmEvents waits for PubAcks in publish order (the server answers in
+// order) and finishes each job once its events are stored.
+func (w *Worker) confirmEvents() {
+	defer w.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		var pe *pendingEvents
+		select {
+		case <-w.stop:
+			return
+		case pe = <-w.pending:
+		}
+		if err := w.awaitEvents(pe, timer); err != nil {
+			w.eventFailed(pe, err)
+			continue
+		}
+		w.finish(pe.it, pe.onOK, 0)
+	}
+}
+
+func (w *Worker) awaitEvents(pe *pendingEvents, timer *time.Timer) error {
+	timer.Reset(time.Until(pe.deadline))
+	defer timer.Stop()
+	for _, f := range pe.futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-timer.C:
+			return fmt.Errorf("no PubAck within %s", w.opts.EventTimeout)
+		case <-w.stop:
+			return errors.New("consumer: worker stopped")
+		}
+	}
+	return nil
+}
