@@ -34,6 +34,9 @@ var (
 	// ErrRetriesExhausted is wrapped, with the last cause, by outcomes that
 	// failed after the engine's retries for temporary errors ran out.
 	ErrRetriesExhausted = errors.New("apns: retries exhausted")
+	// ErrExpired is the cause of outcomes failed because the notification's
+	// Expiration passed before the engine could send it (again).
+	ErrExpired = errors.New("apns: notification expired before it was sent")
 	// ErrCredentials reports that APNs refused the provider's credentials
 	// (certificate or token). It is a configuration problem, not the
 	// notification's: retrying the notification does not help.
