@@ -55,8 +55,8 @@ type Config struct {
 // At most one of CredsFile, NKeyFile, User+Password and Token is set.
 type NATS struct {
 	// URLs are the servers to connect to, from the comma-separated
-	// APNS_WORKER_NATS_URL (schemes nats, tls, ws, wss). Empty (the
-	// default) starts an embedded nats-server.
+	// APNS_WORKER_NATS_URL (schemes nats, tls, ws, wss; no credentials in
+	// the URL). Empty (the default) starts an embedded nats-server.
 	URLs []string
 	// CredsFile is a NATS credentials file (user JWT and NKey seed)
 	// (APNS_WORKER_NATS_CREDS).

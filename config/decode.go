@@ -149,10 +149,10 @@ func (d *decoder) decode(s *spec) *Config {
 
 func (d *decoder) checkNATS(c *Config) {
 	n := &c.NATS
+	if n.Name == "" {
+		d.failf("NATS_NAME", "must not be empty")
+	}
 	if len(n.URLs) == 0 && d.ok("NATS_URL") {
-		if n.Name == "" {
-			d.failf("NATS_NAME", "must not be empty")
-		}
 		if c.Embedded.DataDir == "" {
 			d.failf("EMBEDDED_DATA_DIR", "must not be empty: the embedded nats-server stores JetStream here")
 		}
@@ -364,7 +364,11 @@ func (d *decoder) checkAPNsCert(a *APNs) {
 		}
 	} else {
 		_, c, _, err := pkcs12.DecodeChain(b, a.CertPassword.Reveal())
-		if err != nil {
+		switch {
+		case errors.Is(err, pkcs12.ErrIncorrectPassword):
+			d.failf("APNS_CERT_PASSWORD", "does not open %s (%s)", a.CertFile, fullName("APNS_CERT_FILE"))
+			return
+		case err != nil:
 			d.failf("APNS_CERT_FILE", "%s: not a PKCS#12 (.p12) file that opens with %s: %v", a.CertFile, fullName("APNS_CERT_PASSWORD"), err)
 			return
 		}
@@ -595,6 +599,12 @@ func (d *decoder) natsURLs(v, s string) []string {
 		}
 		if u.Hostname() == "" {
 			d.failf(v, "%q: missing host", shown)
+			continue
+		}
+		if u.User != nil {
+			// Secrets belong in their own variables, which Config redacts.
+			d.failf(v, "%q: credentials in the URL are not allowed: use %s and %s, or %s",
+				shown, fullName("NATS_USER"), fullName("NATS_PASSWORD"), fullName("NATS_TOKEN"))
 			continue
 		}
 		out = append(out, raw)
