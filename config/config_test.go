@@ -238,9 +238,14 @@ func TestDefaults(t *testing.T) {
 // TestEmptyDisables checks that set-but-empty values are not replaced by
 // defaults where empty means "off".
 func TestEmptyDisables(t *testing.T) {
-	setEnv(t, map[string]string{"HTTP_ADDR": "", "FEEDBACK_INTERVAL": "0", "APNS_IDLE_TIMEOUT": "0s", "EVENTS_MAX_AGE": "0"})
+	setEnv(t, map[string]string{"HTTP_ADDR": "", "FEEDBACK_INTERVAL": "0", "APNS_IDLE_TIMEOUT": "0s", "EVENTS_MAX_AGE": "0",
+		"APNS_MODE": "", "APNS_ENVIRONMENT": "", "LOG_LEVEL": "", "LOG_FORMAT": ""}) // empty enums take their defaults
 	c, err := Load()
 	require.NoError(t, err)
+	require.Equal(t, ModeMock, c.APNs.Mode)
+	require.Equal(t, Production, c.APNs.Environment)
+	require.Equal(t, slog.LevelInfo, c.Log.Level)
+	require.Equal(t, LogAuto, c.Log.Format)
 	require.Empty(t, c.HTTPAddr)
 	require.Zero(t, c.Feedback.Interval)
 	require.Zero(t, c.APNs.IdleTimeout)
@@ -397,6 +402,7 @@ func TestBadVariable(t *testing.T) {
 		{"reconnect wait zero", nil, map[string]string{"NATS_RECONNECT_WAIT": "0s"}, "NATS_RECONNECT_WAIT", "must be positive"},
 		{"nats name empty", nil, map[string]string{"NATS_NAME": ""}, "NATS_NAME", "must not be empty"},
 		{"embedded data dir", nil, map[string]string{"EMBEDDED_DATA_DIR": ""}, "EMBEDDED_DATA_DIR", "must not be empty"},
+		{"embedded listen empty", nil, map[string]string{"EMBEDDED_LISTEN": ""}, "EMBEDDED_LISTEN", "must not be empty"},
 		{"embedded listen", nil, map[string]string{"EMBEDDED_LISTEN": "4222"}, "EMBEDDED_LISTEN", "not host:port"},
 		{"jobs stream", nil, map[string]string{"JOBS_STREAM": "apns.jobs"}, "JOBS_STREAM", "JetStream name"},
 		{"jobs subject wildcard", nil, map[string]string{"JOBS_SUBJECT": "apns.*"}, "JOBS_SUBJECT", "wildcards"},

@@ -104,12 +104,9 @@ func (d *decoder) decode(s *spec) *Config {
 	e.Receipts = d.boolean("EVENTS_RECEIPTS", s.Events.Receipts)
 
 	a := &c.APNs
-	modeSet := s.APNS.Mode != ""
-	a.Mode = Mode(d.oneOf("APNS_MODE", s.APNS.Mode, string(ModeMock), string(ModeBinary), string(ModeHTTP2)))
-	if !modeSet {
-		a.Mode = ModeMock
-	}
-	a.Environment = Environment(d.oneOf("APNS_ENVIRONMENT", s.APNS.Environment, string(Production), string(Sandbox)))
+	modeSet := strings.TrimSpace(s.APNS.Mode) != ""
+	a.Mode = Mode(d.oneOf("APNS_MODE", s.APNS.Mode, string(ModeMock), string(ModeMock), string(ModeBinary), string(ModeHTTP2)))
+	a.Environment = Environment(d.oneOf("APNS_ENVIRONMENT", s.APNS.Environment, string(Production), string(Production), string(Sandbox)))
 	a.Addr = d.str("APNS_ADDR", s.APNS.Addr)
 	a.CertFile = d.str("APNS_CERT_FILE", s.APNS.CertFile)
 	a.CertPassword = Secret(d.str("APNS_CERT_PASSWORD", s.APNS.CertPassword))
@@ -131,7 +128,7 @@ func (d *decoder) decode(s *spec) *Config {
 	c.MaxInFlight = d.optInteger("MAX_IN_FLIGHT", s.MaxInFlight, 1, 100_000_000)
 	c.HTTPAddr = d.hostPort("HTTP_ADDR", s.HTTPAddr, true)
 	c.Log.Level = d.level("LOG_LEVEL", s.Log.Level)
-	c.Log.Format = LogFormat(d.oneOf("LOG_FORMAT", s.Log.Format, string(LogAuto), string(LogText), string(LogJSON)))
+	c.Log.Format = LogFormat(d.oneOf("LOG_FORMAT", s.Log.Format, string(LogAuto), string(LogAuto), string(LogText), string(LogJSON)))
 	c.ShutdownGrace = d.duration("SHUTDOWN_GRACE", s.ShutdownGrace, false)
 
 	// Phase 2: rules across variables, files, and mode-dependent defaults.
@@ -153,6 +150,9 @@ func (d *decoder) checkNATS(c *Config) {
 		d.failf("NATS_NAME", "must not be empty")
 	}
 	if len(n.URLs) == 0 && d.ok("NATS_URL") {
+		if c.Embedded.Listen == "" && d.ok("EMBEDDED_LISTEN") {
+			d.failf("EMBEDDED_LISTEN", "must not be empty: producers connect to the embedded nats-server here")
+		}
 		if c.Embedded.DataDir == "" {
 			d.failf("EMBEDDED_DATA_DIR", "must not be empty: the embedded nats-server stores JetStream here")
 		}
@@ -512,12 +512,12 @@ func (d *decoder) boolean(v, s string) bool {
 	return b
 }
 
-// oneOf returns s lower-cased if it is one of allowed; empty is allowed
-// when allowed holds "".
-func (d *decoder) oneOf(v, s string, allowed ...string) string {
+// oneOf returns s lower-cased if it is one of allowed, and def if s is
+// empty.
+func (d *decoder) oneOf(v, s, def string, allowed ...string) string {
 	d.str(v, s)
-	if s == "" {
-		return ""
+	if strings.TrimSpace(s) == "" {
+		return def
 	}
 	t := strings.ToLower(strings.TrimSpace(s))
 	for _, a := range allowed {
@@ -530,7 +530,7 @@ func (d *decoder) oneOf(v, s string, allowed ...string) string {
 }
 
 func (d *decoder) level(v, s string) slog.Level {
-	switch d.oneOf(v, s, "debug", "info", "warn", "error") {
+	switch d.oneOf(v, s, "info", "debug", "info", "warn", "error") {
 	case "debug":
 		return slog.LevelDebug
 	case "warn":
