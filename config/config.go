@@ -208,6 +208,10 @@ type APNs struct {
 	// gateway[.sandbox].push.apple.com:2195 or
 	// https://api[.sandbox].push.apple.com. Empty in mock mode.
 	Addr string
+	// CAFile is a PEM CA bundle that verifies the APNs server instead of
+	// the system roots, for gateways and test servers that are not Apple's
+	// (APNS_WORKER_APNS_CA_FILE). Certificate checks always stay on.
+	CAFile string
 	// CertFile is the client certificate, .p12 or PEM
 	// (APNS_WORKER_APNS_CERT_FILE).
 	CertFile string
@@ -328,6 +332,7 @@ type spec struct {
 		Mode             string `split_words:"true"` // no default: Load tells unset from mock
 		Environment      string `split_words:"true" default:"production"`
 		Addr             string `split_words:"true"`
+		CaFile           string `split_words:"true"`
 		CertFile         string `split_words:"true"`
 		CertPassword     string `split_words:"true"`
 		KeyFile          string `split_words:"true"`

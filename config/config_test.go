@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 49)
+	require.Len(t, read, 50)
 }
 
 func TestDefaults(t *testing.T) {
@@ -395,6 +395,7 @@ func TestBadVariable(t *testing.T) {
 		{"password without user", remote, map[string]string{"NATS_PASSWORD": natsPassword}, "NATS_USER", "required with APNS_WORKER_NATS_PASSWORD"},
 		{"token with creds", remote, map[string]string{"NATS_CREDS": f.garbage, "NATS_TOKEN": natsToken}, "NATS_TOKEN", "one NATS authentication method"},
 		{"tls ca not pem", nats, map[string]string{"NATS_TLS_CA": f.garbage}, "NATS_TLS_CA", "no PEM CERTIFICATE block"},
+		{"apns ca not pem", nil, map[string]string{"APNS_CA_FILE": f.garbage}, "APNS_CA_FILE", "no PEM CERTIFICATE block"},
 		{"tls cert is a key", nats, map[string]string{"NATS_TLS_CERT": f.keyPEM}, "NATS_TLS_CERT", "no PEM CERTIFICATE block"},
 		{"tls cert without key", remote, map[string]string{"NATS_TLS_CERT": f.certPEM}, "NATS_TLS_KEY", "required with APNS_WORKER_NATS_TLS_CERT"},
 		{"tls key no key", nats, map[string]string{"NATS_TLS_KEY": f.certPEM}, "NATS_TLS_KEY", "no PEM PRIVATE KEY block"},

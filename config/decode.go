@@ -108,6 +108,7 @@ func (d *decoder) decode(s *spec) *Config {
 	a.Mode = Mode(d.oneOf("APNS_MODE", s.APNS.Mode, string(ModeMock), string(ModeMock), string(ModeBinary), string(ModeHTTP2)))
 	a.Environment = Environment(d.oneOf("APNS_ENVIRONMENT", s.APNS.Environment, string(Production), string(Production), string(Sandbox)))
 	a.Addr = d.str("APNS_ADDR", s.APNS.Addr)
+	a.CAFile = d.str("APNS_CA_FILE", s.APNS.CaFile)
 	a.CertFile = d.str("APNS_CERT_FILE", s.APNS.CertFile)
 	a.CertPassword = Secret(d.str("APNS_CERT_PASSWORD", s.APNS.CertPassword))
 	a.KeyFile = d.str("APNS_KEY_FILE", s.APNS.KeyFile)
@@ -195,16 +196,21 @@ func (d *decoder) checkNATS(c *Config) {
 
 	d.readFile("NATS_CREDS", n.CredsFile)
 	d.readFile("NATS_NKEY", n.NKeyFile)
-	if b, ok := d.readFile("NATS_TLS_CA", n.TLSCAFile); ok {
-		if _, err := firstCert(b); err != nil {
-			d.failf("NATS_TLS_CA", "%s: %v", n.TLSCAFile, err)
-		}
-	}
+	d.checkCA("NATS_TLS_CA", n.TLSCAFile)
 	if b, ok := d.readFile("NATS_TLS_CERT", n.TLSCertFile); ok {
 		d.checkPEMCert("NATS_TLS_CERT", n.TLSCertFile, b)
 	}
 	if b, ok := d.readFile("NATS_TLS_KEY", n.TLSKeyFile); ok && pemKey(b) == nil {
 		d.failf("NATS_TLS_KEY", "%s: no PEM PRIVATE KEY block", n.TLSKeyFile)
+	}
+}
+
+// checkCA fails name unless file (if set) holds a PEM certificate.
+func (d *decoder) checkCA(name, file string) {
+	if b, ok := d.readFile(name, file); ok {
+		if _, err := firstCert(b); err != nil {
+			d.failf(name, "%s: %v", file, err)
+		}
 	}
 }
 
@@ -319,6 +325,7 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 	if a.CertFile != "" {
 		d.checkAPNsCert(a)
 	}
+	d.checkCA("APNS_CA_FILE", a.CAFile)
 	if b, ok := d.readFile("APNS_P8_FILE", a.P8File); ok {
 		if err := checkP8(b); err != nil {
 			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, err)
