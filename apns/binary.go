@@ -1,4 +1,815 @@
 package apns
 
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Apple's legacy binary gateways. Apple stopped accepting the binary
+// protocol in March 2021; any compatible gateway's host:port works too.
+const (
+	GatewayProduction = "gateway.push.apple.com:2195"
+	GatewaySandbox    = "gateway.sandbox.push.apple.com:2195"
+)
+
+// Binary engine defaults.
+const (
+	DefaultAssumeDelivered = 5 * time.Second
+	DefaultIdleTimeout     = 5 * time.Minute
+	DefaultDialTimeout     = 10 * time.Second
+	DefaultMaxInFlight     = 1 << 16
+	defaultBackoffMin      = 100 * time.Millisecond
+	defaultBackoffMax      = 30 * time.Second
+
+	// MaxPayloadLegacy is the payload limit of old gateways (commands 0 and 1).
+	MaxPayloadLegacy = 256
+
+	writeBufferSize = 32 << 10
+	maxBatch        = 512             // frames taken from the queue between checks
+	readGrace       = 1 * time.Second // after a failed write, wait this long for an error response
+)
+
 // binaryOptions are the binary engine's own settings.
-type binaryOptions struct{}
+type binaryOptions struct {
+	assumeDelivered time.Duration
+	idleTimeout     time.Duration
+	dialTimeout     time.Duration
+	maxPayload      int
+	backoffMin      time.Duration
+	backoffMax      time.Duration
+}
+
+// WithAssumeDelivered sets how long the binary engine waits, after writing a
+// notification, for an error response before it reports the notification
+// delivered (default 5s). Apple may report a dropped connection only after
+// hundreds more writes, so keep it in seconds against real gateways. The
+// engine's throughput is at most the max-in-flight count divided by it.
+func WithAssumeDelivered(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: assume-delivered window %v <= 0", ErrInvalidOption, d)
+		}
+		o.binary.assumeDelivered = d
+		return nil
+	}
+}
+
+// WithIdleTimeout sets how long a binary-gateway connection may stay unused
+// before the engine closes it and dials a fresh one for the next
+// notification (default 5m): long-idle connections to APNs go stale.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: idle timeout %v <= 0", ErrInvalidOption, d)
+		}
+		o.binary.idleTimeout = d
+		return nil
+	}
+}
+
+// WithDialTimeout bounds connecting to the binary gateway (TCP and TLS
+// handshake) and each write to it (default 10s).
+func WithDialTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: dial timeout %v <= 0", ErrInvalidOption, d)
+		}
+		o.binary.dialTimeout = d
+		return nil
+	}
+}
+
+// WithMaxPayload sets the binary engine's payload limit in bytes (default
+// 2048; MaxPayloadLegacy, 256, for old gateways; at most 65535).
+func WithMaxPayload(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > math.MaxUint16 {
+			return fmt.Errorf("%w: max payload %d not in 1..65535", ErrInvalidOption, n)
+		}
+		o.binary.maxPayload = n
+		return nil
+	}
+}
+
+// WithReconnectBackoff sets the binary engine's reconnect delays after a
+// failed connection: exponential from min, capped at max, with jitter
+// (defaults 100ms and 30s). A connection that worked is replaced at once.
+func WithReconnectBackoff(min, max time.Duration) Option {
+	return func(o *options) error {
+		if min <= 0 || max < min {
+			return fmt.Errorf("%w: reconnect backoff %v..%v", ErrInvalidOption, min, max)
+		}
+		o.binary.backoffMin, o.binary.backoffMax = min, max
+		return nil
+	}
+}
+
+// BinaryEngine sends notifications over Apple's legacy binary protocol
+// (command-2 frames) on a few long-lived TLS connections.
+//
+// APNs answers only bad notifications, with an error response naming one,
+// and then closes the connection. So each connection keeps what it wrote in
+// an in-flight queue, in identifier order:
+//   - an error response rejects the notification it names (status 1 and
+//     255 are temporary: it is sent again, up to the retry limit); those
+//     written before it are delivered, those after it are sent again on a
+//     fresh connection (they do not use up retries: APNs discarded them);
+//   - status 10 (shutdown) names the last notification processed: those
+//     after it are sent again;
+//   - a notification that saw no error response for the assumed-delivered
+//     window is delivered;
+//   - a connection that ends without an error response (silent close, read
+//     or write error) leaves it unknown whether APNs processed what was in
+//     flight: all of it is sent again, each using up one retry. This can
+//     deliver a notification twice.
+//
+// Identifiers count up from 1 on each connection and are never reused on
+// it. Writes go through a buffer flushed when no more work is queued.
+type BinaryEngine struct {
+	addr   string
+	tlsc   *tls.Config
+	o      options
+	b      binaryOptions
+	limits Limits
+	epoch  time.Time
+
+	queue   chan *item    // accepted, not written (new or sent again)
+	slots   chan struct{} // one per accepted notification without outcome
+	pending atomic.Int64  // len(slots), for drain detection
+
+	mu        sync.RWMutex // Send holds R while queueing; Close takes W
+	closed    bool         // under mu
+	isClosed  atomic.Bool
+	closing   chan struct{} // closed when Close starts
+	drained   chan struct{} // closed when closing and nothing is pending
+	abort     chan struct{} // closed when a Close ctx ends
+	ctx       context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	drainOnce sync.Once
+	abortOnce sync.Once
+	endOnce   sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
+	failed    atomic.Int64 // outcomes failed by Close
+
+	connsMu sync.Mutex
+	conns   map[net.Conn]struct{} // live connections, closed on abort
+
+	connected  atomic.Int32
+	reconnects atomic.Uint64
+	lastErr    atomic.Pointer[error] // last connection error, for ErrClosed causes
+	credErr    atomic.Pointer[error]
+}
+
+var _ Engine = (*BinaryEngine)(nil)
+
+// item is one accepted notification on its way to an outcome.
+type item struct {
+	n        *Notification
+	ref      any
+	accepted time.Time
+	written  time.Duration // since epoch, of the last write
+	attempts int           // writes
+	retries  int           // retries used
+}
+
+// NewBinaryEngine returns an engine that sends to the binary gateway at addr
+// (GatewayProduction, GatewaySandbox or any host:port) with the client
+// certificate cert. It connects lazily, on the first notification. The
+// binary engine uses WithConns, WithMaxInFlight (default 65536),
+// WithMaxRetries, WithOutcomeFunc, WithLogger, WithRootCAs, WithClock (for
+// Outcome.Accepted and expiry), WithAssumeDelivered, WithIdleTimeout,
+// WithDialTimeout, WithMaxPayload and WithReconnectBackoff.
+func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*BinaryEngine, error) {
+	o := defaultOptions()
+	o.binary = binaryOptions{
+		assumeDelivered: DefaultAssumeDelivered,
+		idleTimeout:     DefaultIdleTimeout,
+		dialTimeout:     DefaultDialTimeout,
+		maxPayload:      BinaryLimits.MaxPayload,
+		backoffMin:      defaultBackoffMin,
+		backoffMax:      defaultBackoffMax,
+	}
+	if err := applyOptions(&o, opts); err != nil {
+		return nil, err
+	}
+	if o.maxInFlight == 0 {
+		o.maxInFlight = DefaultMaxInFlight
+	}
+	tlsc, err := ClientTLSConfig(addr, cert, o.rootCAs)
+	if err != nil {
+		return nil, err
+	}
+	tlsc.ClientSessionCache = tls.NewLRUClientSessionCache(2 * o.conns)
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &BinaryEngine{
+		addr:    addr,
+		tlsc:    tlsc,
+		o:       o,
+		b:       o.binary,
+		limits:  Limits{TokenLen: BinaryLimits.TokenLen, MaxPayload: o.binary.maxPayload},
+		epoch:   time.Now(),
+		queue:   make(chan *item, o.maxInFlight),
+		slots:   make(chan struct{}, o.maxInFlight),
+		closing: make(chan struct{}),
+		drained: make(chan struct{}),
+		abort:   make(chan struct{}),
+		ctx:     ctx,
+		cancel:  cancel,
+		conns:   make(map[net.Conn]struct{}),
+	}
+	e.wg.Add(o.conns)
+	for i := 0; i < o.conns; i++ {
+		go e.worker(i)
+	}
+	return e, nil
+}
+
+// Send validates n against the binary limits and queues it, blocking while
+// the engine has its maximum in flight. It fails only for an invalid n
+// (wrapping ErrInvalidNotification), a done ctx, or ErrClosed. Every n it
+// accepts gets exactly one Outcome, carrying ref. The engine owns n until
+// then.
+func (e *BinaryEngine) Send(ctx context.Context, n *Notification, ref any) error {
+	if n == nil {
+		return fmt.Errorf("%w: nil notification", ErrInvalidNotification)
+	}
+	if err := n.Validate(e.limits); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return ErrClosed
+	}
+	select {
+	case e.slots <- struct{}{}:
+	default:
+		select {
+		case e.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-e.closing:
+			return ErrClosed
+		}
+	}
+	e.pending.Add(1)
+	e.queue <- &item{n: n, ref: ref, accepted: e.o.now()} // never blocks: cap(queue) == cap(slots)
+	return nil
+}
+
+// Close stops intake, lets the connections send what is queued and wait
+// out the assumed-delivered window, and returns nil once every accepted
+// notification has its outcome. If ctx ends first, it closes the
+// connections, reports the rest as failed with ErrClosed, and returns an
+// error wrapping ctx's. It is safe to call more than once and concurrently.
+func (e *BinaryEngine) Close(ctx context.Context) error {
+	e.closeOnce.Do(func() {
+		close(e.closing)
+		e.mu.Lock()
+		e.closed = true
+		e.isClosed.Store(true)
+		e.mu.Unlock()
+		if e.pending.Load() == 0 {
+			e.drainOnce.Do(func() { close(e.drained) })
+		}
+	})
+	select {
+	case <-e.drained:
+	case <-ctx.Done():
+		e.doAbort()
+	}
+	e.wg.Wait()
+	e.endOnce.Do(func() {
+		cause := e.closedErr()
+		for {
+			select {
+			case it := <-e.queue:
+				e.failed.Add(1)
+				e.finish(it, cause)
+				continue
+			default:
+			}
+			break
+		}
+		e.cancel()
+		if n := e.failed.Load(); n > 0 {
+			e.closeErr = fmt.Errorf("apns: close: %d notifications failed: %w", n, context.Cause(ctx))
+		}
+	})
+	return e.closeErr
+}
+
+// Stats returns a snapshot of the engine's state.
+func (e *BinaryEngine) Stats() Stats {
+	s := Stats{
+		Conns:      e.o.conns,
+		Connected:  int(e.connected.Load()),
+		InFlight:   int(e.pending.Load()),
+		Reconnects: e.reconnects.Load(),
+	}
+	if p := e.credErr.Load(); p != nil {
+		s.CredentialsErr = *p
+	}
+	return s
+}
+
+func (e *BinaryEngine) doAbort() {
+	e.abortOnce.Do(func() {
+		close(e.abort)
+		e.cancel()
+		e.connsMu.Lock()
+		for c := range e.conns {
+			_ = c.Close()
+		}
+		e.connsMu.Unlock()
+	})
+}
+
+func (e *BinaryEngine) aborted() bool {
+	select {
+	case <-e.abort:
+		return true
+	default:
+		return false
+	}
+}
+
+// closedErr is the cause of outcomes failed by Close.
+func (e *BinaryEngine) closedErr() error {
+	if p := e.lastErr.Load(); p != nil {
+		return fmt.Errorf("%w (last connection error: %v)", ErrClosed, *p)
+	}
+	return ErrClosed
+}
+
+func (e *BinaryEngine) mono() time.Duration { return time.Since(e.epoch) }
+
+// finish reports it's outcome and frees its slot.
+func (e *BinaryEngine) finish(it *item, err error) {
+	e.o.outcome(Outcome{Ref: it.ref, Notification: it.n, Err: err, Attempts: it.attempts, Accepted: it.accepted})
+	<-e.slots
+	if e.pending.Add(-1) == 0 && e.isClosed.Load() {
+		e.drainOnce.Do(func() { close(e.drained) })
+	}
+}
+
+// requeue queues it to be sent again; with a cause, the resend uses up one
+// of its retries, and it fails once they are exhausted.
+func (e *BinaryEngine) requeue(it *item, cause error) {
+	if cause != nil {
+		it.retries++
+		if it.retries > e.o.maxRetries {
+			e.finish(it, fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, it.attempts, cause))
+			return
+		}
+	}
+	if e.aborted() {
+		e.failed.Add(1)
+		e.finish(it, e.closedErr())
+		return
+	}
+	e.queue <- it // never blocks: it holds a slot
+}
+
+// failQueued fails everything queued now with err.
+func (e *BinaryEngine) failQueued(err error) {
+	for {
+		select {
+		case it := <-e.queue:
+			e.finish(it, err)
+		default:
+			return
+		}
+	}
+}
+
+func (e *BinaryEngine) setLastErr(err error) { e.lastErr.Store(&err) }
+
+// backoff returns the delay before connection attempt number fails+1.
+func (e *BinaryEngine) backoff(fails int) time.Duration {
+	d := e.b.backoffMin << min(fails-1, 30)
+	if d <= 0 || d > e.b.backoffMax {
+		d = e.b.backoffMax
+	}
+	return d/2 + rand.N(d/2+1) // equal jitter
+}
+
+// worker runs connection slot i: it dials when there is work, runs a
+// session until the connection ends, and dials again.
+func (e *BinaryEngine) worker(i int) {
+	defer e.wg.Done()
+	var (
+		s     = &session{e: e, w: bufio.NewWriterSize(nil, writeBufferSize)}
+		fails int // connection attempts in a row that achieved nothing
+		dials int
+	)
+	log := e.o.log.With(slog.Int("conn", i))
+	for {
+		if fails > 0 {
+			t := time.NewTimer(e.backoff(fails))
+			select {
+			case <-t.C:
+			case <-e.drained:
+				t.Stop()
+				return
+			case <-e.abort:
+				t.Stop()
+				return
+			}
+		}
+		var first *item
+		select {
+		case first = <-e.queue:
+		case <-e.drained:
+			return
+		case <-e.abort:
+			return
+		}
+		conn, err := e.dial()
+		if err != nil {
+			fails++
+			if e.aborted() {
+				e.requeue(first, nil)
+				continue
+			}
+			e.setLastErr(err)
+			if CertificateRefused(err) {
+				e.refused(first, err, log)
+				continue
+			}
+			log.LogAttrs(e.ctx, slog.LevelWarn, "binary gateway dial failed",
+				slog.String("addr", e.addr), slog.Int("fails", fails), slog.Any("err", err))
+			e.requeue(first, nil)
+			continue
+		}
+		if dials++; dials > 1 {
+			e.reconnects.Add(1)
+		}
+		e.connected.Add(1)
+		s.reset(conn, log)
+		ok := s.run(first)
+		e.connected.Add(-1)
+		e.untrack(conn)
+		if ok {
+			fails = 0
+		} else {
+			fails++
+		}
+	}
+}
+
+// refused fails first and everything queued: APNs refused the certificate.
+func (e *BinaryEngine) refused(first *item, err error, log *slog.Logger) {
+	cerr := fmt.Errorf("%w: %w", ErrCredentials, err)
+	e.credErr.Store(&cerr)
+	log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
+		slog.String("addr", e.addr), slog.Any("err", err))
+	if first != nil {
+		e.finish(first, cerr)
+	}
+	e.failQueued(cerr)
+}
+
+func (e *BinaryEngine) dial() (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, e.b.dialTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: e.tlsc}
+	c, err := d.DialContext(ctx, "tcp", e.addr)
+	if err != nil {
+		return nil, fmt.Errorf("apns: connect to %s: %w", e.addr, err)
+	}
+	tc := c.(*tls.Conn)
+	raw := tc.NetConn()
+	e.connsMu.Lock()
+	defer e.connsMu.Unlock()
+	if e.aborted() {
+		_ = raw.Close()
+		return nil, ErrClosed
+	}
+	e.conns[raw] = struct{}{}
+	return tc, nil
+}
+
+func (e *BinaryEngine) untrack(c *tls.Conn) {
+	e.connsMu.Lock()
+	delete(e.conns, c.NetConn())
+	e.connsMu.Unlock()
+}
+
+type readResult struct {
+	resp ErrorResponse
+	err  error
+}
+
+// session is one connection's life: writing, the in-flight queue, and the
+// end. A worker reuses its session (and buffers) across connections.
+type session struct {
+	e    *BinaryEngine
+	log  *slog.Logger
+	conn *tls.Conn
+	w    *bufio.Writer
+
+	ring   []*item // in flight: ring[start:], identifiers headID, headID+1, …
+	start  int
+	headID uint32
+	nextID uint32
+
+	readc      chan readResult
+	lastWrite  time.Duration
+	deadlineAt time.Duration // when the write deadline was last set
+	confirmed  bool          // some outcome came from this connection
+	timer      *time.Timer
+}
+
+func (s *session) reset(c *tls.Conn, log *slog.Logger) {
+	s.conn, s.log = c, log
+	s.w.Reset(c)
+	clear(s.ring)
+	s.ring, s.start = s.ring[:0], 0
+	s.headID, s.nextID = 1, 1
+	s.readc = make(chan readResult, 1)
+	s.lastWrite = s.e.mono()
+	s.deadlineAt = -time.Hour
+	s.confirmed = false
+	if s.timer == nil {
+		s.timer = time.NewTimer(time.Hour)
+	}
+	s.timer.Stop()
+}
+
+func (s *session) inflight() int { return len(s.ring) - s.start }
+
+// read waits for the error response (or the end of the connection).
+func (s *session) read() {
+	r, err := ReadErrorResponse(s.conn)
+	s.readc <- readResult{r, err}
+}
+
+// run writes first and whatever else is queued until the connection ends.
+// It returns whether the connection achieved anything (an outcome or an
+// error response), so that a failing gateway is retried with backoff.
+func (s *session) run(first *item) bool {
+	e := s.e
+	go s.read()
+	now := e.mono()
+	err := s.write(first, now, e.o.now())
+	for err == nil {
+		now = e.mono()
+		s.expire(now)
+		canWrite := s.nextID < math.MaxUint32 // never reuse an identifier
+		n := 0
+		if canWrite {
+			wall := e.o.now()
+			for ; n < maxBatch && s.nextID < math.MaxUint32; n++ {
+				var it *item
+				select {
+				case it = <-e.queue:
+				default:
+				}
+				if it == nil {
+					break
+				}
+				if err = s.write(it, now, wall); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		select {
+		case r := <-s.readc:
+			return s.end(r, nil)
+		default:
+		}
+		if n == maxBatch {
+			continue // more may be queued
+		}
+		if s.w.Buffered() > 0 {
+			s.refreshDeadline(now)
+			if err = s.w.Flush(); err != nil {
+				break
+			}
+		}
+		// Nothing queued: wait for work, the error response, the next
+		// expiry, or the idle timeout.
+		var wake time.Duration
+		if s.inflight() > 0 {
+			wake = s.ring[s.start].written + e.b.assumeDelivered - now
+		} else {
+			if !canWrite || now-s.lastWrite >= e.b.idleTimeout {
+				return s.close()
+			}
+			wake = s.lastWrite + e.b.idleTimeout - now
+		}
+		s.timer.Reset(wake)
+		queue := e.queue
+		if !canWrite {
+			queue = nil
+		}
+		select {
+		case it := <-queue:
+			err = s.write(it, e.mono(), e.o.now())
+		case r := <-s.readc:
+			s.timer.Stop()
+			return s.end(r, nil)
+		case <-s.timer.C:
+		case <-e.drained: // closing, nothing pending: in flight is empty
+			s.timer.Stop()
+			return s.close()
+		case <-e.abort:
+			s.timer.Stop()
+			return s.fail(e.closedErr())
+		}
+		s.timer.Stop()
+	}
+	// A write failed. The gateway may have answered with an error response
+	// and closed, as APNs does: the reader reports it or the end.
+	_ = s.conn.SetReadDeadline(time.Now().Add(readGrace))
+	select {
+	case r := <-s.readc:
+		return s.end(r, err)
+	case <-e.abort:
+		return s.fail(e.closedErr())
+	}
+}
+
+// write encodes it into the buffer and puts it in flight.
+func (s *session) write(it *item, now time.Duration, wall time.Time) error {
+	n := it.n
+	if exp := n.Expiration; !exp.IsZero() && exp.Unix() > 0 && exp.Before(wall) {
+		s.e.finish(it, fmt.Errorf("%w: expiration %s", ErrExpired, exp.UTC().Format(time.RFC3339)))
+		return nil
+	}
+	if l := FrameLen(n); s.w.Available() < l {
+		s.refreshDeadline(now)
+		if err := s.w.Flush(); err != nil {
+			s.push(it, now) // nothing of it was written, but keep it in order
+			return err
+		}
+	}
+	buf := AppendFrame(s.w.AvailableBuffer(), s.nextID, n)
+	_, err := s.w.Write(buf)
+	s.push(it, now)
+	return err
+}
+
+func (s *session) push(it *item, now time.Duration) {
+	it.attempts++
+	it.written = now
+	s.ring = append(s.ring, it)
+	s.nextID++
+	s.lastWrite = now
+}
+
+// refreshDeadline keeps a write deadline of dialTimeout ahead, renewing it
+// at most every second.
+func (s *session) refreshDeadline(now time.Duration) {
+	if now-s.deadlineAt < time.Second {
+		return
+	}
+	s.deadlineAt = now
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.e.b.dialTimeout))
+}
+
+// pop takes the oldest in-flight item.
+func (s *session) pop() *item {
+	it := s.ring[s.start]
+	s.ring[s.start] = nil
+	s.start++
+	s.headID++
+	switch {
+	case s.start == len(s.ring):
+		s.ring, s.start = s.ring[:0], 0
+	case s.start >= 1024 && 2*s.start >= len(s.ring):
+		k := copy(s.ring, s.ring[s.start:])
+		clear(s.ring[k:])
+		s.ring, s.start = s.ring[:k], 0
+	}
+	return it
+}
+
+// expire reports delivered what stayed unanswered for the window.
+func (s *session) expire(now time.Duration) {
+	for s.inflight() > 0 && now-s.ring[s.start].written >= s.e.b.assumeDelivered {
+		s.confirmed = true
+		s.e.finish(s.pop(), nil)
+	}
+}
+
+// close ends a session with nothing in flight.
+func (s *session) close() bool {
+	_ = s.conn.NetConn().Close()
+	<-s.readc
+	return true
+}
+
+// fail ends the session because Close gave up: everything in flight fails.
+func (s *session) fail(cause error) bool {
+	_ = s.conn.NetConn().Close()
+	<-s.readc
+	for s.inflight() > 0 {
+		s.e.failed.Add(1)
+		s.e.finish(s.pop(), cause)
+	}
+	return true
+}
+
+// end handles the end of the connection: the reader's result r, and the
+// write error that ended it first, if any.
+func (s *session) end(r readResult, writeErr error) bool {
+	e := s.e
+	_ = s.conn.NetConn().Close()
+	if r.err == nil {
+		s.onErrorResponse(r.resp)
+		return true
+	}
+	cause := r.err
+	if writeErr != nil && !errors.Is(r.err, writeErr) {
+		cause = fmt.Errorf("%w (after write error: %v)", r.err, writeErr)
+	}
+	cause = fmt.Errorf("apns: connection to %s lost: %w", e.addr, cause)
+	e.setLastErr(cause)
+	if CertificateRefused(r.err) {
+		cerr := fmt.Errorf("%w: %w", ErrCredentials, r.err)
+		e.credErr.Store(&cerr)
+		s.log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
+			slog.String("addr", e.addr), slog.Any("err", r.err))
+		for s.inflight() > 0 {
+			e.finish(s.pop(), cerr)
+		}
+		e.failQueued(cerr)
+		return false
+	}
+	if s.inflight() > 0 {
+		s.log.LogAttrs(e.ctx, slog.LevelWarn, "binary gateway connection lost; resending in flight",
+			slog.Int("in_flight", s.inflight()), slog.Any("err", cause))
+	}
+	for s.inflight() > 0 {
+		e.requeue(s.pop(), cause)
+	}
+	return s.confirmed
+}
+
+// onErrorResponse settles the in-flight queue after APNs named one
+// notification: status 10 names the last good one, others the bad one.
+func (s *session) onErrorResponse(r ErrorResponse) {
+	e := s.e
+	s.confirmed = true
+	k := int64(r.ID) - int64(s.headID) // index of the named one in flight
+	switch {
+	case r.ID != 0 && k < 0:
+		// Named one already reported delivered (window too short for this
+		// gateway); all in flight came after it and were discarded.
+		s.log.LogAttrs(e.ctx, slog.LevelWarn, "error response for a notification already assumed delivered",
+			slog.Uint64("id", uint64(r.ID)), slog.String("status", r.Status.String()))
+		s.resendAll(nil)
+		return
+	case r.ID == 0 || k >= int64(s.inflight()):
+		cause := fmt.Errorf("apns: gateway answered %s for unknown notification %d", r.Status, r.ID)
+		s.log.LogAttrs(e.ctx, slog.LevelWarn, "error response for an unknown notification",
+			slog.Uint64("id", uint64(r.ID)), slog.String("status", r.Status.String()))
+		e.setLastErr(cause)
+		s.resendAll(cause)
+		return
+	}
+	for ; k > 0; k-- {
+		e.finish(s.pop(), nil)
+	}
+	it := s.pop()
+	switch {
+	case r.Status == StatusShutdown:
+		e.finish(it, nil)
+	case r.Status.Temporary():
+		e.requeue(it, fmt.Errorf("apns: gateway answered %s", r.Status))
+	default:
+		rej := &RejectionError{ID: r.ID, Status: r.Status, Reason: r.Status.String()}
+		if e.o.log.Enabled(e.ctx, slog.LevelDebug) {
+			s.log.LogAttrs(e.ctx, slog.LevelDebug, "notification rejected",
+				slog.Uint64("id", uint64(r.ID)), slog.String("reason", rej.Reason), slog.Any("token", it.n.Token))
+		}
+		e.finish(it, rej)
+	}
+	s.resendAll(nil)
+}
+
+func (s *session) resendAll(cause error) {
+	for s.inflight() > 0 {
+		s.e.requeue(s.pop(), cause)
+	}
+}

@@ -152,15 +152,15 @@ func frameBytes(cmd byte, items ...[]byte) []byte {
 	return append(b, body...)
 }
 
-func item(typ byte, v []byte) []byte {
+func rawItem(typ byte, v []byte) []byte {
 	return append([]byte{typ, byte(len(v) >> 8), byte(len(v))}, v...)
 }
 
 func TestReadFrameStrict(t *testing.T) {
 	t.Parallel()
-	tok := item(1, seqToken())
-	pay := item(2, []byte(`{"aps":{}}`))
-	id := item(3, []byte{0, 0, 0, 9})
+	tok := rawItem(1, seqToken())
+	pay := rawItem(2, []byte(`{"aps":{}}`))
+	id := rawItem(3, []byte{0, 0, 0, 9})
 	tests := []struct {
 		name       string
 		in         []byte
@@ -169,23 +169,23 @@ func TestReadFrameStrict(t *testing.T) {
 		wantErr    error
 	}{
 		{"minimal", frameBytes(2, tok, pay, id), 0, 9, nil},
-		{"items in any order", frameBytes(2, id, item(5, []byte{5}), pay, tok), 0, 9, nil},
+		{"items in any order", frameBytes(2, id, rawItem(5, []byte{5}), pay, tok), 0, 9, nil},
 		{"empty input", nil, 0, 0, io.EOF},
 		{"short header", []byte{2, 0, 0}, 0, 0, io.ErrUnexpectedEOF},
 		{"short body", frameBytes(2, tok, pay, id)[:40], 0, 0, io.ErrUnexpectedEOF},
 		{"command 1", frameBytes(1, tok, pay, id), StatusProtocolError, 0, nil},
 		{"huge length", []byte{2, 0xff, 0xff, 0xff, 0xff}, StatusProtocolError, 0, nil},
 		{"no token", frameBytes(2, pay, id), StatusMissingDeviceToken, 9, nil},
-		{"empty token", frameBytes(2, item(1, nil), pay, id), StatusMissingDeviceToken, 9, nil},
-		{"short token", frameBytes(2, item(1, seqToken()[:31]), pay, id), StatusInvalidTokenSize, 9, nil},
+		{"empty token", frameBytes(2, rawItem(1, nil), pay, id), StatusMissingDeviceToken, 9, nil},
+		{"short token", frameBytes(2, rawItem(1, seqToken()[:31]), pay, id), StatusInvalidTokenSize, 9, nil},
 		{"no payload", frameBytes(2, tok, id), StatusMissingPayload, 9, nil},
-		{"payload too large", frameBytes(2, tok, item(2, bytes.Repeat([]byte{'x'}, 2049)), id), StatusInvalidPayloadSize, 9, nil},
+		{"payload too large", frameBytes(2, tok, rawItem(2, bytes.Repeat([]byte{'x'}, 2049)), id), StatusInvalidPayloadSize, 9, nil},
 		{"no identifier", frameBytes(2, tok, pay), StatusProtocolError, 0, nil},
-		{"identifier of 3 bytes", frameBytes(2, tok, pay, item(3, []byte{0, 0, 9})), StatusProtocolError, 0, nil},
-		{"expiration of 2 bytes", frameBytes(2, tok, pay, id, item(4, []byte{0, 1})), StatusProtocolError, 0, nil},
-		{"priority 7", frameBytes(2, tok, pay, id, item(5, []byte{7})), StatusProtocolError, 9, nil},
-		{"priority of 2 bytes", frameBytes(2, tok, pay, id, item(5, []byte{0, 10})), StatusProtocolError, 0, nil},
-		{"unknown item", frameBytes(2, tok, pay, id, item(6, []byte{1})), StatusProtocolError, 0, nil},
+		{"identifier of 3 bytes", frameBytes(2, tok, pay, rawItem(3, []byte{0, 0, 9})), StatusProtocolError, 0, nil},
+		{"expiration of 2 bytes", frameBytes(2, tok, pay, id, rawItem(4, []byte{0, 1})), StatusProtocolError, 0, nil},
+		{"priority 7", frameBytes(2, tok, pay, id, rawItem(5, []byte{7})), StatusProtocolError, 9, nil},
+		{"priority of 2 bytes", frameBytes(2, tok, pay, id, rawItem(5, []byte{0, 10})), StatusProtocolError, 0, nil},
+		{"unknown item", frameBytes(2, tok, pay, id, rawItem(6, []byte{1})), StatusProtocolError, 0, nil},
 		{"repeated item", frameBytes(2, tok, pay, id, pay), StatusProtocolError, 0, nil},
 		{"item overruns frame", frameBytes(2, tok, pay, id, []byte{5, 0, 9, 10}), StatusProtocolError, 0, nil},
 		{"truncated item header", frameBytes(2, tok, pay, id, []byte{5, 0}), StatusProtocolError, 0, nil},
@@ -253,9 +253,9 @@ func FuzzReadErrorResponse(f *testing.F) {
 }
 
 func FuzzReadFrame(f *testing.F) {
-	tok := item(1, seqToken())
-	pay := item(2, []byte(`{"aps":{}}`))
-	id := item(3, []byte{0, 0, 0, 9})
+	tok := rawItem(1, seqToken())
+	pay := rawItem(2, []byte(`{"aps":{}}`))
+	id := rawItem(3, []byte{0, 0, 0, 9})
 	f.Add(AppendFrame(nil, 1, &Notification{Token: seqToken(), Payload: []byte(`{"aps":{}}`)}))
 	f.Add(AppendFrame(nil, 2, &Notification{Token: seqToken(), Payload: []byte(`{"aps":{}}`), Expiration: ExpireNow, Priority: 5}))
 	f.Add(frameBytes(2, id, pay, tok))
@@ -271,12 +271,12 @@ func FuzzReadFrame(f *testing.F) {
 		}
 		// A frame we accept re-encodes (items in canonical order) to a
 		// frame of the same length that decodes to the same values.
-		items := [][]byte{item(1, fr.Token), item(2, fr.Payload), item(3, be32(fr.ID))}
+		items := [][]byte{rawItem(1, fr.Token), rawItem(2, fr.Payload), rawItem(3, be32(fr.ID))}
 		if fr.HasExpiration {
-			items = append(items, item(4, be32(fr.Expiration)))
+			items = append(items, rawItem(4, be32(fr.Expiration)))
 		}
 		if fr.Priority != 0 {
-			items = append(items, item(5, []byte{byte(fr.Priority)}))
+			items = append(items, rawItem(5, []byte{byte(fr.Priority)}))
 		}
 		enc := frameBytes(2, items...)
 		require.Len(t, enc, FrameHeaderLen+int(uint32(b[1])<<24|uint32(b[2])<<16|uint32(b[3])<<8|uint32(b[4])))

@@ -1,0 +1,397 @@
+package apnstest
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jetpush/apns-worker/apns"
+)
+
+// Gateway is an in-process binary APNs gateway (command-2 frames over TLS),
+// for tests, benchmarks and demos, like httptest.Server:
+//
+//	gw := apnstest.NewGateway(apnstest.Reject(tok, apns.StatusInvalidToken))
+//	t.Cleanup(gw.Close)
+//	eng, err := apns.NewBinaryEngine(gw.Addr, gw.ClientCert(), apns.WithRootCAs(gw.RootCAs()))
+//
+// It listens on 127.0.0.1 with a server certificate from its PKI and
+// requires a client certificate from the same PKI. It reads frames strictly,
+// as Apple's gateway does (see apns.FrameReader): a malformed frame gets an
+// error response with the matching status (128 when nothing more specific
+// fits) and the connection is closed. Well-formed frames are accepted and
+// counted, except those for tokens it was told to reject, which get an error
+// response naming them; then the connection closes, discarding whatever the
+// client wrote after the bad frame. By default it closes at once, as APNs
+// does, so a client still writing hits a connection reset; DrainAfterError
+// makes it read and discard input for a while first.
+//
+// Knobs that count frames (CloseAfter, CloseEvery, ShutdownAfter,
+// StallAfter) count accepted frames over the whole gateway, all
+// connections together.
+type Gateway struct {
+	// Addr is the gateway's host:port, e.g. "127.0.0.1:41234".
+	Addr string
+
+	cfg  gatewayConfig
+	tlsc *tls.Config
+	ln   net.Listener
+	done chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+
+	accepted atomic.Int64 // frames accepted, gateway-wide
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	counts map[[32]byte]int32 // accepted frames per token (unless CountOnly)
+	stats  GatewayStats
+}
+
+// GatewayStats counts what a Gateway saw.
+type GatewayStats struct {
+	Conns           int // TLS connections established
+	HandshakeErrors int // TLS handshakes that failed (e.g. a wrong client certificate)
+	Accepted        int // frames accepted (a client may count them delivered)
+	Duplicates      int // accepted frames whose token had been accepted before
+	Rejected        int // error responses for tokens told to Reject
+	Malformed       int // error responses for malformed frames
+	Shutdowns       int // status-10 error responses
+	SilentCloses    int // connections closed by CloseAfter or CloseEvery
+}
+
+// GatewayOption configures a Gateway.
+type GatewayOption func(*gatewayConfig)
+
+type gatewayConfig struct {
+	pki             *PKI
+	addr            string
+	reject          map[[32]byte]apns.Status
+	rejectFunc      func(tok []byte) (apns.Status, bool)
+	closeAfter      int64
+	closeEvery      int64
+	shutdownAfter   int64
+	stallAfter      int64
+	stallHandshake  bool
+	drainAfterError time.Duration
+	maxPayload      int
+	countOnly       bool
+}
+
+// Reject makes the gateway answer every frame for tok with an error
+// response of status st naming the frame, then close the connection.
+// Tokens must be 32 bytes, as the gateway reads no others.
+func Reject(tok apns.Token, st apns.Status) GatewayOption {
+	return func(c *gatewayConfig) {
+		if c.reject == nil {
+			c.reject = make(map[[32]byte]apns.Status)
+		}
+		var k [32]byte
+		copy(k[:], tok)
+		c.reject[k] = st
+	}
+}
+
+// RejectFunc makes the gateway ask f about each well-formed frame's token
+// (after Reject): when f says so, the frame gets an error response with the
+// status f returns. f is called concurrently and must not keep tok.
+func RejectFunc(f func(tok []byte) (apns.Status, bool)) GatewayOption {
+	return func(c *gatewayConfig) { c.rejectFunc = f }
+}
+
+// CloseAfter makes the gateway close, without an error response, the
+// connection that carries its n-th accepted frame; once.
+func CloseAfter(n int) GatewayOption {
+	return func(c *gatewayConfig) { c.closeAfter = int64(n) }
+}
+
+// CloseEvery makes the gateway close, without an error response, the
+// connection that carries each n-th accepted frame (n, 2n, 3n, …). What the
+// client wrote after that frame is lost unread.
+func CloseEvery(n int) GatewayOption {
+	return func(c *gatewayConfig) { c.closeEvery = int64(n) }
+}
+
+// ShutdownAfter makes the gateway answer status 10 (shutdown) after its n-th
+// accepted frame, naming that frame as the last one processed, then close
+// that connection; once.
+func ShutdownAfter(n int) GatewayOption {
+	return func(c *gatewayConfig) { c.shutdownAfter = int64(n) }
+}
+
+// StallAfter makes the gateway stop reading from every connection once it
+// has accepted n frames (n = 0: from the start), keeping TCP and TLS up, so
+// clients' writes eventually block.
+func StallAfter(n int) GatewayOption {
+	return func(c *gatewayConfig) { c.stallAfter = int64(n) + 1 }
+}
+
+// StallHandshake makes the gateway accept TCP connections and never answer
+// the TLS handshake.
+func StallHandshake() GatewayOption {
+	return func(c *gatewayConfig) { c.stallHandshake = true }
+}
+
+// DrainAfterError makes the gateway, after an error response, read and
+// discard its input for d (or until the client closes) before it closes the
+// connection. By default it closes at once, as APNs does: a client still
+// writing then hits a connection reset.
+func DrainAfterError(d time.Duration) GatewayOption {
+	return func(c *gatewayConfig) { c.drainAfterError = d }
+}
+
+// MaxPayload sets the largest payload the gateway accepts (default 2048;
+// larger ones get status 7).
+func MaxPayload(n int) GatewayOption {
+	return func(c *gatewayConfig) { c.maxPayload = n }
+}
+
+// CountOnly makes the gateway keep totals only, not per-token counts (Count
+// returns 0 and Duplicates stays 0), for long runs over many tokens.
+func CountOnly() GatewayOption {
+	return func(c *gatewayConfig) { c.countOnly = true }
+}
+
+// GatewayPKI makes the gateway use p instead of a fresh PKI.
+func GatewayPKI(p *PKI) GatewayOption {
+	return func(c *gatewayConfig) { c.pki = p }
+}
+
+// GatewayAddr makes the gateway listen on addr instead of 127.0.0.1:0.
+func GatewayAddr(addr string) GatewayOption {
+	return func(c *gatewayConfig) { c.addr = addr }
+}
+
+// NewGateway starts a Gateway, panicking if it cannot listen (as
+// httptest.NewServer does). Stop it with Close.
+func NewGateway(opts ...GatewayOption) *Gateway {
+	g, err := ListenGateway(opts...)
+	if err != nil {
+		panic(fmt.Sprintf("apnstest: %v", err))
+	}
+	return g
+}
+
+// ListenGateway starts a Gateway, or reports why it cannot listen.
+func ListenGateway(opts ...GatewayOption) (*Gateway, error) {
+	cfg := gatewayConfig{addr: "127.0.0.1:0", maxPayload: apns.BinaryLimits.MaxPayload}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.pki == nil {
+		p, err := NewPKI()
+		if err != nil {
+			return nil, err
+		}
+		cfg.pki = p
+	}
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return nil, fmt.Errorf("apnstest: gateway listen: %w", err)
+	}
+	g := &Gateway{
+		Addr:  ln.Addr().String(),
+		cfg:   cfg,
+		tlsc:  cfg.pki.ServerTLS(true),
+		ln:    ln,
+		done:  make(chan struct{}),
+		conns: make(map[net.Conn]struct{}),
+	}
+	if !cfg.countOnly {
+		g.counts = make(map[[32]byte]int32)
+	}
+	g.wg.Add(1)
+	go g.acceptLoop()
+	return g, nil
+}
+
+// PKI returns the gateway's certificate authority.
+func (g *Gateway) PKI() *PKI { return g.cfg.pki }
+
+// ClientCert returns a client certificate the gateway accepts.
+func (g *Gateway) ClientCert() tls.Certificate { return g.cfg.pki.ClientCert }
+
+// RootCAs returns a pool that trusts the gateway's server certificate.
+func (g *Gateway) RootCAs() *x509.CertPool { return g.cfg.pki.RootCAs }
+
+// Close stops the gateway: it closes the listener and every connection and
+// waits for its goroutines. It is safe to call more than once.
+func (g *Gateway) Close() {
+	g.once.Do(func() {
+		close(g.done)
+		_ = g.ln.Close()
+		g.mu.Lock()
+		for c := range g.conns {
+			_ = c.Close()
+		}
+		g.mu.Unlock()
+	})
+	g.wg.Wait()
+}
+
+// Stats returns what the gateway has seen so far.
+func (g *Gateway) Stats() GatewayStats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stats
+}
+
+// Count returns how many frames for tok the gateway accepted.
+func (g *Gateway) Count(tok apns.Token) int {
+	var k [32]byte
+	copy(k[:], tok)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return int(g.counts[k])
+}
+
+func (g *Gateway) acceptLoop() {
+	defer g.wg.Done()
+	for {
+		c, err := g.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return // closed
+		}
+		g.mu.Lock()
+		select {
+		case <-g.done:
+			g.mu.Unlock()
+			_ = c.Close()
+			return
+		default:
+		}
+		g.conns[c] = struct{}{}
+		g.wg.Add(1)
+		g.mu.Unlock()
+		go g.serve(c)
+	}
+}
+
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+
+func (g *Gateway) serve(raw net.Conn) {
+	defer g.wg.Done()
+	defer func() {
+		_ = raw.Close()
+		g.mu.Lock()
+		delete(g.conns, raw)
+		g.mu.Unlock()
+	}()
+	if g.cfg.stallHandshake {
+		<-g.done
+		return
+	}
+	tc := tls.Server(raw, g.tlsc)
+	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		g.mu.Lock()
+		g.stats.HandshakeErrors++
+		g.mu.Unlock()
+		return
+	}
+	_ = tc.SetDeadline(time.Time{})
+	g.mu.Lock()
+	g.stats.Conns++
+	g.mu.Unlock()
+
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(tc)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
+	fr := apns.NewFrameReader(br, g.cfg.maxPayload)
+	for {
+		if g.cfg.stallAfter > 0 && g.accepted.Load() >= g.cfg.stallAfter-1 {
+			<-g.done
+			return
+		}
+		f, err := fr.ReadFrame()
+		if err != nil {
+			var fe *apns.FrameError
+			if errors.As(err, &fe) {
+				g.mu.Lock()
+				g.stats.Malformed++
+				g.mu.Unlock()
+				g.answer(tc, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+			}
+			return // io.EOF, a reset, or Close
+		}
+		if st, bad := g.rejects(f.Token); bad {
+			g.mu.Lock()
+			g.stats.Rejected++
+			g.mu.Unlock()
+			g.answer(tc, apns.ErrorResponse{Status: st, ID: f.ID})
+			return
+		}
+		n := g.accept(f.Token)
+		switch {
+		case g.cfg.shutdownAfter > 0 && n == g.cfg.shutdownAfter:
+			g.mu.Lock()
+			g.stats.Shutdowns++
+			g.mu.Unlock()
+			g.answer(tc, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
+			return
+		case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
+			g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0:
+			g.mu.Lock()
+			g.stats.SilentCloses++
+			g.mu.Unlock()
+			return
+		}
+	}
+}
+
+func (g *Gateway) rejects(tok []byte) (apns.Status, bool) {
+	if g.cfg.reject != nil {
+		if st, ok := g.cfg.reject[[32]byte(tok)]; ok {
+			return st, true
+		}
+	}
+	if g.cfg.rejectFunc != nil {
+		return g.cfg.rejectFunc(tok)
+	}
+	return 0, false
+}
+
+// accept records an accepted frame and returns the gateway-wide count.
+func (g *Gateway) accept(tok []byte) int64 {
+	n := g.accepted.Add(1)
+	g.mu.Lock()
+	g.stats.Accepted++
+	if g.counts != nil {
+		k := [32]byte(tok)
+		c := g.counts[k]
+		if c > 0 {
+			g.stats.Duplicates++
+		}
+		g.counts[k] = c + 1
+	}
+	g.mu.Unlock()
+	return n
+}
+
+// answer writes an error response, then either closes at once (the
+// caller's deferred close) or first drains input for a while.
+func (g *Gateway) answer(tc *tls.Conn, r apns.ErrorResponse) {
+	var b [apns.ErrorResponseLen]byte
+	_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := tc.Write(apns.AppendErrorResponse(b[:0], r)); err != nil {
+		return
+	}
+	if d := g.cfg.drainAfterError; d > 0 {
+		_ = tc.SetReadDeadline(time.Now().Add(d))
+		_, _ = io.Copy(io.Discard, tc)
+	}
+}
