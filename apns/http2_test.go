@@ -1,0 +1,550 @@
+package apns_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/apnstest"
+)
+
+// h2Clock is an injectable clock that tests move by hand.
+type h2Clock struct{ ns atomic.Int64 }
+
+func newH2Clock() *h2Clock {
+	c := &h2Clock{}
+	c.ns.Store(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *h2Clock) Now() time.Time           { return time.Unix(0, c.ns.Load()) }
+func (c *h2Clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// h2Collector gathers outcomes, one per ref, and fails the test on a second
+// outcome for the same ref.
+type h2Collector struct {
+	t    testing.TB
+	mu   sync.Mutex
+	byID map[any]apns.Outcome
+	dups int
+	ch   chan apns.Outcome
+}
+
+func newH2Collector(t testing.TB, buf int) *h2Collector {
+	return &h2Collector{t: t, byID: make(map[any]apns.Outcome), ch: make(chan apns.Outcome, buf)}
+}
+
+func (c *h2Collector) fn(o apns.Outcome) {
+	c.mu.Lock()
+	if _, dup := c.byID[o.Ref]; dup {
+		c.dups++
+	}
+	c.byID[o.Ref] = o
+	c.mu.Unlock()
+	c.ch <- o
+}
+
+// wait returns the next n outcomes, failing after a generous bound.
+func (c *h2Collector) wait(n int) []apns.Outcome {
+	c.t.Helper()
+	out := make([]apns.Outcome, 0, n)
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for len(out) < n {
+		select {
+		case o := <-c.ch:
+			out = append(out, o)
+		case <-timeout.C:
+			c.t.Fatalf("got %d of %d outcomes", len(out), n)
+		}
+	}
+	return out
+}
+
+func h2Token(i int) apns.Token {
+	t := make(apns.Token, 32)
+	t[0], t[1], t[2], t[3] = 0xa0, byte(i>>16), byte(i>>8), byte(i)
+	return t
+}
+
+var h2Payload = []byte(`{"aps":{"alert":"hello"}}`)
+
+const h2Topic = "com.example.app"
+
+// newH2Engine starts a h2Token-auth engine against s, closed at cleanup.
+func newH2Engine(t testing.TB, s *apnstest.HTTP2Server, opts ...apns.Option) *apns.HTTP2Engine {
+	t.Helper()
+	key, err := apns.ParseP8(s.P8())
+	require.NoError(t, err)
+	opts = append([]apns.Option{
+		apns.WithRootCAs(s.RootCAs()),
+		apns.WithTopic(h2Topic),
+		apns.WithRetryBackoff(time.Millisecond, 10*time.Millisecond),
+	}, opts...)
+	e, err := apns.NewHTTP2Engine(s.URL, apns.TokenAuth(key, s.KeyID, s.TeamID), opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { closeH2Engine(t, e) })
+	return e
+}
+
+func closeH2Engine(t testing.TB, e *apns.HTTP2Engine) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, e.Close(ctx))
+}
+
+func newH2Server(t testing.TB, opts ...apnstest.HTTP2Option) *apnstest.HTTP2Server {
+	s := apnstest.NewHTTP2Server(opts...)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestHTTP2Delivers(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Record(true))
+	col := newH2Collector(t, 16)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithPushType(apns.PushTypeAlert))
+	ctx := context.Background()
+
+	tests := []struct {
+		name string
+		n    *apns.Notification
+		want map[string]string // headers the server must see
+	}{
+		{"defaults", &apns.Notification{Token: h2Token(1), Payload: h2Payload},
+			map[string]string{"apns-topic": h2Topic, "apns-push-type": "alert"}},
+		{"all headers", &apns.Notification{
+			Token: h2Token(2), Payload: h2Payload, Topic: h2Topic + ".voip", PushType: apns.PushTypeVoIP,
+			Priority: apns.PriorityConserve, Expiration: time.Unix(1900000000, 0), CollapseID: "c1",
+			ID: "123e4567-e89b-12d3-a456-426614174000",
+		}, map[string]string{
+			"apns-topic": h2Topic + ".voip", "apns-push-type": "voip", "apns-priority": "5",
+			"apns-expiration": "1900000000", "apns-collapse-id": "c1",
+			"apns-id": "123e4567-e89b-12d3-a456-426614174000",
+		}},
+		{"expire now", &apns.Notification{Token: h2Token(3), Payload: h2Payload, Expiration: apns.ExpireNow,
+			Priority: apns.PriorityLow}, map[string]string{"apns-expiration": "0", "apns-priority": "1"}},
+		{"long token", &apns.Notification{Token: make(apns.Token, 100), Payload: h2Payload}, nil},
+	}
+	for i, tt := range tests {
+		require.NoError(t, e.Send(ctx, tt.n, i), tt.name)
+	}
+	outs := col.wait(len(tests))
+	for _, o := range outs {
+		tt := tests[o.Ref.(int)]
+		require.NoError(t, o.Err, tt.name)
+		require.Len(t, o.APNsID, 36, tt.name)
+		require.Equal(t, 1, o.Attempts, tt.name)
+		require.Same(t, tt.n, o.Notification, tt.name)
+	}
+	reqs := s.Requests()
+	require.Len(t, reqs, len(tests))
+	idx := make(map[string]int)
+	for i, tt := range tests {
+		idx[string(tt.n.Token)] = i
+	}
+	for _, r := range reqs {
+		i, ok := idx[string(r.Token)]
+		require.True(t, ok)
+		tt := tests[i]
+		require.Equal(t, h2Payload, r.Payload, tt.name)
+		for k, v := range tt.want {
+			require.Equal(t, v, r.Header[k], "%s: %s", tt.name, k)
+		}
+		require.Contains(t, r.Header["authorization"], "bearer ", tt.name)
+		if tt.n.ID != "" {
+			require.Equal(t, tt.n.ID, r.ID, tt.name)
+		}
+		require.Equal(t, r.ID, col.byID[i].APNsID, tt.name)
+	}
+	st := e.Stats()
+	require.Equal(t, 4, st.Conns)
+	require.Zero(t, st.InFlight)
+	require.NoError(t, st.CredentialsErr)
+}
+
+// h2Burst sends n notifications with distinct tokens (refs 0..n-1) and checks
+// that each got exactly one outcome, delivered, and that the server
+// accepted each h2Token exactly once.
+func h2Burst(t *testing.T, e *apns.HTTP2Engine, s *apnstest.HTTP2Server, col *h2Collector, n int, mid func()) {
+	t.Helper()
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			if err := e.Send(ctx, &apns.Notification{Token: h2Token(i), Payload: h2Payload}, i); err != nil {
+				t.Errorf("send %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	outs := col.wait(n / 4)
+	mid()
+	outs = append(outs, col.wait(n-n/4)...)
+	<-done
+	for _, o := range outs {
+		require.NoError(t, o.Err, "ref %v", o.Ref)
+	}
+	col.mu.Lock()
+	require.Len(t, col.byID, n)
+	require.Zero(t, col.dups)
+	col.mu.Unlock()
+	require.Equal(t, n, s.Accepted())
+	for i := range n {
+		require.Equal(t, 1, s.AcceptedFor(h2Token(i)), "token %d", i)
+	}
+}
+
+func TestHTTP2GoAwayMidBurst(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(time.Millisecond))
+	const n = 3000
+	col := newH2Collector(t, n)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(2), apns.WithMaxInFlight(500))
+	h2Burst(t, e, s, col, n, func() {
+		s.GoAway()             // every live connection, now
+		s.SetGoAwayAfter(300) // and every connection after 300 more
+	})
+	require.Greater(t, e.Stats().Reconnects, uint64(2))
+	require.Greater(t, s.Conns(), 4)
+}
+
+func TestHTTP2StreamLimitOneMidBurst(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(time.Millisecond), apnstest.HTTP2MaxStreams(200))
+	const n = 1000
+	col := newH2Collector(t, n)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(2), apns.WithMaxInFlight(400))
+	h2Burst(t, e, s, col, n, func() { s.SetMaxStreams(1) })
+	require.Zero(t, s.StreamLimitExceeded())
+	require.Greater(t, s.MaxOpenStreams(), 1)
+}
+
+func TestHTTP2RefusedStreamsAreRetried(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2RefuseStreams(20))
+	const n = 100
+	col := newH2Collector(t, n)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn))
+	h2Burst(t, e, s, col, n, func() {})
+	require.Equal(t, 20, s.Refused())
+}
+
+func TestHTTP2TemporaryFailures(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name         string
+		status       int
+		reason       string
+		times        int
+		wantAttempts int
+		wantErr      bool
+	}{
+		{"503 then delivered", 503, "ServiceUnavailable", 2, 3, false},
+		{"500 then delivered", 500, "InternalServerError", 1, 2, false},
+		{"429 beyond the retries", 429, "TooManyRequests", 10, 3, true},
+		{"idle timeout", 400, "IdleTimeout", 1, 2, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := newH2Server(t, apnstest.HTTP2Inject(tt.times, tt.status, tt.reason))
+			col := newH2Collector(t, 1)
+			e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithMaxRetries(2), apns.WithConns(1))
+			require.NoError(t, e.Send(context.Background(), &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 1))
+			o := col.wait(1)[0]
+			require.Equal(t, tt.wantAttempts, o.Attempts)
+			if !tt.wantErr {
+				require.NoError(t, o.Err)
+				return
+			}
+			require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted)
+			var se *apns.StatusError
+			require.ErrorAs(t, o.Err, &se)
+			require.Equal(t, tt.status, se.HTTPStatus)
+			require.Equal(t, tt.reason, se.Reason)
+			_, rejected := o.Rejection()
+			require.False(t, rejected)
+		})
+	}
+}
+
+func TestHTTP2RequestTimeout(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(5*time.Second))
+	col := newH2Collector(t, 1)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithMaxRetries(1),
+		apns.WithRequestTimeout(50*time.Millisecond), apns.WithConns(1))
+	require.NoError(t, e.Send(context.Background(), &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 1))
+	o := col.wait(1)[0]
+	require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted)
+	require.ErrorIs(t, o.Err, apns.ErrRequestTimeout)
+	require.Equal(t, 2, o.Attempts)
+}
+
+func TestHTTP2CredentialsStopIntake(t *testing.T) {
+	t.Parallel()
+	for _, reason := range []string{"InvalidProviderToken", "BadCertificate", "MissingProviderToken"} {
+		t.Run(reason, func(t *testing.T) {
+			t.Parallel()
+			bad := h2Token(666)
+			s := newH2Server(t, apnstest.HTTP2Reason(bad, 403, reason))
+			col := newH2Collector(t, 1)
+			e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn))
+			ctx := context.Background()
+			require.NoError(t, e.Send(ctx, &apns.Notification{Token: bad, Payload: h2Payload}, 1))
+			o := col.wait(1)[0]
+			require.ErrorIs(t, o.Err, apns.ErrCredentials)
+			require.ErrorContains(t, o.Err, reason)
+			_, rejected := o.Rejection()
+			require.False(t, rejected, "a credentials error is not the notification's fault")
+			require.Equal(t, 1, o.Attempts, "no retries burnt")
+			require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
+			err := e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 2)
+			require.ErrorIs(t, err, apns.ErrCredentials)
+		})
+	}
+}
+
+func TestHTTP2CertificateAuth(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		cert    func(s *apnstest.HTTP2Server) apns.Auth
+		wantErr error
+	}{
+		{"accepted", func(s *apnstest.HTTP2Server) apns.Auth { return apns.CertificateAuth(s.ClientCert()) }, nil},
+		{"unknown CA", func(*apnstest.HTTP2Server) apns.Auth {
+			return apns.CertificateAuth(apnstest.MustPKI().ClientCert)
+		}, apns.ErrCredentials},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := newH2Server(t, apnstest.HTTP2ClientCertAuth(), apnstest.HTTP2Record(true))
+			col := newH2Collector(t, 1)
+			e, err := apns.NewHTTP2Engine(s.URL, tt.cert(s), apns.WithRootCAs(s.RootCAs()),
+				apns.WithOutcomeFunc(col.fn), apns.WithConns(1), apns.WithRetryBackoff(time.Millisecond, 5*time.Millisecond))
+			require.NoError(t, err)
+			t.Cleanup(func() { closeH2Engine(t, e) })
+			require.NoError(t, e.Send(context.Background(), &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 1))
+			o := col.wait(1)[0]
+			require.ErrorIs(t, o.Err, tt.wantErr)
+			if tt.wantErr == nil {
+				require.Empty(t, s.Requests()[0].Header["authorization"])
+				return
+			}
+			require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
+		})
+	}
+}
+
+func TestHTTP2Backpressure(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(300*time.Millisecond))
+	col := newH2Collector(t, 2)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithMaxInFlight(2))
+	ctx := context.Background()
+	for i := range 2 {
+		require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(i), Payload: h2Payload}, i))
+	}
+	require.Equal(t, 2, e.Stats().InFlight)
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err := e.Send(short, &apns.Notification{Token: h2Token(3), Payload: h2Payload}, 3)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	for _, o := range col.wait(2) {
+		require.NoError(t, o.Err)
+	}
+}
+
+func TestHTTP2CloseFailsWhatIsLeft(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(10*time.Second))
+	const n = 5
+	col := newH2Collector(t, n)
+	key, err := apns.ParseP8(s.P8())
+	require.NoError(t, err)
+	e, err := apns.NewHTTP2Engine(s.URL, apns.TokenAuth(key, s.KeyID, s.TeamID), apns.WithRootCAs(s.RootCAs()),
+		apns.WithTopic(h2Topic), apns.WithOutcomeFunc(col.fn))
+	require.NoError(t, err)
+	ctx := context.Background()
+	for i := range n {
+		require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(i), Payload: h2Payload}, i))
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, e.Close(short), context.DeadlineExceeded)
+	for _, o := range col.wait(n) {
+		require.ErrorIs(t, o.Err, apns.ErrClosed)
+	}
+	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 9), apns.ErrClosed)
+	require.NoError(t, e.Close(ctx), "second Close")
+}
+
+// h2Proxy is a tiny HTTP CONNECT proxy on 127.0.0.1 that counts the
+// tunnels it opened and checks the proxy credentials.
+type h2Proxy struct {
+	ln      net.Listener
+	tunnels atomic.Int32
+	auth    string
+	wg      sync.WaitGroup
+}
+
+func newH2Proxy(t *testing.T, user, pass string) *h2Proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &h2Proxy{ln: ln, auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *h2Proxy) serve() {
+	defer p.wg.Done()
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	var open []net.Conn
+	var mu sync.Mutex
+	defer func() {
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			defer c.Close()
+			br := bufio.NewReader(c)
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.Method != http.MethodConnect || req.Header.Get("Proxy-Authorization") != p.auth {
+				fmt.Fprintf(c, "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+				return
+			}
+			up, err := net.Dial("tcp", req.Host)
+			if err != nil {
+				fmt.Fprintf(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+				return
+			}
+			mu.Lock()
+			open = append(open, c, up)
+			mu.Unlock()
+			defer up.Close()
+			p.tunnels.Add(1)
+			fmt.Fprintf(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+			go func() {
+				_, _ = io.Copy(up, br)
+				up.Close()
+			}()
+			_, _ = io.Copy(c, up)
+		}()
+	}
+}
+
+func TestHTTP2Proxy(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t)
+	p := newH2Proxy(t, "user", "secret")
+	tests := []struct {
+		name     string
+		proxyURL string
+		wantErr  bool
+	}{
+		{"tunnel", "http://user:secret@" + p.ln.Addr().String(), false},
+		{"refused", "http://user:wrong@" + p.ln.Addr().String(), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			col := newH2Collector(t, 1)
+			e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithProxy(tt.proxyURL), apns.WithConns(1))
+			require.NoError(t, e.Send(context.Background(), &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 1))
+			if tt.wantErr {
+				// never connected: Close fails it
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				require.ErrorIs(t, e.Close(ctx), context.DeadlineExceeded)
+				require.ErrorIs(t, col.wait(1)[0].Err, apns.ErrClosed)
+				require.Zero(t, e.Stats().Connected)
+				return
+			}
+			require.NoError(t, col.wait(1)[0].Err)
+			require.Equal(t, int32(1), p.tunnels.Load())
+		})
+	}
+}
+
+func TestHTTP2Options(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t)
+	key, err := apns.ParseP8(s.P8())
+	require.NoError(t, err)
+	auth := apns.TokenAuth(key, s.KeyID, s.TeamID)
+	tests := []struct {
+		name string
+		url  string
+		auth apns.Auth
+		opt  apns.Option
+	}{
+		{"no auth", s.URL, apns.Auth{}, apns.WithTopic(h2Topic)},
+		{"no key id", s.URL, apns.TokenAuth(key, "", s.TeamID), apns.WithTopic(h2Topic)},
+		{"empty certificate", s.URL, apns.CertificateAuth(tls.Certificate{}), apns.WithTopic(h2Topic)},
+		{"http URL", "http://127.0.0.1:1", auth, apns.WithTopic(h2Topic)},
+		{"URL with path", s.URL + "/3/device", auth, apns.WithTopic(h2Topic)},
+		{"topic", s.URL, auth, apns.WithTopic("a b")},
+		{"push type", s.URL, auth, apns.WithPushType("fax")},
+		{"timeout", s.URL, auth, apns.WithRequestTimeout(0)},
+		{"ping", s.URL, auth, apns.WithPingInterval(-1)},
+		{"proxy", s.URL, auth, apns.WithProxy("socks5://127.0.0.1:1080")},
+		{"streams", s.URL, auth, apns.WithMaxConcurrentStreams(0)},
+		{"backoff", s.URL, auth, apns.WithRetryBackoff(time.Second, time.Millisecond)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := apns.NewHTTP2Engine(tt.url, tt.auth, tt.opt)
+			require.ErrorIs(t, err, apns.ErrInvalidOption)
+		})
+	}
+}
+
+func TestHTTP2SendValidates(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t)
+	key, err := apns.ParseP8(s.P8())
+	require.NoError(t, err)
+	e, err := apns.NewHTTP2Engine(s.URL, apns.TokenAuth(key, s.KeyID, s.TeamID), apns.WithRootCAs(s.RootCAs()))
+	require.NoError(t, err)
+	t.Cleanup(func() { closeH2Engine(t, e) })
+	ctx := context.Background()
+	require.ErrorIs(t, e.Send(ctx, nil, 0), apns.ErrInvalidNotification)
+	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: []byte(`{}`), Topic: h2Topic}, 0), apns.ErrNoAPS)
+	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 0), apns.ErrInvalidTopic,
+		"token auth needs a topic")
+}
