@@ -136,31 +136,20 @@ type Events struct {
 	// MaxAge is how long events are kept (APNS_WORKER_EVENTS_MAX_AGE,
 	// default 168h); 0 keeps them until the stream's other limits apply.
 	MaxAge time.Duration
-	// RejectedSubject receives one event per job APNs rejected or the
-	// worker could not parse (APNS_WORKER_EVENTS_REJECTED_SUBJECT, default
-	// apns.events.rejected).
-	RejectedSubject string
-	// BadTokensSubject receives device tokens APNs reports dead, from
-	// rejections and the feedback service
-	// (APNS_WORKER_EVENTS_BAD_TOKENS_SUBJECT, default apns.events.bad_tokens).
-	BadTokensSubject string
-	// DeadLetterSubject receives jobs that failed MaxDeliver times, with
-	// their last error (APNS_WORKER_EVENTS_DEAD_LETTER_SUBJECT, default
-	// apns.events.dead).
-	DeadLetterSubject string
-	// DeliveredSubject receives a receipt per delivered job when Receipts
-	// is on (APNS_WORKER_EVENTS_DELIVERED_SUBJECT, default
-	// apns.events.delivered).
-	DeliveredSubject string
+	// Subject is the prefix of the event subjects
+	// (APNS_WORKER_EVENTS_SUBJECT, default apns.events): <Subject>.rejected
+	// (rejected or malformed jobs), <Subject>.badtokens (dead device
+	// tokens, from rejections and the feedback service),
+	// <Subject>.deadletter (jobs that failed MaxDeliver times) and
+	// <Subject>.delivered (receipts, when Receipts is on).
+	Subject string
 	// Receipts turns on delivery receipts (APNS_WORKER_EVENTS_RECEIPTS,
 	// default false).
 	Receipts bool
 }
 
-// Subjects returns the subjects the events stream captures.
-func (e Events) Subjects() []string {
-	return []string{e.RejectedSubject, e.BadTokensSubject, e.DeadLetterSubject, e.DeliveredSubject}
-}
+// Subjects returns the subjects the events stream captures: Subject.>.
+func (e Events) Subjects() []string { return []string{e.Subject + ".>"} }
 
 // Mode is how the worker talks to APNs.
 type Mode string
@@ -320,13 +309,10 @@ type spec struct {
 		Backoff    string `split_words:"true" default:"1s,5s,30s,2m,5m"`
 	} `split_words:"true"`
 	Events struct {
-		Stream            string `split_words:"true" default:"APNS_EVENTS"`
-		MaxAge            string `split_words:"true" default:"168h"`
-		RejectedSubject   string `split_words:"true" default:"apns.events.rejected"`
-		BadTokensSubject  string `split_words:"true" default:"apns.events.bad_tokens"`
-		DeadLetterSubject string `split_words:"true" default:"apns.events.dead"`
-		DeliveredSubject  string `split_words:"true" default:"apns.events.delivered"`
-		Receipts          string `split_words:"true" default:"false"`
+		Stream   string `split_words:"true" default:"APNS_EVENTS"`
+		MaxAge   string `split_words:"true" default:"168h"`
+		Subject  string `split_words:"true" default:"apns.events"`
+		Receipts string `split_words:"true" default:"false"`
 	} `split_words:"true"`
 	APNS struct {
 		Mode             string `split_words:"true"` // no default: Load tells unset from mock

@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 50)
+	require.Len(t, read, 47)
 }
 
 func TestDefaults(t *testing.T) {
@@ -207,12 +207,9 @@ func TestDefaults(t *testing.T) {
 			Backoff:    []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, 2 * time.Minute, 5 * time.Minute},
 		},
 		Events: Events{
-			Stream:            "APNS_EVENTS",
-			MaxAge:            168 * time.Hour,
-			RejectedSubject:   "apns.events.rejected",
-			BadTokensSubject:  "apns.events.bad_tokens",
-			DeadLetterSubject: "apns.events.dead",
-			DeliveredSubject:  "apns.events.delivered",
+			Stream:  "APNS_EVENTS",
+			MaxAge:  168 * time.Hour,
+			Subject: "apns.events",
 		},
 		APNs: APNs{
 			Mode:             ModeMock,
@@ -232,7 +229,7 @@ func TestDefaults(t *testing.T) {
 	}
 	require.Equal(t, want, c)
 	require.Equal(t, []string{"apns.jobs", "apns.jobs.>"}, c.Jobs.Subjects())
-	require.Equal(t, []string{"apns.events.rejected", "apns.events.bad_tokens", "apns.events.dead", "apns.events.delivered"}, c.Events.Subjects())
+	require.Equal(t, []string{"apns.events.>"}, c.Events.Subjects())
 }
 
 // TestEmptyDisables checks that set-but-empty values are not replaced by
@@ -417,10 +414,10 @@ func TestBadVariable(t *testing.T) {
 		{"backoff negative", nil, map[string]string{"JOBS_BACKOFF": "1s,-2s"}, "JOBS_BACKOFF", "must be positive"},
 		{"events stream same", nil, map[string]string{"EVENTS_STREAM": "APNS_JOBS"}, "EVENTS_STREAM", "distinct names"},
 		{"events max age", nil, map[string]string{"EVENTS_MAX_AGE": "-1h"}, "EVENTS_MAX_AGE", "must be positive"},
-		{"rejected in jobs", nil, map[string]string{"EVENTS_REJECTED_SUBJECT": "apns.jobs.rejected"}, "EVENTS_REJECTED_SUBJECT", "jobs stream's subjects"},
-		{"bad tokens space", nil, map[string]string{"EVENTS_BAD_TOKENS_SUBJECT": "apns bad"}, "EVENTS_BAD_TOKENS_SUBJECT", "whitespace"},
-		{"dead letter duplicate", nil, map[string]string{"EVENTS_DEAD_LETTER_SUBJECT": "apns.events.rejected"}, "EVENTS_DEAD_LETTER_SUBJECT", "also APNS_WORKER_EVENTS_REJECTED_SUBJECT"},
-		{"delivered empty token", nil, map[string]string{"EVENTS_DELIVERED_SUBJECT": "apns..delivered"}, "EVENTS_DELIVERED_SUBJECT", "empty token"},
+		{"events below jobs", nil, map[string]string{"EVENTS_SUBJECT": "apns.jobs.events"}, "EVENTS_SUBJECT", "overlaps the jobs stream's subjects"},
+		{"events above jobs", nil, map[string]string{"EVENTS_SUBJECT": "apns"}, "EVENTS_SUBJECT", "overlaps the jobs stream's subjects"},
+		{"events space", nil, map[string]string{"EVENTS_SUBJECT": "apns bad"}, "EVENTS_SUBJECT", "whitespace"},
+		{"events empty token", nil, map[string]string{"EVENTS_SUBJECT": "apns..events"}, "EVENTS_SUBJECT", "empty token"},
 		{"receipts", nil, map[string]string{"EVENTS_RECEIPTS": "yes please"}, "EVENTS_RECEIPTS", "not true or false"},
 		{"mode unknown", nil, map[string]string{"APNS_MODE": "http3"}, "APNS_MODE", `"http3" is not one of mock, binary, http2`},
 		{"mode unset with credentials", token, map[string]string{"APNS_MODE": ""}, "APNS_MODE", "mock APNs gateway"},

@@ -97,10 +97,7 @@ func (d *decoder) decode(s *spec) *Config {
 	e := &c.Events
 	e.Stream = d.name("EVENTS_STREAM", s.Events.Stream)
 	e.MaxAge = d.duration("EVENTS_MAX_AGE", s.Events.MaxAge, true)
-	e.RejectedSubject = d.subject("EVENTS_REJECTED_SUBJECT", s.Events.RejectedSubject)
-	e.BadTokensSubject = d.subject("EVENTS_BAD_TOKENS_SUBJECT", s.Events.BadTokensSubject)
-	e.DeadLetterSubject = d.subject("EVENTS_DEAD_LETTER_SUBJECT", s.Events.DeadLetterSubject)
-	e.DeliveredSubject = d.subject("EVENTS_DELIVERED_SUBJECT", s.Events.DeliveredSubject)
+	e.Subject = d.subject("EVENTS_SUBJECT", s.Events.Subject)
 	e.Receipts = d.boolean("EVENTS_RECEIPTS", s.Events.Receipts)
 
 	a := &c.APNs
@@ -229,26 +226,15 @@ func (d *decoder) checkStreams(c *Config) {
 	if d.ok("JOBS_STREAM", "EVENTS_STREAM") && j.Stream == e.Stream {
 		d.failf("EVENTS_STREAM", "%q is also %s: the streams need distinct names", e.Stream, fullName("JOBS_STREAM"))
 	}
-	seen := map[string]string{}
-	for _, v := range []struct{ name, subj string }{
-		{"EVENTS_REJECTED_SUBJECT", e.RejectedSubject},
-		{"EVENTS_BAD_TOKENS_SUBJECT", e.BadTokensSubject},
-		{"EVENTS_DEAD_LETTER_SUBJECT", e.DeadLetterSubject},
-		{"EVENTS_DELIVERED_SUBJECT", e.DeliveredSubject},
-	} {
-		if !d.ok(v.name) {
-			continue
-		}
-		if d.ok("JOBS_SUBJECT") && (v.subj == j.Subject || strings.HasPrefix(v.subj, j.Subject+".")) {
-			d.failf(v.name, "%q falls in the jobs stream's subjects %s and %s.>", v.subj, j.Subject, j.Subject)
-			continue
-		}
-		if other, dup := seen[v.subj]; dup {
-			d.failf(v.name, "%q is also %s: each event kind needs its own subject", v.subj, fullName(other))
-			continue
-		}
-		seen[v.subj] = v.name
+	if d.ok("JOBS_SUBJECT", "EVENTS_SUBJECT") && overlaps(e.Subject, j.Subject) {
+		d.failf("EVENTS_SUBJECT", "%q overlaps the jobs stream's subjects %s and %s.>", e.Subject, j.Subject, j.Subject)
 	}
+}
+
+// overlaps reports whether subject prefixes a and b capture common subjects
+// (one equals the other or lies below it).
+func overlaps(a, b string) bool {
+	return a == b || strings.HasPrefix(a, b+".") || strings.HasPrefix(b, a+".")
 }
 
 func (d *decoder) checkAPNs(c *Config, modeSet bool) {
