@@ -29,7 +29,7 @@ func newH2Clock() *h2Clock {
 	return c
 }
 
-func (c *h2Clock) Now() time.Time           { return time.Unix(0, c.ns.Load()) }
+func (c *h2Clock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *h2Clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // h2Collector gathers outcomes, one per ref, and fails the test on a second
@@ -215,7 +215,7 @@ func TestHTTP2GoAwayMidBurst(t *testing.T) {
 	col := newH2Collector(t, n)
 	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(2), apns.WithMaxInFlight(500))
 	h2Burst(t, e, s, col, n, func() {
-		s.GoAway()             // every live connection, now
+		s.GoAway()            // every live connection, now
 		s.SetGoAwayAfter(300) // and every connection after 300 more
 	})
 	require.Greater(t, e.Stats().Reconnects, uint64(2))
