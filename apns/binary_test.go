@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -259,4 +260,217 @@ func TestBinarySilentClose(t *testing.T) {
 	// accepted ones may be duplicates, never more.
 	require.LessOrEqual(t, st.Duplicates, 10)
 	require.Equal(t, 40+st.Duplicates, st.Accepted)
+}
+
+func TestBinaryCloseDrains(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw)
+	send(t, eng, 0, 200)
+	// Close returns once every accepted notification has its outcome.
+	require.NoError(t, eng.Close(context.Background()))
+	got := out.byRef()
+	require.Len(t, got, 200)
+	for _, o := range got {
+		require.NoError(t, o.Err)
+	}
+	require.Equal(t, 200, gw.Stats().Accepted)
+	require.Zero(t, eng.Stats().InFlight)
+}
+
+func TestBinarySendAfterClose(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw)
+	require.NoError(t, eng.Close(context.Background()))
+	require.NoError(t, eng.Close(context.Background()), "Close twice")
+	err := eng.Send(context.Background(), &apns.Notification{Token: tok(1), Payload: hello}, 1)
+	require.ErrorIs(t, err, apns.ErrClosed)
+	require.Zero(t, out.len())
+	_ = eng.Stats() // after Close too
+}
+
+func TestBinarySendErrors(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway(apnstest.StallAfter(0))
+	t.Cleanup(gw.Close)
+	eng, _ := newEngine(t, gw, apns.WithMaxInFlight(2))
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	tests := []struct {
+		name    string
+		ctx     context.Context
+		n       *apns.Notification
+		wantErr error
+	}{
+		{"nil notification", context.Background(), nil, apns.ErrInvalidNotification},
+		{"short token", context.Background(), &apns.Notification{Token: tok(1)[:31], Payload: hello}, apns.ErrInvalidToken},
+		{"no aps", context.Background(), &apns.Notification{Token: tok(1), Payload: []byte(`{"a":1}`)}, apns.ErrNoAPS},
+		{"too large", context.Background(), &apns.Notification{Token: tok(1), Payload: append([]byte(`{"aps":{},"x":"`), append(bytes.Repeat([]byte{'x'}, 2048), `"}`...)...)}, apns.ErrPayloadTooLarge},
+		{"priority 1 is HTTP/2 only", context.Background(), &apns.Notification{Token: tok(1), Payload: hello, Priority: apns.PriorityLow}, apns.ErrInvalidPriority},
+		{"cancelled ctx", cancelled, &apns.Notification{Token: tok(1), Payload: hello}, context.Canceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.ErrorIs(t, eng.Send(tt.ctx, tt.n, nil), tt.wantErr)
+		})
+	}
+	// Backpressure: two in flight (the gateway reads nothing), the third
+	// Send blocks until its ctx ends.
+	send(t, eng, 0, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, eng.Send(ctx, &apns.Notification{Token: tok(3), Payload: hello}, 3), context.DeadlineExceeded)
+	require.Equal(t, 2, eng.Stats().InFlight)
+}
+
+func TestBinaryCloseDeadline(t *testing.T) {
+	t.Parallel()
+	// Payloads of 2 KB: 5000 of them (10 MB) overflow the loopback socket
+	// buffers, so the engine's writes block on the stalled gateway.
+	big := []byte(`{"aps":{},"x":"` + string(bytes.Repeat([]byte{'x'}, 2000)) + `"}`)
+	tests := []struct {
+		name string
+		gw   apnstest.GatewayOption
+		n    int
+	}{
+		{"gateway never answers TLS", apnstest.StallHandshake(), 20},
+		{"gateway stops reading", apnstest.StallAfter(0), 5000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			gw := apnstest.NewGateway(tt.gw)
+			t.Cleanup(gw.Close)
+			eng, out := newEngine(t, gw, apns.WithDialTimeout(time.Minute), apns.WithAssumeDelivered(time.Minute))
+			for i := 0; i < tt.n; i++ {
+				require.NoError(t, eng.Send(context.Background(), &apns.Notification{Token: tok(i), Payload: big}, i))
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err := eng.Close(ctx)
+			require.Less(t, time.Since(start), 2*time.Second, "Close held past its deadline")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.ErrorContains(t, err, fmt.Sprintf("%d notifications failed", tt.n))
+			got := out.byRef()
+			require.Len(t, got, tt.n, "every accepted notification has an outcome")
+			for _, o := range got {
+				require.ErrorIs(t, o.Err, apns.ErrClosed)
+			}
+		})
+	}
+}
+
+func TestBinaryWrongCertificate(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	other := apnstest.MustPKI() // a CA the gateway does not trust
+	out := newOutcomes()
+	eng, err := apns.NewBinaryEngine(gw.Addr, other.ClientCert, apns.WithRootCAs(gw.RootCAs()),
+		apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	send(t, eng, 0, 3)
+	for _, o := range out.wait(t, 3, 10*time.Second) {
+		require.ErrorIs(t, o.Err, apns.ErrCredentials)
+		require.ErrorContains(t, o.Err, "certificate")
+		_, rejected := o.Rejection()
+		require.False(t, rejected)
+	}
+	require.ErrorIs(t, eng.Stats().CredentialsErr, apns.ErrCredentials)
+	require.Zero(t, gw.Stats().Accepted)
+	require.NotZero(t, gw.Stats().HandshakeErrors)
+}
+
+func TestBinaryUntrustedGateway(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	other := apnstest.MustPKI()
+	out := newOutcomes()
+	// The engine trusts another CA: it cannot connect, so Close fails the
+	// notification with the connection error as the cause.
+	eng, err := apns.NewBinaryEngine(gw.Addr, gw.ClientCert(), apns.WithRootCAs(other.RootCAs),
+		apns.WithOutcomeFunc(out.add), apns.WithConns(1), apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
+	require.NoError(t, err)
+	send(t, eng, 0, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, eng.Close(ctx), context.DeadlineExceeded)
+	got := out.wait(t, 1, time.Second)
+	require.ErrorIs(t, got[0].Err, apns.ErrClosed)
+	require.ErrorContains(t, got[0].Err, "certificate")
+	require.Zero(t, got[0].Attempts)
+}
+
+func TestBinaryExpired(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw)
+	n := &apns.Notification{Token: tok(1), Payload: hello, Expiration: time.Now().Add(-time.Minute)}
+	require.NoError(t, eng.Send(context.Background(), n, 1))
+	now := &apns.Notification{Token: tok(2), Payload: hello, Expiration: apns.ExpireNow}
+	require.NoError(t, eng.Send(context.Background(), now, 2))
+	_ = out.wait(t, 2, 5*time.Second)
+	got := out.byRef()
+	require.ErrorIs(t, got[1].Err, apns.ErrExpired)
+	require.Zero(t, got[1].Attempts)
+	require.NoError(t, got[2].Err, "ExpireNow is sent: it means try once")
+}
+
+func TestBinaryIdleReconnect(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(1), apns.WithIdleTimeout(testWindow))
+	send(t, eng, 0, 1)
+	_ = out.wait(t, 1, 5*time.Second)
+	require.Eventually(t, func() bool { return eng.Stats().Connected == 0 }, 5*time.Second, 5*time.Millisecond,
+		"an idle connection is closed")
+	send(t, eng, 1, 2)
+	got := out.wait(t, 2, 5*time.Second)
+	require.NoError(t, got[1].Err)
+	require.Equal(t, 2, gw.Stats().Conns)
+	require.Equal(t, uint64(1), eng.Stats().Reconnects)
+}
+
+func TestNewBinaryEngineOptions(t *testing.T) {
+	t.Parallel()
+	pki := apnstest.MustPKI()
+	tests := []struct {
+		name string
+		addr string
+		opt  apns.Option
+	}{
+		{"no port", "gateway.push.apple.com", nil},
+		{"zero window", apns.GatewayProduction, apns.WithAssumeDelivered(0)},
+		{"zero idle timeout", apns.GatewayProduction, apns.WithIdleTimeout(0)},
+		{"zero dial timeout", apns.GatewayProduction, apns.WithDialTimeout(-1)},
+		{"payload 0", apns.GatewaySandbox, apns.WithMaxPayload(0)},
+		{"payload over 65535", apns.GatewaySandbox, apns.WithMaxPayload(70000)},
+		{"backoff max < min", apns.GatewaySandbox, apns.WithReconnectBackoff(time.Second, time.Millisecond)},
+		{"no conns", apns.GatewaySandbox, apns.WithConns(0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			opts := []apns.Option{}
+			if tt.opt != nil {
+				opts = append(opts, tt.opt)
+			}
+			_, err := apns.NewBinaryEngine(tt.addr, pki.ClientCert, opts...)
+			require.ErrorIs(t, err, apns.ErrInvalidOption)
+		})
+	}
+	// An engine that never connected closes at once.
+	eng, err := apns.NewBinaryEngine(apns.GatewaySandbox, pki.ClientCert, apns.WithMaxPayload(apns.MaxPayloadLegacy))
+	require.NoError(t, err)
+	big := &apns.Notification{Token: tok(1), Payload: append([]byte(`{"aps":{},"x":"`), append(bytes.Repeat([]byte{'x'}, 250), `"}`...)...)}
+	require.ErrorIs(t, eng.Send(context.Background(), big, nil), apns.ErrPayloadTooLarge)
+	require.NoError(t, eng.Close(context.Background()))
 }
