@@ -25,7 +25,7 @@ type h2Clock struct{ ns atomic.Int64 }
 
 func newH2Clock() *h2Clock {
 	c := &h2Clock{}
-	c.ns.Store(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC).UnixNano())
+	c.ns.Store(time.Now().Truncate(time.Second).UnixNano())
 	return c
 }
 
