@@ -34,7 +34,11 @@ type PKI struct {
 
 // NewPKI makes a new CA and certificates; each call's CA is distinct, so a
 // client certificate from one PKI is refused by servers of another.
-func NewPKI() (*PKI, error) {
+func NewPKI() (*PKI, error) { return NewPKIFor() }
+
+// NewPKIFor is NewPKI with a server certificate valid for hosts too (names
+// or IP addresses), e.g. a container's service name.
+func NewPKIFor(hosts ...string) (*PKI, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -71,6 +75,13 @@ func NewPKI() (*PKI, error) {
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost"},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			server.IPAddresses = append(server.IPAddresses, ip)
+		} else {
+			server.DNSNames = append(server.DNSNames, h)
+		}
 	}
 	if p.ServerCert, _, _, err = issue(server, ca, caKey); err != nil {
 		return nil, err

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/jetpush/apns-worker/config"
+	"github.com/jetpush/apns-worker/consumer"
+	"github.com/jetpush/apns-worker/feedback"
+)
+
+// run wires the worker and blocks until ctx is done, then shuts down in
+// order: stop pulling, let the engine finish and every outcome be acked or
+// naked, stop the feedback poller, and only then close NATS.
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+	nc, closeNATS, err := connectNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, closeNATS()) }()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := consumer.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	w, err := consumer.New(js, consumer.Options{
+		JobsStream:    cfg.Jobs.Stream,
+		JobsSubject:   cfg.Jobs.Subject,
+		Durable:       cfg.Jobs.Consumer,
+		EventsStream:  cfg.Events.Stream,
+		EventsSubject: cfg.Events.Subject,
+		EventsMaxAge:  cfg.Events.MaxAge,
+		Replicas:      cfg.Replicas,
+		AckWait:       cfg.Jobs.AckWait,
+		MaxDeliver:    cfg.Jobs.MaxDeliver,
+		Backoff:       cfg.Jobs.Backoff,
+		MaxInFlight:   cfg.MaxInFlight,
+		Receipts:      cfg.Events.Receipts,
+		Protocol:      protocolName(cfg.APNs.Mode),
+		Logger:        log.With(slog.String("component", "consumer")),
+		Metrics:       metrics,
+	})
+	if err != nil {
+		return err
+	}
+
+	eng, creds, closeMock, err := newEngine(cfg, w.HandleOutcome, log)
+	if err != nil {
+		return err
+	}
+	defer closeMock()
+	reg.MustRegister(consumer.NewEngineCollector(eng))
+
+	stopHTTP, err := serveHTTP(cfg.HTTPAddr, reg, nc, eng, log)
+	if err != nil {
+		_ = eng.Close(context.Background())
+		return err
+	}
+	defer stopHTTP()
+
+	stopFeedback := func() {}
+	if cfg.APNs.Mode == config.ModeBinary && cfg.Feedback.Addr != "" && cfg.Feedback.Interval > 0 {
+		if stopFeedback, err = startFeedback(ctx, cfg, creds, w, log); err != nil {
+			_ = eng.Close(context.Background())
+			return err
+		}
+	}
+
+	log.Info("worker running",
+		slog.String("jobs_subject", cfg.Jobs.Subject),
+		slog.String("events", cfg.Events.Subject+".>"),
+		slog.String("apns_mode", string(cfg.APNs.Mode)))
+	runErr := w.Run(ctx, eng)
+
+	log.Info("shutting down", slog.Duration("grace", cfg.ShutdownGrace))
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownGrace)
+	defer cancel()
+	shutErr := w.Shutdown(sctx, eng) // closes the engine; every outcome acked, naked or termed
+	stopFeedback()
+	return errors.Join(runErr, shutErr)
+}
+
+func protocolName(m config.Mode) string {
+	if m == config.ModeHTTP2 {
+		return "http2"
+	}
+	return "binary" // mock mode runs the binary engine
+}
+
+// startFeedback polls the feedback service and publishes its bad tokens.
+func startFeedback(ctx context.Context, cfg *config.Config, creds engineCreds, w *consumer.Worker, log *slog.Logger) (stop func(), err error) {
+	opts := []feedback.Option{feedback.WithLogger(log.With(slog.String("component", "feedback")))}
+	if creds.roots != nil {
+		opts = append(opts, feedback.WithRootCAs(creds.roots))
+	}
+	fc, err := feedback.NewClient(cfg.Feedback.Addr, creds.cert, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("feedback: %w", err)
+	}
+	p, err := feedback.NewPoller(fc, cfg.Feedback.Interval, func(ctx context.Context, toks []feedback.BadToken) error {
+		bad := make([]consumer.BadToken, len(toks))
+		for i, t := range toks {
+			bad[i] = consumer.BadToken{Token: t.Token, Time: t.Time}
+		}
+		log.Info("feedback service reported bad tokens", slog.Int("count", len(bad)))
+		return w.PublishBadTokens(ctx, bad)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("feedback: %w", err)
+	}
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.Run(pctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("feedback poller stopped", slog.Any("error", err))
+		}
+	}()
+	return func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			log.Warn("feedback poller did not stop in time")
+		}
+	}, nil
+}
