@@ -64,10 +64,14 @@ func readAll(r io.Reader, tokenLen, max int) ([]BadToken, error) {
 	for {
 		if max > 0 && len(out) == max {
 			var b [1]byte
-			if _, err := io.ReadFull(r, b[:]); err == io.EOF {
+			switch _, err := io.ReadFull(r, b[:]); err {
+			case io.EOF:
 				return out, nil
+			case nil:
+				return out, fmt.Errorf("%w: more than %d tuples", ErrTooMany, max)
+			default:
+				return out, fmt.Errorf("%w (after %d tuples)", err, len(out))
 			}
-			return out, fmt.Errorf("%w: more than %d tuples", ErrTooMany, max)
 		}
 		t, err := readTuple(r, tokenLen)
 		if err == io.EOF {
