@@ -167,3 +167,12 @@ func FuzzReadTuple(f *testing.F) {
 		}
 	})
 }
+
+func TestReadAllErrorAtLimit(t *testing.T) {
+	t.Parallel()
+	in := io.MultiReader(bytes.NewReader(encodeTuple(time.Unix(1, 0), tok(1, 32))), iotest.ErrReader(errRead))
+	got, err := readAll(in, 32, 1)
+	require.Len(t, got, 1)
+	require.ErrorIs(t, err, errRead)
+	require.NotErrorIs(t, err, ErrTooMany)
+}
