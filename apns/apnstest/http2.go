@@ -917,6 +917,7 @@ func (c *h2conn) serve() {
 				c.mu.Lock()
 				c.connError(uint32(ce))
 				c.mu.Unlock()
+				c.linger()
 			}
 			return
 		}
@@ -932,9 +933,25 @@ func (c *h2conn) serve() {
 		}
 		c.mu.Unlock()
 		if err != nil {
+			c.linger()
 			return
 		}
 	}
+}
+
+// linger closes the write side after a connection error and reads what
+// the client still sends for up to a second before the connection closes:
+// closing with unread data would reset the connection and could destroy
+// the GOAWAY before the client reads it.
+func (c *h2conn) linger() {
+	c.mu.Lock()
+	if !c.writeClosed {
+		c.writeClosed = true
+		_ = c.nc.CloseWrite()
+	}
+	c.mu.Unlock()
+	_ = c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, c.br)
 }
 
 // readFrame reads one frame; p is valid until the next call.
