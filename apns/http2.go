@@ -308,8 +308,8 @@ func (e *HTTP2Engine) Close(ctx context.Context) error {
 		e.abort()
 	}
 	e.stopOnce.Do(func() {
-		close(e.stop)
 		e.halt()
+		close(e.stop)
 	})
 	e.wg.Wait()
 	// After an abort: fail what is still queued (a Send racing Close, a
@@ -512,6 +512,9 @@ func (e *HTTP2Engine) runConn() {
 			err = c.serve()
 			e.connected.Add(-1)
 			e.reconnects.Add(1)
+			if e.ctx.Err() != nil {
+				return
+			}
 			if c.clean {
 				continue // GOAWAY drained or stream ids used up: redial now
 			}
@@ -798,10 +801,12 @@ func (c *conn) writeLoop() error {
 		if dead != nil {
 			return dead
 		}
-		// The deadline frees a writer stuck on a peer that stopped reading.
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.e.o.h2.timeout))
-		if err := c.flush(); err != nil {
-			return err
+		if len(c.wbuf.b) > 0 {
+			// The deadline frees a writer stuck on a peer that stopped reading.
+			_ = c.nc.SetWriteDeadline(time.Now().Add(c.e.o.h2.timeout))
+			if err := c.flush(); err != nil {
+				return err
+			}
 		}
 		if finished {
 			c.clean = true

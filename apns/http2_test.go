@@ -3,18 +3,23 @@ package apns_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
 
 	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/apns/apnstest"
@@ -547,4 +552,141 @@ func TestHTTP2SendValidates(t *testing.T) {
 	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: []byte(`{}`), Topic: h2Topic}, 0), apns.ErrNoAPS)
 	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 0), apns.ErrInvalidTopic,
 		"token auth needs a topic")
+}
+
+func TestHTTP2FlowControl(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Window(100), apnstest.HTTP2Record(true))
+	col := newH2Collector(t, 8)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(1))
+	big := []byte(`{"aps":{"alert":"` + strings.Repeat("x", 5000) + `"}}`)
+	for i := range 8 {
+		n := &apns.Notification{Token: h2Token(i), Payload: big, PushType: apns.PushTypeVoIP, Topic: h2Topic + ".voip"}
+		require.NoError(t, e.Send(context.Background(), n, i))
+	}
+	for _, o := range col.wait(8) {
+		require.NoError(t, o.Err)
+	}
+	for _, r := range s.Requests() {
+		require.Equal(t, big, r.Payload)
+	}
+}
+
+// rawH2Server is a bare HTTP/2 server on x/net's framer for what
+// apnstest does not do: it reports the PINGs it reads, and answers them or
+// not.
+type rawH2Server struct {
+	ln     net.Listener
+	pki    *apnstest.PKI
+	answer bool
+	pings  chan int // connection number of each PING read
+	closed chan int // connection number of each connection the client closed
+	wg     sync.WaitGroup
+}
+
+func newRawH2Server(t *testing.T, answer bool) *rawH2Server {
+	pki := apnstest.MustPKI()
+	cfg := pki.ServerTLS(false)
+	cfg.NextProtos = []string{"h2"}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	s := &rawH2Server{ln: ln, pki: pki, answer: answer, pings: make(chan int, 100), closed: make(chan int, 100)}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		var conns sync.WaitGroup
+		defer conns.Wait()
+		for i := 1; ; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer conns.Done()
+				s.serve(i, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *rawH2Server) serve(id int, c net.Conn) {
+	defer c.Close()
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c, preface); err != nil {
+		return
+	}
+	fr := http2.NewFramer(c, c)
+	if fr.WriteSettings() != nil {
+		return
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			s.closed <- id
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				s.pings <- id
+				if s.answer {
+					_ = fr.WritePing(true, f.Data)
+				}
+			}
+		}
+	}
+}
+
+func TestHTTP2PingOnIdle(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		answer bool
+	}{
+		{"answered: the connection stays", true},
+		{"unanswered: the connection is replaced", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := newRawH2Server(t, tt.answer)
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			require.NoError(t, err)
+			e, err := apns.NewHTTP2Engine("https://"+s.ln.Addr().String(), apns.TokenAuth(key, "KEY1234567", "TEAM123456"),
+				apns.WithRootCAs(s.pki.RootCAs), apns.WithConns(1), apns.WithPingInterval(20*time.Millisecond),
+				apns.WithRequestTimeout(200*time.Millisecond), apns.WithRetryBackoff(time.Millisecond, time.Millisecond))
+			require.NoError(t, err)
+			t.Cleanup(func() { closeH2Engine(t, e) })
+			timeout := time.After(20 * time.Second)
+			next := func(ch chan int) int {
+				select {
+				case id := <-ch:
+					return id
+				case <-timeout:
+					t.Fatal("timed out")
+					return 0
+				}
+			}
+			if tt.answer {
+				for range 3 {
+					require.Equal(t, 1, next(s.pings), "PINGs on the first connection")
+				}
+				require.Empty(t, s.closed)
+				return
+			}
+			require.Equal(t, 1, next(s.pings))
+			require.Equal(t, 1, next(s.closed), "closed after its PING went unanswered")
+			require.Equal(t, 2, next(s.pings), "the replacement is probed too")
+		})
+	}
 }
