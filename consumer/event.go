@@ -16,7 +16,7 @@ import (
 // part of the event's Nats-Msg-Id.
 const (
 	KindRejected   = "rejected"   // APNs refused the job, or the job is malformed
-	KindBadToken   = "badtoken"   // a device token to remove
+	KindBadToken   = "badtokens"  // a device token to remove
 	KindDeadLetter = "deadletter" // the job failed MaxDeliver times
 	KindDelivered  = "delivered"  // receipt (Options.Receipts)
 )

@@ -113,6 +113,9 @@ func (e *Expiration) UnmarshalJSON(b []byte) error {
 // checks the values. Every error wraps ErrMalformedJob.
 func DecodeJob(data []byte) (Job, error) {
 	var j Job
+	if p := bytes.TrimLeft(data, " \t\r\n"); len(p) == 0 || p[0] != '{' {
+		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
+	}
 	if err := json.Unmarshal(data, &j); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
 	}
@@ -182,13 +185,25 @@ func newUUID() string {
 // is a no-op (PubAck.Duplicate). Producers that need throughput publish the
 // same JSON with js.PublishMsgAsync.
 func PublishJob(ctx context.Context, js jetstream.JetStream, subject string, j Job) (*jetstream.PubAck, error) {
-	data, err := json.Marshal(j)
+	data, err := j.encode()
 	if err != nil {
-		return nil, fmt.Errorf("consumer: encode job: %w", err)
+		return nil, err
 	}
 	m := &nats.Msg{Subject: subject, Data: data}
 	if j.ID != "" {
 		m.Header = nats.Header{jetstream.MsgIDHeader: []string{j.ID}}
 	}
 	return js.PublishMsg(ctx, m)
+}
+
+// encode writes j as JSON without HTML escaping (the payload keeps its
+// characters; json.Marshal would turn & < > into \u escapes).
+func (j *Job) encode() ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(j); err != nil {
+		return nil, fmt.Errorf("consumer: encode job: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }

@@ -1,0 +1,209 @@
+package consumer
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+)
+
+const tok32 = "5a2b7f0c9d1e3a4b6c8d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d"
+
+func TestDecodeJob(t *testing.T) {
+	exp := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		in      string
+		want    Job
+		wantErr error
+	}{
+		{"minimal", `{"token":"` + tok32 + `","payload":{"aps":{}}}`,
+			Job{Token: tok32, Payload: json.RawMessage(`{"aps":{}}`)}, nil},
+		{"all fields, RFC 3339", `{"id":"a","token":"` + tok32 + `","payload":{"aps":{"alert":"x"}},"topic":"com.x","push_type":"alert","priority":5,"expiration":"2026-12-01T00:00:00Z","collapse_id":"c"}`,
+			Job{ID: "a", Token: tok32, Payload: json.RawMessage(`{"aps":{"alert":"x"}}`), Topic: "com.x", PushType: "alert", Priority: 5, Expiration: Expiration(exp), CollapseID: "c"}, nil},
+		{"expiration seconds", `{"token":"ab","payload":{},"expiration":1796083200}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`), Expiration: Expiration(time.Unix(1796083200, 0))}, nil},
+		{"expiration 0 is try once", `{"token":"ab","payload":{},"expiration":0}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`), Expiration: Expiration(apns.ExpireNow)}, nil},
+		{"expiration null", `{"token":"ab","payload":{},"expiration":null}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`)}, nil},
+		{"payload kept byte for byte", `{"token":"ab","payload":{ "aps" : {"a":1.50} , "z":"\u00e9"}}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{ "aps" : {"a":1.50} , "z":"\u00e9"}`)}, nil},
+		{"unknown fields ignored", `{"token":"ab","payload":{},"sound":"x","extra":{"a":[1]}}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`)}, nil},
+		{"broken json", `{"token":"ab"`, Job{}, ErrMalformedJob},
+		{"not an object", `[1,2]`, Job{}, ErrMalformedJob},
+		{"null", ` null`, Job{}, ErrMalformedJob},
+		{"empty", ``, Job{}, ErrMalformedJob},
+		{"token is a number", `{"token":12,"payload":{}}`, Job{}, ErrMalformedJob},
+		{"priority is a string", `{"token":"ab","payload":{},"priority":"10"}`, Job{}, ErrMalformedJob},
+		{"priority is fractional", `{"token":"ab","payload":{},"priority":10.5}`, Job{}, ErrMalformedJob},
+		{"expiration fractional", `{"token":"ab","payload":{},"expiration":1.5}`, Job{}, ErrMalformedJob},
+		{"expiration negative", `{"token":"ab","payload":{},"expiration":-1}`, Job{}, ErrMalformedJob},
+		{"expiration not RFC 3339", `{"token":"ab","payload":{},"expiration":"tomorrow"}`, Job{}, ErrMalformedJob},
+		{"expiration a bool", `{"token":"ab","payload":{},"expiration":true}`, Job{}, ErrMalformedJob},
+		{"id is a number", `{"id":1,"token":"ab","payload":{}}`, Job{}, ErrMalformedJob},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := DecodeJob([]byte(tt.in))
+			require.ErrorIs(t, err, tt.wantErr)
+			require.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestJobNotification(t *testing.T) {
+	tok, err := apns.ParseToken(tok32)
+	require.NoError(t, err)
+	const uuid = "0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10"
+	tests := []struct {
+		name    string
+		job     Job
+		want    *apns.Notification
+		wantErr error
+	}{
+		{"uuid id becomes apns-id", Job{ID: uuid, Token: tok32, Payload: json.RawMessage(`{"aps":{}}`), Priority: 10, Topic: "t", PushType: "alert", CollapseID: "c"},
+			&apns.Notification{ID: uuid, Token: tok, Payload: []byte(`{"aps":{}}`), Priority: 10, Topic: "t", PushType: "alert", CollapseID: "c"}, nil},
+		{"other id is not sent", Job{ID: "job-1", Token: tok32, Payload: json.RawMessage(` {"aps":{}}`), Expiration: Expiration(apns.ExpireNow)},
+			&apns.Notification{Token: tok, Payload: []byte(` {"aps":{}}`), Expiration: apns.ExpireNow}, nil},
+		{"uppercase uuid is not sent", Job{ID: strings.ToUpper(uuid), Token: tok32, Payload: json.RawMessage(`{}`)},
+			&apns.Notification{Token: tok, Payload: []byte(`{}`)}, nil},
+		{"bad hex", Job{Token: "zz", Payload: json.RawMessage(`{}`)}, nil, apns.ErrInvalidToken},
+		{"odd hex", Job{Token: "abc", Payload: json.RawMessage(`{}`)}, nil, apns.ErrInvalidToken},
+		{"no token", Job{Payload: json.RawMessage(`{}`)}, nil, apns.ErrInvalidToken},
+		{"no payload", Job{Token: tok32}, nil, apns.ErrInvalidPayload},
+		{"null payload", Job{Token: tok32, Payload: json.RawMessage(`null`)}, nil, apns.ErrInvalidPayload},
+		{"array payload", Job{Token: tok32, Payload: json.RawMessage(`[1]`)}, nil, apns.ErrInvalidPayload},
+		{"priority 7", Job{Token: tok32, Payload: json.RawMessage(`{}`), Priority: 7}, nil, apns.ErrInvalidPriority},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := tt.job.Notification()
+			require.ErrorIs(t, err, tt.wantErr)
+			if tt.wantErr != nil {
+				require.ErrorIs(t, err, apns.ErrInvalidNotification)
+			}
+			require.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestJobRoundTrip(t *testing.T) {
+	tok, err := apns.ParseToken(tok32)
+	require.NoError(t, err)
+	j := NewJob(tok, json.RawMessage(`{"aps":{"alert":"hi"}}`))
+	require.True(t, apns.IsUUID(j.ID), j.ID)
+	require.NotEqual(t, j.ID, NewJob(tok, nil).ID)
+	for _, exp := range []Expiration{{}, Expiration(apns.ExpireNow), Expiration(time.Unix(1796083200, 0))} {
+		j.Expiration = exp
+		b, err := json.Marshal(j)
+		require.NoError(t, err)
+		got, err := DecodeJob(b)
+		require.NoError(t, err, "%s", b)
+		require.Equal(t, j, got)
+	}
+}
+
+// The documented example in job.schema.json must decode into a valid
+// notification for both protocols.
+func TestSchemaExample(t *testing.T) {
+	b, err := os.ReadFile("job.schema.json")
+	require.NoError(t, err)
+	var schema struct {
+		Schema     string            `json:"$schema"`
+		Required   []string          `json:"required"`
+		Properties map[string]any    `json:"properties"`
+		Examples   []json.RawMessage `json:"examples"`
+	}
+	require.NoError(t, json.Unmarshal(b, &schema))
+	require.Equal(t, "https://json-schema.org/draft/2020-12/schema", schema.Schema)
+	require.ElementsMatch(t, []string{"token", "payload"}, schema.Required)
+	// Every property the schema names is a field of Job, and back.
+	var fields map[string]any
+	full, err := json.Marshal(Job{ID: "x", Token: "ab", Payload: json.RawMessage(`{}`), Topic: "t", PushType: "alert",
+		Priority: 10, Expiration: Expiration(time.Unix(1, 0)), CollapseID: "c"})
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(full, &fields))
+	require.Len(t, schema.Properties, len(fields))
+	for k := range fields {
+		require.Contains(t, schema.Properties, k)
+	}
+
+	require.NotEmpty(t, schema.Examples)
+	for _, ex := range schema.Examples {
+		j, err := DecodeJob(ex)
+		require.NoError(t, err)
+		n, err := j.Notification()
+		require.NoError(t, err)
+		require.NoError(t, n.Validate(apns.BinaryLimits))
+		require.NoError(t, n.Validate(apns.HTTP2Limits))
+		require.Equal(t, j.ID, n.ID)
+		require.Equal(t, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), n.Expiration.UTC())
+	}
+}
+
+func FuzzDecodeJob(f *testing.F) {
+	f.Add([]byte(`{"id":"a","token":"` + tok32 + `","payload":{"aps":{"alert":"x"}},"topic":"com.x","push_type":"alert","priority":5,"expiration":"2026-12-01T00:00:00Z","collapse_id":"c"}`))
+	f.Add([]byte(`{"token":"ab","payload":{},"expiration":0}`))
+	f.Add([]byte(`{"token":"ab","payload":{},"expiration":4294967295}`))
+	f.Add([]byte(`{"token":12,"payload":"x","priority":"10"}`))
+	f.Add([]byte(`{"token":"ab"`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		j, err := DecodeJob(b)
+		if err != nil {
+			require.ErrorIs(t, err, ErrMalformedJob)
+			return // errors are fine; panics and hangs are not
+		}
+		n, err := j.Notification()
+		if err != nil {
+			require.ErrorIs(t, err, apns.ErrInvalidNotification)
+		} else {
+			require.Equal(t, []byte(j.Payload), n.Payload)
+		}
+		// What decodes encodes and decodes to the same job.
+		out, err := j.encode()
+		if err != nil {
+			return // e.g. an RFC 3339 time before 1970 cannot be written as seconds
+		}
+		j2, err := DecodeJob(out)
+		require.NoError(t, err, "%s", out)
+		require.True(t, time.Time(j.Expiration).Equal(time.Time(j2.Expiration)))
+		j.Expiration, j2.Expiration = Expiration{}, Expiration{}
+		// Encoding compacts the payload; its meaning is kept.
+		var p1, p2 bytes.Buffer
+		if j.Payload != nil {
+			require.NoError(t, json.Compact(&p1, j.Payload))
+		} else {
+			p1.WriteString("null")
+		}
+		require.NoError(t, json.Compact(&p2, j2.Payload))
+		require.Equal(t, p1.String(), p2.String())
+		j.Payload, j2.Payload = nil, nil
+		require.Equal(t, j, j2)
+	})
+}
+
+func BenchmarkDecodeJob(b *testing.B) {
+	data := []byte(`{"id":"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10","token":"` + tok32 + `","payload":{"aps":{"alert":{"title":"Hello","body":"World"},"badge":1}},"topic":"com.example.app","push_type":"alert","priority":10,"expiration":1796083200}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		j, err := DecodeJob(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := j.Notification(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,491 @@
+package consumer
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+)
+
+const payload = `{"aps":{"alert":"hi"}}`
+
+// tokHex returns a distinct 32-byte token in hex.
+func tokHex(i int) string {
+	var b [32]byte
+	binary.BigEndian.PutUint64(b[24:], uint64(i)+1)
+	b[0] = 0xab
+	return hex.EncodeToString(b[:])
+}
+
+func testOptions() Options {
+	return Options{
+		Protocol:     "http2",
+		AckWait:      5 * time.Second,
+		MaxDeliver:   3,
+		Backoff:      []time.Duration{10 * time.Millisecond},
+		DrainTimeout: 2 * time.Second,
+		EventTimeout: 2 * time.Second,
+		MaxInFlight:  1000,
+	}
+}
+
+func ctxT(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+func publishJobs(t *testing.T, js jetstream.JetStream, n int, tok func(i int) string) {
+	t.Helper()
+	ctx := ctxT(t)
+	for i := range n {
+		_, err := PublishJob(ctx, js, "apns.jobs", Job{ID: fmt.Sprintf("job-%d", i), Token: tok(i), Payload: json.RawMessage(payload)})
+		require.NoError(t, err)
+	}
+}
+
+func streamMsgs(t *testing.T, js jetstream.JetStream, name, subject string) uint64 {
+	t.Helper()
+	s, err := js.Stream(ctxT(t), name)
+	require.NoError(t, err)
+	if subject == "" {
+		info, err := s.Info(ctxT(t))
+		require.NoError(t, err)
+		return info.State.Msgs
+	}
+	info, err := s.Info(ctxT(t), jetstream.WithSubjectFilter(subject))
+	require.NoError(t, err)
+	return info.State.Subjects[subject]
+}
+
+func consumerInfo(t *testing.T, js jetstream.JetStream) *jetstream.ConsumerInfo {
+	t.Helper()
+	c, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+	require.NoError(t, err)
+	info, err := c.Info(ctxT(t))
+	require.NoError(t, err)
+	return info
+}
+
+// events reads every event stored on subject.
+func events[T any](t *testing.T, js jetstream.JetStream, subject string) []T {
+	t.Helper()
+	want := streamMsgs(t, js, "APNS_EVENTS", subject)
+	if want == 0 {
+		return nil
+	}
+	c, err := js.OrderedConsumer(ctxT(t), "APNS_EVENTS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	require.NoError(t, err)
+	var out []T
+	for uint64(len(out)) < want {
+		batch, err := c.Fetch(int(want)-len(out), jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		got := 0
+		for m := range batch.Messages() {
+			var ev T
+			require.NoError(t, json.Unmarshal(m.Data(), &ev), "%s", m.Data())
+			out = append(out, ev)
+			got++
+		}
+		require.NotZero(t, got, "no event arrived")
+	}
+	return out
+}
+
+func TestDelivered(t *testing.T) {
+	for _, receipts := range []bool{false, true} {
+		t.Run(fmt.Sprintf("receipts=%v", receipts), func(t *testing.T) {
+			js, _ := startJS(t)
+			opts := testOptions()
+			opts.Receipts = receipts
+			reg := prometheus.NewRegistry()
+			m, err := NewMetrics(reg)
+			require.NoError(t, err)
+			opts.Metrics = m
+			r := startWorker(t, js, opts, newFakeEngine(nil))
+			const n = 200
+			publishJobs(t, js, n, tokHex)
+
+			require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+				10*time.Second, 10*time.Millisecond, "jobs stream not emptied")
+			require.NoError(t, r.stop())
+			require.Equal(t, float64(n), value(t, m.received))
+			require.Equal(t, float64(n), value(t, m.delivered))
+			require.Equal(t, float64(0), value(t, m.inFlight))
+			require.Zero(t, consumerInfo(t, js).NumAckPending)
+			if receipts {
+				rs := events[ReceiptEvent](t, js, "apns.events.delivered")
+				require.Len(t, rs, n)
+				require.Equal(t, tokHex(0), rs[0].Token)
+				require.Equal(t, "job-0", rs[0].JobID)
+			} else {
+				require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""))
+			}
+		})
+	}
+}
+
+// gatedJS holds the PubAcks of async publishes until the test opens the
+// gate, and can fail the first n of them.
+type gatedJS struct {
+	jetstream.JetStream
+	gate     chan struct{}
+	mu       sync.Mutex
+	failNext int
+}
+
+type gatedFuture struct {
+	jetstream.PubAckFuture
+	ok   chan *jetstream.PubAck
+	errc chan error
+}
+
+func (f *gatedFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
+func (f *gatedFuture) Err() <-chan error           { return f.errc }
+
+func (g *gatedJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	real, err := g.JetStream.PublishMsgAsync(m, opts...)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	fail := g.failNext > 0
+	if fail {
+		g.failNext--
+	}
+	g.mu.Unlock()
+	f := &gatedFuture{PubAckFuture: real, ok: make(chan *jetstream.PubAck, 1), errc: make(chan error, 1)}
+	go func() {
+		<-g.gate
+		select {
+		case a := <-real.Ok():
+			if fail {
+				f.errc <- errors.New("test: PubAck lost")
+				return
+			}
+			f.ok <- a
+		case err := <-real.Err():
+			f.errc <- err
+		}
+	}()
+	return f, nil
+}
+
+func TestRejected(t *testing.T) {
+	js, _ := startJS(t)
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{})}
+	ts := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	rejections := map[string]*apns.RejectionError{
+		tokHex(0): {HTTPStatus: 410, Reason: "Unregistered", Timestamp: ts},
+		tokHex(1): {ID: 7, Status: apns.StatusInvalidToken, Reason: "InvalidToken"},
+		tokHex(2): {HTTPStatus: 400, Reason: "BadTopic"},
+	}
+	eng := newFakeEngine(func(n *apns.Notification, _ int) (error, bool) {
+		if rej, ok := rejections[n.Token.String()]; ok {
+			return rej, false
+		}
+		return nil, false
+	})
+	opts := testOptions()
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	require.NoError(t, err)
+	opts.Metrics = m
+	startWorker(t, gjs, opts, eng)
+	publishJobs(t, js, 4, tokHex) // job-3 is delivered
+
+	// Every outcome is in, the events are stored, but no PubAck reached
+	// the worker: the rejected jobs must still be un-acked.
+	require.Eventually(t, func() bool {
+		return streamMsgs(t, js, "APNS_EVENTS", "apns.events.rejected") == 3 &&
+			streamMsgs(t, js, "APNS_JOBS", "") == 3
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 3, consumerInfo(t, js).NumAckPending)
+
+	close(gjs.gate)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+
+	rej := events[RejectionEvent](t, js, "apns.events.rejected")
+	require.Len(t, rej, 3)
+	byJob := map[string]RejectionEvent{}
+	for _, e := range rej {
+		byJob[e.JobID] = e
+	}
+	require.Equal(t, 410, byJob["job-0"].HTTPStatus)
+	require.Equal(t, "Unregistered", byJob["job-0"].Reason)
+	require.True(t, ts.Equal(byJob["job-0"].Timestamp))
+	require.Equal(t, int(apns.StatusInvalidToken), byJob["job-1"].Status)
+	require.Equal(t, "InvalidToken", byJob["job-1"].Reason)
+	require.Equal(t, "BadTopic", byJob["job-2"].Reason)
+	for id, e := range byJob {
+		require.Equal(t, "http2", e.Protocol, id)
+		require.NotZero(t, e.Seq, id)
+		require.False(t, e.Malformed, id)
+		require.NotEmpty(t, e.Error, id)
+		var j Job
+		require.NoError(t, json.Unmarshal(e.Job, &j), id)
+		require.Equal(t, id, j.ID)
+		require.Equal(t, e.Token, j.Token)
+	}
+
+	bad := events[BadTokenEvent](t, js, "apns.events.badtokens")
+	require.Len(t, bad, 2)
+	toks := map[string]BadTokenEvent{}
+	for _, b := range bad {
+		require.Equal(t, SourceRejection, b.Source)
+		toks[b.Token] = b
+	}
+	require.Contains(t, toks, tokHex(0))
+	require.Contains(t, toks, tokHex(1))
+	require.True(t, ts.Equal(toks[tokHex(0)].Time), "410 timestamp is the bad token's time")
+	require.Equal(t, 1.0, value(t, m.rejected.WithLabelValues("Unregistered")))
+	require.Equal(t, 1.0, value(t, m.rejected.WithLabelValues("BadTopic")))
+}
+
+func TestRejectionEventNotDoubledOnRedelivery(t *testing.T) {
+	js, _ := startJS(t)
+	// The first PubAck is "lost": the worker naks the job, it comes back,
+	// is rejected again and publishes the same event again.
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 1}
+	close(gjs.gate)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadDeviceToken"}, false
+	})
+	startWorker(t, gjs, testOptions(), eng)
+	publishJobs(t, js, 1, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 2, eng.sent(tokHex(0)), "the job was redelivered once")
+	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
+	require.Len(t, events[BadTokenEvent](t, js, "apns.events.badtokens"), 1)
+}
+
+func TestFailedThenRetried(t *testing.T) {
+	js, _ := startJS(t)
+	temp := errors.New("test: connection reset")
+	eng := newFakeEngine(func(n *apns.Notification, attempt int) (error, bool) {
+		switch n.Token.String() {
+		case tokHex(0): // fails once, then is delivered
+			if attempt == 1 {
+				return temp, false
+			}
+			return nil, false
+		default: // always fails: dead-lettered at MaxDeliver
+			return fmt.Errorf("%w: %w", apns.ErrRetriesExhausted, temp), false
+		}
+	})
+	opts := testOptions() // MaxDeliver 3
+	startWorker(t, js, opts, eng)
+	publishJobs(t, js, 2, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 2, eng.sent(tokHex(0)))
+	require.Equal(t, 3, eng.sent(tokHex(1)))
+	dl := events[DeadLetterEvent](t, js, "apns.events.deadletter")
+	require.Len(t, dl, 1)
+	require.Equal(t, "job-1", dl[0].JobID)
+	require.Equal(t, uint64(3), dl[0].Deliveries)
+	require.Contains(t, dl[0].Error, "connection reset")
+	var j Job
+	require.NoError(t, json.Unmarshal(dl[0].Job, &j))
+	require.Equal(t, tokHex(1), j.Token)
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", "apns.events.rejected"))
+}
+
+func TestCredentialsErrorDoesNotDeadLetter(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(func(_ *apns.Notification, attempt int) (error, bool) {
+		if attempt <= 4 { // more than MaxDeliver
+			return fmt.Errorf("%w: 403 InvalidProviderToken", apns.ErrCredentials), false
+		}
+		return nil, false
+	})
+	startWorker(t, js, testOptions(), eng)
+	publishJobs(t, js, 1, tokHex)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 5, eng.sent(tokHex(0)))
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""))
+}
+
+func TestMalformedJobs(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(nil)
+	startWorker(t, js, testOptions(), eng)
+
+	big := `{"aps":{"alert":"` + strings.Repeat("x", 10*1024) + `"}}`
+	tests := []struct {
+		name   string
+		data   string
+		reason string
+	}{
+		{"broken json", `{"token":"ab`, ReasonMalformedJob},
+		{"not json", "\xff\xfe binary", ReasonMalformedJob},
+		{"bad token hex", `{"id":"bad-hex","token":"zz","payload":` + payload + `}`, "InvalidToken"},
+		{"10 KB payload", `{"id":"big","token":"` + tokHex(1) + `","payload":` + big + `}`, "PayloadTooLarge"},
+		{"missing aps", `{"id":"no-aps","token":"` + tokHex(2) + `","payload":{"alert":"hi"}}`, "MissingAps"},
+		{"token is a number", `{"token":123,"payload":` + payload + `}`, ReasonMalformedJob},
+		{"payload is a string", `{"token":"` + tokHex(3) + `","payload":"hi"}`, "InvalidPayload"},
+		{"priority is a string", `{"token":"` + tokHex(4) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
+		{"expiration is a bool", `{"token":"` + tokHex(5) + `","payload":` + payload + `,"expiration":true}`, ReasonMalformedJob},
+		{"bad priority", `{"token":"` + tokHex(6) + `","payload":` + payload + `,"priority":7}`, "InvalidPriority"},
+	}
+	ctx := ctxT(t)
+	for _, tt := range tests {
+		_, err := js.Publish(ctx, "apns.jobs", []byte(tt.data))
+		require.NoError(t, err, tt.name)
+	}
+	// The worker keeps running: a good job after them is delivered.
+	_, err := PublishJob(ctx, js, "apns.jobs", Job{ID: "good", Token: tokHex(9), Payload: json.RawMessage(payload)})
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1, eng.sent(tokHex(9)))
+	evs := events[RejectionEvent](t, js, "apns.events.rejected")
+	require.Len(t, evs, len(tests))
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := evs[i] // published in order by one consume goroutine
+			require.True(t, e.Malformed)
+			require.Equal(t, tt.reason, e.Reason)
+			require.NotEmpty(t, e.Error)
+			require.Equal(t, uint64(i+1), e.Seq)
+			raw := []byte(e.Job)
+			if raw == nil {
+				raw = e.JobRaw
+			}
+			require.Equal(t, tt.data, string(raw), "the event carries the raw job")
+		})
+	}
+}
+
+func TestShutdownLeavesNothingUnacked(t *testing.T) {
+	js, _ := startJS(t)
+	const n = 300
+	// The engine delivers even tokens and holds odd ones until it closes.
+	eng := newFakeEngine(func(nt *apns.Notification, _ int) (error, bool) {
+		return nil, nt.Token[31]%2 == 1
+	})
+	opts := testOptions()
+	opts.AckWait = 30 * time.Second
+	r := startWorker(t, js, opts, eng)
+	publishJobs(t, js, n, tokHex)
+	require.Eventually(t, func() bool { return eng.heldCount() == n/2 }, 10*time.Second, 5*time.Millisecond)
+	require.NoError(t, r.stop())
+	require.Zero(t, r.w.InFlight())
+
+	require.Equal(t, uint64(n/2), streamMsgs(t, js, "APNS_JOBS", ""))
+
+	// A restart finishes the rest at once: they were naked, not left to
+	// wait for AckWait (30 s).
+	eng2 := newFakeEngine(nil)
+	startWorker(t, js, opts, eng2)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Zero(t, consumerInfo(t, js).NumAckPending)
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "naked at shutdown is not a failure")
+}
+
+func TestKeepAliveBeyondAckWait(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) { return nil, true })
+	opts := testOptions()
+	opts.AckWait = time.Second
+	startWorker(t, js, opts, eng)
+	publishJobs(t, js, 3, tokHex)
+	require.Eventually(t, func() bool { return eng.heldCount() == 3 }, 5*time.Second, 5*time.Millisecond)
+	// Hold the jobs for 2.5 AckWaits: InProgress must keep them ours.
+	held := time.Now()
+	require.Eventually(t, func() bool { return time.Since(held) > 2500*time.Millisecond }, 5*time.Second, 50*time.Millisecond)
+	info := consumerInfo(t, js)
+	require.Zero(t, info.NumRedelivered)
+	require.Equal(t, 3, info.NumAckPending)
+	eng.release(nil)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		5*time.Second, 10*time.Millisecond)
+	for i := range 3 {
+		require.Equal(t, 1, eng.sent(tokHex(i)))
+	}
+}
+
+func TestPublishBadTokens(t *testing.T) {
+	js, _ := startJS(t)
+	w, err := New(js, testOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Shutdown(context.Background(), nil)) })
+	t0 := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	tok := func(i int) apns.Token { b, _ := hex.DecodeString(tokHex(i)); return b }
+	batch := []BadToken{{tok(0), t0}, {tok(1), t0}, {tok(0), t0.Add(time.Hour)}}
+	require.NoError(t, w.PublishBadTokens(ctxT(t), batch))
+	require.NoError(t, w.PublishBadTokens(ctxT(t), batch[:2])) // the poller sees them again
+	evs := events[BadTokenEvent](t, js, "apns.events.badtokens")
+	require.Len(t, evs, 3)
+	require.Equal(t, BadTokenEvent{Token: tokHex(0), Time: t0, Source: SourceFeedback, Reason: "Feedback"}, evs[0])
+}
+
+func TestNewValidatesOptions(t *testing.T) {
+	js, _ := startJS(t)
+	tests := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"overlapping subjects", Options{JobsSubject: "apns", EventsSubject: "apns.events"}, "overlaps"},
+		{"wildcard subject", Options{JobsSubject: "apns.*"}, "literal"},
+		{"short ack wait", Options{AckWait: time.Millisecond}, "AckWait"},
+		{"bad backoff", Options{Backoff: []time.Duration{time.Second, -1}}, "Backoff[1]"},
+		{"negative replicas", Options{Replicas: -1}, "Replicas"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(js, tt.opts)
+			require.ErrorIs(t, err, ErrInvalidOption)
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestEngineCollector(t *testing.T) {
+	eng := newFakeEngine(nil)
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	reg := prometheus.NewRegistry()
+	require.NoError(t, reg.Register(NewEngineCollector(eng)))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	require.Equal(t, map[string]float64{
+		"apns_engine_connections": 1, "apns_engine_connected": 1, "apns_engine_in_flight": 0,
+		"apns_engine_reconnects_total": 0, "apns_engine_credentials_ok": 1,
+	}, got)
+}
+
+// value reads a counter's or gauge's value.
+func value(t *testing.T, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+}
