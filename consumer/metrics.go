@@ -74,7 +74,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 //	apns_engine_reconnects_total     connections replaced since start
 //	apns_engine_credentials_ok       0 once APNs refused the credentials
 type EngineCollector struct {
-	stats                                             func() apns.Stats
+	stats                                           func() apns.Stats
 	conns, connected, inFlight, reconnects, credsOK *prometheus.Desc
 }
 

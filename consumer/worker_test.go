@@ -155,7 +155,7 @@ type gatedFuture struct {
 }
 
 func (f *gatedFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
-func (f *gatedFuture) Err() <-chan error           { return f.errc }
+func (f *gatedFuture) Err() <-chan error            { return f.errc }
 
 func (g *gatedJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	real, err := g.JetStream.PublishMsgAsync(m, opts...)
