@@ -659,10 +659,11 @@ type conn struct {
 	maxFrame   int    // server's SETTINGS_MAX_FRAME_SIZE
 	goaway     bool
 	dead       error // set by the reader on failure
-	blocked    []*request
+	blocked    []uint32 // streams whose payload waits for window, in order
 	// control frames the writer owes
 	settingsAcks int
-	tableSize    uint32 // >0: apply to the encoder before the ack
+	tableSize    uint32 // the server's SETTINGS_HEADER_TABLE_SIZE, if tableSet
+	tableSet     bool   // apply tableSize to the encoder before the ack
 	pingAcks     [][8]byte
 	connWU       uint32
 	streamWU     []windowUpdate
@@ -879,7 +880,7 @@ func (c *conn) writeRequest(r *request, deadline int64) bool {
 	c.streams[id] = r
 	c.writeHeadersLocked(id, c.hbuf.Bytes())
 	if !c.writeDataLocked(r) {
-		c.blocked = append(c.blocked, r)
+		c.blocked = append(c.blocked, id)
 	}
 	can := c.canOpenLocked()
 	c.mu.Unlock()
@@ -968,10 +969,9 @@ func (c *conn) writeDataLocked(r *request) bool {
 
 func (c *conn) resumeBlockedLocked() {
 	for len(c.blocked) > 0 {
-		if r := c.blocked[0]; c.streams[r.id] == r && !c.writeDataLocked(r) {
+		if r := c.streams[c.blocked[0]]; r != nil && !c.writeDataLocked(r) {
 			return // still blocked; streams go in order
 		}
-		c.blocked[0] = nil
 		c.blocked = c.blocked[1:]
 	}
 	c.blocked = c.blocked[:0:0]
@@ -983,9 +983,9 @@ func (c *conn) canOpenLocked() bool {
 }
 
 func (c *conn) writeControlLocked() {
-	if c.tableSize > 0 {
+	if c.tableSet {
 		c.henc.SetMaxDynamicTableSizeLimit(c.tableSize)
-		c.tableSize = 0
+		c.tableSet = false
 	}
 	for ; c.settingsAcks > 0; c.settingsAcks-- {
 		_ = c.fr.WriteSettingsAck()
@@ -1213,7 +1213,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 		case http2.SettingMaxFrameSize:
 			c.maxFrame = int(min(s.Val, 1<<20))
 		case http2.SettingHeaderTableSize:
-			c.tableSize = max(s.Val, 1) // 0 is a valid size; 1 is as good and means "set"
+			c.tableSize, c.tableSet = s.Val, true
 		}
 		return nil
 	})

@@ -407,6 +407,18 @@ type h2Proxy struct {
 	tunnels atomic.Int32
 	auth    string
 	wg      sync.WaitGroup
+	mu      sync.Mutex
+	open    []net.Conn
+}
+
+// cut breaks every open tunnel, like a network failure.
+func (p *h2Proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.open {
+		c.Close()
+	}
+	p.open = nil
 }
 
 func newH2Proxy(t *testing.T, user, pass string) *h2Proxy {
@@ -426,15 +438,7 @@ func (p *h2Proxy) serve() {
 	defer p.wg.Done()
 	var conns sync.WaitGroup
 	defer conns.Wait()
-	var open []net.Conn
-	var mu sync.Mutex
-	defer func() {
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-	}()
+	defer p.cut()
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -458,9 +462,9 @@ func (p *h2Proxy) serve() {
 				fmt.Fprintf(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
 				return
 			}
-			mu.Lock()
-			open = append(open, c, up)
-			mu.Unlock()
+			p.mu.Lock()
+			p.open = append(p.open, c, up)
+			p.mu.Unlock()
 			defer up.Close()
 			p.tunnels.Add(1)
 			fmt.Fprintf(c, "HTTP/1.1 200 Connection established\r\n\r\n")
@@ -503,6 +507,47 @@ func TestHTTP2Proxy(t *testing.T) {
 			require.Equal(t, int32(1), p.tunnels.Load())
 		})
 	}
+}
+
+// TestHTTP2ConnectionsCutMidBurst: transport errors with requests in
+// flight; each notification still gets exactly one outcome, delivered
+// after a retry on a new connection (APNs may have seen some twice).
+func TestHTTP2ConnectionsCutMidBurst(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(time.Millisecond))
+	p := newH2Proxy(t, "u", "p")
+	const n = 2000
+	col := newH2Collector(t, n)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(2), apns.WithMaxInFlight(300),
+		apns.WithProxy("http://u:p@"+p.ln.Addr().String()), apns.WithMaxRetries(5))
+	ctx := context.Background()
+	go func() {
+		for i := range n {
+			if err := e.Send(ctx, &apns.Notification{Token: h2Token(i), Payload: h2Payload}, i); err != nil {
+				t.Errorf("send %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	outs := col.wait(n / 4)
+	p.cut()
+	outs = append(outs, col.wait(n/4)...)
+	p.cut()
+	outs = append(outs, col.wait(n-n/2)...)
+	retried := 0
+	for _, o := range outs {
+		require.NoError(t, o.Err, "ref %v", o.Ref)
+		if o.Attempts > 1 {
+			retried++
+		}
+	}
+	col.mu.Lock()
+	require.Len(t, col.byID, n)
+	require.Zero(t, col.dups)
+	col.mu.Unlock()
+	require.Positive(t, retried)
+	require.GreaterOrEqual(t, s.Accepted(), n)
+	require.GreaterOrEqual(t, p.tunnels.Load(), int32(4))
 }
 
 func TestHTTP2Options(t *testing.T) {
