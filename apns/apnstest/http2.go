@@ -569,9 +569,10 @@ func (s *HTTP2Server) Requests() []HTTP2Request {
 	return append([]HTTP2Request(nil), s.requests...)
 }
 
-// Mints is the number of distinct valid JWTs the server has seen: a client
-// that shares one token across its connections and refreshes it every 50
-// minutes shows 1, plus 1 per refresh.
+// Mints is the number of distinct JWTs with a valid signature, kid and
+// iss the server has seen, whether or not it accepted them (expired, too
+// frequent): a client that shares one token across its connections and
+// refreshes it every 50 minutes shows 1, plus 1 per refresh.
 func (s *HTTP2Server) Mints() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -738,8 +739,9 @@ type h2stream struct {
 	bodyLen    int
 	unrefunded uint32 // DATA bytes not yet given back with a stream WINDOW_UPDATE
 	sendWindow int64
-	ended      bool // request fully read
-	done       bool // answered or reset
+	recvWindow int64 // what the client may still send on this stream
+	ended      bool  // request fully read
+	done       bool  // answered or reset
 	due        time.Time
 
 	// response
@@ -828,12 +830,15 @@ type h2conn struct {
 	henc           *hpack.Encoder
 	hbuf           bytes.Buffer
 	wbuf           [32]byte
+	fhdr           [9]byte
 	streams        map[uint32]*h2stream
 	maxStreams     uint32   // acknowledged limit
 	pendingMax     []uint32 // limits sent, not yet acknowledged
 	peerWindow     int64    // peer's SETTINGS_INITIAL_WINDOW_SIZE
 	connSendWindow int64
-	recvUnacked    uint32
+	recvUnacked    uint32 // DATA bytes not yet given back with a connection WINDOW_UPDATE
+	connWindow     int64  // the connection receive window we advertise
+	connRecv       int64  // what the client may still send on the connection
 	lastStream     uint32
 	goAwaySent     bool
 	goAwayLast     uint32
@@ -902,9 +907,9 @@ func (c *h2conn) serve() {
 		h2setMaxHeaderListSize, h2maxHeaderBuf,
 	)
 	c.pendingMax = append(c.pendingMax, lim)
-	if w := max(h2connWindow, c.s.window); w > 65535 {
-		c.writeWindowUpdate(0, w-65535)
-	}
+	c.connWindow = int64(max(h2connWindow, c.s.window))
+	c.connRecv = c.connWindow
+	c.writeWindowUpdate(0, uint32(c.connWindow-65535))
 	c.ready = true
 	c.flush()
 	c.mu.Unlock()
@@ -977,11 +982,11 @@ func (c *h2conn) writeFrame(typ, flags byte, sid uint32, p []byte) {
 	if c.writeClosed {
 		return
 	}
-	var h [9]byte
+	h := c.fhdr[:]
 	h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
 	h[3], h[4] = typ, flags
 	binary.BigEndian.PutUint32(h[5:], sid)
-	_, _ = c.bw.Write(h[:])
+	_, _ = c.bw.Write(h)
 	_, _ = c.bw.Write(p)
 }
 
@@ -1052,7 +1057,7 @@ func (c *h2conn) handle(typ, flags byte, sid uint32, p []byte) error {
 			}
 			p = p[1 : len(p)-int(p[0])]
 		}
-		c.onData(sid, p, n, flags&h2flagEndStream != 0)
+		return c.onData(sid, p, n, flags&h2flagEndStream != 0)
 	case h2fHeaders:
 		if sid == 0 {
 			return h2connErr(h2errProtocol)
@@ -1276,14 +1281,26 @@ func (c *h2conn) newStream(id uint32) *h2stream {
 	}
 	st.id = id
 	st.sendWindow = c.peerWindow
+	st.recvWindow = int64(c.s.window)
+	if !c.acked { // the client may not know our window yet: it may use 65535
+		st.recvWindow = max(st.recvWindow, 65535)
+	}
 	return st
 }
 
-func (c *h2conn) onData(sid uint32, d []byte, n uint32, end bool) {
+// onData takes a DATA frame: n is its flow-controlled length (with
+// padding), d its data. A client that overruns a window gets a
+// FLOW_CONTROL_ERROR: RST_STREAM for a stream window, GOAWAY for the
+// connection window.
+func (c *h2conn) onData(sid uint32, d []byte, n uint32, end bool) error {
 	if n > 0 {
+		if c.connRecv -= int64(n); c.connRecv < 0 {
+			return h2connErr(h2errFlowControl)
+		}
 		c.recvUnacked += n
-		if c.recvUnacked >= h2connWindow/4 {
+		if int64(c.recvUnacked) >= c.connWindow/4 {
 			c.writeWindowUpdate(0, c.recvUnacked)
+			c.connRecv += int64(c.recvUnacked)
 			c.recvUnacked = 0
 		}
 	}
@@ -1293,7 +1310,11 @@ func (c *h2conn) onData(sid uint32, d []byte, n uint32, end bool) {
 			c.streamError(sid, h2errStreamClosed)
 		}
 		// else: a stream ignored after GOAWAY, refused or reset: drop.
-		return
+		return nil
+	}
+	if st.recvWindow -= int64(n); st.recvWindow < 0 && c.acked {
+		c.streamError(sid, h2errFlowControl)
+		return nil
 	}
 	st.bodyLen += len(d)
 	if room := h2maxBody - len(st.body); room > 0 {
@@ -1301,13 +1322,15 @@ func (c *h2conn) onData(sid uint32, d []byte, n uint32, end bool) {
 	}
 	if end {
 		c.finish(st)
-		return
+		return nil
 	}
 	st.unrefunded += n
 	if st.unrefunded >= c.s.window/2 {
 		c.writeWindowUpdate(st.id, st.unrefunded)
+		st.recvWindow += int64(st.unrefunded)
 		st.unrefunded = 0
 	}
+	return nil
 }
 
 func (c *h2conn) sendGoAway(last uint32) {
@@ -1589,6 +1612,7 @@ func (c *h2conn) checkAuth(st *h2stream) (int, string) {
 	if reason != "" {
 		return 403, reason
 	}
+	c.s.noteMint(tok)
 	if now.Sub(iat) > time.Hour {
 		return 403, "ExpiredProviderToken"
 	}
@@ -1596,7 +1620,6 @@ func (c *h2conn) checkAuth(st *h2stream) (int, string) {
 		return 429, "TooManyProviderTokenUpdates"
 	}
 	c.jwt, c.jwtIat = tok, iat
-	c.s.noteMint(tok)
 	return 0, ""
 }
 

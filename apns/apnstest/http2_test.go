@@ -716,6 +716,17 @@ func TestHTTP2ServerWire(t *testing.T) {
 		w.write(h2fData, h2flagEndStream, 1, h2payload)
 		require.Equal(t, "200", w.status(w.next(false)))
 	})
+	t.Run("stream window overrun", func(t *testing.T) {
+		t.Parallel()
+		w := h2dial(t, s)
+		w.settings()
+		w.write(h2fHeaders, h2flagEndHeaders, 1, w.block(
+			":method", "POST", ":scheme", "https", ":path", h2path(h2tok),
+			"authorization", "bearer "+jwt, "apns-topic", h2topic))
+		w.write(h2fData, 0, 1, make([]byte, 4097)) // the window is 4096
+		f := w.next(false)
+		require.Equal(t, h2frame{typ: h2fRSTStream, sid: 1, p: []byte{0, 0, 0, h2errFlowControl}}, f)
+	})
 	t.Run("even stream id", func(t *testing.T) {
 		t.Parallel()
 		w := h2dial(t, s)
