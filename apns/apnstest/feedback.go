@@ -22,6 +22,11 @@ func FeedbackPKI(p *PKI) FeedbackOption {
 	return func(s *FeedbackServer) { s.pki = p }
 }
 
+// FeedbackAddr makes the server listen on addr instead of 127.0.0.1:0.
+func FeedbackAddr(addr string) FeedbackOption {
+	return func(s *FeedbackServer) { s.Addr = addr }
+}
+
 // FeedbackServer is an in-process feedback service on 127.0.0.1 with real
 // TLS, requiring a client certificate of its PKI. Like Apple's, it sends
 // each connection what is queued (Add, AddRaw, AddTruncated), clears the
@@ -47,10 +52,10 @@ type FeedbackServer struct {
 	closed        bool
 }
 
-// NewFeedbackServer starts a feedback server on 127.0.0.1:0. It panics if
+// NewFeedbackServer starts a feedback server (on 127.0.0.1:0 by default). It panics if
 // it cannot listen, like httptest.NewServer. Stop it with Close.
 func NewFeedbackServer(opts ...FeedbackOption) *FeedbackServer {
-	s := &FeedbackServer{open: make(map[net.Conn]struct{}), unstall: make(chan struct{})}
+	s := &FeedbackServer{Addr: "127.0.0.1:0", open: make(map[net.Conn]struct{}), unstall: make(chan struct{})}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -58,7 +63,7 @@ func NewFeedbackServer(opts ...FeedbackOption) *FeedbackServer {
 		s.pki = MustPKI()
 	}
 	s.tls = s.pki.ServerTLS(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		panic(fmt.Sprintf("apnstest: feedback server: %v", err))
 	}

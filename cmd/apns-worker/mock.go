@@ -18,6 +18,7 @@ import (
 func runMockAPNs(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("mock-apns", flag.ContinueOnError)
 	binaryAddr := fs.String("binary", "127.0.0.1:2195", "binary gateway listen address")
+	feedbackAddr := fs.String("feedback", "127.0.0.1:2196", "feedback service listen address")
 	http2Addr := fs.String("http2", "127.0.0.1:2197", "HTTP/2 provider API listen address")
 	host := fs.String("host", "localhost", "extra host name for the server certificate")
 	dir := fs.String("dir", "./data/mock-apns", "where to write ca.pem, client.pem, client-key.pem, AuthKey.p8 and env")
@@ -36,6 +37,8 @@ func runMockAPNs(ctx context.Context, args []string) error {
 		return err
 	}
 	defer gw.Close()
+	fb := apnstest.NewFeedbackServer(apnstest.FeedbackPKI(pki), apnstest.FeedbackAddr(*feedbackAddr))
+	defer fb.Close()
 	h2, err := apnstest.ListenHTTP2(apnstest.HTTP2PKI(pki), apnstest.HTTP2Listen(*http2Addr))
 	if err != nil {
 		return err
@@ -59,7 +62,7 @@ func runMockAPNs(ctx context.Context, args []string) error {
 		}
 	}
 	log.Warn("MOCK APNs: test servers, nothing reaches Apple",
-		slog.String("binary", gw.Addr), slog.String("http2", h2.URL),
+		slog.String("binary", gw.Addr), slog.String("feedback", fb.Addr), slog.String("http2", h2.URL),
 		slog.String("credentials", *dir), slog.String("key_id", h2.KeyID), slog.String("team_id", h2.TeamID))
 	<-ctx.Done()
 	return nil
