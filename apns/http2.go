@@ -146,9 +146,34 @@ func WithRetryBackoff(first, max time.Duration) Option {
 }
 
 // HTTP2Engine sends notifications with Apple's HTTP/2 provider API over a
-// pool of connections, each driven frame by frame (no net/http): one
-// writer and one reader goroutine per connection, requests handed out from
-// one queue, outcomes reported from the readers.
+// pool of connections (WithConns), each driven frame by frame on x/net's
+// framer and hpack encoder, without net/http: one writer and one reader
+// goroutine per connection, requests handed out from one queue, outcomes
+// reported from the readers.
+//
+// Each connection honours the server's SETTINGS (max concurrent streams,
+// which may drop to 1 at any time, windows, frame and table sizes),
+// sends PING when idle (WithPingInterval) and is replaced when it fails or
+// after GOAWAY. Answers map to outcomes through one table (reasons.go):
+//
+//   - 200: delivered, with the apns-id APNs returned;
+//   - 400, 404, 405, 410, 413 and 403 Forbidden: a *RejectionError
+//     (BadToken for BadDeviceToken, Unregistered, ExpiredToken; 410 carries
+//     Apple's timestamp);
+//   - 403 certificate and provider-token reasons: failed with
+//     ErrCredentials; Send and every later outcome fail with it too, and
+//     Stats().CredentialsErr is set (the engine must be rebuilt with
+//     working credentials);
+//   - 403 ExpiredProviderToken: a new token is minted (at most once, never
+//     within TokenMinInterval of the last) and the notification sent again;
+//   - 429, 500, 503, 400 IdleTimeout, RST_STREAM, timeouts (WithRequestTimeout)
+//     and lost connections: sent again after a back-off (WithRetryBackoff),
+//     up to WithMaxRetries times, then failed wrapping ErrRetriesExhausted
+//     and the cause (a *StatusError, ErrRequestTimeout, ErrConnLost).
+//
+// Streams refused without being processed (REFUSED_STREAM, above a GOAWAY's
+// last stream id) are sent again at once, on another connection, without
+// using up retries.
 type HTTP2Engine struct {
 	o         options
 	addr      string // host:port to dial
@@ -658,7 +683,7 @@ type conn struct {
 	connWindow int64  // what we may still send on the connection
 	maxFrame   int    // server's SETTINGS_MAX_FRAME_SIZE
 	goaway     bool
-	dead       error // set by the reader on failure
+	dead       error    // set by the reader on failure
 	blocked    []uint32 // streams whose payload waits for window, in order
 	// control frames the writer owes
 	settingsAcks int
