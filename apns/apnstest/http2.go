@@ -480,7 +480,9 @@ func (s *HTTP2Server) RefuseStreams(n int) {
 
 // SetLatency delays every later response by d (0: answer at once). The
 // request counts as accepted when it is read; its stream stays open, and
-// counts against the stream limit, until answered.
+// counts against the stream limit, until answered. Responses leave in the
+// order requests were read, so after a cut the new latency applies once
+// the responses already waiting have left.
 func (s *HTTP2Server) SetLatency(d time.Duration) { s.latency.Store(int64(d)) }
 
 // SetGoAwayAfter makes each connection send GOAWAY (NO_ERROR, debug data
@@ -1409,9 +1411,11 @@ func (c *h2conn) finish(st *h2stream) {
 	if lat := time.Duration(c.s.latency.Load()); lat > 0 {
 		st.due = time.Now().Add(lat)
 		c.delayed = append(c.delayed, st)
-		select {
-		case c.wake <- struct{}{}:
-		default:
+		if len(c.delayed) == 1 { // else the delayer's timer is set for the head
+			select {
+			case c.wake <- struct{}{}:
+			default:
+			}
 		}
 		return
 	}
@@ -1476,7 +1480,9 @@ func (c *h2conn) sendBlocked() {
 	c.blocked = keep
 }
 
-// delayer answers delayed responses when they are due.
+// delayer answers delayed responses when they are due, in the order they
+// were read (the queue is in due order while the latency stays the same; a
+// response queued after a latency cut waits for those before it).
 func (c *h2conn) delayer() {
 	defer c.s.wg.Done()
 	t := time.NewTimer(time.Hour)
@@ -1491,22 +1497,23 @@ func (c *h2conn) delayer() {
 		}
 		c.mu.Lock()
 		now := time.Now()
-		var next time.Time
-		keep := c.delayed[:0]
-		for _, st := range c.delayed {
-			switch {
-			case st.done:
-			case !st.due.After(now):
-				c.respond(st)
-			default:
-				keep = append(keep, st)
-				if next.IsZero() || st.due.Before(next) {
-					next = st.due
-				}
+		i := 0
+		for ; i < len(c.delayed); i++ {
+			st := c.delayed[i]
+			if st.done {
+				continue
 			}
+			if st.due.After(now) {
+				break
+			}
+			c.respond(st)
 		}
-		clear(c.delayed[len(keep):])
-		c.delayed = keep
+		clear(c.delayed[:i])
+		c.delayed = c.delayed[i:]
+		var next time.Time
+		if len(c.delayed) > 0 {
+			next = c.delayed[0].due
+		}
 		c.flush()
 		c.mu.Unlock()
 		if !next.IsZero() {

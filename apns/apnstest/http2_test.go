@@ -824,13 +824,24 @@ func BenchmarkHTTP2Server(b *testing.B) {
 	for _, bc := range []struct {
 		conns, streams int
 		flush          bool // a flush (a TLS record, a write) per request
-	}{{1, 1, true}, {1, 100, false}, {1, 100, true}, {2, 200, true}, {4, 1000, false}} {
+		latency        time.Duration
+	}{
+		{1, 1, true, 0},
+		{1, 100, false, 0},
+		{1, 100, true, 0},
+		{2, 200, true, 0},
+		{2, 200, true, time.Millisecond},
+		{4, 1000, false, 0},
+	} {
 		name := fmt.Sprintf("conns=%d/streams=%d", bc.conns, bc.streams)
 		if bc.flush {
 			name += "/flush"
 		}
+		if bc.latency > 0 {
+			name += "/latency=" + bc.latency.String()
+		}
 		b.Run(name, func(b *testing.B) {
-			s := NewHTTP2Server()
+			s := NewHTTP2Server(HTTP2Latency(bc.latency))
 			defer s.Close()
 			cmd := exec.Command(os.Args[0], "-test.run=^TestHTTP2LoadHelper$", "-test.count=1")
 			cmd.Env = append(os.Environ(),
