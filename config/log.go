@@ -26,7 +26,7 @@ func (c Config) LogValue() slog.Value {
 			slog.String("tls_ca", n.TLSCAFile),
 			slog.String("tls_cert", n.TLSCertFile),
 			slog.String("tls_key", n.TLSKeyFile),
-			slog.Duration("reconnect_wait", n.ReconnectWait),
+			dur("reconnect_wait", n.ReconnectWait),
 			slog.String("name", n.Name)),
 	}
 	if len(n.URLs) == 0 {
@@ -39,12 +39,12 @@ func (c Config) LogValue() slog.Value {
 			slog.String("stream", c.Jobs.Stream),
 			slog.String("subject", c.Jobs.Subject),
 			slog.String("consumer", c.Jobs.Consumer),
-			slog.Duration("ack_wait", c.Jobs.AckWait),
+			dur("ack_wait", c.Jobs.AckWait),
 			slog.Int("max_deliver", c.Jobs.MaxDeliver),
 			slog.Any("backoff", durations(c.Jobs.Backoff))),
 		slog.Group("events",
 			slog.String("stream", c.Events.Stream),
-			slog.Duration("max_age", c.Events.MaxAge),
+			dur("max_age", c.Events.MaxAge),
 			slog.String("subject", c.Events.Subject),
 			slog.Bool("receipts", c.Events.Receipts)),
 		slog.Group("apns",
@@ -59,20 +59,20 @@ func (c Config) LogValue() slog.Value {
 			slog.String("team_id", a.TeamID),
 			slog.String("topic", a.Topic),
 			slog.Int("conns", a.Conns),
-			slog.Duration("assumed_delivered", a.AssumedDelivered),
-			slog.Duration("idle_timeout", a.IdleTimeout),
+			dur("assumed_delivered", a.AssumedDelivered),
+			dur("idle_timeout", a.IdleTimeout),
 			slog.Int("max_payload", a.MaxPayload),
-			slog.Duration("request_timeout", a.RequestTimeout)),
+			dur("request_timeout", a.RequestTimeout)),
 		slog.Group("feedback",
 			slog.String("addr", c.Feedback.Addr),
-			slog.Duration("interval", c.Feedback.Interval)),
+			dur("interval", c.Feedback.Interval)),
 		slog.Int("replicas", c.Replicas),
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.String("http_addr", c.HTTPAddr),
 		slog.Group("log",
 			slog.String("level", c.Log.Level.String()),
 			slog.String("format", string(c.Log.Format))),
-		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		dur("shutdown_grace", c.ShutdownGrace),
 	)
 	return slog.GroupValue(attrs...)
 }
@@ -105,3 +105,7 @@ func durations(ds []time.Duration) []string {
 	}
 	return out
 }
+
+// dur logs d as "1m30s" in every handler (slog.Duration is nanoseconds in
+// JSON).
+func dur(key string, d time.Duration) slog.Attr { return slog.String(key, d.String()) }
