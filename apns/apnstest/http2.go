@@ -29,9 +29,12 @@ import (
 )
 
 // HTTP2Server is an in-process APNs HTTP/2 provider API on a loopback TLS
-// listener, checking requests like Apple does. It speaks HTTP/2 directly on
-// the x/net framer (no net/http), one goroutine reading and answering per
-// connection, so that it stays cheap next to the client under test.
+// listener, checking requests like Apple does. It speaks HTTP/2 itself
+// (its own framing, x/net's HPACK; no net/http), with one goroutine per
+// connection reading, checking and answering, and one more per connection
+// for delayed answers, so that it stays cheap next to the client under
+// test: a few µs of CPU per request when requests come in batches, about
+// 30 µs for a lone request in flight (mostly the two system calls).
 //
 // Token auth: requests carry "authorization: bearer <jwt>" signed with Key
 // (ES256, kid KeyID, iss TeamID). Certificate auth: a connection that

@@ -357,6 +357,54 @@ func TestHTTP2ServerCertAuth(t *testing.T) {
 	})
 }
 
+func TestHTTP2ServerOptions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		opt  HTTP2Option
+	}{
+		{"nil PKI", HTTP2PKI(nil)},
+		{"short key id", HTTP2Key("KEY", "TEAM123456", &ecdsa.PrivateKey{})},
+		{"nil key", HTTP2Key("KEY1234567", "TEAM123456", nil)},
+		{"max streams", HTTP2MaxStreams(0)},
+		{"window", HTTP2Window(0)},
+		{"clock", HTTP2Clock(nil)},
+		{"latency", HTTP2Latency(-1)},
+		{"goaway", HTTP2GoAwayAfter(-1)},
+		{"reason status", HTTP2Reason(h2tok, 99, "x")},
+		{"inject status", HTTP2Inject(1, 600, "x")},
+		{"refuse", HTTP2RefuseStreams(-1)},
+		{"listen", HTTP2Listen("256.0.0.1:0")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := ListenHTTP2(tt.opt)
+			require.Error(t, err)
+			require.Panics(t, func() { NewHTTP2Server(tt.opt) })
+		})
+	}
+}
+
+// A server for its own process: listen, then Serve until Close, with a
+// key given by the caller.
+func TestHTTP2ServerServe(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	s, err := ListenHTTP2(HTTP2Listen("127.0.0.1:0"), HTTP2Key("KEY1234567", "TEAM123456", key))
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+	require.Equal(t, "KEY1234567", s.KeyID)
+	require.Same(t, key, s.Key)
+	cl := h2client(t, s)
+	require.Equal(t, 200, h2post(t, cl, s, h2path(h2tok), h2auth(h2jwt(t, s, time.Now())), h2payload).status)
+	require.Error(t, s.Serve(), "a second Serve")
+	s.Close()
+	require.NoError(t, <-served)
+}
+
 func TestHTTP2ServerP8(t *testing.T) {
 	t.Parallel()
 	s := NewHTTP2Server()
