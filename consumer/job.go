@@ -116,6 +116,25 @@ func DecodeJob(data []byte) (Job, error) {
 	if p := bytes.TrimLeft(data, " \t\r\n"); len(p) == 0 || p[0] != '{' {
 		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
 	}
+	if ok, err := decodeFast(data, &j); ok {
+		if err != nil {
+			return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
+		}
+		return j, nil
+	}
+	j = Job{}
+	if err := json.Unmarshal(data, &j); err != nil {
+		return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
+	}
+	return j, nil
+}
+
+// decodeStd is DecodeJob through encoding/json only (tests compare).
+func decodeStd(data []byte) (Job, error) {
+	var j Job
+	if p := bytes.TrimLeft(data, " \t\r\n"); len(p) == 0 || p[0] != '{' {
+		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
+	}
 	if err := json.Unmarshal(data, &j); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
 	}

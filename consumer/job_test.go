@@ -158,8 +158,15 @@ func FuzzDecodeJob(f *testing.F) {
 	f.Add([]byte(`{"token":12,"payload":"x","priority":"10"}`))
 	f.Add([]byte(`{"token":"ab"`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"Token":"ab","payload":{"aps":{}}}`))
+	f.Add([]byte(`{"token":"a\u0062","payload":{"aps":{}},"expiration":null,"priority":null}`))
+	f.Add([]byte(`{"token":"ab","payload":{},"\u0074oken":"cd","priority":1,"priority":5}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		j, err := DecodeJob(b)
+		// The fast decoder agrees with encoding/json.
+		std, stdErr := decodeStd(b)
+		require.Equal(t, stdErr == nil, err == nil, "fast %v, encoding/json %v", err, stdErr)
+		require.Equal(t, std, j)
 		if err != nil {
 			require.ErrorIs(t, err, ErrMalformedJob)
 			return // errors are fine; panics and hangs are not
