@@ -881,6 +881,10 @@ func (c *conn) writeRequest(r *request, deadline int64) bool {
 		e.complete(r, err)
 		return true
 	}
+	if exp := r.n.Expiration; !exp.IsZero() && exp.Unix() > 0 && exp.Before(e.o.now()) {
+		e.complete(r, fmt.Errorf("%w: expiration %s", ErrExpired, exp.UTC().Format(time.RFC3339)))
+		return true
+	}
 	if e.tokens != nil {
 		tok, err := e.tokens.token()
 		if err != nil {

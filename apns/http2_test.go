@@ -2,6 +2,7 @@ package apns_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,6 +11,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -36,6 +38,24 @@ func newH2Clock() *h2Clock {
 
 func (c *h2Clock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *h2Clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // h2Collector gathers outcomes, one per ref, and fails the test on a second
 // outcome for the same ref.
@@ -287,6 +307,19 @@ func TestHTTP2TemporaryFailures(t *testing.T) {
 	}
 }
 
+func TestHTTP2ExpiredBeforeSending(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t)
+	col := newH2Collector(t, 1)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn))
+	n := &apns.Notification{Token: h2Token(1), Payload: h2Payload, Expiration: time.Now().Add(-time.Minute)}
+	require.NoError(t, e.Send(context.Background(), n, 1))
+	o := col.wait(1)[0]
+	require.ErrorIs(t, o.Err, apns.ErrExpired)
+	require.Zero(t, o.Attempts)
+	require.Zero(t, s.Accepted())
+}
+
 func TestHTTP2RequestTimeout(t *testing.T) {
 	t.Parallel()
 	s := newH2Server(t, apnstest.HTTP2Latency(5*time.Second))
@@ -308,7 +341,9 @@ func TestHTTP2CredentialsStopIntake(t *testing.T) {
 			bad := h2Token(666)
 			s := newH2Server(t, apnstest.HTTP2Reason(bad, 403, reason))
 			col := newH2Collector(t, 1)
-			e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn))
+			var logs syncBuffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithLogger(log))
 			ctx := context.Background()
 			require.NoError(t, e.Send(ctx, &apns.Notification{Token: bad, Payload: h2Payload}, 1))
 			o := col.wait(1)[0]
@@ -320,6 +355,8 @@ func TestHTTP2CredentialsStopIntake(t *testing.T) {
 			require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
 			err := e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 2)
 			require.ErrorIs(t, err, apns.ErrCredentials)
+			require.Contains(t, logs.String(), "level=ERROR msg=\"apns credentials refused")
+			require.Contains(t, logs.String(), reason)
 		})
 	}
 }
@@ -332,6 +369,11 @@ func TestHTTP2CertificateAuth(t *testing.T) {
 		wantErr error
 	}{
 		{"accepted", func(s *apnstest.HTTP2Server) apns.Auth { return apns.CertificateAuth(s.ClientCert()) }, nil},
+		{"loaded from PEM", func(s *apnstest.HTTP2Server) apns.Auth {
+			cert, err := apns.ParsePEMCertificate(s.PKI.ClientCertPEM, s.PKI.ClientKeyPEM)
+			require.NoError(t, err)
+			return apns.CertificateAuth(cert)
+		}, nil},
 		{"unknown CA", func(*apnstest.HTTP2Server) apns.Auth {
 			return apns.CertificateAuth(apnstest.MustPKI().ClientCert)
 		}, apns.ErrCredentials},
