@@ -36,8 +36,28 @@ import (
 // test: a few µs of CPU per request when requests come in batches, about
 // 30 µs for a lone request in flight (mostly the two system calls).
 //
+// Checks, in order, each answered with Apple's status and reason: path
+// /3/device/<token> (404 BadPath), POST (405 MethodNotAllowed), token hex
+// of even length up to 200 digits (400 MissingDeviceToken, BadDeviceToken),
+// no header twice (400 DuplicateHeaders), auth (below), apns-push-type
+// (InvalidPushType), apns-topic present, printable, allowed and the
+// token's (MissingTopic, BadTopic, TopicDisallowed, DeviceTokenNotForTopic;
+// with a client certificate the topic may be left out), apns-priority 10,
+// 5 or 1 and 5 for background, absent meaning 10 (BadPriority),
+// apns-expiration digits (BadExpirationDate), apns-collapse-id at most 64
+// bytes (BadCollapseId), apns-id a lowercase UUID (BadMessageId), payload
+// present (PayloadEmpty) and at most 4096 bytes, 5120 for voip (413
+// PayloadTooLarge). Then RefuseStreams, Inject and Reason apply, else the
+// notification is accepted. Every answer carries apns-id: the request's,
+// or a new UUID; errors carry {"reason": ...}, 410 also "timestamp" (ms).
+//
 // Token auth: requests carry "authorization: bearer <jwt>" signed with Key
-// (ES256, kid KeyID, iss TeamID). Certificate auth: a connection that
+// (ES256, kid KeyID, iss TeamID, iat), else 403 MissingProviderToken or
+// InvalidProviderToken; iat more than an hour before the clock's now gives
+// 403 ExpiredProviderToken. A connection keeps the last token it accepted,
+// so the steady state costs a string comparison; a different token whose
+// iat is less than 20 minutes from that one's gets 429
+// TooManyProviderTokenUpdates. Certificate auth: a connection that
 // presented a client certificate of the PKI needs no token
 // (HTTP2ClientCertAuth makes the certificate mandatory).
 //
