@@ -1,0 +1,205 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/apnstest"
+)
+
+// signalWhen sends sig to w once cond holds (polled every 5ms) and closes
+// the returned channel then, or when stop is closed.
+func signalWhen(w *worker, sig os.Signal, cond func() bool, stop <-chan struct{}) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for !cond() {
+			select {
+			case <-stop:
+				done <- fmt.Errorf("stopped before the condition held")
+				return
+			case <-t.C:
+			}
+		}
+		done <- w.cmd.Process.Signal(sig)
+	}()
+	return done
+}
+
+func awaitSignal(tb testing.TB, sent <-chan error, stop chan struct{}, within time.Duration) {
+	tb.Helper()
+	select {
+	case err := <-sent:
+		require.NoError(tb, err, "signal")
+	case <-time.After(within):
+		close(stop)
+		<-sent
+		tb.Fatalf("condition to signal the worker not reached within %s", within)
+	}
+}
+
+// TestCrash: the worker process is SIGKILLed in the middle of 20 000 jobs
+// and started again: nothing left the stream without reaching the gateway,
+// and in the end every job is delivered or rejected (exactly one event
+// each), none lost. Duplicates are expected (at least once) and counted.
+func TestCrash(t *testing.T) {
+	const n = 20000
+	isRej := func(i int) bool { return i%200 == 7 }
+	tok := func(i int) apns.Token {
+		if isRej(i) {
+			return token(0xd8, i)
+		}
+		return token(0xd0, i)
+	}
+	var opts []apnstest.GatewayOption
+	for i := range n {
+		if isRej(i) {
+			opts = append(opts, apnstest.Reject(tok(i), apns.StatusInvalidToken))
+		}
+	}
+	rejected := func(t apns.Token) bool { return t[0] == 0xd8 }
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	gw := startGateway(t, opts...)
+	env := binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond)
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "3s"
+	w1 := startWorker(t, "crash-1", env)
+
+	stop := make(chan struct{})
+	killed := signalWhen(w1, syscall.SIGKILL, func() bool { return gw.Stats().Accepted >= n/4 }, stop)
+	jobs := publishJobs(t, js, "crash", n, tok)
+	awaitSignal(t, killed, stop, 120*time.Second)
+	require.NotZero(t, w1.wait(10*time.Second), "killed worker's exit code")
+
+	st := streamState(t, js, jobsStream)
+	require.NotZero(t, st.Msgs, "the kill came after the last job")
+	gone := requireNoAckWithoutDelivery(t, js, gw, jobs, rejected)
+	accepted := gw.Stats().Accepted
+	t.Logf("killed: gateway had accepted %d, %d jobs acked or terminated, %d still in the stream", accepted, gone, st.Msgs)
+
+	w2 := startWorker(t, "crash-2", env)
+	waitDrained(t, js, 150*time.Second)
+	dups := requireAllDelivered(t, gw, jobs, rejected)
+	require.Equal(t, n/200, subjectCount(t, js, subjRejected), "one rejection event per rejected job")
+	require.Equal(t, n/200, subjectCount(t, js, subjBadTokens), "one bad-token event per rejected job")
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
+	gs := gw.Stats()
+	t.Logf("crash: %d jobs, %d rejected; %d duplicate deliveries at the gateway (%d accepted before the kill); gateway stats %+v",
+		n, n/200, dups, accepted, gs)
+	require.Equal(t, dups, gs.Duplicates)
+}
+
+// TestHorizontalScale: three worker processes on one durable consumer
+// share 30 000 jobs: every job delivered and acked, and each worker did a
+// share (its /metrics counters).
+func TestHorizontalScale(t *testing.T) {
+	const n = 30000
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	gw := startGateway(t)
+	env := binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond)
+	var ws []*worker
+	for i := range 3 {
+		e := map[string]string{"APNS_WORKER_HTTP_ADDR": freeAddr(t)}
+		for k, v := range env {
+			e[k] = v
+		}
+		ws = append(ws, startWorker(t, fmt.Sprintf("scale-%d", i+1), e))
+	}
+	jobs := publishJobs(t, js, "scale", n, func(i int) apns.Token { return token(0x5c, i) })
+	waitDrained(t, js, 180*time.Second)
+	dups := requireAllDelivered(t, gw, jobs, nil)
+
+	var received, delivered float64
+	for _, w := range ws {
+		r := w.metric("apns_worker_jobs_received_total")
+		d := w.metric("apns_worker_jobs_delivered_total")
+		t.Logf("worker %s: received %.0f, delivered %.0f", w.name, r, d)
+		require.GreaterOrEqual(t, d, float64(n/60), "worker %s did less than a tenth of its share", w.name)
+		received += r
+		delivered += d
+	}
+	require.GreaterOrEqual(t, delivered, float64(n))
+	require.GreaterOrEqual(t, received, delivered)
+	for _, w := range ws {
+		require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
+	}
+	for _, w := range ws {
+		require.Equal(t, 0, w.wait(60*time.Second), "worker %s exit code", w.name)
+	}
+	t.Logf("scale: %d jobs over 3 workers, %d duplicates at the gateway", n, dups)
+}
+
+// TestGracefulStop: SIGTERM in the middle of a burst: the worker exits 0,
+// every job it took is acked (it reached the gateway) or naked (ready for
+// the next worker at once), none waits for AckWait; a restart finishes the
+// rest.
+func TestGracefulStop(t *testing.T) {
+	const n = 20000
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	gw := startGateway(t)
+	env := binaryEnv(t, ns.ClientURL(), gw, 300*time.Millisecond)
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "60s" // a stranded job would wait this long
+	w1 := startWorker(t, "graceful-1", env)
+
+	stop := make(chan struct{})
+	termed := signalWhen(w1, syscall.SIGTERM, func() bool { return gw.Stats().Accepted >= n/4 }, stop)
+	jobs := publishJobs(t, js, "graceful", n, func(i int) apns.Token { return token(0x6a, i) })
+	awaitSignal(t, termed, stop, 120*time.Second)
+	require.Equal(t, 0, w1.wait(60*time.Second), "exit code after SIGTERM")
+
+	gone := requireNoAckWithoutDelivery(t, js, gw, jobs, nil)
+	st := streamState(t, js, jobsStream)
+	ci := consumerInfo(t, js)
+	t.Logf("stopped: %d jobs acked, %d in the stream: %d never delivered, %d delivered and not acked",
+		gone, st.Msgs, ci.NumPending, ci.NumAckPending)
+	require.NotZero(t, st.Msgs, "SIGTERM came after the last job")
+	require.Equal(t, st.Msgs, ci.NumPending+uint64(ci.NumAckPending))
+	requireNotStranded(t, js, ci)
+
+	w2 := startWorker(t, "graceful-2", env)
+	waitDrained(t, js, 150*time.Second)
+	dups := requireAllDelivered(t, gw, jobs, nil)
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
+	t.Logf("graceful: %d duplicates at the gateway", dups)
+}
+
+// requireNotStranded checks that every job delivered to a worker and not
+// acked was naked: the durable hands all of them out again at once (the
+// redelivery queue comes first), none waits for AckWait. The fetched jobs
+// are naked again for the next worker.
+func requireNotStranded(tb testing.TB, js jetstream.JetStream, ci *jetstream.ConsumerInfo) {
+	tb.Helper()
+	if ci.NumAckPending == 0 {
+		return
+	}
+	ctx := ctxT(tb, 30*time.Second)
+	c, err := js.Consumer(ctx, jobsStream, durable)
+	require.NoError(tb, err)
+	batch, err := c.Fetch(ci.NumAckPending, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(tb, err)
+	var naked, fresh int
+	for m := range batch.Messages() {
+		md, err := m.Metadata()
+		require.NoError(tb, err)
+		if md.NumDelivered > 1 {
+			naked++
+		} else {
+			fresh++
+		}
+		require.NoError(tb, m.Nak())
+	}
+	require.NoError(tb, batch.Error())
+	require.Equal(tb, ci.NumAckPending, naked,
+		"jobs neither acked nor naked at shutdown (they wait for AckWait); fetched %d fresh jobs in their place", fresh)
+}
+
