@@ -202,4 +202,3 @@ func requireNotStranded(tb testing.TB, js jetstream.JetStream, ci *jetstream.Con
 	require.Equal(tb, ci.NumAckPending, naked,
 		"jobs neither acked nor naked at shutdown (they wait for AckWait); fetched %d fresh jobs in their place", fresh)
 }
-
