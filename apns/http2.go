@@ -893,14 +893,15 @@ func (c *conn) writeRequest(r *request, deadline int64) bool {
 		}
 		r.tok = tok
 	}
-	c.encodeHeaders(r)
-
 	c.mu.Lock()
 	if !c.canOpenLocked() { // a GOAWAY or SETTINGS arrived meanwhile
 		c.mu.Unlock()
 		e.retry(r, ErrStreamRefused, false)
 		return false
 	}
+	// Encoding changes the hpack table the server mirrors: only a header
+	// block that is sure to be sent may be encoded.
+	c.encodeHeaders(r)
 	id := c.nextID
 	c.nextID += 2
 	r.id, r.deadline, r.sent, r.window, r.recv = id, deadline, 0, c.initWindow, 0
