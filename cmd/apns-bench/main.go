@@ -1,0 +1,172 @@
+// Command apns-bench measures the worker end to end: it publishes N push
+// jobs to JetStream and times each one until the worker's ack for it passes
+// through the server, with the real worker code path (consumer.Worker and
+// an apns engine, configured by config.Load from APNS_WORKER_* variables)
+// against an apns/apnstest server.
+//
+// Modes:
+//
+//	apns-bench [flags]                       embedded nats-server, worker(s)
+//	                                         and APNs test server in this process
+//	apns-bench -spawn-worker PATH [flags]    worker(s) are the apns-worker binary
+//	                                         at PATH, the APNs test server is a
+//	                                         child process: CPU and RSS are the
+//	                                         worker's own
+//	apns-bench -nats URL [flags]             publish and observe only; the worker
+//	                                         runs elsewhere (e.g. docker compose)
+//	apns-bench -serve binary|http2 -listen ADDR -creds DIR
+//	                                         run only an APNs test server, writing
+//	                                         its credentials and an env file to DIR
+//
+// It prints a table on stdout, a progress bar on stderr, writes -json FILE,
+// and exits 3 if a job was lost.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+type benchConfig struct {
+	n           int
+	protocol    string
+	workers     int
+	rejected    float64
+	rate        float64
+	payload     int
+	jsonFile    string
+	window      time.Duration
+	conns       int
+	maxInFlight int
+	maxPending  int
+	timeout     time.Duration
+	natsURL     string
+	spawnWorker string
+	serve       string
+	listen      string
+	creds       string
+	cpuProfile  string
+	progress    bool
+	verbose     bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
+	c := &benchConfig{}
+	fs := flag.NewFlagSet("apns-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&c.n, "n", 200_000, "jobs to publish")
+	fs.StringVar(&c.protocol, "protocol", "http2", "APNs protocol: binary or http2")
+	fs.IntVar(&c.workers, "workers", 1, "workers sharing the durable consumer (1 to 3)")
+	fs.Float64Var(&c.rejected, "rejected", 0.01, "share of jobs whose token the APNs server rejects")
+	fs.Float64Var(&c.rate, "rate", 0, "publish at this many jobs/s; 0: as fast as JetStream takes them")
+	fs.IntVar(&c.payload, "payload", 128, "payload bytes (at least 20)")
+	fs.StringVar(&c.jsonFile, "json", "", "write the result as JSON to this file")
+	fs.DurationVar(&c.window, "window", time.Second,
+		"binary mode: assumed-delivered window (APNS_WORKER_APNS_ASSUMED_DELIVERED; its default is 5s); every ack waits for it")
+	fs.IntVar(&c.conns, "conns", 4, "connections to APNs per worker (APNS_WORKER_APNS_CONNS)")
+	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "APNS_WORKER_MAX_IN_FLIGHT; 0: the worker's default for the mode")
+	fs.IntVar(&c.maxPending, "max-pending", 4096, "publisher: most PublishAsync messages awaiting their PubAck")
+	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this long; 0: 60s + 1ms per job")
+	fs.StringVar(&c.natsURL, "nats", "", "use this NATS server instead of an embedded one; alone, a worker must be running against it")
+	fs.StringVar(&c.spawnWorker, "spawn-worker", "", "run the workers as this apns-worker binary, measuring their CPU and RSS")
+	fs.StringVar(&c.serve, "serve", "", "run only an APNs test server for this protocol (binary or http2) until SIGINT/SIGTERM")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "-serve: listen address")
+	fs.StringVar(&c.creds, "creds", "", "-serve: directory for ca.pem, client.pem, client-key.pem, AuthKey.p8 and env")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process, first publish to last ack")
+	fs.BoolVar(&c.progress, "progress", true, "draw a progress bar on stderr")
+	fs.BoolVar(&c.verbose, "v", false, "worker logs at info level (default: errors only)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.serve != "" {
+		c.protocol = c.serve
+	}
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.protocol != "binary" && c.protocol != "http2" {
+		bad("-protocol %q: want binary or http2", c.protocol)
+	}
+	if c.n < 1 {
+		bad("-n %d < 1", c.n)
+	}
+	if c.workers < 1 || c.workers > 16 {
+		bad("-workers %d: want 1 to 16", c.workers)
+	}
+	if c.rejected < 0 || c.rejected > 1 {
+		bad("-rejected %g: want a share from 0 to 1", c.rejected)
+	}
+	if c.rate < 0 {
+		bad("-rate %g < 0", c.rate)
+	}
+	maxPayload := 4096
+	if c.protocol == "binary" {
+		maxPayload = 2048
+	}
+	if c.payload < 20 || c.payload > maxPayload {
+		bad("-payload %d: want 20 to %d bytes", c.payload, maxPayload)
+	}
+	if c.window <= 0 {
+		bad("-window %s <= 0", c.window)
+	}
+	if c.conns < 1 || c.maxInFlight < 0 || c.maxPending < 1 {
+		bad("-conns, -max-pending must be >= 1, -max-in-flight >= 0")
+	}
+	if c.timeout == 0 {
+		c.timeout = 60*time.Second + time.Duration(c.n)*time.Millisecond
+	}
+	return c, errors.Join(errs...)
+}
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "apns-bench:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if c.serve != "" {
+		if err := serve(ctx, c, stdin, stdout); err != nil {
+			fmt.Fprintln(stderr, "apns-bench:", err)
+			return 1
+		}
+		return 0
+	}
+	res, err := run(ctx, c, stderr)
+	if res != nil {
+		res.writeTable(stdout)
+		if c.jsonFile != "" {
+			if werr := res.writeJSON(c.jsonFile); werr != nil {
+				err = errors.Join(err, werr)
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "apns-bench:", err)
+	}
+	switch {
+	case res != nil && res.Lost > 0:
+		fmt.Fprintf(stderr, "apns-bench: %d jobs lost\n", res.Lost)
+		return 3
+	case err != nil:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestTinyRun runs the bench in-process, as .ci's smoke run does but
+// smaller, for both protocols: every job finished, none lost or doubled,
+// rejections as asked, and the JSON report has its fields.
+func TestTinyRun(t *testing.T) {
+	for _, proto := range []string{"http2", "binary"} {
+		t.Run(proto, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "bench.json")
+			var stdout, stderr bytes.Buffer
+			code := realMain([]string{"-n", "2000", "-protocol", proto, "-rejected", "0.01",
+				"-window", "200ms", "-progress=false", "-timeout", "60s", "-json", out},
+				nil, &stdout, &stderr)
+			require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+			require.Contains(t, stdout.String(), "jobs/s")
+
+			b, err := os.ReadFile(out)
+			require.NoError(t, err)
+			var m map[string]any
+			require.NoError(t, json.Unmarshal(b, &m))
+			for _, k := range []string{"jobs_per_sec", "p50_ms", "p99_ms", "max_ms", "peak_rss_mb",
+				"cpu_us_per_job", "delivered", "rejected", "lost", "duplicates"} {
+				require.Contains(t, m, k)
+			}
+			var r result
+			require.NoError(t, json.Unmarshal(b, &r))
+			require.Zero(t, r.Lost)
+			require.Zero(t, r.Duplicates)
+			require.Zero(t, r.Terminated)
+			require.Zero(t, r.StreamLeft)
+			require.Equal(t, 20, r.Rejections)
+			require.Equal(t, 1980, r.Delivered)
+			require.Equal(t, 20, r.APNsRejected)
+			require.Positive(t, r.JobsPerSec)
+			require.Positive(t, r.P50MS)
+			require.LessOrEqual(t, r.P50MS, r.P99MS)
+			require.LessOrEqual(t, r.P99MS, r.MaxMS)
+			require.Positive(t, r.PeakRSSMB)
+			require.Positive(t, r.CPUUsPerJob)
+		})
+	}
+}
+
+func TestRejectedShare(t *testing.T) {
+	n := 0
+	for i := range 10_000 {
+		if isRejected(i, 0.01) {
+			n++
+			require.Equal(t, badPrefix[:], []byte(tokenFor(i, 0.01)[:2]))
+		}
+	}
+	require.Equal(t, 100, n)
+	require.False(t, isRejected(5, 0))
+}
+
+func TestAckSeq(t *testing.T) {
+	for _, tt := range []struct {
+		name, subj, stream string
+		seq                uint64
+		ok                 bool
+	}{
+		{"v1", "$JS.ACK.APNS_JOBS.apns-worker.1.42.40.1700000000000000000.7", "APNS_JOBS", 42, true},
+		{"v2", "$JS.ACK.hub.ACCHASH.APNS_JOBS.apns-worker.1.42.40.1700000000000000000.7.rnd", "APNS_JOBS", 42, true},
+		{"short", "$JS.ACK.APNS_JOBS", "", 0, false},
+		{"not a number", "$JS.ACK.APNS_JOBS.apns-worker.1.x.40.17.7", "APNS_JOBS", 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stream, seq, ok := ackSeq(tt.subj)
+			require.Equal(t, tt.ok, ok)
+			if ok {
+				require.Equal(t, tt.stream, stream)
+				require.Equal(t, tt.seq, seq)
+			}
+		})
+	}
+}
+
+func TestMakePayload(t *testing.T) {
+	for _, n := range []int{20, 128, 2048} {
+		p := makePayload(n)
+		require.Len(t, p, n)
+		require.True(t, json.Valid(p))
+	}
+}

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// run is one benchmark run: NATS (embedded unless -nats), the APNs test
+// server (in this process, or a child with -spawn-worker, or none with
+// -nats alone), the workers, then the jobs, measured until the last ack.
+func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, err error) {
+	dir, err := os.MkdirTemp("", "apns-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	var cleanups []func() error
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			err = errors.Join(err, cleanups[i]())
+		}
+	}()
+	load := loadAvg()
+
+	natsURL := c.natsURL
+	if natsURL == "" {
+		ns, err := server.NewServer(&server.Options{
+			ServerName: "apns-bench", Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true,
+		})
+		if err != nil {
+			return nil, err
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(30 * time.Second) {
+			ns.Shutdown()
+			return nil, errors.New("embedded nats-server: not ready after 30s")
+		}
+		cleanups = append(cleanups, func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil })
+		natsURL = ns.ClientURL()
+	}
+
+	// The APNs test server and the workers.
+	external := c.natsURL != "" && c.spawnWorker == ""
+	var srv apnsServer
+	switch {
+	case external: // the worker and its APNs server are someone else's
+	case c.spawnWorker != "":
+		cs, err := startChildServer(c.protocol, filepath.Join(dir, "creds"), c.n, c.rejected, stderr)
+		if err != nil {
+			return nil, err
+		}
+		srv = cs
+	default:
+		ls, err := startLocalServer(c.protocol, "", filepath.Join(dir, "creds"), c.n, c.rejected)
+		if err != nil {
+			return nil, err
+		}
+		srv = ls
+	}
+	var env map[string]string
+	if srv != nil {
+		cleanups = append(cleanups, func() error { srv.close(); return nil })
+		env = workerEnv(c, natsURL, srv.info())
+	} else {
+		env = map[string]string{"APNS_WORKER_NATS_URL": natsURL}
+	}
+	wcfg, err := loadConfig(env) // names of streams and subjects; the in-process workers' config
+	if err != nil {
+		return nil, err
+	}
+	var workers []worker
+	var children []*childWorker
+	stopWorkers := func() error {
+		var errs []error
+		for _, w := range workers {
+			errs = append(errs, w.stop())
+		}
+		workers = nil
+		return errors.Join(errs...)
+	}
+	cleanups = append(cleanups, stopWorkers)
+	if !external {
+		level := slog.LevelError
+		if c.verbose {
+			level = slog.LevelInfo
+		}
+		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+		for range c.workers {
+			if c.spawnWorker != "" {
+				cw, err := startChildWorker(c.spawnWorker, env, stderr)
+				if err != nil {
+					return nil, err
+				}
+				workers, children = append(workers, cw), append(children, cw)
+				continue
+			}
+			iw, err := startInprocWorker(wcfg, log)
+			if err != nil {
+				return nil, err
+			}
+			workers = append(workers, iw)
+		}
+	}
+
+	// The bench's own connections: one publishes, one observes.
+	pnc, err := nats.Connect(natsURL, nats.Name("apns-bench publisher"))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() error { pnc.Close(); return nil })
+	js, err := jetstream.New(pnc, jetstream.WithPublishAsyncMaxPending(c.maxPending))
+	if err != nil {
+		return nil, err
+	}
+	base, err := waitReady(ctx, js, wcfg.Jobs.Stream, wcfg.Jobs.Consumer, len(workers), children)
+	if err != nil {
+		return nil, err
+	}
+	onc, err := nats.Connect(natsURL, nats.Name("apns-bench observer"))
+	if err != nil {
+		return nil, err
+	}
+	t := newTracker(c.n, wcfg.Jobs.Stream, base)
+	if _, err := t.subscribe(onc, wcfg.Events.Subject); err != nil {
+		onc.Close()
+		return nil, err
+	}
+
+	// Measure.
+	payload := makePayload(c.payload)
+	var pids []int
+	for _, w := range workers {
+		if w.pid() != 0 {
+			pids = append(pids, w.pid())
+		}
+	}
+	cpu0, childCPU0 := selfCPU(), procCPU(pids)
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			onc.Close()
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			onc.Close()
+			f.Close()
+			return nil, err
+		}
+		defer f.Close()
+	}
+	rctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	t.start = time.Now()
+	stopProgress := startProgress(stderr, t, c.progress)
+	pubDone := make(chan error, 1)
+	go func() {
+		pubDone <- t.publishAll(rctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending)
+	}()
+	var pubErr, waitErr error
+	select {
+	case <-t.done:
+	case <-rctx.Done():
+		waitErr = fmt.Errorf("stopped before every job was finished: %w", rctx.Err())
+	}
+	cpu1, childCPU1 := selfCPU(), procCPU(pids)
+	if c.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	cancel()
+	pubErr = <-pubDone
+	stopProgress()
+	if err := drain(onc); err != nil { // every observed ack handled
+		return nil, err
+	}
+	o := t.outcome()
+
+	// After the run: what is left in the stream, what the server saw, RSS.
+	left := streamLeft(ctx, js, wcfg.Jobs.Stream, o.lost == 0)
+	res = newResult(c, o, load)
+	res.StreamLeft = left
+	res.NakCount = int(t.naks.Load())
+	res.DeadLetters = int(t.deadLetters.Load())
+	if len(pids) > 0 {
+		res.Scope = "worker process (apns-worker); nats-server, publisher and APNs server run elsewhere"
+		res.setCPU(childCPU1 - childCPU0)
+		for _, pid := range pids {
+			res.PeakRSSMB = max(res.PeakRSSMB, float64(procHWM(pid))/(1<<20))
+		}
+		res.BenchCPUUsPerJob = usPerJob(cpu1-cpu0, c.n)
+	} else if !external {
+		res.Scope = "whole bench process: nats-server, publisher, worker(s), APNs test server"
+		res.setCPU(cpu1 - cpu0)
+		res.PeakRSSMB = float64(procHWM(0)) / (1 << 20)
+	} else {
+		res.Scope = "bench process only (publisher, observer, embedded nats-server if any): the worker is external"
+		res.setCPU(cpu1 - cpu0)
+		res.PeakRSSMB = float64(procHWM(0)) / (1 << 20)
+	}
+	for _, cw := range children {
+		if exited, err := cw.exited(); exited {
+			waitErr = errors.Join(waitErr, fmt.Errorf("apns-worker pid %d exited during the run: %v", cw.pid(), err))
+		}
+	}
+	if err := stopWorkers(); err != nil {
+		waitErr = errors.Join(waitErr, fmt.Errorf("stopping workers: %w", err))
+	}
+	res.Duplicates, res.MissingAtAPNs = -1, -1
+	if srv != nil {
+		st, err := srv.stats()
+		if err != nil {
+			return res, err
+		}
+		res.Duplicates, res.APNsAccepted, res.APNsRejected = st.Duplicates, st.Accepted, st.Rejected
+		res.MissingAtAPNs = st.Missing
+	}
+	return res, errors.Join(pubErr, waitErr)
+}
+
+// waitReady waits until the jobs stream and its durable exist and, when
+// this run started workers, until each has a pull request waiting; it
+// returns the stream's last sequence, after which this run's jobs go.
+func waitReady(ctx context.Context, js jetstream.JetStream, stream, durable string, workers int, children []*childWorker) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		for _, cw := range children {
+			if exited, err := cw.exited(); exited {
+				return 0, fmt.Errorf("apns-worker pid %d exited: %v", cw.pid(), err)
+			}
+		}
+		s, err := js.Stream(ctx, stream)
+		if err == nil {
+			var cons jetstream.Consumer
+			if cons, err = s.Consumer(ctx, durable); err == nil {
+				var ci *jetstream.ConsumerInfo
+				if ci, err = cons.Info(ctx); err == nil {
+					if ci.NumWaiting >= workers {
+						return s.CachedInfo().State.LastSeq, nil
+					}
+					err = fmt.Errorf("%d of %d workers pulling", ci.NumWaiting, workers)
+				}
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("workers not ready: %w", last)
+		case <-tick.C:
+		}
+	}
+}
+
+// streamLeft is the number of messages still in the jobs stream once the
+// server has applied the acks (it should be 0 when nothing was lost).
+func streamLeft(ctx context.Context, js jetstream.JetStream, stream string, wantEmpty bool) int {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	left := -1
+	for {
+		if s, err := js.Stream(ctx, stream); err == nil {
+			left = int(s.CachedInfo().State.Msgs)
+			if left == 0 || !wantEmpty {
+				return left
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return left
+		case <-tick.C:
+		}
+	}
+}
+
+// makePayload returns a JSON payload of exactly n bytes (at least the
+// 20 of {"aps":{"alert":""}}).
+func makePayload(n int) []byte {
+	const head, tail = `{"aps":{"alert":"`, `"}}`
+	fill := max(n-len(head)-len(tail), 0)
+	return []byte(head + strings.Repeat("x", fill) + tail)
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return fmt.Sprintf("%s %s %s (%d cores)", f[0], f[1], f[2], runtime.NumCPU())
+}
