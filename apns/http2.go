@@ -772,6 +772,12 @@ func (c *conn) handshake(ctx context.Context) error {
 func (c *conn) serve() error {
 	go c.readLoop()
 	err := c.writeLoop()
+	if err == nil && !c.clean {
+		// The engine is stopping: say goodbye, best effort.
+		_ = c.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+		_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_ = c.flush()
+	}
 	c.nc.Close()
 	<-c.readerDone
 	if err == nil {
@@ -1305,8 +1311,10 @@ func (c *conn) finish(r *request) {
 	case classDelivered:
 		e.complete(r, nil)
 	case classRejected:
-		e.o.log.LogAttrs(context.Background(), slog.LevelDebug, "notification rejected",
-			slog.Int("status", r.status), slog.String("reason", reason), slog.Any("token", r.n.Token))
+		if ctx := context.Background(); e.o.log.Enabled(ctx, slog.LevelDebug) {
+			e.o.log.LogAttrs(ctx, slog.LevelDebug, "notification rejected",
+				slog.Int("status", r.status), slog.String("reason", reason), slog.Any("token", r.n.Token))
+		}
 		e.complete(r, &RejectionError{HTTPStatus: r.status, Reason: reason, Timestamp: ts})
 	case classCredentials:
 		e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s", ErrCredentials, r.status, reason)))
