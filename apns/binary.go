@@ -28,15 +28,19 @@ const (
 	DefaultIdleTimeout     = 5 * time.Minute
 	DefaultDialTimeout     = 10 * time.Second
 	DefaultMaxInFlight     = 1 << 16
-	defaultBackoffMin      = 100 * time.Millisecond
-	defaultBackoffMax      = 30 * time.Second
+	binBackoffMin          = 100 * time.Millisecond
+	binBackoffMax          = 30 * time.Second
 
 	// MaxPayloadLegacy is the payload limit of old gateways (commands 0 and 1).
 	MaxPayloadLegacy = 256
 
-	writeBufferSize = 32 << 10
-	maxBatch        = 512             // frames taken from the queue between checks
-	readGrace       = 1 * time.Second // after a failed write, wait this long for an error response
+	// Small write buffers keep the pipeline short: everything written
+	// after a bad notification, up to the gateway reading it, is discarded
+	// by APNs and sent again, and must be read within the window.
+	binWriteBuffer = 4 << 10         // bufio, and the largest TLS record we write
+	binSendBuffer  = 16 << 10        // SO_SNDBUF
+	binMaxBatch    = 128             // frames taken from the queue between checks
+	binReadGrace   = 1 * time.Second // after a failed write, wait this long for an error response
 )
 
 // binaryOptions are the binary engine's own settings.
@@ -143,7 +147,7 @@ type BinaryEngine struct {
 	limits Limits
 	epoch  time.Time
 
-	queue   chan *item    // accepted, not written (new or sent again)
+	queue   chan *binItem // accepted, not written (new or sent again)
 	slots   chan struct{} // one per accepted notification without outcome
 	pending atomic.Int64  // len(slots), for drain detection
 
@@ -174,8 +178,8 @@ type BinaryEngine struct {
 
 var _ Engine = (*BinaryEngine)(nil)
 
-// item is one accepted notification on its way to an outcome.
-type item struct {
+// binItem is one accepted notification on its way to an outcome.
+type binItem struct {
 	n        *Notification
 	ref      any
 	accepted time.Time
@@ -198,8 +202,8 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 		idleTimeout:     DefaultIdleTimeout,
 		dialTimeout:     DefaultDialTimeout,
 		maxPayload:      BinaryLimits.MaxPayload,
-		backoffMin:      defaultBackoffMin,
-		backoffMax:      defaultBackoffMax,
+		backoffMin:      binBackoffMin,
+		backoffMax:      binBackoffMax,
 	}
 	if err := applyOptions(&o, opts); err != nil {
 		return nil, err
@@ -220,7 +224,7 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 		b:       o.binary,
 		limits:  Limits{TokenLen: BinaryLimits.TokenLen, MaxPayload: o.binary.maxPayload},
 		epoch:   time.Now(),
-		queue:   make(chan *item, o.maxInFlight),
+		queue:   make(chan *binItem, o.maxInFlight),
 		slots:   make(chan struct{}, o.maxInFlight),
 		closing: make(chan struct{}),
 		drained: make(chan struct{}),
@@ -268,7 +272,7 @@ func (e *BinaryEngine) Send(ctx context.Context, n *Notification, ref any) error
 		}
 	}
 	e.pending.Add(1)
-	e.queue <- &item{n: n, ref: ref, accepted: e.o.now()} // never blocks: cap(queue) == cap(slots)
+	e.queue <- &binItem{n: n, ref: ref, accepted: e.o.now()} // never blocks: cap(queue) == cap(slots)
 	return nil
 }
 
@@ -360,7 +364,7 @@ func (e *BinaryEngine) closedErr() error {
 func (e *BinaryEngine) mono() time.Duration { return time.Since(e.epoch) }
 
 // finish reports it's outcome and frees its slot.
-func (e *BinaryEngine) finish(it *item, err error) {
+func (e *BinaryEngine) finish(it *binItem, err error) {
 	e.o.outcome(Outcome{Ref: it.ref, Notification: it.n, Err: err, Attempts: it.attempts, Accepted: it.accepted})
 	<-e.slots
 	if e.pending.Add(-1) == 0 && e.isClosed.Load() {
@@ -370,7 +374,7 @@ func (e *BinaryEngine) finish(it *item, err error) {
 
 // requeue queues it to be sent again; with a cause, the resend uses up one
 // of its retries, and it fails once they are exhausted.
-func (e *BinaryEngine) requeue(it *item, cause error) {
+func (e *BinaryEngine) requeue(it *binItem, cause error) {
 	if cause != nil {
 		it.retries++
 		if it.retries > e.o.maxRetries {
@@ -409,12 +413,17 @@ func (e *BinaryEngine) backoff(fails int) time.Duration {
 	return d/2 + rand.N(d/2+1) // equal jitter
 }
 
+// binMaxFrameLen is the largest frame the engine writes with this payload limit.
+func binMaxFrameLen(maxPayload int) int {
+	return FrameLen(&Notification{Token: make(Token, BinaryLimits.TokenLen), Payload: make([]byte, maxPayload), Expiration: ExpireNow})
+}
+
 // worker runs connection slot i: it dials when there is work, runs a
 // session until the connection ends, and dials again.
 func (e *BinaryEngine) worker(i int) {
 	defer e.wg.Done()
 	var (
-		s     = &session{e: e, w: bufio.NewWriterSize(nil, writeBufferSize)}
+		s     = &binSession{e: e, w: bufio.NewWriterSize(nil, max(binWriteBuffer, binMaxFrameLen(e.b.maxPayload)))}
 		fails int // connection attempts in a row that achieved nothing
 		dials int
 	)
@@ -432,7 +441,7 @@ func (e *BinaryEngine) worker(i int) {
 				return
 			}
 		}
-		var first *item
+		var first *binItem
 		select {
 		case first = <-e.queue:
 		case <-e.drained:
@@ -474,7 +483,7 @@ func (e *BinaryEngine) worker(i int) {
 }
 
 // refused fails first and everything queued: APNs refused the certificate.
-func (e *BinaryEngine) refused(first *item, err error, log *slog.Logger) {
+func (e *BinaryEngine) refused(first *binItem, err error, log *slog.Logger) {
 	cerr := fmt.Errorf("%w: %w", ErrCredentials, err)
 	e.credErr.Store(&cerr)
 	log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
@@ -495,6 +504,12 @@ func (e *BinaryEngine) dial() (*tls.Conn, error) {
 	}
 	tc := c.(*tls.Conn)
 	raw := tc.NetConn()
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		// Keep little in the kernel: what sits there unread by the
+		// gateway is late for the assumed-delivered window and is sent
+		// again after an error response.
+		_ = tcp.SetWriteBuffer(binSendBuffer)
+	}
 	e.connsMu.Lock()
 	defer e.connsMu.Unlock()
 	if e.aborted() {
@@ -511,38 +526,38 @@ func (e *BinaryEngine) untrack(c *tls.Conn) {
 	e.connsMu.Unlock()
 }
 
-type readResult struct {
+type binReadResult struct {
 	resp ErrorResponse
 	err  error
 }
 
-// session is one connection's life: writing, the in-flight queue, and the
+// binSession is one connection's life: writing, the in-flight queue, and the
 // end. A worker reuses its session (and buffers) across connections.
-type session struct {
+type binSession struct {
 	e    *BinaryEngine
 	log  *slog.Logger
 	conn *tls.Conn
 	w    *bufio.Writer
 
-	ring   []*item // in flight: ring[start:], identifiers headID, headID+1, …
+	ring   []*binItem // in flight: ring[start:], identifiers headID, headID+1, …
 	start  int
 	headID uint32
 	nextID uint32
 
-	readc      chan readResult
+	readc      chan binReadResult
 	lastWrite  time.Duration
 	deadlineAt time.Duration // when the write deadline was last set
 	confirmed  bool          // some outcome came from this connection
 	timer      *time.Timer
 }
 
-func (s *session) reset(c *tls.Conn, log *slog.Logger) {
+func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
 	s.conn, s.log = c, log
 	s.w.Reset(c)
 	clear(s.ring)
 	s.ring, s.start = s.ring[:0], 0
 	s.headID, s.nextID = 1, 1
-	s.readc = make(chan readResult, 1)
+	s.readc = make(chan binReadResult, 1)
 	s.lastWrite = s.e.mono()
 	s.deadlineAt = -time.Hour
 	s.confirmed = false
@@ -552,18 +567,18 @@ func (s *session) reset(c *tls.Conn, log *slog.Logger) {
 	s.timer.Stop()
 }
 
-func (s *session) inflight() int { return len(s.ring) - s.start }
+func (s *binSession) inflight() int { return len(s.ring) - s.start }
 
 // read waits for the error response (or the end of the connection).
-func (s *session) read() {
+func (s *binSession) read() {
 	r, err := ReadErrorResponse(s.conn)
-	s.readc <- readResult{r, err}
+	s.readc <- binReadResult{r, err}
 }
 
 // run writes first and whatever else is queued until the connection ends.
 // It returns whether the connection achieved anything (an outcome or an
 // error response), so that a failing gateway is retried with backoff.
-func (s *session) run(first *item) bool {
+func (s *binSession) run(first *binItem) bool {
 	e := s.e
 	go s.read()
 	now := e.mono()
@@ -575,8 +590,8 @@ func (s *session) run(first *item) bool {
 		n := 0
 		if canWrite {
 			wall := e.o.now()
-			for ; n < maxBatch && s.nextID < math.MaxUint32; n++ {
-				var it *item
+			for ; n < binMaxBatch && s.nextID < math.MaxUint32; n++ {
+				var it *binItem
 				select {
 				case it = <-e.queue:
 				default:
@@ -597,7 +612,7 @@ func (s *session) run(first *item) bool {
 			return s.end(r, nil)
 		default:
 		}
-		if n == maxBatch {
+		if n == binMaxBatch {
 			continue // more may be queued
 		}
 		if s.w.Buffered() > 0 {
@@ -640,7 +655,7 @@ func (s *session) run(first *item) bool {
 	}
 	// A write failed. The gateway may have answered with an error response
 	// and closed, as APNs does: the reader reports it or the end.
-	_ = s.conn.SetReadDeadline(time.Now().Add(readGrace))
+	_ = s.conn.SetReadDeadline(time.Now().Add(binReadGrace))
 	select {
 	case r := <-s.readc:
 		return s.end(r, err)
@@ -650,7 +665,7 @@ func (s *session) run(first *item) bool {
 }
 
 // write encodes it into the buffer and puts it in flight.
-func (s *session) write(it *item, now time.Duration, wall time.Time) error {
+func (s *binSession) write(it *binItem, now time.Duration, wall time.Time) error {
 	n := it.n
 	if exp := n.Expiration; !exp.IsZero() && exp.Unix() > 0 && exp.Before(wall) {
 		s.e.finish(it, fmt.Errorf("%w: expiration %s", ErrExpired, exp.UTC().Format(time.RFC3339)))
@@ -669,7 +684,7 @@ func (s *session) write(it *item, now time.Duration, wall time.Time) error {
 	return err
 }
 
-func (s *session) push(it *item, now time.Duration) {
+func (s *binSession) push(it *binItem, now time.Duration) {
 	it.attempts++
 	it.written = now
 	s.ring = append(s.ring, it)
@@ -679,7 +694,7 @@ func (s *session) push(it *item, now time.Duration) {
 
 // refreshDeadline keeps a write deadline of dialTimeout ahead, renewing it
 // at most every second.
-func (s *session) refreshDeadline(now time.Duration) {
+func (s *binSession) refreshDeadline(now time.Duration) {
 	if now-s.deadlineAt < time.Second {
 		return
 	}
@@ -688,7 +703,7 @@ func (s *session) refreshDeadline(now time.Duration) {
 }
 
 // pop takes the oldest in-flight item.
-func (s *session) pop() *item {
+func (s *binSession) pop() *binItem {
 	it := s.ring[s.start]
 	s.ring[s.start] = nil
 	s.start++
@@ -705,7 +720,7 @@ func (s *session) pop() *item {
 }
 
 // expire reports delivered what stayed unanswered for the window.
-func (s *session) expire(now time.Duration) {
+func (s *binSession) expire(now time.Duration) {
 	for s.inflight() > 0 && now-s.ring[s.start].written >= s.e.b.assumeDelivered {
 		s.confirmed = true
 		s.e.finish(s.pop(), nil)
@@ -713,14 +728,14 @@ func (s *session) expire(now time.Duration) {
 }
 
 // close ends a session with nothing in flight.
-func (s *session) close() bool {
+func (s *binSession) close() bool {
 	_ = s.conn.NetConn().Close()
 	<-s.readc
 	return true
 }
 
 // fail ends the session because Close gave up: everything in flight fails.
-func (s *session) fail(cause error) bool {
+func (s *binSession) fail(cause error) bool {
 	_ = s.conn.NetConn().Close()
 	<-s.readc
 	for s.inflight() > 0 {
@@ -732,7 +747,7 @@ func (s *session) fail(cause error) bool {
 
 // end handles the end of the connection: the reader's result r, and the
 // write error that ended it first, if any.
-func (s *session) end(r readResult, writeErr error) bool {
+func (s *binSession) end(r binReadResult, writeErr error) bool {
 	e := s.e
 	_ = s.conn.NetConn().Close()
 	if r.err == nil {
@@ -768,7 +783,7 @@ func (s *session) end(r readResult, writeErr error) bool {
 
 // onErrorResponse settles the in-flight queue after APNs named one
 // notification: status 10 names the last good one, others the bad one.
-func (s *session) onErrorResponse(r ErrorResponse) {
+func (s *binSession) onErrorResponse(r ErrorResponse) {
 	e := s.e
 	s.confirmed = true
 	k := int64(r.ID) - int64(s.headID) // index of the named one in flight
@@ -808,7 +823,7 @@ func (s *session) onErrorResponse(r ErrorResponse) {
 	s.resendAll(nil)
 }
 
-func (s *session) resendAll(cause error) {
+func (s *binSession) resendAll(cause error) {
 	for s.inflight() > 0 {
 		s.e.requeue(s.pop(), cause)
 	}

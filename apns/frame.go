@@ -154,6 +154,7 @@ func (e *FrameError) Unwrap() error { return ErrMalformed }
 // reader.
 type FrameReader struct {
 	r          io.Reader
+	hdr        [FrameHeaderLen]byte
 	buf        []byte
 	maxPayload int
 }
@@ -180,8 +181,8 @@ func (fr *FrameReader) maxBody() int {
 // for a frame the gateway must refuse (the caller answers it and closes:
 // the stream cannot be resynchronised), or r's error.
 func (fr *FrameReader) ReadFrame() (Frame, error) {
-	var hdr [FrameHeaderLen]byte
-	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
+	hdr := fr.hdr[:] // in the struct: a local array would escape to the heap
+	if _, err := io.ReadFull(fr.r, hdr); err != nil {
 		return Frame{}, err
 	}
 	if hdr[0] != CommandNotification {

@@ -49,10 +49,16 @@ type Gateway struct {
 
 	accepted atomic.Int64 // frames accepted, gateway-wide
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	counts map[[32]byte]int32 // accepted frames per token (unless CountOnly)
-	stats  GatewayStats
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	counts   map[[32]byte]tokenCount // per token (unless CountOnly)
+	errEnded []bool                  // per connection serial: ended by an error response
+	stats    GatewayStats
+}
+
+type tokenCount struct {
+	n    int32 // frames accepted
+	conn int32 // serial of the connection that accepted the last one
 }
 
 // GatewayStats counts what a Gateway saw.
@@ -61,10 +67,16 @@ type GatewayStats struct {
 	HandshakeErrors int // TLS handshakes that failed (e.g. a wrong client certificate)
 	Accepted        int // frames accepted (a client may count them delivered)
 	Duplicates      int // accepted frames whose token had been accepted before
-	Rejected        int // error responses for tokens told to Reject
-	Malformed       int // error responses for malformed frames
-	Shutdowns       int // status-10 error responses
-	SilentCloses    int // connections closed by CloseAfter or CloseEvery
+	// ResentAfterError counts duplicates whose token had last been
+	// accepted on a connection that then ended with an error response.
+	// Such a notification was processed before the bad one, so a client
+	// that settles its in-flight queue correctly never sends it again:
+	// this stays 0. (Duplicates after a silent close are expected.)
+	ResentAfterError int
+	Rejected         int // error responses for tokens told to Reject
+	Malformed        int // error responses for malformed frames
+	Shutdowns        int // status-10 error responses
+	SilentCloses     int // connections closed by CloseAfter or CloseEvery
 }
 
 // GatewayOption configures a Gateway.
@@ -205,7 +217,7 @@ func ListenGateway(opts ...GatewayOption) (*Gateway, error) {
 		conns: make(map[net.Conn]struct{}),
 	}
 	if !cfg.countOnly {
-		g.counts = make(map[[32]byte]int32)
+		g.counts = make(map[[32]byte]tokenCount)
 	}
 	g.wg.Add(1)
 	go g.acceptLoop()
@@ -249,7 +261,7 @@ func (g *Gateway) Count(tok apns.Token) int {
 	copy(k[:], tok)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return int(g.counts[k])
+	return int(g.counts[k].n)
 }
 
 func (g *Gateway) acceptLoop() {
@@ -271,6 +283,12 @@ func (g *Gateway) acceptLoop() {
 			return
 		default:
 		}
+		if tcp, ok := c.(*net.TCPConn); ok {
+			// A modest receive buffer, so that a client that outpaces
+			// the gateway feels TCP back-pressure rather than queueing
+			// megabytes the gateway reads seconds late.
+			_ = tcp.SetReadBuffer(64 << 10)
+		}
 		g.conns[c] = struct{}{}
 		g.wg.Add(1)
 		g.mu.Unlock()
@@ -278,7 +296,7 @@ func (g *Gateway) acceptLoop() {
 	}
 }
 
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 
 func (g *Gateway) serve(raw net.Conn) {
 	defer g.wg.Done()
@@ -303,6 +321,10 @@ func (g *Gateway) serve(raw net.Conn) {
 	_ = tc.SetDeadline(time.Time{})
 	g.mu.Lock()
 	g.stats.Conns++
+	serial := int32(len(g.errEnded))
+	if g.counts != nil {
+		g.errEnded = append(g.errEnded, false)
+	}
 	g.mu.Unlock()
 
 	br := readers.Get().(*bufio.Reader)
@@ -324,7 +346,7 @@ func (g *Gateway) serve(raw net.Conn) {
 				g.mu.Lock()
 				g.stats.Malformed++
 				g.mu.Unlock()
-				g.answer(tc, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+				g.answer(tc, serial, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
 			}
 			return // io.EOF, a reset, or Close
 		}
@@ -332,16 +354,16 @@ func (g *Gateway) serve(raw net.Conn) {
 			g.mu.Lock()
 			g.stats.Rejected++
 			g.mu.Unlock()
-			g.answer(tc, apns.ErrorResponse{Status: st, ID: f.ID})
+			g.answer(tc, serial, apns.ErrorResponse{Status: st, ID: f.ID})
 			return
 		}
-		n := g.accept(f.Token)
+		n := g.accept(f.Token, serial)
 		switch {
 		case g.cfg.shutdownAfter > 0 && n == g.cfg.shutdownAfter:
 			g.mu.Lock()
 			g.stats.Shutdowns++
 			g.mu.Unlock()
-			g.answer(tc, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
+			g.answer(tc, serial, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
 			return
 		case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
 			g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0:
@@ -366,17 +388,20 @@ func (g *Gateway) rejects(tok []byte) (apns.Status, bool) {
 }
 
 // accept records an accepted frame and returns the gateway-wide count.
-func (g *Gateway) accept(tok []byte) int64 {
+func (g *Gateway) accept(tok []byte, serial int32) int64 {
 	n := g.accepted.Add(1)
 	g.mu.Lock()
 	g.stats.Accepted++
 	if g.counts != nil {
 		k := [32]byte(tok)
 		c := g.counts[k]
-		if c > 0 {
+		if c.n > 0 {
 			g.stats.Duplicates++
+			if g.errEnded[c.conn] {
+				g.stats.ResentAfterError++
+			}
 		}
-		g.counts[k] = c + 1
+		g.counts[k] = tokenCount{n: c.n + 1, conn: serial}
 	}
 	g.mu.Unlock()
 	return n
@@ -384,7 +409,12 @@ func (g *Gateway) accept(tok []byte) int64 {
 
 // answer writes an error response, then either closes at once (the
 // caller's deferred close) or first drains input for a while.
-func (g *Gateway) answer(tc *tls.Conn, r apns.ErrorResponse) {
+func (g *Gateway) answer(tc *tls.Conn, serial int32, r apns.ErrorResponse) {
+	if g.counts != nil {
+		g.mu.Lock()
+		g.errEnded[serial] = true // before the client can read the answer
+		g.mu.Unlock()
+	}
 	var b [apns.ErrorResponseLen]byte
 	_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
 	if _, err := tc.Write(apns.AppendErrorResponse(b[:0], r)); err != nil {
