@@ -777,3 +777,52 @@ func TestHTTP2PingOnIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP2Chaos mixes every fault the engine must survive in one burst:
+// GOAWAY, cut connections, refused streams, 503s, stream limits going up
+// and down. Every notification still gets exactly one outcome, and with
+// enough retries each is delivered.
+func TestHTTP2Chaos(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t, apnstest.HTTP2Latency(time.Millisecond))
+	p := newH2Proxy(t, "u", "p")
+	const n, step = 4000, 250
+	col := newH2Collector(t, n)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(3), apns.WithMaxInFlight(600),
+		apns.WithProxy("http://u:p@"+p.ln.Addr().String()), apns.WithMaxRetries(20),
+		apns.WithRetryBackoff(time.Millisecond, 2*time.Millisecond))
+	ctx := context.Background()
+	go func() {
+		for i := range n {
+			if err := e.Send(ctx, &apns.Notification{Token: h2Token(i), Payload: h2Payload}, i); err != nil {
+				t.Errorf("send %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	faults := []func(){
+		func() { s.GoAway() },
+		func() { p.cut() },
+		func() { s.RefuseStreams(30) },
+		func() { s.Inject(30, 503, "ServiceUnavailable") },
+		func() { s.SetMaxStreams(1) },
+		func() { s.SetMaxStreams(100) },
+		func() { s.Inject(10, 400, "IdleTimeout") },
+		func() { s.SetMaxStreams(3) },
+	}
+	var outs []apns.Outcome
+	for i := 0; len(outs) < n; i++ {
+		outs = append(outs, col.wait(min(step, n-len(outs)))...)
+		faults[i%len(faults)]()
+	}
+	s.SetMaxStreams(100)
+	for _, o := range outs {
+		require.NoError(t, o.Err, "ref %v", o.Ref)
+	}
+	col.mu.Lock()
+	require.Len(t, col.byID, n)
+	require.Zero(t, col.dups)
+	col.mu.Unlock()
+	require.GreaterOrEqual(t, s.Accepted(), n)
+	require.Zero(t, s.StreamLimitExceeded())
+}
