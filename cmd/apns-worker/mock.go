@@ -2,11 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/jetpush/apns-worker/apns/apnstest"
 )
@@ -22,8 +29,21 @@ func runMockAPNs(ctx context.Context, args []string) error {
 	http2Addr := fs.String("http2", "127.0.0.1:2197", "HTTP/2 provider API listen address")
 	host := fs.String("host", "localhost", "extra host name for the server certificate")
 	dir := fs.String("dir", "./data/mock-apns", "where to write ca.pem, client.pem, client-key.pem, AuthKey.p8 and env")
+	keyID := fs.String("key-id", "", "HTTP/2 token auth key id, 10 characters A-Z 0-9 (default: random); with -team-id")
+	teamID := fs.String("team-id", "", "HTTP/2 token auth team id, 10 characters A-Z 0-9 (default: random); with -key-id")
+	httpAddr := fs.String("http", "", "serve GET /healthz here once the credentials are written (the image's HEALTHCHECK)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	h2opts := []apnstest.HTTP2Option{}
+	if *keyID != "" || *teamID != "" {
+		// Fixed ids, so a compose file can give the worker its
+		// APNS_WORKER_APNS_KEY_ID and TEAM_ID; the key is still fresh.
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return err
+		}
+		h2opts = append(h2opts, apnstest.HTTP2Key(*keyID, *teamID, key))
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
@@ -39,7 +59,7 @@ func runMockAPNs(ctx context.Context, args []string) error {
 	defer gw.Close()
 	fb := apnstest.NewFeedbackServer(apnstest.FeedbackPKI(pki), apnstest.FeedbackAddr(*feedbackAddr))
 	defer fb.Close()
-	h2, err := apnstest.ListenHTTP2(apnstest.HTTP2PKI(pki), apnstest.HTTP2Listen(*http2Addr))
+	h2, err := apnstest.ListenHTTP2(append(h2opts, apnstest.HTTP2PKI(pki), apnstest.HTTP2Listen(*http2Addr))...)
 	if err != nil {
 		return err
 	}
@@ -61,9 +81,41 @@ func runMockAPNs(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	if *httpAddr != "" {
+		stop, err := serveMockHealth(*httpAddr)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	log.Warn("MOCK APNs: test servers, nothing reaches Apple",
 		slog.String("binary", gw.Addr), slog.String("feedback", fb.Addr), slog.String("http2", h2.URL),
 		slog.String("credentials", *dir), slog.String("key_id", h2.KeyID), slog.String("team_id", h2.TeamID))
 	<-ctx.Done()
 	return nil
+}
+
+// serveMockHealth answers GET /healthz on addr, so that the container's
+// HEALTHCHECK (apns-worker healthcheck) passes once the credentials exist.
+func serveMockHealth(addr string) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("-http: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("mock-apns health endpoint stopped", slog.Any("error", err))
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
 }
