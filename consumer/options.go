@@ -46,8 +46,9 @@ type Options struct {
 
 	// AckWait is how long the server waits for a job's ack before it
 	// redelivers it (default 60 s). It must exceed the engine's
-	// assumed-delivered window; jobs still waiting get InProgress every
-	// AckWait/4 once they are AckWait/4 old.
+	// assumed-delivered window. A ticker every AckWait/4 sends InProgress
+	// for jobs that have waited two ticks or more (so between AckWait/4
+	// and 3·AckWait/4), which keeps a job held by a slow engine ours.
 	AckWait time.Duration
 	// MaxDeliver is the attempts a job gets before it is dead-lettered
 	// (default 10). The worker enforces it (publish the dead letter, then

@@ -392,7 +392,9 @@ func TestShutdownLeavesNothingUnacked(t *testing.T) {
 	require.NoError(t, r.stop())
 	require.Zero(t, r.w.InFlight())
 
-	require.Equal(t, uint64(n/2), streamMsgs(t, js, "APNS_JOBS", ""))
+	// The server applies acks asynchronously after the flush.
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == n/2 },
+		5*time.Second, 5*time.Millisecond)
 
 	// A restart finishes the rest at once: they were naked, not left to
 	// wait for AckWait (30 s).
@@ -488,4 +490,26 @@ func value(t *testing.T, c prometheus.Metric) float64 {
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))
 	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+}
+
+func TestRunStopsWhenTheEngineCloses(t *testing.T) {
+	js, _ := startJS(t)
+	w, err := New(js, testOptions())
+	require.NoError(t, err)
+	eng := newFakeEngine(nil)
+	eng.out = w.HandleOutcome
+	require.NoError(t, eng.Close(context.Background())) // closed under the worker
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(context.Background(), eng) }()
+	publishJobs(t, js, 1, tokHex)
+	select {
+	case err := <-errc:
+		require.ErrorIs(t, err, apns.ErrClosed)
+	case <-ctxT(t).Done():
+		t.Fatal("Run did not return")
+	}
+	require.NoError(t, w.Shutdown(ctxT(t), eng))
+	require.Zero(t, w.InFlight())
+	require.Equal(t, uint64(1), streamMsgs(t, js, "APNS_JOBS", ""), "naked, not lost")
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""))
 }
