@@ -34,7 +34,9 @@ var ErrMalformedJob = errors.New("consumer: malformed job")
 type Job struct {
 	// ID identifies the job: it is the jobs stream's Nats-Msg-Id (so a
 	// repeated publish is dropped), it names the job in events, and, when it
-	// is a lowercase UUID, it is sent as apns-id.
+	// is a lowercase UUID, it is sent as apns-id. A job without one is
+	// named in events by its Nats-Msg-Id header, if any, else by its stream
+	// sequence.
 	ID string `json:"id,omitempty"`
 	// Token is the device token in hex.
 	Token string `json:"token"`

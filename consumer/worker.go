@@ -237,6 +237,11 @@ func (w *Worker) handle(ctx context.Context, eng apns.Engine, msg jetstream.Msg,
 		it.id = job.ID
 		n, err = job.Notification()
 	}
+	if it.id == "" && len(msg.Headers()) > 0 {
+		// Producers that only set Nats-Msg-Id (nats pub -H) still get
+		// de-duplicated events naming their id.
+		it.id = msg.Headers().Get(jetstream.MsgIDHeader)
+	}
 	if err != nil {
 		w.malformed(it, job.Token, err)
 		return

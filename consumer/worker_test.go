@@ -348,8 +348,12 @@ func TestMalformedJobs(t *testing.T) {
 		{"bad priority", `{"token":"` + tokHex(6) + `","payload":` + payload + `,"priority":7}`, "InvalidPriority"},
 	}
 	ctx := ctxT(t)
-	for _, tt := range tests {
-		_, err := js.Publish(ctx, "apns.jobs", []byte(tt.data))
+	for i, tt := range tests {
+		m := &nats.Msg{Subject: "apns.jobs", Data: []byte(tt.data)}
+		if i == 0 { // an id in the header only names the job in its event
+			m.Header = nats.Header{jetstream.MsgIDHeader: []string{"hdr-id"}}
+		}
+		_, err := js.PublishMsg(ctx, m)
 		require.NoError(t, err, tt.name)
 	}
 	// The worker keeps running: a good job after them is delivered.
@@ -368,6 +372,9 @@ func TestMalformedJobs(t *testing.T) {
 			require.Equal(t, tt.reason, e.Reason)
 			require.NotEmpty(t, e.Error)
 			require.Equal(t, uint64(i+1), e.Seq)
+			if i == 0 {
+				require.Equal(t, "hdr-id", e.JobID)
+			}
 			raw := []byte(e.Job)
 			if raw == nil {
 				raw = e.JobRaw
