@@ -38,8 +38,8 @@ const (
 	// after a bad notification, up to the gateway reading it, is discarded
 	// by APNs and sent again, and must be read within the window.
 	binWriteBuffer = 4 << 10         // bufio, and the largest TLS record we write
-	binSendBuffer  = 16 << 10        // SO_SNDBUF
-	binMaxBatch    = 128             // frames taken from the queue between checks
+	binSendBuffer  = 8 << 10         // SO_SNDBUF (the kernel doubles it)
+	binMaxBatch    = 32              // frames taken from the queue between checks
 	binReadGrace   = 1 * time.Second // after a failed write, wait this long for an error response
 )
 

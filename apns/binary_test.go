@@ -16,10 +16,6 @@ import (
 	"github.com/jetpush/apns-worker/apns/apnstest"
 )
 
-// testWindow is the assumed-delivered window of most tests: short, so they
-// finish quickly, and long enough for a gateway on busy cores to answer.
-const testWindow = 150 * time.Millisecond
-
 var hello = []byte(`{"aps":{"alert":"hello"}}`)
 
 // tok returns a distinct 32-byte token for i.
