@@ -62,7 +62,8 @@ type Options struct {
 	// MaxInFlight is how many jobs the engine holds at most (its
 	// WithMaxInFlight, default 100 000); it sizes MaxAckPending.
 	MaxInFlight int
-	// PullMaxMessages is the client pull buffer (default 1 000). Jobs in it
+	// PullMaxMessages is the client pull buffer (default 1 000, at most
+	// MaxInFlight). Jobs in it
 	// are not yet tracked for InProgress, so keep it small relative to
 	// what the engine drains in AckWait.
 	PullMaxMessages int
@@ -131,7 +132,7 @@ func (o Options) withDefaults() (Options, error) {
 	defInt(&o.Replicas, 1)
 	defInt(&o.MaxDeliver, 10)
 	defInt(&o.MaxInFlight, 100_000)
-	defInt(&o.PullMaxMessages, 1000)
+	defInt(&o.PullMaxMessages, min(1000, o.MaxInFlight))
 	defInt(&o.MaxAckPending, 4*(o.MaxInFlight+o.PullMaxMessages))
 	if len(o.Backoff) == 0 {
 		o.Backoff = defaultBackoff
