@@ -118,11 +118,14 @@ func (e *RejectionError) Error() string {
 }
 
 // BadToken reports whether the rejection means the device token is dead and
-// should be removed: binary status 8, HTTP/2 BadDeviceToken, Unregistered or
-// ExpiredToken.
+// should be removed: binary status 8; HTTP/2 BadDeviceToken, or any 410
+// (Unregistered, ExpiredToken, or a reason Apple adds later: 410 is final).
 func (e *RejectionError) BadToken() bool {
 	if e.HTTPStatus == 0 {
 		return e.Status == StatusInvalidToken
+	}
+	if e.HTTPStatus == 410 {
+		return true
 	}
 	switch e.Reason {
 	case "BadDeviceToken", "Unregistered", "ExpiredToken":

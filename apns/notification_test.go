@@ -91,6 +91,8 @@ func TestRejectionErrorBadToken(t *testing.T) {
 	require.NotErrorIs(t, &RejectionError{Status: StatusInvalidPayloadSize}, ErrBadDeviceToken)
 	require.ErrorIs(t, &RejectionError{HTTPStatus: 410, Reason: "Unregistered"}, ErrBadDeviceToken)
 	require.NotErrorIs(t, &RejectionError{HTTPStatus: 400, Reason: "BadTopic"}, ErrBadDeviceToken)
+	require.ErrorIs(t, &RejectionError{HTTPStatus: 410, Reason: "SomeFutureReason"}, ErrBadDeviceToken)
+	require.ErrorIs(t, &RejectionError{HTTPStatus: 400, Reason: "BadDeviceToken"}, ErrBadDeviceToken)
 	require.Equal(t, "Status(9)", Status(9).String())
 	require.Equal(t, "ProtocolError", StatusProtocolError.String())
 }
