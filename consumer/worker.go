@@ -39,6 +39,9 @@ type Worker struct {
 
 	pending chan *pendingEvents // events awaiting their PubAck, FIFO
 
+	hmu          sync.Mutex // held by the job handler
+	intakeClosed bool       // hmu; set when Run returns
+
 	running  atomic.Bool
 	runDone  chan struct{}
 	stop     chan struct{}
@@ -174,7 +177,25 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
 	fatal := make(chan error, 1)
-	handler := func(m jetstream.Msg) { w.handle(sendCtx, eng, m, fatal) }
+	// nats.go reports a drained subscription closed when its last message
+	// is taken, not when the handler returns: intake (under hmu) tells Run
+	// when the last handler is done, and naks any message handed over after.
+	handler := func(m jetstream.Msg) {
+		w.hmu.Lock()
+		defer w.hmu.Unlock()
+		if w.intakeClosed {
+			_ = m.Nak()
+			return
+		}
+		w.handle(sendCtx, eng, m, fatal)
+	}
+	defer func() {
+		t := time.AfterFunc(w.opts.DrainTimeout, cancelSend) // a Send still blocked
+		defer t.Stop()
+		w.hmu.Lock() // waits for a handler still running
+		w.intakeClosed = true
+		w.hmu.Unlock()
+	}()
 
 	for attempt := 0; ; attempt++ {
 		cc, err := w.cons.Consume(handler,
