@@ -193,10 +193,7 @@ func NewGateway(opts ...GatewayOption) *Gateway {
 
 // ListenGateway starts a Gateway, or reports why it cannot listen.
 func ListenGateway(opts ...GatewayOption) (*Gateway, error) {
-	cfg := gatewayConfig{addr: "127.0.0.1:0", maxPayload: apns.BinaryLimits.MaxPayload}
-	for _, o := range opts {
-		o(&cfg)
-	}
+	cfg := gatewayOptions(opts)
 	if cfg.pki == nil {
 		p, err := NewPKI()
 		if err != nil {
@@ -208,20 +205,28 @@ func ListenGateway(opts ...GatewayOption) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apnstest: gateway listen: %w", err)
 	}
-	g := &Gateway{
-		Addr:  ln.Addr().String(),
-		cfg:   cfg,
-		tlsc:  serverTLS(cfg.pki),
-		ln:    ln,
-		done:  make(chan struct{}),
-		conns: make(map[net.Conn]struct{}),
-	}
-	if !cfg.countOnly {
-		g.counts = make(map[[32]byte]tokenCount)
-	}
+	g := newGateway(cfg)
+	g.Addr, g.ln, g.tlsc = ln.Addr().String(), ln, serverTLS(cfg.pki)
 	g.wg.Add(1)
 	go g.acceptLoop()
 	return g, nil
+}
+
+func gatewayOptions(opts []GatewayOption) gatewayConfig {
+	cfg := gatewayConfig{addr: "127.0.0.1:0", maxPayload: apns.BinaryLimits.MaxPayload}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
+}
+
+// newGateway returns a Gateway's state, without listener or TLS.
+func newGateway(cfg gatewayConfig) *Gateway {
+	g := &Gateway{cfg: cfg, done: make(chan struct{}), conns: make(map[net.Conn]struct{})}
+	if !cfg.countOnly {
+		g.counts = make(map[[32]byte]tokenCount)
+	}
+	return g
 }
 
 // serverTLS is p's server config requiring client certificates, with X25519
@@ -329,16 +334,25 @@ func (g *Gateway) serve(raw net.Conn) {
 		return
 	}
 	_ = tc.SetDeadline(time.Time{})
+	g.frames(tc, g.newConn())
+}
+
+// newConn counts an established connection and returns its serial.
+func (g *Gateway) newConn() int32 {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.stats.Conns++
 	serial := int32(len(g.errEnded))
 	if g.counts != nil {
 		g.errEnded = append(g.errEnded, false)
 	}
-	g.mu.Unlock()
+	return serial
+}
 
+// frames reads and answers frames on c until the connection must end.
+func (g *Gateway) frames(c net.Conn, serial int32) {
 	br := readers.Get().(*bufio.Reader)
-	br.Reset(tc)
+	br.Reset(c)
 	defer func() {
 		br.Reset(nil)
 		readers.Put(br)
@@ -356,7 +370,7 @@ func (g *Gateway) serve(raw net.Conn) {
 				g.mu.Lock()
 				g.stats.Malformed++
 				g.mu.Unlock()
-				g.answer(tc, serial, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+				g.answer(c, serial, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
 			}
 			return // io.EOF, a reset, or Close
 		}
@@ -364,7 +378,7 @@ func (g *Gateway) serve(raw net.Conn) {
 			g.mu.Lock()
 			g.stats.Rejected++
 			g.mu.Unlock()
-			g.answer(tc, serial, apns.ErrorResponse{Status: st, ID: f.ID})
+			g.answer(c, serial, apns.ErrorResponse{Status: st, ID: f.ID})
 			return
 		}
 		n := g.accept(f.Token, serial)
@@ -373,7 +387,7 @@ func (g *Gateway) serve(raw net.Conn) {
 			g.mu.Lock()
 			g.stats.Shutdowns++
 			g.mu.Unlock()
-			g.answer(tc, serial, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
+			g.answer(c, serial, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
 			return
 		case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
 			g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0:
@@ -419,19 +433,19 @@ func (g *Gateway) accept(tok []byte, serial int32) int64 {
 
 // answer writes an error response, then either closes at once (the
 // caller's deferred close) or first drains input for a while.
-func (g *Gateway) answer(tc *tls.Conn, serial int32, r apns.ErrorResponse) {
+func (g *Gateway) answer(c net.Conn, serial int32, r apns.ErrorResponse) {
 	if g.counts != nil {
 		g.mu.Lock()
 		g.errEnded[serial] = true // before the client can read the answer
 		g.mu.Unlock()
 	}
 	var b [apns.ErrorResponseLen]byte
-	_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
-	if _, err := tc.Write(apns.AppendErrorResponse(b[:0], r)); err != nil {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write(apns.AppendErrorResponse(b[:0], r)); err != nil {
 		return
 	}
 	if d := g.cfg.drainAfterError; d > 0 {
-		_ = tc.SetReadDeadline(time.Now().Add(d))
-		_, _ = io.Copy(io.Discard, tc)
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		_, _ = io.Copy(io.Discard, c)
 	}
 }

@@ -257,3 +257,81 @@ func TestListenGatewayError(t *testing.T) {
 	require.Error(t, err, "address in use")
 	require.Panics(t, func() { NewGateway(GatewayAddr(gw.Addr)) })
 }
+
+// FuzzGatewayFrames feeds arbitrary bytes to the gateway's connection loop
+// (over loopback TCP, without TLS) and checks its answer against a model
+// built on apns.FrameReader: frames are accepted until the first malformed
+// one (answered with its status), a rejected token (status 8), or the third
+// accepted frame (status 10, ShutdownAfter(3)); an incomplete frame at the
+// end gets no answer.
+func FuzzGatewayFrames(f *testing.F) {
+	bad := gwTok(99)
+	f.Add(frame(1, gwTok(1)))
+	f.Add(append(frame(1, gwTok(1)), frame(2, bad)...))
+	f.Add(append(append(append(frame(1, gwTok(1)), frame(2, gwTok(2))...), frame(3, gwTok(3))...), frame(4, gwTok(4))...))
+	f.Add(apns.AppendFrame(nil, 5, &apns.Notification{Token: gwTok(1), Payload: bytes.Repeat([]byte{'x'}, 300)}))
+	f.Add(append(frame(1, gwTok(1)), 2, 0, 0))
+	f.Add([]byte{1, 0, 0, 0, 0})
+	f.Add([]byte{})
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(f, err)
+	defer ln.Close()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		// The model.
+		var (
+			want     []byte
+			accepted int
+			fr       = apns.NewFrameReader(bytes.NewReader(b), 256)
+		)
+		for {
+			fm, err := fr.ReadFrame()
+			var fe *apns.FrameError
+			if errors.As(err, &fe) {
+				want = apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+			}
+			if err != nil {
+				break
+			}
+			if bytes.Equal(fm.Token, bad) {
+				want = apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusInvalidToken, ID: fm.ID})
+				break
+			}
+			if accepted++; accepted == 3 {
+				want = apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusShutdown, ID: fm.ID})
+				break
+			}
+		}
+
+		g := newGateway(gatewayOptions([]GatewayOption{Reject(bad, apns.StatusInvalidToken), ShutdownAfter(3), MaxPayload(256)}))
+		cli, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer cli.Close()
+		srv, err := ln.Accept()
+		require.NoError(t, err)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			defer srv.Close()
+			g.frames(srv, g.newConn())
+		}()
+		var got []byte
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			got, _ = io.ReadAll(cli)
+		}()
+		_, _ = cli.Write(b) // fails if the gateway answered and closed first
+		_ = cli.(*net.TCPConn).CloseWrite()
+		<-served
+		<-read
+		if len(want) == 0 {
+			want = nil
+		}
+		if len(got) == 0 {
+			got = nil
+		}
+		require.Equal(t, want, got)
+		require.Equal(t, accepted, g.Stats().Accepted)
+	})
+}
