@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -78,7 +77,7 @@ func connect(tb testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	require.NoError(tb, err)
 	tb.Cleanup(nc.Close)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024), jetstream.WithPublishAsyncTimeout(10*time.Second))
 	require.NoError(tb, err)
 	return nc, js
 }
@@ -114,6 +113,18 @@ type job struct {
 // tokens tok(i), and waits for every PubAck.
 func publishJobs(tb testing.TB, js jetstream.JetStream, prefix string, n int, tok func(i int) apns.Token) []job {
 	tb.Helper()
+	return publish(tb, js, prefix, n, tok, false)
+}
+
+// publishJobsRetrying is publishJobs for a cluster losing a node: a publish
+// without a PubAck is repeated (same Nats-Msg-Id, so never stored twice)
+// until it is stored, as a careful producer does.
+func publishJobsRetrying(tb testing.TB, js jetstream.JetStream, prefix string, n int, tok func(i int) apns.Token) []job {
+	tb.Helper()
+	return publish(tb, js, prefix, n, tok, true)
+}
+
+func publish(tb testing.TB, js jetstream.JetStream, prefix string, n int, tok func(i int) apns.Token, retry bool) []job {
 	jobs := make([]job, n)
 	futs := make([]jetstream.PubAckFuture, n)
 	for i := range n {
@@ -125,8 +136,34 @@ func publishJobs(tb testing.TB, js jetstream.JetStream, prefix string, n int, to
 		futs[i], err = js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
 		require.NoError(tb, err, "publish job %d", i)
 	}
+	retries := 0
 	for i, f := range futs {
-		jobs[i].Seq = awaitPubAck(tb, f)
+		if !retry {
+			jobs[i].Seq = awaitPubAck(tb, f)
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			jobs[i].Seq = ack.Sequence
+			continue
+		case <-f.Err():
+		}
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			retries++
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ack, err := js.PublishMsg(ctx, f.Msg())
+			cancel()
+			if err == nil {
+				jobs[i].Seq = ack.Sequence
+				break
+			}
+			require.False(tb, time.Now().After(deadline), "job %d not stored within 90s: %v", i, err)
+			time.Sleep(100 * time.Millisecond) // retry pause
+		}
+	}
+	if retries > 0 {
+		tb.Logf("%d publishes repeated", retries)
 	}
 	return jobs
 }
@@ -388,13 +425,6 @@ func (w *worker) wait(within time.Duration) int {
 	return w.cmd.ProcessState.ExitCode()
 }
 
-// kill sends SIGKILL and waits for the process to be gone.
-func (w *worker) kill() {
-	w.tb.Helper()
-	require.NoError(w.tb, w.cmd.Process.Signal(syscall.SIGKILL))
-	<-w.done
-}
-
 func (w *worker) exited() bool {
 	select {
 	case <-w.done:
@@ -542,6 +572,3 @@ func requireAllDelivered(tb testing.TB, gw *apnstest.Gateway, jobs []job, reject
 	require.Empty(tb, missing, "%d jobs never reached the gateway (first: %v)", len(missing), missing[:min(len(missing), 10)])
 	return dups
 }
-
-// errTimeout is returned by helpers that give up.
-var errTimeout = errors.New("timeout")
