@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,6 +53,9 @@ type fakeEngine struct {
 	limits *apns.Limits
 	decide func(n *apns.Notification, attempt int) (err error, hold bool)
 
+	gate    chan struct{} // if set, Send waits for it (a saturated engine)
+	blocked atomic.Int32   // Sends waiting at the gate
+
 	mu     sync.Mutex
 	closed bool
 	sends  map[string]int // by token hex
@@ -83,6 +87,14 @@ func (e *fakeEngine) Send(ctx context.Context, n *apns.Notification, ref any) er
 		if err := n.Validate(*e.limits); err != nil {
 			return err
 		}
+	}
+	if e.gate != nil {
+		e.blocked.Add(1)
+		select {
+		case <-e.gate:
+		case <-ctx.Done():
+		}
+		e.blocked.Add(-1)
 	}
 	if err := ctx.Err(); err != nil {
 		return err

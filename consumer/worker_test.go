@@ -520,3 +520,31 @@ func TestRunStopsWhenTheEngineCloses(t *testing.T) {
 	require.Equal(t, uint64(1), streamMsgs(t, js, "APNS_JOBS", ""), "naked, not lost")
 	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""))
 }
+
+func TestDrainNaksWhatTheEngineDoesNotTake(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(nil)
+	eng.gate = make(chan struct{}) // never opens: the engine is stuck
+	opts := testOptions()
+	opts.AckWait = 30 * time.Second
+	opts.DrainTimeout = 300 * time.Millisecond
+	r := startWorker(t, js, opts, eng)
+	const n = 20
+	publishJobs(t, js, n, tokHex)
+	require.Eventually(t, func() bool { return eng.blocked.Load() == 1 }, 5*time.Second, 5*time.Millisecond)
+
+	stopped := time.Now()
+	require.NoError(t, r.stop())
+	require.Less(t, time.Since(stopped), 5*time.Second, "Run gives up on the engine after DrainTimeout")
+	require.Zero(t, r.w.InFlight())
+
+	// Every job comes back at once to a new worker: naked, not left for
+	// AckWait.
+	eng2 := newFakeEngine(nil)
+	startWorker(t, js, opts, eng2)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	for i := range n {
+		require.Equal(t, 1, eng2.sent(tokHex(i)), i)
+	}
+}
