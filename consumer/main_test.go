@@ -54,7 +54,7 @@ type fakeEngine struct {
 	decide func(n *apns.Notification, attempt int) (err error, hold bool)
 
 	gate    chan struct{} // if set, Send waits for it (a saturated engine)
-	blocked atomic.Int32   // Sends waiting at the gate
+	blocked atomic.Int32  // Sends waiting at the gate
 
 	mu     sync.Mutex
 	closed bool
