@@ -40,7 +40,9 @@ type result struct {
 	CPUUsPerJob      float64 `json:"cpu_us_per_job"`
 	CPUSPer100k      float64 `json:"cpu_s_per_100k"`
 	Scope            string  `json:"scope"`                         // what peak_rss_mb and cpu_* measure
-	BenchCPUUsPerJob float64 `json:"bench_cpu_us_per_job,omitzero"` // spawn-worker: the bench process's own
+	BenchCPUUsPerJob float64 `json:"bench_cpu_us_per_job,omitzero"` // spawn-worker: the bench process's own (nats-server, publisher, observer)
+	// ServerCPUUsPerJob is the APNs test server process's (spawn-worker).
+	ServerCPUUsPerJob float64 `json:"apns_server_cpu_us_per_job,omitzero"`
 
 	Delivered   int `json:"delivered"`
 	Rejections  int `json:"rejected"`
@@ -57,6 +59,11 @@ type result struct {
 	MissingAtAPNs int `json:"missing_at_apns"`
 	APNsAccepted  int `json:"apns_accepted"`
 	APNsRejected  int `json:"apns_rejected"`
+	APNsConns     int `json:"apns_conns"` // connections the APNs server accepted (binary: one more per rejection)
+	// Resends counts notifications written to APNs again (Outcome.Attempts
+	// beyond 1; binary: those after a rejected one); in-process only, -1
+	// otherwise.
+	Resends int `json:"resends"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -119,12 +126,14 @@ func (r *result) writeTable(w io.Writer) {
 	row("CPU per job", "%.1f µs", r.CPUUsPerJob)
 	row("CPU per 100 000 jobs", "%.2f s", r.CPUSPer100k)
 	if r.BenchCPUUsPerJob > 0 {
-		row("bench process CPU per job", "%.1f µs", r.BenchCPUUsPerJob)
+		row("bench process CPU per job (nats-server, publisher)", "%.1f µs", r.BenchCPUUsPerJob)
+		row("APNs test server process CPU per job", "%.1f µs", r.ServerCPUUsPerJob)
 	}
 	row("delivered / rejected / terminated", "%d / %d / %d", r.Delivered, r.Rejections, r.Terminated)
 	row("lost / duplicates", "%d / %d", r.Lost, r.Duplicates)
 	row("acked but never at APNs", "%d", r.MissingAtAPNs)
 	row("APNs server accepted / rejected", "%d / %d", r.APNsAccepted, r.APNsRejected)
+	row("APNs server connections / resends", "%d / %d", r.APNsConns, r.Resends)
 	row("naks / dead letters / left in stream", "%d / %d / %d", r.NakCount, r.DeadLetters, r.StreamLeft)
 	_ = tw.Flush()
 	fmt.Fprintf(w, "(RSS and CPU: %s)\n", r.Scope)

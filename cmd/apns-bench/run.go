@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -82,6 +83,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	if err != nil {
 		return nil, err
 	}
+	var resends atomic.Int64 // in-process workers: notifications written more than once
 	var workers []worker
 	var children []*childWorker
 	stopWorkers := func() error {
@@ -108,7 +110,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 				workers, children = append(workers, cw), append(children, cw)
 				continue
 			}
-			iw, err := startInprocWorker(wcfg, log)
+			iw, err := startInprocWorker(wcfg, log, &resends)
 			if err != nil {
 				return nil, err
 			}
@@ -148,7 +150,11 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 			pids = append(pids, w.pid())
 		}
 	}
-	cpu0, childCPU0 := selfCPU(), procCPU(pids)
+	var srvPIDs []int
+	if cs, ok := srv.(*childServer); ok {
+		srvPIDs = append(srvPIDs, cs.cmd.Process.Pid)
+	}
+	cpu0, childCPU0, srvCPU0 := selfCPU(), procCPU(pids), procCPU(srvPIDs)
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -171,17 +177,30 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		pubDone <- t.publishAll(rctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending)
 	}()
 	var pubErr, waitErr error
-	select {
-	case <-t.done:
-	case <-rctx.Done():
-		waitErr = fmt.Errorf("stopped before every job was finished: %w", rctx.Err())
+	pubCh := pubDone
+wait:
+	for {
+		select {
+		case <-t.done:
+			break wait
+		case pubErr = <-pubCh:
+			pubCh = nil
+			if pubErr != nil {
+				break wait
+			}
+		case <-rctx.Done():
+			waitErr = fmt.Errorf("stopped before every job was finished: %w", rctx.Err())
+			break wait
+		}
 	}
-	cpu1, childCPU1 := selfCPU(), procCPU(pids)
+	cpu1, childCPU1, srvCPU1 := selfCPU(), procCPU(pids), procCPU(srvPIDs)
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
 	cancel()
-	pubErr = <-pubDone
+	if pubCh != nil {
+		pubErr = <-pubCh
+	}
 	stopProgress()
 	if err := drain(onc); err != nil { // every observed ack handled
 		return nil, err
@@ -201,6 +220,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 			res.PeakRSSMB = max(res.PeakRSSMB, float64(procHWM(pid))/(1<<20))
 		}
 		res.BenchCPUUsPerJob = usPerJob(cpu1-cpu0, c.n)
+		res.ServerCPUUsPerJob = usPerJob(srvCPU1-srvCPU0, c.n)
 	} else if !external {
 		res.Scope = "whole bench process: nats-server, publisher, worker(s), APNs test server"
 		res.setCPU(cpu1 - cpu0)
@@ -218,6 +238,10 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	if err := stopWorkers(); err != nil {
 		waitErr = errors.Join(waitErr, fmt.Errorf("stopping workers: %w", err))
 	}
+	res.Resends = -1
+	if !external && len(pids) == 0 {
+		res.Resends = int(resends.Load())
+	}
 	res.Duplicates, res.MissingAtAPNs = -1, -1
 	if srv != nil {
 		st, err := srv.stats()
@@ -225,7 +249,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 			return res, err
 		}
 		res.Duplicates, res.APNsAccepted, res.APNsRejected = st.Duplicates, st.Accepted, st.Rejected
-		res.MissingAtAPNs = st.Missing
+		res.MissingAtAPNs, res.APNsConns = st.Missing, st.Conns
 	}
 	return res, errors.Join(pubErr, waitErr)
 }

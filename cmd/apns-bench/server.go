@@ -71,6 +71,7 @@ type serverStats struct {
 	// accepted: once every job is finished, ones the worker acked as
 	// delivered although they never reached APNs.
 	Missing int `json:"missing"`
+	Conns   int `json:"conns"` // connections accepted
 }
 
 // apnsServer is an APNs test server, in this process or in a child.
@@ -152,10 +153,10 @@ func (s *localServer) stats() (serverStats, error) {
 	count := func(tok apns.Token) int { return s.gw.Count(tok) }
 	if s.gw != nil {
 		gs := s.gw.Stats()
-		st = serverStats{Accepted: gs.Accepted, Rejected: gs.Rejected, Duplicates: gs.Duplicates}
+		st = serverStats{Accepted: gs.Accepted, Rejected: gs.Rejected, Duplicates: gs.Duplicates, Conns: gs.Conns}
 	} else {
 		count = s.h2.AcceptedFor
-		st.Accepted = s.h2.Accepted()
+		st.Accepted, st.Conns = s.h2.Accepted(), s.h2.Conns()
 		for code, k := range s.h2.Statuses() {
 			if code != 200 {
 				st.Rejected += k

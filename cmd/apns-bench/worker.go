@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -98,7 +99,7 @@ type inprocWorker struct {
 	done   chan error
 }
 
-func startInprocWorker(cfg *config.Config, log *slog.Logger) (*inprocWorker, error) {
+func startInprocWorker(cfg *config.Config, log *slog.Logger, resends *atomic.Int64) (*inprocWorker, error) {
 	nc, err := nats.Connect(strings.Join(cfg.NATS.URLs, ","), nats.Name(cfg.NATS.Name),
 		nats.MaxReconnects(-1), nats.ReconnectWait(cfg.NATS.ReconnectWait))
 	if err != nil {
@@ -129,7 +130,15 @@ func startInprocWorker(cfg *config.Config, log *slog.Logger) (*inprocWorker, err
 		nc.Close()
 		return nil, err
 	}
-	eng, err := newEngine(cfg, w.HandleOutcome, log)
+	// Counting resends (Attempts beyond the first) is the only thing
+	// added to the worker's outcome path.
+	onOutcome := func(o apns.Outcome) {
+		if o.Attempts > 1 {
+			resends.Add(int64(o.Attempts - 1))
+		}
+		w.HandleOutcome(o)
+	}
+	eng, err := newEngine(cfg, onOutcome, log)
 	if err != nil {
 		_ = w.Shutdown(context.Background(), nil)
 		nc.Close()
