@@ -22,17 +22,18 @@ const (
 	GatewaySandbox    = "gateway.sandbox.push.apple.com:2195"
 )
 
-// Binary engine defaults.
-const (
-	DefaultAssumeDelivered = 5 * time.Second
-	DefaultIdleTimeout     = 5 * time.Minute
-	DefaultDialTimeout     = 10 * time.Second
-	DefaultMaxInFlight     = 1 << 16
-	binBackoffMin          = 100 * time.Millisecond
-	binBackoffMax          = 30 * time.Second
+// MaxPayloadLegacy is the payload limit of old binary gateways, from the
+// time of commands 0 and 1; see WithMaxPayload.
+const MaxPayloadLegacy = 256
 
-	// MaxPayloadLegacy is the payload limit of old gateways (commands 0 and 1).
-	MaxPayloadLegacy = 256
+// Binary engine defaults and tuning.
+const (
+	binDefaultWindow      = 5 * time.Second
+	binDefaultIdle        = 5 * time.Minute
+	binDefaultDial        = 10 * time.Second
+	binDefaultMaxInFlight = 1 << 16
+	binBackoffMin         = 100 * time.Millisecond
+	binBackoffMax         = 30 * time.Second
 
 	// Small write buffers keep the pipeline short: everything written
 	// after a bad notification, up to the gateway reading it, is discarded
@@ -198,9 +199,9 @@ type binItem struct {
 func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*BinaryEngine, error) {
 	o := defaultOptions()
 	o.binary = binaryOptions{
-		assumeDelivered: DefaultAssumeDelivered,
-		idleTimeout:     DefaultIdleTimeout,
-		dialTimeout:     DefaultDialTimeout,
+		assumeDelivered: binDefaultWindow,
+		idleTimeout:     binDefaultIdle,
+		dialTimeout:     binDefaultDial,
 		maxPayload:      BinaryLimits.MaxPayload,
 		backoffMin:      binBackoffMin,
 		backoffMax:      binBackoffMax,
@@ -209,7 +210,7 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 		return nil, err
 	}
 	if o.maxInFlight == 0 {
-		o.maxInFlight = DefaultMaxInFlight
+		o.maxInFlight = binDefaultMaxInFlight
 	}
 	tlsc, err := ClientTLSConfig(addr, cert, o.rootCAs)
 	if err != nil {
