@@ -53,6 +53,8 @@ type benchConfig struct {
 	listen      string
 	creds       string
 	cpuProfile  string
+	workerProf  string
+	runWorker   bool
 	progress    bool
 	verbose     bool
 }
@@ -75,11 +77,15 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fs.IntVar(&c.maxPending, "max-pending", 4096, "publisher: most PublishAsync messages awaiting their PubAck")
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this long; 0: 60s + 1ms per job")
 	fs.StringVar(&c.natsURL, "nats", "", "use this NATS server instead of an embedded one; alone, a worker must be running against it")
-	fs.StringVar(&c.spawnWorker, "spawn-worker", "", "run the workers as this apns-worker binary, measuring their CPU and RSS")
+	fs.StringVar(&c.spawnWorker, "spawn-worker", "",
+		"run the workers as this apns-worker binary, measuring their CPU and RSS; \"self\": this binary with -run-worker (for -worker-cpuprofile)")
 	fs.StringVar(&c.serve, "serve", "", "run only an APNs test server for this protocol (binary or http2) until SIGINT/SIGTERM")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "-serve: listen address")
 	fs.StringVar(&c.creds, "creds", "", "-serve: directory for ca.pem, client.pem, client-key.pem, AuthKey.p8 and env")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process, first publish to last ack")
+	fs.StringVar(&c.workerProf, "worker-cpuprofile", "", "with -spawn-worker self: write each worker's CPU profile to this file, suffixed .<i>")
+	fs.BoolVar(&c.runWorker, "run-worker", false,
+		"run one worker, wired as in-process runs wire it, from APNS_WORKER_* until SIGINT/SIGTERM (what -spawn-worker self starts)")
 	fs.BoolVar(&c.progress, "progress", true, "draw a progress bar on stderr")
 	fs.BoolVar(&c.verbose, "v", false, "worker logs at info level (default: errors only)")
 	if err := fs.Parse(args); err != nil {
@@ -142,6 +148,13 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if c.runWorker {
+		if err := runOneWorker(ctx, c, stderr); err != nil {
+			fmt.Fprintln(stderr, "apns-bench:", err)
+			return 1
+		}
+		return 0
+	}
 	if c.serve != "" {
 		if err := serve(ctx, c, stdin, stdout); err != nil {
 			fmt.Fprintln(stderr, "apns-bench:", err)

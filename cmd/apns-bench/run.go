@@ -101,9 +101,13 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 			level = slog.LevelInfo
 		}
 		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-		for range c.workers {
+		for i := range c.workers {
 			if c.spawnWorker != "" {
-				cw, err := startChildWorker(c.spawnWorker, env, stderr)
+				prof := ""
+				if c.workerProf != "" {
+					prof = fmt.Sprintf("%s.%d", c.workerProf, i)
+				}
+				cw, err := startChildWorker(c.spawnWorker, prof, env, stderr)
 				if err != nil {
 					return nil, err
 				}

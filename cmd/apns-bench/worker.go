@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -235,8 +236,21 @@ type childWorker struct {
 	done chan error
 }
 
-func startChildWorker(path string, env map[string]string, stderr io.Writer) (*childWorker, error) {
-	cmd := exec.Command(path)
+// startChildWorker starts the apns-worker binary at path, or for path
+// "self" this binary with -run-worker (and -cpuprofile prof, if not empty).
+func startChildWorker(path, prof string, env map[string]string, stderr io.Writer) (*childWorker, error) {
+	var args []string
+	if path == "self" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		path, args = exe, []string{"-run-worker"}
+		if prof != "" {
+			args = append(args, "-cpuprofile", prof)
+		}
+	}
+	cmd := exec.Command(path, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, config.Prefix+"_") {
 			cmd.Env = append(cmd.Env, kv)
@@ -277,4 +291,32 @@ func (cw *childWorker) stop() error {
 		_ = cw.cmd.Process.Kill()
 		return fmt.Errorf("apns-worker pid %d did not stop within 60s: %w", cw.pid(), <-cw.done)
 	}
+}
+
+// runOneWorker is `apns-bench -run-worker`: one in-process worker in a
+// process of its own, configured from the environment, until ctx is done.
+func runOneWorker(ctx context.Context, c *benchConfig, stderr io.Writer) error {
+	cfg, err := config.Load()
+	if err != nil {
+		return err
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.Level}))
+	var resends atomic.Int64
+	iw, err := startInprocWorker(cfg, log, &resends)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return iw.stop()
 }
