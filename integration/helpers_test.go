@@ -533,10 +533,22 @@ func presentSeqs(st jetstream.StreamState) map[uint64]bool {
 	return present
 }
 
+// counter counts what an APNs test server accepted for a token:
+// Gateway.Count or HTTP2Server.AcceptedFor.
+type counter interface{ count(apns.Token) int }
+
+type gatewayCounter struct{ *apnstest.Gateway }
+
+func (g gatewayCounter) count(t apns.Token) int { return g.Count(t) }
+
+type h2Counter struct{ *apnstest.HTTP2Server }
+
+func (h h2Counter) count(t apns.Token) int { return h.AcceptedFor(t) }
+
 // requireNoAckWithoutDelivery checks that every job no longer in the jobs
-// stream reached the gateway (or was told to be rejected by it): nothing was
+// stream reached the server (or was told to be rejected by it): nothing was
 // acked or terminated without an outcome.
-func requireNoAckWithoutDelivery(tb testing.TB, js jetstream.JetStream, gw *apnstest.Gateway, jobs []job, rejected func(apns.Token) bool) (gone int) {
+func requireNoAckWithoutDelivery(tb testing.TB, js jetstream.JetStream, gw counter, jobs []job, rejected func(apns.Token) bool) (gone int) {
 	tb.Helper()
 	present := presentSeqs(streamState(tb, js, jobsStream))
 	var lost []string
@@ -545,7 +557,7 @@ func requireNoAckWithoutDelivery(tb testing.TB, js jetstream.JetStream, gw *apns
 			continue
 		}
 		gone++
-		if gw.Count(j.Token) == 0 && (rejected == nil || !rejected(j.Token)) {
+		if gw.count(j.Token) == 0 && (rejected == nil || !rejected(j.Token)) {
 			lost = append(lost, j.ID)
 		}
 	}
@@ -557,12 +569,17 @@ func requireNoAckWithoutDelivery(tb testing.TB, js jetstream.JetStream, gw *apns
 // (except those rejected), and returns the duplicates it saw.
 func requireAllDelivered(tb testing.TB, gw *apnstest.Gateway, jobs []job, rejected func(apns.Token) bool) (dups int) {
 	tb.Helper()
+	return requireAllAccepted(tb, gatewayCounter{gw}, jobs, rejected)
+}
+
+func requireAllAccepted(tb testing.TB, gw counter, jobs []job, rejected func(apns.Token) bool) (dups int) {
+	tb.Helper()
 	var missing []string
 	for _, j := range jobs {
 		if rejected != nil && rejected(j.Token) {
 			continue
 		}
-		switch n := gw.Count(j.Token); {
+		switch n := gw.count(j.Token); {
 		case n == 0:
 			missing = append(missing, j.ID)
 		case n > 1:

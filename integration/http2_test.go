@@ -3,6 +3,7 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,27 +36,12 @@ func TestHTTP2Mode(t *testing.T) {
 	for i, r := range rejects {
 		opts = append(opts, apnstest.HTTP2Reason(tok(i), r.status, r.reason))
 	}
-	h2 := apnstest.NewHTTP2Server(opts...)
-	t.Cleanup(h2.Close)
-	dir := t.TempDir()
-	ca, p8 := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "AuthKey.p8")
-	require.NoError(t, os.WriteFile(ca, h2.PKI.CAPEM, 0o600))
-	require.NoError(t, os.WriteFile(p8, h2.P8(), 0o600))
-
+	h2 := startHTTP2(t, opts...)
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
-	w := startWorker(t, "http2", map[string]string{
-		"APNS_WORKER_NATS_URL":      ns.ClientURL(),
-		"APNS_WORKER_APNS_MODE":     "http2",
-		"APNS_WORKER_APNS_ADDR":     h2.URL,
-		"APNS_WORKER_APNS_CA_FILE":  ca,
-		"APNS_WORKER_APNS_P8_FILE":  p8,
-		"APNS_WORKER_APNS_KEY_ID":   h2.KeyID,
-		"APNS_WORKER_APNS_TEAM_ID":  h2.TeamID,
-		"APNS_WORKER_APNS_TOPIC":    "com.example.app",
-		"APNS_WORKER_JOBS_BACKOFF":  "200ms,1s",
-		"APNS_WORKER_MAX_IN_FLIGHT": "1000",
-	})
+	env := http2Env(t, ns.ClientURL(), h2)
+	env["APNS_WORKER_EVENTS_RECEIPTS"] = "true"
+	w := startWorker(t, "http2", env)
 	jobs := publishJobs(t, js, "h2", n, tok)
 	waitDrained(t, js, 90*time.Second)
 
@@ -101,5 +87,116 @@ func TestHTTP2Mode(t *testing.T) {
 		require.Equal(t, rejects[byID[ev.JobID]].reason, ev.Reason)
 	}
 	require.ElementsMatch(t, wantBad, gotBad, "410 Unregistered and 400 BadDeviceToken are bad tokens")
+
+	receipts := readEvents[consumer.ReceiptEvent](t, js, eventsPrefix+"."+consumer.KindDelivered)
+	require.Len(t, receipts, n-len(rejects), "one receipt per delivered job")
+	for _, ev := range receipts {
+		i, ok := byID[ev.JobID]
+		require.True(t, ok, "receipt for unknown job %q", ev.JobID)
+		_, rejected := rejects[i]
+		require.False(t, rejected, "receipt for rejected job %s", ev.JobID)
+		require.Equal(t, jobs[i].Token.String(), ev.Token)
+		require.Equal(t, jobs[i].Seq, ev.Seq)
+		require.NotEmpty(t, ev.APNsID, "receipt carries the apns-id")
+	}
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+}
+
+// startHTTP2 starts an HTTP/2 test server, closed at cleanup.
+func startHTTP2(tb testing.TB, opts ...apnstest.HTTP2Option) *apnstest.HTTP2Server {
+	tb.Helper()
+	h2 := apnstest.NewHTTP2Server(opts...)
+	tb.Cleanup(h2.Close)
+	return h2
+}
+
+// http2Env is the environment of a worker in HTTP/2 mode with token auth
+// (the server's .p8 key, key id and team id) sending to h2.
+func http2Env(tb testing.TB, natsURL string, h2 *apnstest.HTTP2Server) map[string]string {
+	tb.Helper()
+	dir := tb.TempDir()
+	ca, p8 := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "AuthKey.p8")
+	require.NoError(tb, os.WriteFile(ca, h2.PKI.CAPEM, 0o600))
+	require.NoError(tb, os.WriteFile(p8, h2.P8(), 0o600))
+	return map[string]string{
+		"APNS_WORKER_NATS_URL":      natsURL,
+		"APNS_WORKER_APNS_MODE":     "http2",
+		"APNS_WORKER_APNS_ADDR":     h2.URL,
+		"APNS_WORKER_APNS_CA_FILE":  ca,
+		"APNS_WORKER_APNS_P8_FILE":  p8,
+		"APNS_WORKER_APNS_KEY_ID":   h2.KeyID,
+		"APNS_WORKER_APNS_TEAM_ID":  h2.TeamID,
+		"APNS_WORKER_APNS_TOPIC":    "com.example.app",
+		"APNS_WORKER_JOBS_BACKOFF":  "200ms,1s",
+		"APNS_WORKER_MAX_IN_FLIGHT": "1000",
+	}
+}
+
+// TestDeadLetter: a job APNs keeps answering 503 is retried by the engine,
+// naked with back-off by the worker, and after APNS_WORKER_JOBS_MAX_DELIVER
+// deliveries dead-lettered exactly once, then terminated; other jobs flow.
+func TestDeadLetter(t *testing.T) {
+	const n = 20
+	doomed := token(0xdd, 0)
+	h2 := startHTTP2(t, apnstest.HTTP2Reason(doomed, 503, "ServiceUnavailable"))
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	env := http2Env(t, ns.ClientURL(), h2)
+	env["APNS_WORKER_JOBS_MAX_DELIVER"] = "3"
+	env["APNS_WORKER_JOBS_BACKOFF"] = "100ms"
+	w := startWorker(t, "deadletter", env)
+	jobs := publishJobs(t, js, "dl", n, func(i int) apns.Token {
+		if i == 7 {
+			return doomed
+		}
+		return token(0xd1, i)
+	})
+	waitDrained(t, js, 90*time.Second)
+	requireAllAccepted(t, h2Counter{h2}, jobs, func(tk apns.Token) bool { return tk.String() == doomed.String() })
+
+	dl := readEvents[consumer.DeadLetterEvent](t, js, eventsPrefix+"."+consumer.KindDeadLetter)
+	require.Len(t, dl, 1)
+	require.Equal(t, jobs[7].ID, dl[0].JobID)
+	require.Equal(t, jobs[7].Seq, dl[0].Seq)
+	require.Equal(t, uint64(3), dl[0].Deliveries)
+	require.NotEmpty(t, dl[0].Error)
+	require.JSONEq(t, jobJSON(t, jobs[7]), string(dl[0].Job))
+	require.Zero(t, subjectCount(t, js, subjRejected))
+	require.Zero(t, subjectCount(t, js, subjBadTokens))
+	require.Equal(t, 3*(1+3), h2.Statuses()[503], "3 deliveries, each sent once and retried 3 times by the engine")
+	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+}
+
+// TestHTTP2GracefulStop: SIGTERM while HTTP/2 requests are in flight (the
+// server answers after 100ms): the worker exits 0, every job it took is
+// acked (the server accepted it) or naked, none stranded; a restart
+// finishes the rest.
+func TestHTTP2GracefulStop(t *testing.T) {
+	const n = 5000
+	h2 := startHTTP2(t, apnstest.HTTP2Latency(100*time.Millisecond))
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	env := http2Env(t, ns.ClientURL(), h2)
+	w1 := startWorker(t, "h2-graceful-1", env)
+
+	stop := make(chan struct{})
+	termed := signalWhen(w1, syscall.SIGTERM, func() bool { return h2.Accepted() >= n/4 }, stop)
+	jobs := publishJobs(t, js, "h2g", n, func(i int) apns.Token { return token(0x62, i) })
+	awaitSignal(t, termed, stop, 120*time.Second)
+	require.Equal(t, 0, w1.wait(60*time.Second), "exit code after SIGTERM")
+
+	gone := requireNoAckWithoutDelivery(t, js, h2Counter{h2}, jobs, nil)
+	st := streamState(t, js, jobsStream)
+	ci := consumerInfo(t, js)
+	t.Logf("stopped: %d jobs acked, %d in the stream: %d never delivered, %d delivered and not acked",
+		gone, st.Msgs, ci.NumPending, ci.NumAckPending)
+	require.NotZero(t, st.Msgs, "SIGTERM came after the last job")
+	require.Equal(t, st.Msgs, ci.NumPending+uint64(ci.NumAckPending))
+	requireNotStranded(t, js, ci)
+
+	w2 := startWorker(t, "h2-graceful-2", env)
+	waitDrained(t, js, 120*time.Second)
+	dups := requireAllAccepted(t, h2Counter{h2}, jobs, nil)
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
+	t.Logf("http2 graceful: %d duplicates at the server", dups)
 }

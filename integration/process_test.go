@@ -81,7 +81,7 @@ func TestCrash(t *testing.T) {
 
 	st := streamState(t, js, jobsStream)
 	require.NotZero(t, st.Msgs, "the kill came after the last job")
-	gone := requireNoAckWithoutDelivery(t, js, gw, jobs, rejected)
+	gone := requireNoAckWithoutDelivery(t, js, gatewayCounter{gw}, jobs, rejected)
 	accepted := gw.Stats().Accepted
 	t.Logf("killed: gateway had accepted %d, %d jobs acked or terminated, %d still in the stream", accepted, gone, st.Msgs)
 
@@ -157,7 +157,7 @@ func TestGracefulStop(t *testing.T) {
 	awaitSignal(t, termed, stop, 120*time.Second)
 	require.Equal(t, 0, w1.wait(60*time.Second), "exit code after SIGTERM")
 
-	gone := requireNoAckWithoutDelivery(t, js, gw, jobs, nil)
+	gone := requireNoAckWithoutDelivery(t, js, gatewayCounter{gw}, jobs, nil)
 	st := streamState(t, js, jobsStream)
 	ci := consumerInfo(t, js)
 	t.Logf("stopped: %d jobs acked, %d in the stream: %d never delivered, %d delivered and not acked",
