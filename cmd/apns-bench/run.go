@@ -246,7 +246,7 @@ wait:
 	if !external && len(pids) == 0 {
 		res.Resends = int(resends.Load())
 	}
-	res.Duplicates, res.MissingAtAPNs = -1, -1
+	res.Duplicates, res.MissingAtAPNs, res.APNsAccepted, res.APNsRejected, res.APNsConns = -1, -1, -1, -1, -1
 	if srv != nil {
 		st, err := srv.stats()
 		if err != nil {
