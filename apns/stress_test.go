@@ -122,6 +122,7 @@ func TestBinaryStress(t *testing.T) {
 				float64(stressN)/elapsed.Seconds(), st, eng.Stats())
 			require.Equal(t, stressN/100, st.Rejected, "each bad token rejected exactly once")
 			require.Zero(t, st.ResentAfterError, "a notification accepted before an error response was sent again")
+			require.Zero(t, st.OutOfOrderIDs, "identifiers count up on each connection")
 			if !tt.silent {
 				require.Zero(t, st.Duplicates)
 				return

@@ -73,10 +73,14 @@ type GatewayStats struct {
 	// that settles its in-flight queue correctly never sends it again:
 	// this stays 0. (Duplicates after a silent close are expected.)
 	ResentAfterError int
-	Rejected         int // error responses for tokens told to Reject
-	Malformed        int // error responses for malformed frames
-	Shutdowns        int // status-10 error responses
-	SilentCloses     int // connections closed by CloseAfter or CloseEvery
+	// OutOfOrderIDs counts frames whose identifier was not greater than
+	// the previous frame's on the same connection (a reused identifier,
+	// for a client that counts up).
+	OutOfOrderIDs int
+	Rejected      int // error responses for tokens told to Reject
+	Malformed     int // error responses for malformed frames
+	Shutdowns     int // status-10 error responses
+	SilentCloses  int // connections closed by CloseAfter or CloseEvery
 }
 
 // GatewayOption configures a Gateway.
@@ -138,9 +142,10 @@ func ShutdownAfter(n int) GatewayOption {
 	return func(c *gatewayConfig) { c.shutdownAfter = int64(n) }
 }
 
-// StallAfter makes the gateway stop reading from every connection once it
-// has accepted n frames (n = 0: from the start), keeping TCP and TLS up, so
-// clients' writes eventually block.
+// StallAfter makes the gateway stop reading once it has accepted n frames
+// (n = 0: from the start): each connection stops before its next frame
+// (so with several connections a few more may be accepted), keeping TCP and
+// TLS up, so clients' writes eventually block.
 func StallAfter(n int) GatewayOption {
 	return func(c *gatewayConfig) { c.stallAfter = int64(n) + 1 }
 }
@@ -358,6 +363,7 @@ func (g *Gateway) frames(c net.Conn, serial int32) {
 		readers.Put(br)
 	}()
 	fr := apns.NewFrameReader(br, g.cfg.maxPayload)
+	var last uint32 // previous frame's identifier; frames carry 1 or more
 	for {
 		if g.cfg.stallAfter > 0 && g.accepted.Load() >= g.cfg.stallAfter-1 {
 			<-g.done
@@ -374,6 +380,12 @@ func (g *Gateway) frames(c net.Conn, serial int32) {
 			}
 			return // io.EOF, a reset, or Close
 		}
+		if f.ID <= last && last != 0 {
+			g.mu.Lock()
+			g.stats.OutOfOrderIDs++
+			g.mu.Unlock()
+		}
+		last = f.ID
 		if st, bad := g.rejects(f.Token); bad {
 			g.mu.Lock()
 			g.stats.Rejected++

@@ -72,6 +72,13 @@ func TestGatewayAccepts(t *testing.T) {
 	require.Equal(t, 5, st.Duplicates)
 	require.Equal(t, 1, st.Conns)
 	require.Zero(t, st.ResentAfterError)
+	require.Zero(t, st.OutOfOrderIDs)
+
+	// Identifiers that do not count up are counted.
+	_, err = c.Write(append(frame(11, gwTok(11)), frame(11, gwTok(12))...))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return gw.Stats().Accepted == 12 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, 1, gw.Stats().OutOfOrderIDs)
 }
 
 func TestGatewayErrorResponses(t *testing.T) {
