@@ -470,3 +470,74 @@ func TestNewBinaryEngineOptions(t *testing.T) {
 	require.ErrorIs(t, eng.Send(context.Background(), big, nil), apns.ErrPayloadTooLarge)
 	require.NoError(t, eng.Close(context.Background()))
 }
+
+func TestBinaryTemporaryRetried(t *testing.T) {
+	t.Parallel()
+	// The gateway answers ProcessingError for tok(5) once: the engine sends
+	// it again and it is delivered.
+	var once sync.Once
+	gw := apnstest.NewGateway(apnstest.RejectFunc(func(b []byte) (st apns.Status, bad bool) {
+		if bytes.Equal(b, tok(5)) {
+			once.Do(func() { st, bad = apns.StatusProcessingError, true })
+		}
+		return st, bad
+	}))
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(1))
+	send(t, eng, 0, 10)
+	_ = out.wait(t, 10, 10*time.Second)
+	got := out.byRef()
+	for i := 0; i < 10; i++ {
+		require.NoError(t, got[i].Err, i)
+		require.Equal(t, 1, gw.Count(tok(i)), i)
+	}
+	require.Equal(t, 2, got[5].Attempts)
+	require.Zero(t, gw.Stats().ResentAfterError)
+}
+
+func TestBinarySendDuringClose(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway(apnstest.Reject(tok(3), apns.StatusInvalidToken), apnstest.CloseEvery(50))
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithMaxInFlight(64))
+	var (
+		wg       sync.WaitGroup
+		accepted sync.Map
+		started  = make(chan struct{}, 4)
+	)
+	for s := 0; s < 4; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := s; i < 1_000_000; i += 4 { // ends with ErrClosed long before
+				if i == s+40 {
+					started <- struct{}{}
+				}
+				err := eng.Send(context.Background(), &apns.Notification{Token: tok(i % 100), Payload: hello}, i)
+				if errors.Is(err, apns.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("send: %v", err)
+					return
+				}
+				accepted.Store(i, true)
+			}
+		}()
+	}
+	for s := 0; s < 4; s++ {
+		<-started
+	}
+	require.NoError(t, eng.Close(context.Background()))
+	wg.Wait()
+	n := 0
+	accepted.Range(func(_, _ any) bool { n++; return true })
+	got := out.byRef()
+	require.Equal(t, n, out.len(), "exactly one outcome per accepted notification")
+	require.Len(t, got, n)
+	accepted.Range(func(k, _ any) bool {
+		_, ok := got[k]
+		require.True(t, ok, "no outcome for %v", k)
+		return true
+	})
+}
