@@ -252,3 +252,26 @@ func TestMalformedJobs(t *testing.T) {
 	require.Zero(t, subjectCount(t, js, subjBadTokens))
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
 }
+
+// TestGatewayDrops: the gateway silently closes the connection carrying
+// every 2500th frame (what was written after it is lost unread): the binary
+// engine cannot know which frames were read, and still no job is lost
+// (those it is not sure of are sent again). (At one close per 500 frames
+// the engine makes no progress: each close resends up to ~1 600 frames in
+// flight on the connection, so no frame outlives its assumed-delivered
+// window.)
+func TestGatewayDrops(t *testing.T) {
+	const n = 8000
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	gw := startGateway(t, apnstest.CloseEvery(2500))
+	w := startWorker(t, "drops", binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond))
+	jobs := publishJobs(t, js, "drops", n, func(i int) apns.Token { return token(0xcd, i) })
+	waitDrained(t, js, 120*time.Second)
+	dups := requireAllDelivered(t, gw, jobs, nil)
+	st := gw.Stats()
+	require.NotZero(t, st.SilentCloses)
+	require.Zero(t, subjectCount(t, js, subjRejected))
+	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+	t.Logf("drops: %d silent closes, %d connections, %d duplicates", st.SilentCloses, st.Conns, dups)
+}
