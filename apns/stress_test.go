@@ -13,8 +13,10 @@ import (
 	"github.com/jetpush/apns-worker/apns/apnstest"
 )
 
-// TestBinaryStress sends stressN (100 000; fewer under -race, see
-// race_test.go) notifications over 4 connections with 1%
+// stressN is the stress test's notification count.
+const stressN = 100_000
+
+// TestBinaryStress sends 100 000 notifications over 4 connections with 1%
 // of tokens rejected (with several status codes), against a gateway that
 // after an error response either drains its input for a while or closes at
 // once (the engine's next writes hit a reset, as with APNs), or that also
