@@ -85,5 +85,5 @@ func newLogger(c config.Log) *slog.Logger {
 	if c.Format == config.LogJSON || c.Format == config.LogAuto && !tty {
 		return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: c.Level}))
 	}
-	return slog.New(tint.NewHandler(os.Stderr, &tint.Options{Level: c.Level, NoColor: !tty}))
+	return slog.New(tint.NewTextHandler(os.Stderr, &tint.Options{Level: c.Level, NoColor: !tty}))
 }
