@@ -247,9 +247,10 @@ func (a APNs) TokenAuth() bool { return a.P8File != "" }
 // Feedback configures the binary protocol's feedback service poller.
 type Feedback struct {
 	// Addr is the feedback service's host:port
-	// (APNS_WORKER_FEEDBACK_ADDR). By default, in binary mode,
-	// feedback[.sandbox].push.apple.com:2196 by Environment; empty (no
-	// poller) in http2 and mock mode, where bad tokens come from responses.
+	// (APNS_WORKER_FEEDBACK_ADDR). By default, in binary mode with Apple's
+	// gateway (no APNS_WORKER_APNS_ADDR), feedback[.sandbox].push.apple.com:2196
+	// by Environment; otherwise empty (no poller): with another gateway,
+	// and in http2 and mock mode, where bad tokens come from responses.
 	Addr string
 	// Interval is the pause between polls (APNS_WORKER_FEEDBACK_INTERVAL,
 	// default 1h); 0 disables the poller.

@@ -347,6 +347,14 @@ func TestValidBinaryCert(t *testing.T) {
 		})
 	}
 
+	t.Run("sandbox", func(t *testing.T) {
+		setEnv(t, merge(binaryP12(f), map[string]string{"APNS_ENVIRONMENT": "sandbox"}))
+		c, err := Load()
+		require.NoError(t, err)
+		require.Equal(t, "gateway.sandbox.push.apple.com:2195", c.APNs.Addr)
+		require.Equal(t, "feedback.sandbox.push.apple.com:2196", c.Feedback.Addr)
+	})
+
 	t.Run("sandbox and overrides", func(t *testing.T) {
 		setEnv(t, merge(binaryP12(f), map[string]string{
 			"APNS_ENVIRONMENT":       "sandbox",
@@ -359,7 +367,7 @@ func TestValidBinaryCert(t *testing.T) {
 		c, err := Load()
 		require.NoError(t, err)
 		require.Equal(t, "127.0.0.1:2195", c.APNs.Addr)
-		require.Equal(t, "feedback.sandbox.push.apple.com:2196", c.Feedback.Addr)
+		require.Empty(t, c.Feedback.Addr, "Apple's feedback service only with Apple's gateway")
 		require.Equal(t, 4096, c.APNs.MaxPayload)
 		require.Equal(t, 50_000, c.MaxInFlight)
 	})

@@ -254,12 +254,15 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 	// Where to connect.
 	switch a.Mode {
 	case ModeBinary:
-		if a.Addr == "" {
+		appleGateway := a.Addr == ""
+		if appleGateway {
 			a.Addr = pick(sandbox, "gateway.sandbox.push.apple.com:2195", "gateway.push.apple.com:2195")
 		} else {
 			a.Addr = d.hostPort("APNS_ADDR", a.Addr, false)
 		}
-		if c.Feedback.Addr == "" && d.ok("FEEDBACK_ADDR") {
+		// Apple's feedback service only goes with Apple's gateway: a worker
+		// pointed at another gateway polls no feedback unless told where.
+		if c.Feedback.Addr == "" && appleGateway && d.ok("FEEDBACK_ADDR") {
 			c.Feedback.Addr = pick(sandbox, "feedback.sandbox.push.apple.com:2196", "feedback.push.apple.com:2196")
 		}
 	case ModeHTTP2:
