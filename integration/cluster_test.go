@@ -111,7 +111,8 @@ func TestClusterNodeLoss(t *testing.T) {
 
 	var (
 		before   *jetstream.ConsumerInfo
-		accepted int // at the gateway when the node stopped
+		accepted int           // at the gateway when the node stopped
+		resumed  time.Duration // from the stop until the worker took new jobs
 	)
 	stop := make(chan struct{})
 	stopped := make(chan error, 1)
@@ -132,12 +133,24 @@ func TestClusterNodeLoss(t *testing.T) {
 		}
 		cancel()
 		accepted = gw.Stats().Accepted
+		at := time.Now()
 		victim.Shutdown()
 		victim.WaitForShutdown()
+		// Resumed: more jobs reached the gateway than the worker could hold
+		// in its pull buffer (1 000) and in flight (~1 500 here) at the stop.
+		for gw.Stats().Accepted < min(n, accepted+2500) {
+			select {
+			case <-stop:
+				stopped <- errors.New("gave up waiting for the worker to resume")
+				return
+			case <-tick.C:
+			}
+		}
+		resumed = time.Since(at)
 		stopped <- nil
 	}()
 	jobs := publishJobsRetrying(t, js, "cluster", n, func(i int) apns.Token { return token(0xc3, i) })
-	awaitSignal(t, stopped, stop, 120*time.Second)
+	awaitSignal(t, stopped, stop, 300*time.Second)
 	if before != nil {
 		t.Logf("before the stop: delivered %d, ack floor %d, ack pending %d",
 			before.Delivered.Stream, before.AckFloor.Stream, before.NumAckPending)
@@ -150,8 +163,8 @@ func TestClusterNodeLoss(t *testing.T) {
 	dups := requireAllDelivered(t, gw, jobs, nil)
 	require.False(t, w.exited(), "worker exited")
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
-	t.Logf("cluster: stopped %s (the worker's node, jobs stream and durable leader) when %d of %d jobs had reached the gateway; drained %s later; %d duplicates",
-		victim.Name(), accepted, n, drained.Round(time.Millisecond), dups)
+	t.Logf("cluster: stopped %s (the worker's node, jobs stream and durable leader) when %d of %d jobs had reached the gateway; resumed %s after it; drained %s after the jobs were published; %d duplicates",
+		victim.Name(), accepted, n, resumed.Round(time.Millisecond), drained.Round(time.Millisecond), dups)
 }
 
 // stepDown asks the leader behind api to step down in favour of preferred,
