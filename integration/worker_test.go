@@ -23,8 +23,20 @@ func TestEndToEnd(t *testing.T) {
 	w := startWorker(t, "e2e", binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond))
 
 	jobs := publishJobs(t, js, "e2e", n, func(i int) apns.Token { return token(0xe1, i) })
+	// The Go helper, on a subject below the jobs subject; publishing the
+	// same job again (same id) is dropped by the stream.
+	vip := consumer.NewJob(token(0xe2, 1), json.RawMessage(helloPayload))
+	ctx := ctxT(t, 30*time.Second)
+	ack, err := consumer.PublishJob(ctx, js, jobsSubject+".vip", vip)
+	require.NoError(t, err)
+	require.False(t, ack.Duplicate)
+	again, err := consumer.PublishJob(ctx, js, jobsSubject+".vip", vip)
+	require.NoError(t, err)
+	require.True(t, again.Duplicate, "a job published twice is stored once")
+	require.Equal(t, ack.Sequence, again.Sequence)
 	waitDrained(t, js, 90*time.Second)
 
+	require.Equal(t, 1, gw.Count(token(0xe2, 1)), "the job published twice")
 	dups := requireAllDelivered(t, gw, jobs, nil)
 	st := gw.Stats()
 	require.Zero(t, st.Rejected)
@@ -274,4 +286,32 @@ func TestGatewayDrops(t *testing.T) {
 	require.Zero(t, subjectCount(t, js, subjRejected))
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
 	t.Logf("drops: %d silent closes, %d connections, %d duplicates", st.SilentCloses, st.Conns, dups)
+}
+
+// TestExpiredJob: a job whose expiration has passed is never sent; it ends
+// in exactly one dead letter (naming the expiration) and is terminated, and
+// the worker carries on.
+func TestExpiredJob(t *testing.T) {
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	gw := startGateway(t)
+	env := binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond)
+	env["APNS_WORKER_JOBS_MAX_DELIVER"] = "3"
+	env["APNS_WORKER_JOBS_BACKOFF"] = "100ms"
+	w := startWorker(t, "expired", env)
+
+	expired := token(0xe0, 1)
+	seq := publishRaw(t, js, []byte(`{"id":"expired-1","token":"`+expired.String()+`","payload":{"aps":{"alert":"late"}},"expiration":"2020-01-01T00:00:00Z"}`))
+	good := publishJobs(t, js, "after-expired", 1, func(i int) apns.Token { return token(0xe0, 2) })
+	waitDrained(t, js, 60*time.Second)
+	require.Equal(t, 1, gw.Count(good[0].Token))
+	require.Zero(t, gw.Count(expired), "an expired notification was sent")
+	dl := readEvents[consumer.DeadLetterEvent](t, js, eventsPrefix+"."+consumer.KindDeadLetter)
+	require.Len(t, dl, 1)
+	require.Equal(t, "expired-1", dl[0].JobID)
+	require.Equal(t, seq, dl[0].Seq)
+	require.Contains(t, dl[0].Error, "expir")
+	require.Zero(t, subjectCount(t, js, subjRejected))
+	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+	t.Logf("expired job dead-lettered after %d deliveries", dl[0].Deliveries)
 }
