@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpush/apns-worker/cmd/internal/worker"
 )
 
 // run is one benchmark run: NATS (embedded unless -nats), the APNs test
@@ -84,7 +86,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		return nil, err
 	}
 	var resends atomic.Int64 // in-process workers: notifications written more than once
-	var workers []worker
+	var workers []runningWorker
 	var children []*childWorker
 	stopWorkers := func() error {
 		var errs []error
@@ -114,11 +116,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 				workers, children = append(workers, cw), append(children, cw)
 				continue
 			}
-			iw, err := startInprocWorker(wcfg, log, &resends)
-			if err != nil {
-				return nil, err
-			}
-			workers = append(workers, iw)
+			workers = append(workers, startInprocWorker(wcfg, log, &resends))
 		}
 	}
 
@@ -206,7 +204,7 @@ wait:
 		pubErr = <-pubCh
 	}
 	stopProgress()
-	if err := drain(onc); err != nil { // every observed ack handled
+	if err := worker.DrainNATS(onc); err != nil { // every observed ack handled
 		return nil, err
 	}
 	o := t.outcome()

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,12 +14,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
-	"github.com/jetpush/apns-worker/consumer"
 )
 
 // benchTopic is the apns-topic of HTTP/2 requests (token auth needs one).
@@ -80,154 +75,40 @@ func loadConfig(env map[string]string) (*config.Config, error) {
 	return cfg, nil
 }
 
-// worker is one worker, in this process or a child.
-type worker interface {
+// runningWorker is one worker, in this process or a child.
+type runningWorker interface {
 	// pid is the process to measure, 0 for this one.
 	pid() int
 	stop() error
 }
 
-// inprocWorker is the worker's code path in this process, wired as
-// cmd/apns-worker wires it (run.go, engine.go) minus the HTTP endpoints and
-// the feedback poller: its own NATS connection, consumer.New, the engine
-// with w.HandleOutcome, Run, then Shutdown and Drain.
+// inprocWorker is cmd/apns-worker's code path (worker.Run) in this
+// process, with its own NATS connection; the only thing added is an outcome
+// observer that counts resends.
 type inprocWorker struct {
-	nc     *nats.Conn
-	w      *consumer.Worker
-	eng    apns.Engine
-	grace  time.Duration
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func startInprocWorker(cfg *config.Config, log *slog.Logger, resends *atomic.Int64) (*inprocWorker, error) {
-	nc, err := nats.Connect(strings.Join(cfg.NATS.URLs, ","), nats.Name(cfg.NATS.Name),
-		nats.MaxReconnects(-1), nats.ReconnectWait(cfg.NATS.ReconnectWait))
-	if err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	w, err := consumer.New(js, consumer.Options{
-		JobsStream:    cfg.Jobs.Stream,
-		JobsSubject:   cfg.Jobs.Subject,
-		Durable:       cfg.Jobs.Consumer,
-		EventsStream:  cfg.Events.Stream,
-		EventsSubject: cfg.Events.Subject,
-		EventsMaxAge:  cfg.Events.MaxAge,
-		Replicas:      cfg.Replicas,
-		AckWait:       cfg.Jobs.AckWait,
-		MaxDeliver:    cfg.Jobs.MaxDeliver,
-		Backoff:       cfg.Jobs.Backoff,
-		MaxInFlight:   cfg.MaxInFlight,
-		Receipts:      cfg.Events.Receipts,
-		Protocol:      string(cfg.APNs.Mode),
-		Logger:        log.With(slog.String("component", "consumer")),
-	})
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	// Counting resends (Attempts beyond the first) is the only thing
-	// added to the worker's outcome path.
-	onOutcome := func(o apns.Outcome) {
+func startInprocWorker(cfg *config.Config, log *slog.Logger, resends *atomic.Int64) *inprocWorker {
+	ctx, cancel := context.WithCancel(context.Background())
+	iw := &inprocWorker{cancel: cancel, done: make(chan error, 1)}
+	countResends := worker.WithOutcomeObserver(func(o apns.Outcome) {
 		if o.Attempts > 1 {
 			resends.Add(int64(o.Attempts - 1))
 		}
-		w.HandleOutcome(o)
-	}
-	eng, err := newEngine(cfg, onOutcome, log)
-	if err != nil {
-		_ = w.Shutdown(context.Background(), nil)
-		nc.Close()
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	iw := &inprocWorker{nc: nc, w: w, eng: eng, grace: cfg.ShutdownGrace, cancel: cancel, done: make(chan error, 1)}
-	go func() { iw.done <- w.Run(ctx, eng) }()
-	return iw, nil
+	})
+	go func() { iw.done <- worker.Run(ctx, cfg, log, countResends) }()
+	return iw
 }
 
 func (iw *inprocWorker) pid() int { return 0 }
 
-// stop shuts down in cmd/apns-worker's order: stop pulling, close the
-// engine and finish every job, then drain NATS.
+// stop cancels Run, which shuts down in order (stop pulling, close the
+// engine and finish every job, drain NATS), and returns its error.
 func (iw *inprocWorker) stop() error {
 	iw.cancel()
-	runErr := <-iw.done
-	sctx, cancel := context.WithTimeout(context.Background(), iw.grace)
-	defer cancel()
-	shutErr := iw.w.Shutdown(sctx, iw.eng)
-	return errors.Join(runErr, shutErr, drain(iw.nc))
-}
-
-func drain(nc *nats.Conn) error {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		nc.Close()
-		return err
-	}
-	select {
-	case <-closed:
-		return nil
-	case <-time.After(30 * time.Second):
-		nc.Close()
-		return errors.New("nats: drain timed out")
-	}
-}
-
-// newEngine builds the engine as cmd/apns-worker's newEngine does for the
-// binary and http2 modes.
-func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger) (apns.Engine, error) {
-	a := cfg.APNs
-	opts := []apns.Option{
-		apns.WithOutcomeFunc(onOutcome),
-		apns.WithLogger(log.With(slog.String("component", "apns"))),
-		apns.WithConns(a.Conns),
-		apns.WithMaxInFlight(cfg.MaxInFlight),
-	}
-	if a.CAFile != "" {
-		pem, err := os.ReadFile(a.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no certificate", a.CAFile)
-		}
-		opts = append(opts, apns.WithRootCAs(roots))
-	}
-	switch a.Mode {
-	case config.ModeBinary:
-		cert, err := apns.LoadPEMCertificate(a.CertFile, a.KeyFile)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, apns.WithAssumeDelivered(a.AssumedDelivered), apns.WithMaxPayload(a.MaxPayload))
-		if a.IdleTimeout > 0 {
-			opts = append(opts, apns.WithIdleTimeout(a.IdleTimeout))
-		}
-		return apns.NewBinaryEngine(a.Addr, cert, opts...)
-	case config.ModeHTTP2:
-		pem, err := os.ReadFile(a.P8File)
-		if err != nil {
-			return nil, err
-		}
-		key, err := apns.ParseP8(pem)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, apns.WithRequestTimeout(a.RequestTimeout), apns.WithTopic(a.Topic))
-		if a.IdleTimeout > 0 {
-			opts = append(opts, apns.WithPingInterval(a.IdleTimeout))
-		}
-		return apns.NewHTTP2Engine(a.Addr, apns.TokenAuth(key, a.KeyID, a.TeamID), opts...)
-	}
-	return nil, fmt.Errorf("mode %q: the bench runs binary or http2", a.Mode)
+	return <-iw.done
 }
 
 // childWorker is the apns-worker binary run as a child process.
@@ -313,10 +194,11 @@ func runOneWorker(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.Level}))
 	var resends atomic.Int64
-	iw, err := startInprocWorker(cfg, log, &resends)
-	if err != nil {
+	iw := startInprocWorker(cfg, log, &resends)
+	select {
+	case <-ctx.Done():
+		return iw.stop()
+	case err := <-iw.done: // failed to start, or stopped by itself
 		return err
 	}
-	<-ctx.Done()
-	return iw.stop()
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/lmittmann/tint"
 
+	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
 )
 
@@ -69,7 +70,7 @@ func runWorker(ctx context.Context) error {
 	log := newLogger(cfg.Log)
 	slog.SetDefault(log)
 	log.Info("starting", slog.Any("config", cfg))
-	if err := run(ctx, cfg, log); err != nil {
+	if err := worker.Run(ctx, cfg, log); err != nil {
 		log.Error("stopped with an error", slog.Any("error", err))
 		return errors.New("stopped with an error")
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jetpush/apns-worker/apns/apnstest"
+	"github.com/jetpush/apns-worker/cmd/internal/worker"
 )
 
 // runMockAPNs serves the in-process test servers (binary gateway, feedback
@@ -52,7 +53,7 @@ func runMockAPNs(ctx context.Context, args []string) error {
 		return err
 	}
 	gw, err := apnstest.ListenGateway(apnstest.GatewayPKI(pki), apnstest.GatewayAddr(*binaryAddr), apnstest.CountOnly(),
-		apnstest.RejectFunc(rejectMockBadTokens))
+		apnstest.RejectFunc(worker.RejectMockBadTokens))
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"bytes"
@@ -23,7 +23,9 @@ type engineCreds struct {
 // "bad0") are rejected with status 8, so the demo shows rejections too.
 var mockBadTokenPrefix = []byte{0xba, 0xd0}
 
-func rejectMockBadTokens(tok []byte) (apns.Status, bool) {
+// RejectMockBadTokens is the mock gateways' rule: tokens starting with hex
+// "bad0" are rejected with status 8 (InvalidToken).
+func RejectMockBadTokens(tok []byte) (apns.Status, bool) {
 	return apns.StatusInvalidToken, bytes.HasPrefix(tok, mockBadTokenPrefix)
 }
 
@@ -60,7 +62,7 @@ func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger)
 
 	switch a.Mode {
 	case config.ModeMock:
-		gw, err := apnstest.ListenGateway(apnstest.CountOnly(), apnstest.RejectFunc(rejectMockBadTokens))
+		gw, err := apnstest.ListenGateway(apnstest.CountOnly(), apnstest.RejectFunc(RejectMockBadTokens))
 		if err != nil {
 			return nil, creds, closeMock, fmt.Errorf("mock gateway: %w", err)
 		}

@@ -1,4 +1,8 @@
-package main
+// Package worker wires the worker process from a config.Config: NATS
+// (embedded or remote), the consumer, the APNs engine for the mode, the
+// feedback poller and the HTTP endpoints. cmd/apns-worker runs it; the
+// in-process benchmark runs the same code.
+package worker
 
 import (
 	"context"
@@ -11,15 +15,33 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/config"
 	"github.com/jetpush/apns-worker/consumer"
 	"github.com/jetpush/apns-worker/feedback"
 )
 
-// run wires the worker and blocks until ctx is done, then shuts down in
+// Option adjusts Run.
+type Option func(*options)
+
+type options struct {
+	observe func(apns.Outcome)
+}
+
+// WithOutcomeObserver calls f with each engine outcome before the consumer
+// handles it (the benchmark counts resends with it). f must be fast.
+func WithOutcomeObserver(f func(apns.Outcome)) Option {
+	return func(o *options) { o.observe = f }
+}
+
+// Run wires the worker and blocks until ctx is done, then shuts down in
 // order: stop pulling, let the engine finish and every outcome be acked or
 // naked, stop the feedback poller, and only then close NATS.
-func run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (err error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	nc, closeNATS, err := connectNATS(cfg, log)
 	if err != nil {
 		return err
@@ -57,7 +79,14 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		return err
 	}
 
-	eng, creds, closeMock, err := newEngine(cfg, w.HandleOutcome, log)
+	onOutcome := w.HandleOutcome
+	if o.observe != nil {
+		onOutcome = func(out apns.Outcome) {
+			o.observe(out)
+			w.HandleOutcome(out)
+		}
+	}
+	eng, creds, closeMock, err := newEngine(cfg, onOutcome, log)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"errors"
@@ -60,7 +60,7 @@ func connectNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, func() error
 	}
 	log.Info("nats connected", slog.String("url", nc.ConnectedUrlRedacted()))
 	return nc, func() error {
-		err := drain(nc)
+		err := DrainNATS(nc)
 		if ns != nil {
 			ns.Shutdown()
 			ns.WaitForShutdown()
@@ -94,8 +94,9 @@ func authOptions(n config.NATS) []nats.Option {
 	return opts
 }
 
-// drain flushes acks and publishes, then closes the connection.
-func drain(nc *nats.Conn) error {
+// DrainNATS flushes acks and publishes, then closes the connection, waiting
+// up to 30 s for it to close.
+func DrainNATS(nc *nats.Conn) error {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := nc.Drain(); err != nil {

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -67,35 +66,4 @@ func serveHTTP(addr string, reg *prometheus.Registry, nc *nats.Conn, eng apns.En
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
-}
-
-// healthcheck asks the running worker's /healthz (the container's
-// HEALTHCHECK); the address is APNS_WORKER_HTTP_ADDR's.
-func healthcheck(ctx context.Context) error {
-	addr := os.Getenv("APNS_WORKER_HTTP_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:8080"
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("APNS_WORKER_HTTP_ADDR: %w", err)
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("healthz: %s", resp.Status)
-	}
-	return nil
 }
