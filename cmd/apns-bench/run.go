@@ -204,7 +204,7 @@ wait:
 		pubErr = <-pubCh
 	}
 	stopProgress()
-	if err := worker.DrainNATS(onc); err != nil { // every observed ack handled
+	if err := worker.DrainNATS(onc, 30*time.Second); err != nil { // every observed ack handled
 		return nil, err
 	}
 	o := t.outcome()

@@ -17,8 +17,9 @@ import (
 
 // connectNATS connects to the configured servers, or, with no URL set,
 // starts an embedded nats-server with JetStream and connects to it. The
-// returned close drains the connection, then stops the embedded server.
-func connectNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, func() error, error) {
+// returned close drains the connection within timeout, then stops the
+// embedded server.
+func connectNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, func(timeout time.Duration) error, error) {
 	n := cfg.NATS
 	opts := []nats.Option{
 		nats.Name(n.Name),
@@ -59,8 +60,8 @@ func connectNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, func() error
 		return nil, nil, fmt.Errorf("nats: connect %s: %w", url, err)
 	}
 	log.Info("nats connected", slog.String("url", nc.ConnectedUrlRedacted()))
-	return nc, func() error {
-		err := DrainNATS(nc)
+	return nc, func(timeout time.Duration) error {
+		err := DrainNATS(nc, timeout)
 		if ns != nil {
 			ns.Shutdown()
 			ns.WaitForShutdown()
@@ -95,8 +96,8 @@ func authOptions(n config.NATS) []nats.Option {
 }
 
 // DrainNATS flushes acks and publishes, then closes the connection, waiting
-// up to 30 s for it to close.
-func DrainNATS(nc *nats.Conn) error {
+// up to timeout for it to close.
+func DrainNATS(nc *nats.Conn, timeout time.Duration) error {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := nc.Drain(); err != nil {
@@ -106,7 +107,7 @@ func DrainNATS(nc *nats.Conn) error {
 	select {
 	case <-closed:
 		return nil
-	case <-time.After(30 * time.Second):
+	case <-time.After(timeout):
 		nc.Close()
 		return errors.New("nats: drain timed out")
 	}

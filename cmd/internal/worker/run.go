@@ -42,12 +42,32 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, opt := range opts {
 		opt(&o)
 	}
+	// One shutdown budget, ShutdownGrace from the signal, covers every
+	// step: the drain of the pull buffer, the engine's last outcomes, the
+	// ack flush and the NATS drain.
+	stopAt := make(chan time.Time, 1)
+	defer context.AfterFunc(ctx, func() { stopAt <- time.Now() })()
+	shutdownEnd := func() time.Time {
+		select {
+		case t := <-stopAt:
+			stopAt <- t
+			return t.Add(cfg.ShutdownGrace)
+		default: // stopped by an error, not a signal
+			return time.Now().Add(cfg.ShutdownGrace)
+		}
+	}
+	natsReserve := min(cfg.ShutdownGrace/6, 5*time.Second)
+
 	nc, closeNATS, err := connectNATS(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, closeNATS()) }()
-	js, err := jetstream.New(nc)
+	defer func() {
+		err = errors.Join(err, closeNATS(max(time.Until(shutdownEnd()), time.Second)))
+	}()
+	// A PubAck lost without a reconnect must not hold its event's job (or
+	// the pending-publish window) forever.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -72,6 +92,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		MaxInFlight:   cfg.MaxInFlight,
 		Receipts:      cfg.Events.Receipts,
 		Protocol:      protocolName(cfg.APNs.Mode),
+		DrainTimeout:  max(cfg.ShutdownGrace/4, time.Second),
 		Logger:        log.With(slog.String("component", "consumer")),
 		Metrics:       metrics,
 	})
@@ -114,8 +135,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		slog.String("apns_mode", string(cfg.APNs.Mode)))
 	runErr := w.Run(ctx, eng)
 
-	log.Info("shutting down", slog.Duration("grace", cfg.ShutdownGrace))
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownGrace)
+	end := shutdownEnd()
+	log.Info("shutting down", slog.String("grace", cfg.ShutdownGrace.String()), slog.String("left", time.Until(end).Round(time.Millisecond).String()))
+	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), end.Add(-natsReserve))
 	defer cancel()
 	shutErr := w.Shutdown(sctx, eng) // closes the engine; every outcome acked, naked or termed
 	stopFeedback()
