@@ -1,8 +1,17 @@
 package integration
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -199,4 +208,67 @@ func TestHTTP2GracefulStop(t *testing.T) {
 	dups := requireAllAccepted(t, h2Counter{h2}, jobs, nil)
 	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
 	t.Logf("http2 graceful: %d duplicates at the server", dups)
+}
+
+// TestHTTP2RefusedCredentials: a worker signing with the wrong .p8 key is
+// refused (403 InvalidProviderToken): it reports not ready, logs it, and
+// naks the jobs without burning them (no dead letter, no rejection event);
+// restarted with the right key, it delivers every job.
+func TestHTTP2RefusedCredentials(t *testing.T) {
+	const n = 50
+	h2 := startHTTP2(t)
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	good := http2Env(t, ns.ClientURL(), h2)
+	bad := maps.Clone(good)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	require.NoError(t, err)
+	bad["APNS_WORKER_APNS_P8_FILE"] = filepath.Join(t.TempDir(), "wrong.p8")
+	require.NoError(t, os.WriteFile(bad["APNS_WORKER_APNS_P8_FILE"], pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+	bad["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
+	bad["APNS_WORKER_JOBS_MAX_DELIVER"] = "2"
+	bad["APNS_WORKER_JOBS_BACKOFF"] = "100ms"
+
+	w1 := startWorker(t, "h2-wrong-key", bad)
+	jobs := publishJobs(t, js, "creds", n, func(i int) apns.Token { return token(0x03, i) })
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	var ready string
+	waitFor(t, 30*time.Second, "/readyz to report the refused credentials", func() bool {
+		resp, err := client.Get("http://" + bad["APNS_WORKER_HTTP_ADDR"] + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		ready = string(b)
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	t.Logf("/readyz: %s", strings.TrimSpace(ready))
+	// Jobs are tried again and again (more than MaxDeliver times), paced by
+	// the back-off, and never dead-lettered.
+	r0 := w1.metric("apns_worker_jobs_received_total")
+	waitFor(t, 60*time.Second, "jobs tried more than MaxDeliver times", func() bool {
+		return w1.metric("apns_worker_jobs_received_total") >= r0+3*n
+	})
+	r1, t1 := w1.metric("apns_worker_jobs_received_total"), time.Now()
+	<-time.After(2 * time.Second) // a measurement window, not synchronisation
+	r2, dt := w1.metric("apns_worker_jobs_received_total"), time.Since(t1)
+	rate := (r2 - r1) / dt.Seconds()
+	t.Logf("while refused: %.0f deliveries/s for %d jobs", rate, n)
+	require.LessOrEqual(t, rate, float64(n)/0.2*2, "jobs refused at Send are naked without the back-off: a hot redelivery loop")
+	require.NotZero(t, h2.Statuses()[403])
+	require.Contains(t, w1.log.String(), "APNS REFUSED THE CREDENTIALS")
+	require.Zero(t, h2.Accepted())
+	require.Equal(t, 0, w1.stop(60*time.Second), "exit code")
+	require.Equal(t, uint64(n), streamState(t, js, jobsStream).Msgs, "every job kept")
+	require.Zero(t, subjectCount(t, js, eventsPrefix+"."+consumer.KindDeadLetter), "dead letters")
+	require.Zero(t, subjectCount(t, js, subjRejected), "rejections")
+
+	w2 := startWorker(t, "h2-right-key", good)
+	waitDrained(t, js, 90*time.Second)
+	requireAllAccepted(t, h2Counter{h2}, jobs, nil)
+	require.Zero(t, subjectCount(t, js, eventsPrefix+"."+consumer.KindDeadLetter), "dead letters")
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
 }
