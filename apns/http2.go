@@ -488,6 +488,14 @@ func (e *HTTP2Engine) retry(r *request, cause error, counted bool) {
 
 const maxRequeues = 8
 
+// A connection that ends without answering any stream, or within
+// minConnLife, counts as a failed connection attempt and backs off; one
+// that stayed idle for idleConnLife backs off only as a first failure.
+const (
+	minConnLife  = time.Second
+	idleConnLife = time.Minute
+)
+
 // backoff is the delay before retry n (1-based): doubling from the
 // minimum, capped, with ±25% jitter.
 func (e *HTTP2Engine) backoff(n int) time.Duration {
@@ -532,7 +540,7 @@ func (e *HTTP2Engine) runConn() {
 		}
 		c, err := e.dial()
 		if err == nil {
-			failures = 0
+			start := time.Now()
 			e.connected.Add(1)
 			err = c.serve()
 			e.connected.Add(-1)
@@ -540,8 +548,18 @@ func (e *HTTP2Engine) runConn() {
 			if e.ctx.Err() != nil {
 				return
 			}
-			if c.clean {
-				continue // GOAWAY drained or stream ids used up: redial now
+			// Only a connection that did some work resets the back-off: a
+			// server that ends every connection at once (GOAWAY right
+			// after SETTINGS, a close) must not get a handshake storm.
+			lived := time.Since(start)
+			switch {
+			case c.answered > 0 && lived >= minConnLife:
+				failures = 0
+				if c.clean {
+					continue // GOAWAY drained or stream ids used up: redial now
+				}
+			case c.answered > 0 || lived >= idleConnLife:
+				failures = 0 // some use, or a long idle life: back off a little
 			}
 		}
 		if e.ctx.Err() != nil {
@@ -674,6 +692,7 @@ type conn struct {
 	readerDone chan struct{}
 	readErr    error // set before readerDone closes
 	clean      bool  // ended by GOAWAY or id exhaustion, not a failure
+	answered   int   // streams answered by the server; reader-owned
 
 	mu         sync.Mutex
 	streams    map[uint32]*request
@@ -1302,6 +1321,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 // finish turns a complete response into an outcome, or a retry.
 func (c *conn) finish(r *request) {
 	e := c.e
+	c.answered++
 	if r.status == http.StatusOK {
 		e.complete(r, nil)
 		return

@@ -826,3 +826,63 @@ func TestHTTP2Chaos(t *testing.T) {
 	require.GreaterOrEqual(t, s.Accepted(), n)
 	require.Zero(t, s.StreamLimitExceeded())
 }
+
+// TestHTTP2GoAwayAtOnceBacksOff: a server that says GOAWAY right after its
+// SETTINGS on every connection gets redialled with back-off, not in a
+// handshake storm (M2).
+func TestHTTP2GoAwayAtOnceBacksOff(t *testing.T) {
+	t.Parallel()
+	pki := apnstest.MustPKI()
+	cfg := pki.ServerTLS(false)
+	cfg.NextProtos = []string{"h2"}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	var conns atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				p := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(c, p); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				_ = fr.WriteSettings()
+				_ = fr.WriteGoAway(0, http2.ErrCodeNo, []byte(`{"reason":"Shutdown"}`))
+				for {
+					if _, err := fr.ReadFrame(); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	start := time.Now()
+	e, err := apns.NewHTTP2Engine("https://"+ln.Addr().String(), apns.TokenAuth(key, "KEY1234567", "TEAM123456"),
+		apns.WithRootCAs(pki.RootCAs), apns.WithConns(1), apns.WithRetryBackoff(20*time.Millisecond, time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { closeH2Engine(t, e) })
+	// Six connections need five back-offs of at least 0.75 × 20, 40, 80,
+	// 160, 320 ms in between: 465 ms. Without back-off they take a few ms.
+	require.Eventually(t, func() bool { return conns.Load() >= 6 }, 10*time.Second, time.Millisecond)
+	elapsed := time.Since(start)
+	require.GreaterOrEqual(t, elapsed, 450*time.Millisecond, "6 handshakes in %v", elapsed)
+	require.Less(t, float64(conns.Load())/time.Since(start).Seconds(), 20.0, "handshakes per second")
+}
