@@ -42,6 +42,12 @@ type Worker struct {
 	hmu          sync.Mutex // held by the job handler
 	intakeClosed bool       // hmu; set when Run returns
 
+	// The sender's view of the engine's credentials: while credErr is
+	// set, jobs are naked with the last back-off without reaching Send;
+	// eng.Stats() is consulted again at credCheck.
+	credErr   error
+	credCheck time.Time
+
 	running  atomic.Bool
 	runDone  chan struct{}
 	stop     chan struct{}
@@ -267,11 +273,18 @@ func (w *Worker) handle(ctx context.Context, eng apns.Engine, msg jetstream.Msg,
 		w.malformed(it, job.Token, err)
 		return
 	}
+	if cerr := w.credentialsRefused(eng); cerr != nil {
+		w.credentials(it, cerr)
+		return
+	}
 	err = eng.Send(ctx, n, it)
 	switch {
 	case err == nil:
 	case errors.Is(err, apns.ErrInvalidNotification):
 		w.malformed(it, job.Token, err)
+	case errors.Is(err, apns.ErrCredentials):
+		w.credErr, w.credCheck = err, time.Now().Add(credRecheck)
+		w.credentials(it, err)
 	default: // engine closed, or the drain timed out: someone else's turn
 		w.finish(it, actNak, 0)
 		if errors.Is(err, apns.ErrClosed) {
@@ -281,6 +294,30 @@ func (w *Worker) handle(ctx context.Context, eng apns.Engine, msg jetstream.Msg,
 			}
 		}
 	}
+}
+
+// credRecheck is how often a paused sender asks the engine whether its
+// credentials were fixed.
+const credRecheck = time.Second
+
+// credentialsRefused returns the engine's credentials error, asking the
+// engine at most once per credRecheck. Called by the sender only.
+func (w *Worker) credentialsRefused(eng apns.Engine) error {
+	if now := time.Now(); !now.Before(w.credCheck) {
+		w.credErr, w.credCheck = eng.Stats().CredentialsErr, now.Add(credRecheck)
+	}
+	return w.credErr
+}
+
+// credentials naks a job APNs cannot take while the credentials are
+// refused, with the last (longest) back-off: a configuration problem must
+// not burn the job's attempts towards a dead letter, nor spin it.
+func (w *Worker) credentials(it *item, cause error) {
+	now := time.Now().UnixNano()
+	if last := w.lastCredsLog.Load(); now-last > int64(10*time.Second) && w.lastCredsLog.CompareAndSwap(last, now) {
+		w.log.Error("APNS REFUSED THE CREDENTIALS: jobs are naked until they are fixed", slog.Any("error", cause))
+	}
+	w.finish(it, actNakDelay, w.opts.Backoff[len(w.opts.Backoff)-1])
 }
 
 // HandleOutcome turns an engine outcome into an ack, nak or term and the
@@ -328,13 +365,7 @@ func (w *Worker) failed(it *item, cause error) {
 		// The engine is closing (shutdown): not the job's fault.
 		w.finish(it, actNak, 0)
 	case errors.Is(cause, apns.ErrCredentials):
-		// A configuration problem: wait, do not burn the job's attempts
-		// towards a dead letter.
-		now := time.Now().UnixNano()
-		if last := w.lastCredsLog.Load(); now-last > int64(10*time.Second) && w.lastCredsLog.CompareAndSwap(last, now) {
-			w.log.Error("APNS REFUSED THE CREDENTIALS: jobs are naked until they are fixed", slog.Any("error", cause))
-		}
-		w.finish(it, actNakDelay, w.opts.Backoff[len(w.opts.Backoff)-1])
+		w.credentials(it, cause)
 	default:
 		seq, deliveries := w.meta(it)
 		if deliveries < uint64(w.opts.MaxDeliver) {

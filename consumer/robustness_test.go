@@ -1,0 +1,69 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+)
+
+// credsEngine fails Send synchronously with ErrCredentials and reports the
+// error in Stats, as HTTP2Engine does once APNs refused the credentials.
+type credsEngine struct {
+	*fakeEngine
+	sends atomic.Int64
+}
+
+var errTestCreds = fmt.Errorf("%w: APNs answered 403 InvalidProviderToken", apns.ErrCredentials)
+
+func (e *credsEngine) Send(context.Context, *apns.Notification, any) error {
+	e.sends.Add(1)
+	return errTestCreds
+}
+
+func (e *credsEngine) Stats() apns.Stats {
+	s := e.fakeEngine.Stats()
+	s.CredentialsErr = errTestCreds
+	return s
+}
+
+// TestCredentialsRefusedNoHotLoop: jobs APNs cannot take because the
+// credentials are refused are naked with the longest back-off, not
+// redelivered at once (58 000 redeliveries/s before the fix).
+func TestCredentialsRefusedNoHotLoop(t *testing.T) {
+	js, _ := startJS(t)
+	opts := testOptions()
+	opts.Backoff = []time.Duration{time.Second, 5 * time.Minute}
+	w, err := New(js, opts)
+	require.NoError(t, err)
+	eng := &credsEngine{fakeEngine: newFakeEngine(nil)}
+	eng.out = w.HandleOutcome
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx, eng) }()
+	const n = 5
+	publishJobs(t, js, n, tokHex)
+
+	// Every job is received once and naked; over the next second none
+	// comes back.
+	require.Eventually(t, func() bool { return consumerInfo(t, js).Delivered.Consumer >= n },
+		5*time.Second, 5*time.Millisecond)
+	start := time.Now()
+	require.Eventually(t, func() bool { return time.Since(start) > time.Second }, 3*time.Second, 50*time.Millisecond)
+	ci := consumerInfo(t, js)
+	require.Equal(t, uint64(n), ci.Delivered.Consumer, "redelivered at once")
+	require.Zero(t, ci.NumRedelivered)
+	require.LessOrEqual(t, eng.sends.Load(), int64(1), "Send is not called while Stats reports the credentials refused")
+
+	cancel()
+	require.NoError(t, <-errc)
+	require.NoError(t, w.Shutdown(ctxT(t), eng))
+	require.Equal(t, uint64(n), streamMsgs(t, js, "APNS_JOBS", ""))
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "no dead letter")
+}
