@@ -13,6 +13,7 @@
 //	     delivered  → Ack (receipt on <EventsSubject>.delivered first, if on)
 //	     rejected   → <EventsSubject>.rejected (+ .badtokens), PubAck, then Ack
 //	     failed     → NakWithDelay(Backoff); at MaxDeliver .deadletter, then Term
+//	     expired    → .deadletter (reason Expired) at once, then Term
 //	     malformed  → .rejected with the raw job, then Term
 //	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter
 //

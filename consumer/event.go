@@ -17,7 +17,7 @@ import (
 const (
 	KindRejected   = "rejected"   // APNs refused the job, or the job is malformed
 	KindBadToken   = "badtokens"  // a device token to remove
-	KindDeadLetter = "deadletter" // the job failed MaxDeliver times
+	KindDeadLetter = "deadletter" // the job failed MaxDeliver times, or expired
 	KindDelivered  = "delivered"  // receipt (Options.Receipts)
 )
 
@@ -67,11 +67,19 @@ type BadTokenEvent struct {
 	Seq    uint64    `json:"seq,omitempty"`
 }
 
+// Reasons of dead-letter events.
+const (
+	ReasonMaxDeliver = "MaxDeliver" // the job failed MaxDeliver times
+	ReasonExpired    = "Expired"    // the job's expiration passed before it could be sent
+)
+
 // DeadLetterEvent is published on <events>.deadletter when a job failed
-// MaxDeliver times; the job is then terminated.
+// MaxDeliver times, or at once when its expiration passed before it could
+// be sent (apns.ErrExpired: no retry can help); the job is then terminated.
 type DeadLetterEvent struct {
 	JobID      string          `json:"job_id,omitempty"`
 	Seq        uint64          `json:"seq"`
+	Reason     string          `json:"reason"` // ReasonMaxDeliver or ReasonExpired
 	Error      string          `json:"error"`
 	Deliveries uint64          `json:"deliveries"`
 	Time       time.Time       `json:"time"`

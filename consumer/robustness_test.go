@@ -67,3 +67,27 @@ func TestCredentialsRefusedNoHotLoop(t *testing.T) {
 	require.Equal(t, uint64(n), streamMsgs(t, js, "APNS_JOBS", ""))
 	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "no dead letter")
 }
+
+// TestExpiredDeadLetteredAtOnce: an outcome failed with apns.ErrExpired is
+// final: one dead letter (reason Expired) and Term, no nak schedule.
+func TestExpiredDeadLetteredAtOnce(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return fmt.Errorf("%w: expiration 2026-11-27T12:00:00Z", apns.ErrExpired), false
+	})
+	opts := testOptions()
+	opts.MaxDeliver = 5
+	startWorker(t, js, opts, eng)
+	publishJobs(t, js, 1, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1, eng.sent(tokHex(0)), "not retried")
+	dl := events[DeadLetterEvent](t, js, "apns.events.deadletter")
+	require.Len(t, dl, 1)
+	require.Equal(t, "job-0", dl[0].JobID)
+	require.Equal(t, ReasonExpired, dl[0].Reason)
+	require.Equal(t, uint64(1), dl[0].Deliveries)
+	require.Contains(t, dl[0].Error, "expired")
+	require.Zero(t, consumerInfo(t, js).NumRedelivered)
+}

@@ -357,7 +357,8 @@ func (w *Worker) HandleOutcome(o apns.Outcome) {
 	w.failed(it, o.Err)
 }
 
-// failed naks a job for a retry, or dead-letters it at MaxDeliver.
+// failed naks a job for a retry, or dead-letters it at MaxDeliver or at
+// once if it expired.
 func (w *Worker) failed(it *item, cause error) {
 	w.m.failed.Inc()
 	switch {
@@ -368,14 +369,18 @@ func (w *Worker) failed(it *item, cause error) {
 		w.credentials(it, cause)
 	default:
 		seq, deliveries := w.meta(it)
-		if deliveries < uint64(w.opts.MaxDeliver) {
+		reason := ReasonMaxDeliver
+		if errors.Is(cause, apns.ErrExpired) {
+			// The notification's expiration passed: no retry can send it.
+			reason = ReasonExpired
+		} else if deliveries < uint64(w.opts.MaxDeliver) {
 			w.finish(it, actNakDelay, w.opts.backoff(deliveries))
 			return
 		}
 		w.m.deadLettered.Inc()
 		w.log.Warn("job dead-lettered", slog.String("job_id", it.id), slog.Uint64("seq", seq),
-			slog.Uint64("deliveries", deliveries), slog.Any("error", cause))
-		ev := DeadLetterEvent{JobID: it.id, Seq: seq, Error: cause.Error(), Deliveries: deliveries, Time: time.Now().UTC()}
+			slog.String("reason", reason), slog.Uint64("deliveries", deliveries), slog.Any("error", cause))
+		ev := DeadLetterEvent{JobID: it.id, Seq: seq, Reason: reason, Error: cause.Error(), Deliveries: deliveries, Time: time.Now().UTC()}
 		ev.Job, ev.JobRaw = rawJob(it.msg.Data())
 		w.publish(it, KindDeadLetter, actTerm, false, event{KindDeadLetter, ev})
 	}

@@ -303,6 +303,7 @@ func TestFailedThenRetried(t *testing.T) {
 	require.Equal(t, "job-1", dl[0].JobID)
 	require.Equal(t, uint64(3), dl[0].Deliveries)
 	require.Contains(t, dl[0].Error, "connection reset")
+	require.Equal(t, ReasonMaxDeliver, dl[0].Reason)
 	var j Job
 	require.NoError(t, json.Unmarshal(dl[0].Job, &j))
 	require.Equal(t, tokHex(1), j.Token)
