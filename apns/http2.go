@@ -718,8 +718,10 @@ type conn struct {
 	hdrStat  int
 	hdrAPNs  string
 	// liveness, writer-owned apart from lastRead
-	lastRead atomic.Int64
-	pingSent int64 // unix ns of the outstanding PING, 0 if none
+	lastRead    atomic.Int64
+	pingSent    int64 // unix ns of the outstanding PING, 0 if none
+	pingTimeout int64 // ns the outstanding PING may take
+	probing     bool  // a stream timed out: no new stream until a frame arrives (mu)
 }
 
 type windowUpdate struct{ id, n uint32 }
@@ -844,6 +846,9 @@ func (c *conn) writeLoop() error {
 	timeout := int64(c.e.o.h2.timeout)
 	for {
 		c.mu.Lock()
+		if c.probing && c.pingSent != 0 && c.lastRead.Load() > c.pingSent {
+			c.probing = false // the connection is alive
+		}
 		c.writeControlLocked()
 		c.resumeBlockedLocked()
 		can := c.canOpenLocked()
@@ -1033,7 +1038,7 @@ func (c *conn) resumeBlockedLocked() {
 }
 
 func (c *conn) canOpenLocked() bool {
-	return c.dead == nil && !c.goaway && uint32(len(c.streams)) < c.maxStreams &&
+	return c.dead == nil && !c.goaway && !c.probing && uint32(len(c.streams)) < c.maxStreams &&
 		c.connWindow > 0 && len(c.blocked) == 0 && c.nextID < 1<<31-1
 }
 
@@ -1074,28 +1079,49 @@ func (c *conn) housekeep() error {
 			_ = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
 		}
 	}
+	// A timed-out stream may mean a connection that died silently: probe
+	// it with a PING at once, and open no stream on it until answered.
+	if len(expired) > 0 {
+		c.probing = true
+	}
 	c.mu.Unlock()
 	for _, r := range expired {
 		c.e.retry(r, ErrRequestTimeout, true)
 	}
-	timeout := int64(c.e.o.h2.timeout)
 	if c.pingSent != 0 {
 		if c.lastRead.Load() > c.pingSent {
 			c.pingSent = 0
-		} else if now-c.pingSent > timeout {
-			return fmt.Errorf("apns: PING unanswered for %v", c.e.o.h2.timeout)
+			c.mu.Lock()
+			c.probing = len(expired) > 0
+			c.mu.Unlock()
+		} else if now-c.pingSent > c.pingTimeout {
+			return fmt.Errorf("apns: PING unanswered for %v", time.Duration(c.pingTimeout))
 		}
 	}
-	if c.pingSent == 0 && now-c.lastRead.Load() > int64(c.e.o.h2.pingInterval) {
-		var data [8]byte
-		copy(data[:], strconv.FormatInt(now, 36))
-		_ = c.fr.WritePing(false, data)
-		c.pingSent = now
+	switch {
+	case len(expired) > 0 && c.pingSent == 0:
+		c.ping(min(c.e.o.h2.timeout, probeTimeout))
+	case len(expired) > 0:
+		c.pingTimeout = min(c.pingTimeout, int64(min(c.e.o.h2.timeout, probeTimeout)))
+	case c.pingSent == 0 && now-c.lastRead.Load() > int64(c.e.o.h2.pingInterval):
+		c.ping(c.e.o.h2.timeout)
 	}
 	if len(expired) > 0 {
 		c.poke() // stream slots freed
 	}
 	return nil
+}
+
+// probeTimeout bounds the wait for the PING sent after a request timed out.
+const probeTimeout = 2 * time.Second
+
+// ping queues a PING that must be answered within timeout.
+func (c *conn) ping(timeout time.Duration) {
+	now := time.Now().UnixNano()
+	var data [8]byte
+	copy(data[:], strconv.FormatInt(now, 36))
+	_ = c.fr.WritePing(false, data)
+	c.pingSent, c.pingTimeout = now, int64(timeout)
 }
 
 func (c *conn) readLoop() {
@@ -1131,7 +1157,9 @@ func (c *conn) read() error {
 		case *http2.WindowUpdateFrame:
 			err = c.onWindowUpdate(f)
 		case *http2.PingFrame:
-			if !f.IsAck() {
+			if f.IsAck() {
+				c.poke() // a probed connection may open streams again
+			} else {
 				c.mu.Lock()
 				c.pingAcks = append(c.pingAcks, f.Data)
 				c.mu.Unlock()

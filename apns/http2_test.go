@@ -886,3 +886,120 @@ func TestHTTP2GoAwayAtOnceBacksOff(t *testing.T) {
 	require.GreaterOrEqual(t, elapsed, 450*time.Millisecond, "6 handshakes in %v", elapsed)
 	require.Less(t, float64(conns.Load())/time.Since(start).Seconds(), 20.0, "handshakes per second")
 }
+
+// stallProxy forwards TCP to target; stall makes the tunnels open now drop
+// everything silently in both directions, like a dead link.
+type stallProxy struct {
+	ln      net.Listener
+	target  string
+	opened  atomic.Int32
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	tunnels []*stallTunnel
+}
+
+type stallTunnel struct {
+	a, b    net.Conn
+	stalled atomic.Bool
+}
+
+func newStallProxy(t *testing.T, target string) *stallProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &stallProxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, tn := range p.tunnels {
+			tn.a.Close()
+			tn.b.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *stallProxy) serve() {
+	defer p.wg.Done()
+	for {
+		a, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		b, err := net.Dial("tcp", p.target)
+		if err != nil {
+			a.Close()
+			continue
+		}
+		tn := &stallTunnel{a: a, b: b}
+		p.mu.Lock()
+		p.tunnels = append(p.tunnels, tn)
+		p.mu.Unlock()
+		p.opened.Add(1)
+		p.wg.Add(2)
+		go tn.copy(&p.wg, a, b)
+		go tn.copy(&p.wg, b, a)
+	}
+}
+
+func (tn *stallTunnel) copy(wg *sync.WaitGroup, dst, src net.Conn) {
+	defer wg.Done()
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if tn.stalled.Load() {
+			continue // black hole
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func (p *stallProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, tn := range p.tunnels {
+		tn.stalled.Store(true)
+	}
+}
+
+// TestHTTP2DeadConnectionProbedAfterTimeout: a connection that dies
+// silently is probed with a PING as soon as a request on it times out,
+// takes no new stream meanwhile, and is replaced when the PING goes
+// unanswered; the request is delivered on the new connection, long before
+// the idle PING interval (M3).
+func TestHTTP2DeadConnectionProbedAfterTimeout(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t)
+	p := newStallProxy(t, s.Addr)
+	key, err := apns.ParseP8(s.P8())
+	require.NoError(t, err)
+	col := newH2Collector(t, 2)
+	e, err := apns.NewHTTP2Engine("https://"+p.ln.Addr().String(), apns.TokenAuth(key, s.KeyID, s.TeamID),
+		apns.WithRootCAs(s.RootCAs()), apns.WithTopic(h2Topic), apns.WithOutcomeFunc(col.fn),
+		apns.WithConns(1), apns.WithRequestTimeout(200*time.Millisecond), apns.WithPingInterval(time.Hour),
+		apns.WithMaxRetries(3), apns.WithRetryBackoff(time.Millisecond, 10*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(func() { closeH2Engine(t, e) })
+	ctx := context.Background()
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 1))
+	require.NoError(t, col.wait(1)[0].Err)
+
+	p.stall()
+	start := time.Now()
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(2), Payload: h2Payload}, 2))
+	o := col.wait(1)[0]
+	require.NoError(t, o.Err)
+	require.Equal(t, 2, o.Attempts, "timed out once on the dead connection, then delivered on a new one")
+	require.Equal(t, int32(2), p.opened.Load())
+	require.Less(t, time.Since(start), 5*time.Second)
+}
