@@ -49,10 +49,7 @@ type RejectionEvent struct {
 	Time       time.Time `json:"time"`                  // when the worker saw the outcome
 	Error      string    `json:"error"`
 	Malformed  bool      `json:"malformed,omitempty"`
-	// Job is the job message as received, when it is valid JSON; otherwise
-	// JobRaw holds its bytes (base64 in JSON).
-	Job    json.RawMessage `json:"job,omitempty"`
-	JobRaw []byte          `json:"job_raw,omitempty"`
+	EventJob
 }
 
 // BadTokenEvent is published on <events>.badtokens for each dead device
@@ -77,14 +74,13 @@ const (
 // MaxDeliver times, or at once when its expiration passed before it could
 // be sent (apns.ErrExpired: no retry can help); the job is then terminated.
 type DeadLetterEvent struct {
-	JobID      string          `json:"job_id,omitempty"`
-	Seq        uint64          `json:"seq"`
-	Reason     string          `json:"reason"` // ReasonMaxDeliver or ReasonExpired
-	Error      string          `json:"error"`
-	Deliveries uint64          `json:"deliveries"`
-	Time       time.Time       `json:"time"`
-	Job        json.RawMessage `json:"job,omitempty"`
-	JobRaw     []byte          `json:"job_raw,omitempty"`
+	JobID      string    `json:"job_id,omitempty"`
+	Seq        uint64    `json:"seq"`
+	Reason     string    `json:"reason"` // ReasonMaxDeliver or ReasonExpired
+	Error      string    `json:"error"`
+	Deliveries uint64    `json:"deliveries"`
+	Time       time.Time `json:"time"`
+	EventJob
 }
 
 // ReceiptEvent is published on <events>.delivered for each delivered job
@@ -97,12 +93,62 @@ type ReceiptEvent struct {
 	Time   time.Time `json:"time"`
 }
 
-// rawJob splits a job's bytes into the event's job (valid JSON) or job_raw.
-func rawJob(data []byte) (json.RawMessage, []byte) {
-	if json.Valid(data) {
-		return json.RawMessage(data), nil
+// MaxEventJob is how many bytes of a job an event embeds at most; a longer
+// job is cut (see EventJob) so that its event always fits the server's
+// max_payload.
+const MaxEventJob = 64 << 10
+
+// EventJob is the job a rejection or dead-letter event carries. Job is the
+// job message as received, when it is valid JSON of at most MaxEventJob
+// bytes; otherwise JobRaw holds its bytes (base64 in JSON).
+//
+// A job longer than MaxEventJob is cut: Job is left out, JobRaw holds its
+// first MaxEventJob bytes, JobTruncated is true, and JobSize and JobSHA256
+// (hex) describe the whole job. An event that still cannot be stored for
+// good (the server's max_payload, or MaxDeliver attempts) is published
+// once more without any job bytes (JobRaw empty, JobTruncated true), and
+// the job is then terminated.
+type EventJob struct {
+	Job          json.RawMessage `json:"job,omitempty"`
+	JobRaw       []byte          `json:"job_raw,omitempty"`
+	JobSize      int             `json:"job_size,omitempty"`   // when truncated: the job's length in bytes
+	JobSHA256    string          `json:"job_sha256,omitempty"` // when truncated: the job's SHA-256, hex
+	JobTruncated bool            `json:"job_truncated,omitempty"`
+}
+
+// eventJob embeds a job's bytes, at most limit of them.
+func eventJob(data []byte, limit int) EventJob {
+	if len(data) <= limit {
+		if json.Valid(data) {
+			return EventJob{Job: json.RawMessage(data)}
+		}
+		return EventJob{JobRaw: data}
 	}
-	return nil, data
+	h := sha256.Sum256(data)
+	ej := EventJob{JobSize: len(data), JobSHA256: hex.EncodeToString(h[:]), JobTruncated: true}
+	if limit > 0 {
+		ej.JobRaw = data[:limit]
+	}
+	return ej
+}
+
+// withoutJob returns an event body with its job bytes left out.
+func withoutJob(body any, data []byte) any {
+	switch ev := body.(type) {
+	case RejectionEvent:
+		ev.EventJob = eventJob(data, 0)
+		if len(data) == 0 {
+			ev.JobTruncated = true
+		}
+		return ev
+	case DeadLetterEvent:
+		ev.EventJob = eventJob(data, 0)
+		if len(data) == 0 {
+			ev.JobTruncated = true
+		}
+		return ev
+	}
+	return body
 }
 
 // eventMsgID derives an event's Nats-Msg-Id from the job and the event kind,

@@ -1,12 +1,17 @@
 package consumer
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -90,4 +95,83 @@ func TestExpiredDeadLetteredAtOnce(t *testing.T) {
 	require.Equal(t, uint64(1), dl[0].Deliveries)
 	require.Contains(t, dl[0].Error, "expired")
 	require.Zero(t, consumerInfo(t, js).NumRedelivered)
+}
+
+// TestOversizedJobEvent: a 900 KiB job that is not JSON gives a rejection
+// event carrying only its first MaxEventJob bytes, its size and hash, and
+// is terminated once (it poisoned the stream before: its event exceeded
+// the server's max_payload and the job was naked forever).
+func TestOversizedJobEvent(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(nil)
+	startWorker(t, js, testOptions(), eng)
+	data := bytes.Repeat([]byte{'x'}, 900<<10)
+	_, err := js.Publish(ctxT(t), "apns.jobs", data)
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, uint64(1), consumerInfo(t, js).Delivered.Consumer, "delivered once")
+	evs := events[RejectionEvent](t, js, "apns.events.rejected")
+	require.Len(t, evs, 1)
+	e := evs[0]
+	require.True(t, e.Malformed)
+	require.True(t, e.JobTruncated)
+	require.Nil(t, e.Job)
+	require.Equal(t, data[:MaxEventJob], e.JobRaw)
+	require.Equal(t, len(data), e.JobSize)
+	sum := sha256.Sum256(data)
+	require.Equal(t, hex.EncodeToString(sum[:]), e.JobSHA256)
+}
+
+// maxPayloadJS refuses events over max bytes as nats.go does over the
+// server's max_payload.
+type maxPayloadJS struct {
+	jetstream.JetStream
+	max int
+}
+
+func (m *maxPayloadJS) PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if len(msg.Data) > m.max {
+		return nil, nats.ErrMaxPayload
+	}
+	return m.JetStream.PublishMsgAsync(msg, opts...)
+}
+
+// TestEventOverMaxPayloadTerminates: an event the server can never take
+// is published once more without the job, and the job terminated.
+func TestEventOverMaxPayloadTerminates(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(nil)
+	startWorker(t, &maxPayloadJS{JetStream: js, max: 2048}, testOptions(), eng)
+	data := bytes.Repeat([]byte{'y'}, 4096)
+	_, err := js.Publish(ctxT(t), "apns.jobs", data)
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, uint64(1), consumerInfo(t, js).Delivered.Consumer, "terminated at once")
+	evs := events[RejectionEvent](t, js, "apns.events.rejected")
+	require.Len(t, evs, 1)
+	require.True(t, evs[0].JobTruncated)
+	require.Empty(t, evs[0].JobRaw)
+	require.Equal(t, len(data), evs[0].JobSize)
+}
+
+// TestEventLostAtMaxDeliverTerminates: a job whose event is never
+// confirmed is terminated after MaxDeliver attempts, its event stored once.
+func TestEventLostAtMaxDeliverTerminates(t *testing.T) {
+	js, _ := startJS(t)
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 3} // MaxDeliver
+	close(gjs.gate)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadTopic"}, false
+	})
+	startWorker(t, gjs, testOptions(), eng)
+	publishJobs(t, js, 1, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 3, eng.sent(tokHex(0)))
+	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -381,7 +382,7 @@ func (w *Worker) failed(it *item, cause error) {
 		w.log.Warn("job dead-lettered", slog.String("job_id", it.id), slog.Uint64("seq", seq),
 			slog.String("reason", reason), slog.Uint64("deliveries", deliveries), slog.Any("error", cause))
 		ev := DeadLetterEvent{JobID: it.id, Seq: seq, Reason: reason, Error: cause.Error(), Deliveries: deliveries, Time: time.Now().UTC()}
-		ev.Job, ev.JobRaw = rawJob(it.msg.Data())
+		ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
 		w.publish(it, KindDeadLetter, actTerm, false, event{KindDeadLetter, ev})
 	}
 }
@@ -400,7 +401,7 @@ func (w *Worker) rejected(it *item, token apns.Token, rej *apns.RejectionError) 
 		Status: int(rej.Status), Reason: reason, HTTPStatus: rej.HTTPStatus,
 		Timestamp: rej.Timestamp.UTC(), Time: now, Error: rej.Error(),
 	}
-	ev.Job, ev.JobRaw = rawJob(it.msg.Data())
+	ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
 	evs := []event{{KindRejected, ev}}
 	if rej.BadToken() {
 		t := now
@@ -426,7 +427,7 @@ func (w *Worker) malformed(it *item, token string, cause error) {
 		JobID: it.id, Seq: seq, Token: token, Protocol: w.opts.Protocol, Reason: reason,
 		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
 	}
-	ev.Job, ev.JobRaw = rawJob(it.msg.Data())
+	ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
 	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
 }
 
@@ -666,6 +667,8 @@ type pendingEvents struct {
 	kind     string
 	onOK     action
 	ackOnErr bool // receipts: ack even if the event is lost
+	minimal  bool // the last try: the events without the job's bytes
+	evs      []event
 	futs     []jetstream.PubAckFuture
 	deadline time.Time
 }
@@ -673,22 +676,11 @@ type pendingEvents struct {
 // publish sends a job's events asynchronously; the job is finished with
 // onOK once every event is confirmed, or naked for a retry if one is not.
 func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, evs ...event) {
-	seq, _ := w.meta(it)
-	pe := &pendingEvents{it: it, kind: kind, onOK: onOK, ackOnErr: ackOnErr,
-		futs: make([]jetstream.PubAckFuture, 0, len(evs))}
-	for _, ev := range evs {
-		m, err := eventMsg(w.opts.subject(ev.kind), eventMsgID(ev.kind, it.id, seq), ev.body)
-		if err == nil {
-			var f jetstream.PubAckFuture
-			if f, err = w.js.PublishMsgAsync(m); err == nil {
-				pe.futs = append(pe.futs, f)
-				continue
-			}
-		}
+	pe := &pendingEvents{it: it, kind: kind, onOK: onOK, ackOnErr: ackOnErr, evs: evs}
+	if err := w.sendEvents(pe); err != nil {
 		w.eventFailed(pe, err)
 		return
 	}
-	pe.deadline = time.Now().Add(w.opts.EventTimeout)
 	select {
 	case w.pending <- pe:
 	case <-w.stop:
@@ -696,17 +688,73 @@ func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, evs 
 	}
 }
 
+// sendEvents publishes pe's events and sets its deadline.
+func (w *Worker) sendEvents(pe *pendingEvents) error {
+	seq, _ := w.meta(pe.it)
+	pe.futs = make([]jetstream.PubAckFuture, 0, len(pe.evs))
+	for _, ev := range pe.evs {
+		m, err := eventMsg(w.opts.subject(ev.kind), eventMsgID(ev.kind, pe.it.id, seq), ev.body)
+		if err != nil {
+			return err
+		}
+		f, err := w.js.PublishMsgAsync(m)
+		if err != nil {
+			return err
+		}
+		pe.futs = append(pe.futs, f)
+	}
+	pe.deadline = time.Now().Add(w.opts.EventTimeout)
+	return nil
+}
+
 // eventFailed finishes a job whose events were not stored: nak for a retry
-// (the events' Msg-Ids keep a retry from doubling those that were).
+// (the events' Msg-Ids keep a retry from doubling those that were). If
+// the failure is for good (an event over the server's max_payload) or the
+// job has had MaxDeliver attempts, the events are published once more
+// without the job's bytes, and the job is then terminated.
 func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 	w.m.eventErrors.WithLabelValues(pe.kind).Inc()
-	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id), slog.Any("error", err))
+	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id),
+		slog.Bool("minimal", pe.minimal), slog.Any("error", err))
 	if pe.ackOnErr {
 		w.finish(pe.it, actAck, 0)
 		return
 	}
 	_, deliveries := w.meta(pe.it)
+	if !pe.minimal && (errors.Is(err, nats.ErrMaxPayload) || deliveries >= uint64(w.opts.MaxDeliver)) {
+		// Not on the caller's goroutine: confirmEvents must keep reading
+		// w.pending.
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			w.publishMinimal(pe)
+		}()
+		return
+	}
 	w.finish(pe.it, actNakDelay, w.opts.backoff(deliveries))
+}
+
+// publishMinimal publishes pe's events without the job's bytes, waits for
+// their PubAcks and terminates the job; it naks it if they fail too.
+func (w *Worker) publishMinimal(pe *pendingEvents) {
+	data := pe.it.msg.Data()
+	mp := &pendingEvents{it: pe.it, kind: pe.kind, onOK: actTerm, minimal: true,
+		evs: make([]event, len(pe.evs))}
+	for i, ev := range pe.evs {
+		mp.evs[i] = event{ev.kind, withoutJob(ev.body, data)}
+	}
+	err := w.sendEvents(mp)
+	if err == nil {
+		timer := time.NewTimer(time.Hour)
+		err = w.awaitEvents(mp, timer)
+	}
+	if err != nil {
+		w.eventFailed(mp, err)
+		return
+	}
+	w.log.Warn("job terminated with an event without its bytes", slog.String("kind", pe.kind),
+		slog.String("job_id", pe.it.id))
+	w.finish(mp.it, actTerm, 0)
 }
 
 // confirmEvents waits for PubAcks in publish order (the server answers in
