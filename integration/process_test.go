@@ -202,3 +202,47 @@ func requireNotStranded(tb testing.TB, js jetstream.JetStream, ci *jetstream.Con
 	require.Equal(tb, ci.NumAckPending, naked,
 		"jobs neither acked nor naked at shutdown (they wait for AckWait); fetched %d fresh jobs in their place", fresh)
 }
+
+// TestStopWithStalledGateway: SIGTERM while the gateway has stopped
+// reading (writes pile up, no outcome can come within the grace period):
+// the worker still exits within its grace period, and every job it held is
+// naked, none stranded until AckWait; a worker on a healthy gateway then
+// delivers every job.
+func TestStopWithStalledGateway(t *testing.T) {
+	const (
+		n     = 3000
+		grace = 3 * time.Second
+	)
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	stalled := startGateway(t, apnstest.StallAfter(n/3))
+	env := binaryEnv(t, ns.ClientURL(), stalled, 5*time.Second)
+	env["APNS_WORKER_SHUTDOWN_GRACE"] = grace.String()
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "60s"
+	w1 := startWorker(t, "stalled", env)
+	jobs := publishJobs(t, js, "stall", n, func(i int) apns.Token { return token(0x57, i) })
+	waitFor(t, 30*time.Second, "the gateway to stall", func() bool { return stalled.Stats().Accepted >= n/3 })
+
+	start := time.Now()
+	code := w1.stop(grace + 30*time.Second)
+	took := time.Since(start)
+	t.Logf("stopped in %s with exit code %d", took.Round(time.Millisecond), code)
+	require.Less(t, took, grace+10*time.Second, "shutdown overran the grace period")
+	ci := consumerInfo(t, js)
+	st := streamState(t, js, jobsStream)
+	t.Logf("after the stop: %d in the stream: %d never delivered, %d delivered and not acked", st.Msgs, ci.NumPending, ci.NumAckPending)
+	require.Equal(t, st.Msgs, ci.NumPending+uint64(ci.NumAckPending))
+	requireNotStranded(t, js, ci)
+
+	healthy := startGateway(t)
+	w2 := startWorker(t, "after-stall", binaryEnv(t, ns.ClientURL(), healthy, 200*time.Millisecond))
+	waitDrained(t, js, 90*time.Second)
+	var missing int
+	for _, j := range jobs {
+		if stalled.Count(j.Token)+healthy.Count(j.Token) == 0 {
+			missing++
+		}
+	}
+	require.Zero(t, missing, "jobs never read by either gateway")
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
+}

@@ -167,8 +167,8 @@ func jobJSON(tb testing.TB, j job) string {
 }
 
 // TestFeedback: tokens the feedback service reports reach the bad-tokens
-// subject exactly once, though the poller polls many times and the
-// service reports them twice.
+// subject exactly once, though the poller polls many times, the service
+// reports them again, and a second worker process hears them too.
 func TestFeedback(t *testing.T) {
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
@@ -183,6 +183,8 @@ func TestFeedback(t *testing.T) {
 			want[token(0xfb, i).String()] = tm
 		}
 	}
+	// Polls are sequential: once two more connections were served after
+	// add, the batch holding the repeats has been published.
 	add()
 	env := binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond)
 	env["APNS_WORKER_FEEDBACK_ADDR"] = fb.Addr
@@ -192,8 +194,6 @@ func TestFeedback(t *testing.T) {
 	waitFor(t, 30*time.Second, "5 bad-token events", func() bool { return subjectCount(t, js, subjBadTokens) >= 5 })
 	served := fb.Served()
 	add() // the service reports the same tokens again
-	// Polls are sequential: once two more connections were served, the
-	// batch holding the repeats has been published.
 	waitFor(t, 30*time.Second, "two more polls", func() bool { return fb.Served() >= served+2 && fb.Queued() == 0 })
 	require.Equal(t, 5, subjectCount(t, js, subjBadTokens), "each feedback token exactly once")
 	for _, ev := range readEvents[consumer.BadTokenEvent](t, js, subjBadTokens) {
@@ -205,8 +205,16 @@ func TestFeedback(t *testing.T) {
 	}
 	require.Empty(t, want)
 	require.GreaterOrEqual(t, fb.Served(), 3, "polls")
-	require.Zero(t, fb.HandshakeErrors())
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+
+	// Another worker process is told the same tokens again.
+	add()
+	served = fb.Served()
+	w2 := startWorker(t, "feedback-2", env)
+	waitFor(t, 30*time.Second, "two polls by the new worker", func() bool { return fb.Served() >= served+2 && fb.Queued() == 0 })
+	require.Equal(t, 5, subjectCount(t, js, subjBadTokens), "each feedback token exactly once, across processes")
+	require.Zero(t, fb.HandshakeErrors())
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
 }
 
 // TestMalformedJobs: each malformed job gives a rejection event carrying
