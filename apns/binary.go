@@ -729,8 +729,22 @@ func (s *binSession) pop() *binItem {
 // expire reports delivered what stayed unanswered for the window.
 func (s *binSession) expire(now time.Duration) {
 	for s.inflight() > 0 && now-s.ring[s.start].written >= s.e.b.assumeDelivered {
-		s.confirmed = true
+		s.confirm()
 		s.e.finish(s.pop(), nil)
+	}
+}
+
+// confirm notes that the gateway took part in an outcome on this
+// connection: it accepted the client certificate, so a refusal recorded
+// earlier (a TLS alert) is over and CredentialsErr clears.
+func (s *binSession) confirm() {
+	if s.confirmed {
+		return
+	}
+	s.confirmed = true
+	if p := s.e.credErr.Load(); p != nil && s.e.credErr.CompareAndSwap(p, nil) {
+		s.log.LogAttrs(s.e.ctx, slog.LevelInfo, "binary gateway accepts the client certificate again",
+			slog.String("addr", s.e.addr))
 	}
 }
 
@@ -792,7 +806,7 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 // notification: status 10 names the last good one, others the bad one.
 func (s *binSession) onErrorResponse(r ErrorResponse) {
 	e := s.e
-	s.confirmed = true
+	s.confirm()
 	k := int64(r.ID) - int64(s.headID) // index of the named one in flight
 	switch {
 	case r.ID != 0 && k < 0:

@@ -541,3 +541,36 @@ func TestBinarySendDuringClose(t *testing.T) {
 		return true
 	})
 }
+
+// TestBinaryCredentialsRecover: a refused client certificate sets
+// CredentialsErr only until a connection with the gateway achieves an
+// outcome again (the certificate was renewed, the gateway fixed) (M6).
+func TestBinaryCredentialsRecover(t *testing.T) {
+	t.Parallel()
+	gw := apnstest.NewGateway()
+	other := apnstest.MustPKI() // a CA the first gateway does not trust
+	out := newOutcomes()
+	eng, err := apns.NewBinaryEngine(gw.Addr, other.ClientCert, apns.WithRootCAs(gw.RootCAs()),
+		apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1),
+		apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	send(t, eng, 0, 1)
+	require.ErrorIs(t, out.wait(t, 1, 10*time.Second)[0].Err, apns.ErrCredentials)
+	require.ErrorIs(t, eng.Stats().CredentialsErr, apns.ErrCredentials)
+
+	// The same address now trusts the engine's certificate too.
+	pki := *gw.PKI()
+	pki.ClientCAs = pki.ClientCAs.Clone()
+	require.True(t, pki.ClientCAs.AppendCertsFromPEM(other.CAPEM))
+	addr := gw.Addr
+	gw.Close()
+	gw2, err := apnstest.ListenGateway(apnstest.GatewayAddr(addr), apnstest.GatewayPKI(&pki))
+	require.NoError(t, err)
+	t.Cleanup(gw2.Close)
+
+	send(t, eng, 1, 2)
+	got := out.wait(t, 2, 10*time.Second)
+	require.NoError(t, got[1].Err)
+	require.NoError(t, eng.Stats().CredentialsErr, "credentials OK again")
+}
