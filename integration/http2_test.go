@@ -272,3 +272,52 @@ func TestHTTP2RefusedCredentials(t *testing.T) {
 	require.Zero(t, subjectCount(t, js, eventsPrefix+"."+consumer.KindDeadLetter), "dead letters")
 	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
 }
+
+// TestHTTP2Crash: the worker in HTTP/2 mode (receipts on) is SIGKILLed in
+// the middle of the jobs and started again: every job is accepted by the
+// server or rejected, and the events of jobs handled twice are not
+// doubled: exactly one receipt per delivered job and one rejection and
+// bad-token event per 410.
+func TestHTTP2Crash(t *testing.T) {
+	const n = 5000
+	isGone := func(i int) bool { return i%500 == 9 }
+	tok := func(i int) apns.Token {
+		if isGone(i) {
+			return token(0x41, i)
+		}
+		return token(0x40, i)
+	}
+	var opts []apnstest.HTTP2Option
+	for i := range n {
+		if isGone(i) {
+			opts = append(opts, apnstest.HTTP2Reason(tok(i), 410, "Unregistered"))
+		}
+	}
+	opts = append(opts, apnstest.HTTP2Latency(20*time.Millisecond))
+	h2 := startHTTP2(t, opts...)
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	env := http2Env(t, ns.ClientURL(), h2)
+	env["APNS_WORKER_EVENTS_RECEIPTS"] = "true"
+	env["APNS_WORKER_APNS_REQUEST_TIMEOUT"] = "2s"
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "3s" // the killed worker's jobs come back after it
+	w1 := startWorker(t, "h2-crash-1", env)
+
+	stop := make(chan struct{})
+	killed := signalWhen(w1, syscall.SIGKILL, func() bool { return h2.Accepted() >= n/3 }, stop)
+	jobs := publishJobs(t, js, "h2crash", n, tok)
+	awaitSignal(t, killed, stop, 120*time.Second)
+	require.NotZero(t, w1.wait(10*time.Second), "killed worker's exit code")
+	require.NotZero(t, streamState(t, js, jobsStream).Msgs, "the kill came after the last job")
+	rejected := func(t apns.Token) bool { return t[0] == 0x41 }
+	requireNoAckWithoutDelivery(t, js, h2Counter{h2}, jobs, rejected)
+
+	w2 := startWorker(t, "h2-crash-2", env)
+	waitDrained(t, js, 120*time.Second)
+	dups := requireAllAccepted(t, h2Counter{h2}, jobs, rejected)
+	require.Equal(t, n/500, subjectCount(t, js, subjRejected), "one rejection event per 410")
+	require.Equal(t, n/500, subjectCount(t, js, subjBadTokens), "one bad-token event per 410")
+	require.Equal(t, n-n/500, subjectCount(t, js, eventsPrefix+"."+consumer.KindDelivered), "one receipt per delivered job")
+	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
+	t.Logf("http2 crash: %d jobs, %d duplicates at the server, statuses %v", n, dups, h2.Statuses())
+}
