@@ -162,8 +162,10 @@ func WithRetryBackoff(first, max time.Duration) Option {
 //     Apple's timestamp);
 //   - 403 certificate and provider-token reasons: failed with
 //     ErrCredentials; Send and every later outcome fail with it too, and
-//     Stats().CredentialsErr is set (the engine must be rebuilt with
-//     working credentials);
+//     Stats().CredentialsErr is set, but for one notification let through
+//     every minute to probe the credentials: a 200 clears the refusal;
+//   - a TLS alert refusing the client certificate: the same, probed by
+//     redialling with back-off (up to 30s); a completed handshake clears it;
 //   - 403 ExpiredProviderToken: a new token is minted (at most once, never
 //     within TokenMinInterval of the last) and the notification sent again;
 //   - 429, 500, 503, 400 IdleTimeout, RST_STREAM, timeouts (WithRequestTimeout)
@@ -201,6 +203,9 @@ type HTTP2Engine struct {
 	timers  map[*request]*time.Timer // retries waiting for their back-off
 
 	credErr    atomic.Pointer[error]
+	credTLS    atomic.Pointer[error] // credErr, when a TLS alert set it
+	credProbe  atomic.Int64          // period of re-probes of 403-refused credentials (ns)
+	probeAt    atomic.Int64          // unix ns: when the next re-probe may go
 	connected  atomic.Int32
 	reconnects atomic.Uint64
 
@@ -264,6 +269,7 @@ func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, er
 	e.tick = min(o.h2.timeout, o.h2.pingInterval) / 4
 	e.tick = max(min(e.tick, time.Second), 5*time.Millisecond)
 	e.reqs.New = func() any { return new(request) }
+	e.credProbe.Store(int64(credProbeInterval))
 	e.ctx, e.halt = context.WithCancel(context.Background())
 	for range o.conns {
 		e.wg.Add(1)
@@ -285,8 +291,12 @@ func (e *HTTP2Engine) Send(ctx context.Context, n *Notification, ref any) error 
 	if e.tokens != nil && n.Topic == "" && e.o.h2.topic == "" {
 		return fmt.Errorf("%w: no topic, and no default topic (WithTopic)", ErrInvalidTopic)
 	}
+	probe := false
 	if err := e.credentialsErr(); err != nil {
-		return err
+		if !e.claimProbe() {
+			return err
+		}
+		probe = true // let one through: the credentials may be fixed
 	}
 	e.inFlight.Add(1)
 	if e.closing.Load() {
@@ -307,7 +317,7 @@ func (e *HTTP2Engine) Send(ctx context.Context, n *Notification, ref any) error 
 		}
 	}
 	r := e.reqs.Get().(*request)
-	r.n, r.ref, r.accepted = n, ref, e.o.now()
+	r.n, r.ref, r.accepted, r.probe = n, ref, e.o.now(), probe
 	e.queue <- r // never blocks: every queued request holds a sem slot
 	return nil
 }
@@ -393,10 +403,43 @@ func (e *HTTP2Engine) credentialsErr() error {
 	return nil
 }
 
-// setCredentialsErr records that APNs refused the credentials, stops
-// intake and fails what is queued. It returns the error outcomes carry.
+// credErrFor is credentialsErr for r: nil for the request let through to
+// probe refused credentials.
+func (e *HTTP2Engine) credErrFor(r *request) error {
+	if r.probe {
+		return nil
+	}
+	return e.credentialsErr()
+}
+
+// credProbeInterval is how often, while APNs refuses the credentials with
+// a 403, one notification is let through to see whether they work again.
+const credProbeInterval = time.Minute
+
+// claimProbe reports whether the caller may send one request despite
+// credentials refused with a 403 (TLS refusals are probed by redialling).
+func (e *HTTP2Engine) claimProbe() bool {
+	p := e.credErr.Load()
+	if p == nil || p == e.credTLS.Load() {
+		return false
+	}
+	at, now := e.probeAt.Load(), time.Now().UnixNano()
+	return now >= at && e.probeAt.CompareAndSwap(at, now+e.credProbe.Load())
+}
+
+// setCredentialsErr records that APNs refused the credentials (with a
+// 403), stops intake but for a probe every credProbeInterval, and fails
+// what is queued. It returns the error outcomes carry.
 func (e *HTTP2Engine) setCredentialsErr(err error) error {
-	if e.credErr.CompareAndSwap(nil, &err) {
+	e.probeAt.Store(time.Now().UnixNano() + e.credProbe.Load())
+	return e.setCredErr(err, false)
+}
+
+func (e *HTTP2Engine) setCredErr(err error, viaTLS bool) error {
+	if p := &err; e.credErr.CompareAndSwap(nil, p) {
+		if viaTLS {
+			e.credTLS.Store(p)
+		}
 		e.o.log.LogAttrs(context.Background(), slog.LevelError,
 			"apns credentials refused: intake stopped until the configuration is fixed",
 			slog.String("error", err.Error()))
@@ -404,6 +447,18 @@ func (e *HTTP2Engine) setCredentialsErr(err error) error {
 	err = e.credentialsErr()
 	e.failQueued(err)
 	return err
+}
+
+// credentialsAccepted clears a refusal once APNs took the credentials
+// again: a TLS handshake completed (for a TLS refusal only) or a 200.
+func (e *HTTP2Engine) credentialsAccepted(anyRefusal bool) {
+	p := e.credErr.Load()
+	if p == nil || !anyRefusal && p != e.credTLS.Load() {
+		return
+	}
+	if e.credErr.CompareAndSwap(p, nil) {
+		e.o.log.LogAttrs(context.Background(), slog.LevelInfo, "apns credentials accepted again: intake resumed")
+	}
 }
 
 func (e *HTTP2Engine) failQueued(err error) {
@@ -454,7 +509,7 @@ func (e *HTTP2Engine) retry(r *request, cause error, counted bool) {
 		}
 		delay = e.backoff(r.retries)
 	}
-	if err := e.credentialsErr(); err != nil {
+	if err := e.credErrFor(r); err != nil {
 		e.complete(r, err)
 		return
 	}
@@ -477,7 +532,7 @@ func (e *HTTP2Engine) retry(r *request, cause error, counted bool) {
 		if !mine {
 			return // abort took it
 		}
-		if err := e.credentialsErr(); err != nil {
+		if err := e.credErrFor(r); err != nil {
 			e.complete(r, err)
 			return
 		}
@@ -499,13 +554,20 @@ const (
 // backoff is the delay before retry n (1-based): doubling from the
 // minimum, capped, with ±25% jitter.
 func (e *HTTP2Engine) backoff(n int) time.Duration {
-	d := e.o.h2.backoffMin
-	for i := 1; i < n && d < e.o.h2.backoffMax; i++ {
+	return backoff(n, e.o.h2.backoffMin, e.o.h2.backoffMax)
+}
+
+func backoff(n int, first, limit time.Duration) time.Duration {
+	d := first
+	for i := 1; i < n && d < limit; i++ {
 		d *= 2
 	}
-	d = min(d, e.o.h2.backoffMax)
+	d = min(d, limit)
 	return d - d/4 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
+
+// credRedialMax caps the back-off of redials after a TLS refusal.
+const credRedialMax = 30 * time.Second
 
 // request is one accepted notification on its way through the engine.
 type request struct {
@@ -513,8 +575,9 @@ type request struct {
 	ref      any
 	accepted time.Time
 	attempts int
-	retries  int // counted temporary failures
-	requeues int // uncounted resends
+	retries  int  // counted temporary failures
+	requeues int  // uncounted resends
+	probe    bool // let through to probe refused credentials
 	tok      *providerToken
 
 	// Stream state, guarded by the owning conn's mu while in its streams.
@@ -540,6 +603,7 @@ func (e *HTTP2Engine) runConn() {
 		}
 		c, err := e.dial()
 		if err == nil {
+			e.credentialsAccepted(false) // the handshake passed: a TLS refusal is over
 			start := time.Now()
 			e.connected.Add(1)
 			err = c.serve()
@@ -566,14 +630,18 @@ func (e *HTTP2Engine) runConn() {
 			return
 		}
 		failures++
+		delay := e.backoff(failures)
 		if CertificateRefused(err) {
-			e.setCredentialsErr(fmt.Errorf("%w: TLS: %w", ErrCredentials, err))
+			// Redial, slowly: the certificate may be renewed, or the
+			// refusal a passing fault of APNs.
+			e.setCredErr(fmt.Errorf("%w: TLS: %w", ErrCredentials, err), true)
+			delay = backoff(failures, e.o.h2.backoffMin, max(e.o.h2.backoffMax, credRedialMax))
 		} else if err := e.credentialsErr(); err != nil {
 			e.failQueued(err)
 		}
 		e.o.log.LogAttrs(context.Background(), slog.LevelWarn, "apns connection failed",
 			slog.String("addr", e.addr), slog.Int("failures", failures), slog.String("error", errString(err)))
-		t := time.NewTimer(e.backoff(failures))
+		t := time.NewTimer(delay)
 		select {
 		case <-e.stop:
 			t.Stop()
@@ -907,7 +975,7 @@ func (c *conn) writeRequest(r *request, deadline int64) bool {
 		e.complete(r, ErrClosed)
 		return true
 	}
-	if err := e.credentialsErr(); err != nil {
+	if err := e.credErrFor(r); err != nil {
 		e.complete(r, err)
 		return true
 	}
@@ -1351,6 +1419,9 @@ func (c *conn) finish(r *request) {
 	e := c.e
 	c.answered++
 	if r.status == http.StatusOK {
+		if e.credErr.Load() != nil {
+			e.credentialsAccepted(true)
+		}
 		e.complete(r, nil)
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -1002,4 +1003,75 @@ func TestHTTP2DeadConnectionProbedAfterTimeout(t *testing.T) {
 	require.Equal(t, 2, o.Attempts, "timed out once on the dead connection, then delivered on a new one")
 	require.Equal(t, int32(2), p.opened.Load())
 	require.Less(t, time.Since(start), 5*time.Second)
+}
+
+// TestHTTP2TLSRefusalRecovers: a TLS alert refusing the client certificate
+// stops intake only until a later dial's handshake passes (M6).
+func TestHTTP2TLSRefusalRecovers(t *testing.T) {
+	t.Parallel()
+	s := apnstest.NewHTTP2Server(apnstest.HTTP2ClientCertAuth())
+	other := apnstest.MustPKI() // a CA the first server does not trust
+	col := newH2Collector(t, 2)
+	e, err := apns.NewHTTP2Engine(s.URL, apns.CertificateAuth(other.ClientCert), apns.WithRootCAs(s.RootCAs()),
+		apns.WithOutcomeFunc(col.fn), apns.WithConns(1), apns.WithRetryBackoff(time.Millisecond, 5*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(func() { closeH2Engine(t, e) })
+	ctx := context.Background()
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 1))
+	require.ErrorIs(t, col.wait(1)[0].Err, apns.ErrCredentials)
+	require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
+	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(2), Payload: h2Payload}, 2), apns.ErrCredentials)
+
+	// The same address now trusts the engine's certificate too.
+	pki := *s.PKI
+	pki.ClientCAs = pki.ClientCAs.Clone()
+	require.True(t, pki.ClientCAs.AppendCertsFromPEM(other.CAPEM))
+	addr := s.Addr
+	s.Close()
+	newH2Server(t, apnstest.HTTP2Listen(addr), apnstest.HTTP2PKI(&pki), apnstest.HTTP2ClientCertAuth())
+
+	require.Eventually(t, func() bool { return e.Stats().CredentialsErr == nil }, 10*time.Second, time.Millisecond)
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(3), Payload: h2Payload}, 3))
+	require.NoError(t, col.wait(1)[0].Err)
+}
+
+// TestHTTP2CredentialsReprobed: after a 403 credentials refusal, one
+// notification is let through per probe period; while the refusal lasts it
+// fails with ErrCredentials, and once APNs answers 200 intake resumes (M6).
+func TestHTTP2CredentialsReprobed(t *testing.T) {
+	t.Parallel()
+	bad := h2Token(666)
+	s := newH2Server(t, apnstest.HTTP2Reason(bad, 403, "InvalidProviderToken"))
+	col := newH2Collector(t, 3)
+	e := newH2Engine(t, s, apns.WithOutcomeFunc(col.fn), apns.WithConns(1))
+	apns.SetCredentialsProbeForTest(e, 300*time.Millisecond)
+	ctx := context.Background()
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: bad, Payload: h2Payload}, 1))
+	require.ErrorIs(t, col.wait(1)[0].Err, apns.ErrCredentials)
+	require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
+
+	// A probe still refused: the refusal stands.
+	sendOnce := func(tok apns.Token, ref int) {
+		require.Eventually(t, func() bool {
+			err := e.Send(ctx, &apns.Notification{Token: tok, Payload: h2Payload}, ref)
+			if err != nil && !errors.Is(err, apns.ErrCredentials) {
+				t.Errorf("Send: %v", err)
+			}
+			return err == nil
+		}, 10*time.Second, time.Millisecond)
+	}
+	sendOnce(bad, 2)
+	o := col.wait(1)[0]
+	require.ErrorIs(t, o.Err, apns.ErrCredentials)
+	require.Equal(t, 1, o.Attempts)
+	require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
+	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 9), apns.ErrCredentials,
+		"one probe per period")
+
+	// A probe answered 200: intake resumes.
+	sendOnce(h2Token(1), 3)
+	require.NoError(t, col.wait(1)[0].Err)
+	require.NoError(t, e.Stats().CredentialsErr)
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(2), Payload: h2Payload}, 4))
+	require.NoError(t, col.wait(1)[0].Err)
 }
