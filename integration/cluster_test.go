@@ -3,10 +3,10 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,52 +111,39 @@ func TestClusterNodeLoss(t *testing.T) {
 
 	var (
 		before   *jetstream.ConsumerInfo
-		accepted int           // at the gateway when the node stopped
-		resumed  time.Duration // from the stop until the worker took new jobs
+		accepted atomic.Int64 // at the gateway when the node stopped
+		at       atomic.Int64 // when it stopped, UNIX ns
 	)
-	stop := make(chan struct{})
-	stopped := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for gw.Stats().Accepted < n/4 {
-			select {
-			case <-stop:
-				stopped <- errors.New("gave up")
-				return
-			case <-tick.C:
-			}
-		}
+	stopped := when(t, func() bool { return gw.Stats().Accepted >= n/4 }, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		if c, err := js.Consumer(ctx, jobsStream, durable); err == nil {
 			before, _ = c.Info(ctx)
 		}
-		cancel()
-		accepted = gw.Stats().Accepted
-		at := time.Now()
+		accepted.Store(int64(gw.Stats().Accepted))
+		at.Store(time.Now().UnixNano())
 		victim.Shutdown()
 		victim.WaitForShutdown()
-		// Resumed: more jobs reached the gateway than the worker could hold
-		// in its pull buffer (1 000) and in flight (~1 500 here) at the stop.
-		for gw.Stats().Accepted < min(n, accepted+2500) {
-			select {
-			case <-stop:
-				stopped <- errors.New("gave up waiting for the worker to resume")
-				return
-			case <-tick.C:
-			}
-		}
-		resumed = time.Since(at)
-		stopped <- nil
-	}()
+		return nil
+	})
+	// Resumed: more jobs reached the gateway than the worker could hold in
+	// its pull buffer (1 000) and in flight (~1 500 here) at the stop.
+	var resumed time.Duration
+	resumedc := when(t, func() bool {
+		return at.Load() != 0 && int64(gw.Stats().Accepted) >= min(n, accepted.Load()+2500)
+	}, func() error {
+		resumed = time.Since(time.Unix(0, at.Load()))
+		return nil
+	})
 	jobs := publishJobsRetrying(t, js, "cluster", n, func(i int) apns.Token { return token(0xc3, i) })
-	awaitSignal(t, stopped, stop, 300*time.Second)
+	awaitSignal(t, stopped, 120*time.Second)
 	if before != nil {
 		t.Logf("before the stop: delivered %d, ack floor %d, ack pending %d",
 			before.Delivered.Stream, before.AckFloor.Stream, before.NumAckPending)
 	}
-	require.Less(t, accepted, n, "the node stopped after the last job")
+	require.Less(t, accepted.Load(), int64(n), "the node stopped after the last job")
 
+	awaitSignal(t, resumedc, 180*time.Second)
 	since := time.Now()
 	waitDrained(t, js, 180*time.Second)
 	drained := time.Since(since)
@@ -164,7 +151,7 @@ func TestClusterNodeLoss(t *testing.T) {
 	require.False(t, w.exited(), "worker exited")
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
 	t.Logf("cluster: stopped %s (the worker's node, jobs stream and durable leader) when %d of %d jobs had reached the gateway; resumed %s after it; drained %s after the jobs were published; %d duplicates",
-		victim.Name(), accepted, n, resumed.Round(time.Millisecond), drained.Round(time.Millisecond), dups)
+		victim.Name(), accepted.Load(), n, resumed.Round(time.Millisecond), drained.Round(time.Millisecond), dups)
 }
 
 // stepDown asks the leader behind api to step down in favour of preferred,

@@ -188,10 +188,9 @@ func TestHTTP2GracefulStop(t *testing.T) {
 	env := http2Env(t, ns.ClientURL(), h2)
 	w1 := startWorker(t, "h2-graceful-1", env)
 
-	stop := make(chan struct{})
-	termed := signalWhen(w1, syscall.SIGTERM, func() bool { return h2.Accepted() >= n/4 }, stop)
+	termed := signalWhen(t, w1, syscall.SIGTERM, func() bool { return h2.Accepted() >= n/4 })
 	jobs := publishJobs(t, js, "h2g", n, func(i int) apns.Token { return token(0x62, i) })
-	awaitSignal(t, termed, stop, 120*time.Second)
+	awaitSignal(t, termed, 120*time.Second)
 	require.Equal(t, 0, w1.wait(60*time.Second), "exit code after SIGTERM")
 
 	gone := requireNoAckWithoutDelivery(t, js, h2Counter{h2}, jobs, nil)
@@ -303,10 +302,9 @@ func TestHTTP2Crash(t *testing.T) {
 	env["APNS_WORKER_JOBS_ACK_WAIT"] = "3s" // the killed worker's jobs come back after it
 	w1 := startWorker(t, "h2-crash-1", env)
 
-	stop := make(chan struct{})
-	killed := signalWhen(w1, syscall.SIGKILL, func() bool { return h2.Accepted() >= n/3 }, stop)
+	killed := signalWhen(t, w1, syscall.SIGKILL, func() bool { return h2.Accepted() >= n/3 })
 	jobs := publishJobs(t, js, "h2crash", n, tok)
-	awaitSignal(t, killed, stop, 120*time.Second)
+	awaitSignal(t, killed, 120*time.Second)
 	require.NotZero(t, w1.wait(10*time.Second), "killed worker's exit code")
 	require.NotZero(t, streamState(t, js, jobsStream).Msgs, "the kill came after the last job")
 	rejected := func(t apns.Token) bool { return t[0] == 0x41 }

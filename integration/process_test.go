@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -14,9 +15,17 @@ import (
 	"github.com/jetpush/apns-worker/apns/apnstest"
 )
 
-// signalWhen sends sig to w once cond holds (polled every 5ms) and closes
-// the returned channel then, or when stop is closed.
-func signalWhen(w *worker, sig os.Signal, cond func() bool, stop <-chan struct{}) <-chan error {
+// signalWhen sends sig to w once cond holds (polled every 5ms) and reports
+// the result on the returned channel; it gives up at cleanup.
+func signalWhen(tb testing.TB, w *worker, sig os.Signal, cond func() bool) <-chan error {
+	return when(tb, cond, func() error { return w.cmd.Process.Signal(sig) })
+}
+
+// when runs do once cond holds (polled every 5ms) in a goroutine of its own
+// and reports do's error on the returned channel; it gives up at cleanup.
+func when(tb testing.TB, cond func() bool, do func() error) <-chan error {
+	stop := make(chan struct{})
+	tb.Cleanup(func() { close(stop) })
 	done := make(chan error, 1)
 	go func() {
 		t := time.NewTicker(5 * time.Millisecond)
@@ -24,25 +33,24 @@ func signalWhen(w *worker, sig os.Signal, cond func() bool, stop <-chan struct{}
 		for !cond() {
 			select {
 			case <-stop:
-				done <- fmt.Errorf("stopped before the condition held")
+				done <- errors.New("gave up at cleanup")
 				return
 			case <-t.C:
 			}
 		}
-		done <- w.cmd.Process.Signal(sig)
+		done <- do()
 	}()
 	return done
 }
 
-func awaitSignal(tb testing.TB, sent <-chan error, stop chan struct{}, within time.Duration) {
+// awaitSignal waits for signalWhen's (or when's) result.
+func awaitSignal(tb testing.TB, sent <-chan error, within time.Duration) {
 	tb.Helper()
 	select {
 	case err := <-sent:
-		require.NoError(tb, err, "signal")
+		require.NoError(tb, err)
 	case <-time.After(within):
-		close(stop)
-		<-sent
-		tb.Fatalf("condition to signal the worker not reached within %s", within)
+		tb.Fatalf("condition not reached within %s", within)
 	}
 }
 
@@ -73,10 +81,9 @@ func TestCrash(t *testing.T) {
 	env["APNS_WORKER_JOBS_ACK_WAIT"] = "3s"
 	w1 := startWorker(t, "crash-1", env)
 
-	stop := make(chan struct{})
-	killed := signalWhen(w1, syscall.SIGKILL, func() bool { return gw.Stats().Accepted >= n/4 }, stop)
+	killed := signalWhen(t, w1, syscall.SIGKILL, func() bool { return gw.Stats().Accepted >= n/4 })
 	jobs := publishJobs(t, js, "crash", n, tok)
-	awaitSignal(t, killed, stop, 120*time.Second)
+	awaitSignal(t, killed, 120*time.Second)
 	require.NotZero(t, w1.wait(10*time.Second), "killed worker's exit code")
 
 	st := streamState(t, js, jobsStream)
@@ -151,10 +158,9 @@ func TestGracefulStop(t *testing.T) {
 	env["APNS_WORKER_JOBS_ACK_WAIT"] = "60s" // a stranded job would wait this long
 	w1 := startWorker(t, "graceful-1", env)
 
-	stop := make(chan struct{})
-	termed := signalWhen(w1, syscall.SIGTERM, func() bool { return gw.Stats().Accepted >= n/4 }, stop)
+	termed := signalWhen(t, w1, syscall.SIGTERM, func() bool { return gw.Stats().Accepted >= n/4 })
 	jobs := publishJobs(t, js, "graceful", n, func(i int) apns.Token { return token(0x6a, i) })
-	awaitSignal(t, termed, stop, 120*time.Second)
+	awaitSignal(t, termed, 120*time.Second)
 	require.Equal(t, 0, w1.wait(60*time.Second), "exit code after SIGTERM")
 
 	gone := requireNoAckWithoutDelivery(t, js, gatewayCounter{gw}, jobs, nil)

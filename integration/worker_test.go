@@ -59,7 +59,7 @@ func TestRejections(t *testing.T) {
 	const (
 		nGood  = 200 // phase 1: delivered only
 		n      = 240 // phase 2: one in 6 rejected with status 8, one in 6 with 7
-		window = 5 * time.Second
+		window = 6 * time.Second
 	)
 	kind := func(i int) int { // 8 or 7: rejected with that status; 0: delivered
 		switch i % 6 {
