@@ -131,6 +131,8 @@ func TestHorizontalScale(t *testing.T) {
 		d := w.metric("apns_worker_jobs_delivered_total")
 		t.Logf("worker %s: received %.0f, delivered %.0f", w.name, r, d)
 		require.GreaterOrEqual(t, d, float64(n/60), "worker %s did less than a tenth of its share", w.name)
+		require.Zero(t, w.metric("apns_worker_jobs_in_flight"), "worker %s: jobs in flight after the drain", w.name)
+		require.Zero(t, w.metric("apns_engine_in_flight"), "worker %s: notifications in flight after the drain", w.name)
 		received += r
 		delivered += d
 	}
