@@ -8,7 +8,8 @@
 //	producers ──▶ <JobsSubject>[.>]  stream JobsStream (work queue, file)
 //	                 │ durable pull consumer Durable, shared by every worker
 //	                 ▼
-//	   Worker.Run ──Send(ctx, n, ref)──▶ apns.Engine
+//	   Worker.Run: track (InProgress), take one of MaxInFlight slots, queue
+//	     sender ──Send(ctx, n, ref)──▶ apns.Engine
 //	   Worker.HandleOutcome ◀── Outcome ──┘
 //	     delivered  → Ack (receipt on <EventsSubject>.delivered first, if on)
 //	     rejected   → <EventsSubject>.rejected (+ .badtokens), PubAck, then Ack

@@ -46,9 +46,10 @@ type Options struct {
 
 	// AckWait is how long the server waits for a job's ack before it
 	// redelivers it (default 60 s). It must exceed the engine's
-	// assumed-delivered window. A ticker every AckWait/4 sends InProgress
-	// for jobs that have waited two ticks or more (so between AckWait/4
-	// and 3·AckWait/4), which keeps a job held by a slow engine ours.
+	// assumed-delivered window. A ticker every AckWait/6 sends InProgress
+	// for jobs that have waited two ticks or more: a job's first comes
+	// between AckWait/6 and AckWait/3 after the worker received it, then
+	// one every AckWait/3, which keeps a job held by a slow engine ours.
 	AckWait time.Duration
 	// MaxDeliver is the attempts a job gets before it is dead-lettered
 	// (default 10). The worker enforces it (publish the dead letter, then
@@ -60,11 +61,14 @@ type Options struct {
 	// 15s, 30s, 1m, 2m, 5m).
 	Backoff []time.Duration
 	// MaxInFlight is how many jobs the engine holds at most (its
-	// WithMaxInFlight, default 100 000); it sizes MaxAckPending.
+	// WithMaxInFlight, default 100 000); it sizes MaxAckPending. It also
+	// bounds the jobs a worker holds from receipt to ack, nak or term: the
+	// pull subscription stops taking jobs while MaxInFlight are held.
 	MaxInFlight int
 	// PullMaxMessages is the client pull buffer (default 1 000, at most
-	// MaxInFlight). Jobs in it
-	// are not yet tracked for InProgress, so keep it small relative to
+	// MaxInFlight). The worker takes jobs out of it at once while it holds
+	// fewer than MaxInFlight; only once it holds MaxInFlight do jobs wait
+	// in it, not yet tracked for InProgress, so keep it small relative to
 	// what the engine drains in AckWait.
 	PullMaxMessages int
 	// MaxAckPending is the server's limit on jobs delivered and not yet

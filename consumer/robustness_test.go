@@ -175,3 +175,64 @@ func TestEventLostAtMaxDeliverTerminates(t *testing.T) {
 	require.Equal(t, 3, eng.sent(tokHex(0)))
 	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
 }
+
+// TestPullBufferKeptAliveBehindBlockedSend: jobs received while Send is
+// blocked are tracked at once and kept ours with InProgress; before, the
+// ones in the pull buffer expired after AckWait and were redelivered (19
+// of 20 redelivered, 57 duplicate sends over a 7 s stall).
+func TestPullBufferKeptAliveBehindBlockedSend(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(nil)
+	eng.gate = make(chan struct{})
+	opts := testOptions()
+	opts.AckWait = 2 * time.Second
+	opts.MaxDeliver = 3
+	r := startWorker(t, js, opts, eng)
+	const n = 20
+	publishJobs(t, js, n, tokHex)
+	require.Eventually(t, func() bool { return r.w.InFlight() == n && eng.blocked.Load() == 1 },
+		5*time.Second, 5*time.Millisecond, "every job received and tracked while Send is blocked")
+
+	// The engine is stuck for 3 AckWaits.
+	stalled := time.Now()
+	require.Eventually(t, func() bool { return time.Since(stalled) > 6*time.Second }, 10*time.Second, 50*time.Millisecond)
+	ci := consumerInfo(t, js)
+	require.Zero(t, ci.NumRedelivered, "no job expired while waiting")
+	require.Equal(t, n, ci.NumAckPending)
+	require.Equal(t, uint64(n), ci.Delivered.Consumer)
+
+	close(eng.gate)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		20*time.Second, 10*time.Millisecond)
+	for i := range n {
+		require.Equal(t, 1, eng.sent(tokHex(i)), "job %d sent once", i)
+	}
+	require.Zero(t, consumerInfo(t, js).NumRedelivered)
+}
+
+// TestSlotsBoundJobsHeld: a worker lets at most MaxInFlight jobs past
+// receipt (and one more waiting for a slot); the others stay with the
+// server.
+func TestSlotsBoundJobsHeld(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) { return nil, true })
+	opts := testOptions()
+	opts.MaxInFlight = 5
+	opts.PullMaxMessages = 2
+	r := startWorker(t, js, opts, eng)
+	const n = 20
+	publishJobs(t, js, n, tokHex)
+	require.Eventually(t, func() bool { return eng.heldCount() == 5 }, 5*time.Second, 5*time.Millisecond)
+	// The engine holds 5; the handler holds (and tracks) the 6th, waiting
+	// for a slot; at most the pull buffer's 2 more wait in nats.go.
+	require.Eventually(t, func() bool { return r.w.InFlight() == 6 }, 5*time.Second, 5*time.Millisecond)
+	require.LessOrEqual(t, consumerInfo(t, js).NumAckPending, 6+2, "MaxInFlight + 1 + the pull buffer")
+	eng.release(nil)
+	require.Eventually(t, func() bool {
+		eng.release(nil)
+		return streamMsgs(t, js, "APNS_JOBS", "") == 0
+	}, 10*time.Second, 10*time.Millisecond)
+	for i := range n {
+		require.Equal(t, 1, eng.sent(tokHex(i)))
+	}
+}

@@ -43,9 +43,14 @@ type Worker struct {
 	hmu          sync.Mutex // held by the job handler
 	intakeClosed bool       // hmu; set when Run returns
 
+	// slots holds a token for each job received and not yet finished: at
+	// most MaxInFlight, so the pull buffer is not refilled while the
+	// engine cannot take more.
+	slots chan struct{}
+
 	// The sender's view of the engine's credentials: while credErr is
 	// set, jobs are naked with the last back-off without reaching Send;
-	// eng.Stats() is consulted again at credCheck.
+	// eng.Stats() is consulted again at credCheck. Sender goroutine only.
 	credErr   error
 	credCheck time.Time
 
@@ -60,13 +65,18 @@ type Worker struct {
 
 // item is one received job, the ref passed to Engine.Send.
 type item struct {
-	w     *Worker
-	msg   jetstream.Msg
-	id    string // job id; written before Send
-	epoch int64  // w.mu
-	prev  *item  // w.mu
-	next  *item  // w.mu
-	done  atomic.Bool
+	w   *Worker
+	msg jetstream.Msg
+	id  string             // job id; written before Send
+	n   *apns.Notification // from receive to send
+	// A malformed job, reported by the sender: bad is why.
+	bad      error
+	badToken string
+	epoch    int64 // w.mu
+	prev     *item // w.mu
+	next     *item // w.mu
+	done     atomic.Bool
+	slot     atomic.Bool // holds one of w.slots
 }
 
 // action is what finishes a job.
@@ -100,6 +110,7 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 		log:     o.Logger,
 		m:       o.Metrics,
 		pending: make(chan *pendingEvents, 4096),
+		slots:   make(chan struct{}, o.MaxInFlight),
 		runDone: make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
@@ -184,6 +195,17 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
 	fatal := make(chan error, 1)
+	// One sender goroutine calls eng.Send in the order jobs were received,
+	// so the subscription's goroutine never waits for the engine while it
+	// has slots: every job the server delivered is tracked at once.
+	sendq := make(chan *item, w.opts.MaxInFlight)
+	senderDone := make(chan struct{})
+	go func() {
+		defer close(senderDone)
+		for it := range sendq {
+			w.send(sendCtx, eng, it, fatal)
+		}
+	}()
 	// nats.go reports a drained subscription closed when its last message
 	// is taken, not when the handler returns: intake (under hmu) tells Run
 	// when the last handler is done, and naks any message handed over after.
@@ -194,14 +216,19 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 			_ = m.Nak()
 			return
 		}
-		w.handle(sendCtx, eng, m, fatal)
+		w.receive(sendCtx, m, sendq)
 	}
+	var drainTimer *time.Timer // cancels sendCtx DrainTimeout after ctx is done
 	defer func() {
-		t := time.AfterFunc(w.opts.DrainTimeout, cancelSend) // a Send still blocked
-		defer t.Stop()
+		if drainTimer == nil {
+			drainTimer = time.AfterFunc(w.opts.DrainTimeout, cancelSend) // a Send still blocked
+		}
+		defer drainTimer.Stop()
 		w.hmu.Lock() // waits for a handler still running
 		w.intakeClosed = true
 		w.hmu.Unlock()
+		close(sendq)
+		<-senderDone // every queued job sent, or naked once sendCtx is done
 	}()
 
 	for attempt := 0; ; attempt++ {
@@ -220,14 +247,13 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 			}
 			cc.Drain()
 			if ctx.Err() != nil || runErr != nil {
-				t := time.AfterFunc(w.opts.DrainTimeout, cancelSend)
+				drainTimer = time.AfterFunc(w.opts.DrainTimeout, cancelSend)
 				select {
 				case <-cc.Closed():
 				case <-time.After(2 * w.opts.DrainTimeout):
 					w.log.Error("drain did not finish; stopping the consumer")
 					cc.Stop()
 				}
-				t.Stop()
 				return runErr
 			}
 			<-cc.Closed()
@@ -252,13 +278,27 @@ func (w *Worker) consumeError(_ jetstream.ConsumeContext, err error) {
 	w.log.Warn("consume error", slog.Any("error", err))
 }
 
-// handle takes one job from the stream to the engine. It runs on the pull
-// subscription's goroutine and blocks while the engine is saturated, which
-// keeps the pull buffer full and the server from sending more.
-func (w *Worker) handle(ctx context.Context, eng apns.Engine, msg jetstream.Msg, fatal chan<- error) {
+// receive takes one job from the pull subscription. It runs on the
+// subscription's goroutine: it tracks the job at once (InProgress keeps it
+// ours from here on), takes one of MaxInFlight slots (released when the job
+// is finished) and queues the job for the sender. It blocks only while the
+// worker already holds MaxInFlight jobs; then the pull buffer fills and the
+// server stops sending.
+func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *item) {
 	w.m.received.Inc()
 	it := &item{w: w, msg: msg}
 	w.track(it)
+	select {
+	case w.slots <- struct{}{}:
+	default:
+		select {
+		case w.slots <- struct{}{}:
+		case <-ctx.Done(): // the drain timed out: someone else's turn
+			w.finish(it, actNak, 0)
+			return
+		}
+	}
+	it.slot.Store(true)
 	job, err := DecodeJob(msg.Data())
 	var n *apns.Notification
 	if err == nil {
@@ -271,18 +311,31 @@ func (w *Worker) handle(ctx context.Context, eng apns.Engine, msg jetstream.Msg,
 		it.id = msg.Headers().Get(jetstream.MsgIDHeader)
 	}
 	if err != nil {
-		w.malformed(it, job.Token, err)
+		// The sender reports it, in order with the jobs before it.
+		it.bad, it.badToken = err, job.Token
+	}
+	it.n = n
+	sendq <- it // never blocks: it holds MaxInFlight, as many as slots
+}
+
+// send hands one job to the engine. It runs on the sender goroutine and
+// blocks while the engine is saturated.
+func (w *Worker) send(ctx context.Context, eng apns.Engine, it *item, fatal chan<- error) {
+	n := it.n
+	it.n = nil
+	if it.bad != nil {
+		w.malformed(it, it.badToken, it.bad)
 		return
 	}
 	if cerr := w.credentialsRefused(eng); cerr != nil {
 		w.credentials(it, cerr)
 		return
 	}
-	err = eng.Send(ctx, n, it)
+	err := eng.Send(ctx, n, it)
 	switch {
 	case err == nil:
 	case errors.Is(err, apns.ErrInvalidNotification):
-		w.malformed(it, job.Token, err)
+		w.malformed(it, n.Token.String(), err)
 	case errors.Is(err, apns.ErrCredentials):
 		w.credErr, w.credCheck = err, time.Now().Add(credRecheck)
 		w.credentials(it, err)
@@ -495,6 +548,9 @@ func (w *Worker) finish(it *item, a action, delay time.Duration) {
 		w.log.Warn("job "+a.String()+" failed", slog.String("job_id", it.id), slog.Any("error", err))
 	}
 	w.untrack(it)
+	if it.slot.Load() {
+		<-w.slots
+	}
 }
 
 // track adds a received job to the in-flight list.
@@ -548,11 +604,13 @@ func (w *Worker) InFlight() int {
 }
 
 // keepAlive sends InProgress for jobs that have waited for two or more
-// ticks of AckWait/4 (so every job gets one before AckWait runs out). The
-// hot path pays only for the list insert it needs anyway.
+// ticks of AckWait/6: a job gets its first between AckWait/6 and AckWait/3
+// after it was received, and one every AckWait/3 after that. Jobs finished
+// within AckWait/6 never get one. The hot path pays only for the list
+// insert it needs anyway.
 func (w *Worker) keepAlive() {
 	defer w.wg.Done()
-	t := time.NewTicker(w.opts.AckWait / 4)
+	t := time.NewTicker(w.opts.AckWait / 6)
 	defer t.Stop()
 	var old []*item
 	for {
