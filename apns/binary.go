@@ -184,7 +184,7 @@ type binItem struct {
 	n        *Notification
 	ref      any
 	accepted time.Time
-	written  time.Duration // since epoch, of the last write
+	written  time.Duration // since epoch, of the last write's flush (binNotFlushed before)
 	attempts int           // writes
 	retries  int           // retries used
 }
@@ -552,6 +552,7 @@ type binSession struct {
 	nextID uint32
 
 	readc      chan binReadResult
+	unflushed  int // newest in-flight items still in the buffer, not flushed
 	lastWrite  time.Duration
 	deadlineAt time.Duration // when the write deadline was last set
 	confirmed  bool          // some outcome came from this connection
@@ -564,6 +565,7 @@ func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
 	clear(s.ring)
 	s.ring, s.start = s.ring[:0], 0
 	s.headID, s.nextID = 1, 1
+	s.unflushed = 0
 	s.readc = make(chan binReadResult, 1)
 	s.lastWrite = s.e.mono()
 	s.deadlineAt = -time.Hour
@@ -591,6 +593,13 @@ func (s *binSession) run(first *binItem) bool {
 	now := e.mono()
 	err := s.write(first, now, e.o.now())
 	for err == nil {
+		// An error response that came meanwhile settles the in-flight
+		// queue before anything is assumed delivered.
+		select {
+		case r := <-s.readc:
+			return s.end(r, nil)
+		default:
+		}
 		now = e.mono()
 		s.expire(now)
 		canWrite := s.nextID < math.MaxUint32 // never reuse an identifier
@@ -623,11 +632,12 @@ func (s *binSession) run(first *binItem) bool {
 			continue // more may be queued
 		}
 		if s.w.Buffered() > 0 {
-			s.refreshDeadline(now)
-			if err = s.w.Flush(); err != nil {
+			if err = s.flush(now); err != nil {
 				break
 			}
+			now = e.mono()
 		}
+		s.stampFlushed()
 		// Nothing queued: wait for work, the error response, the next
 		// expiry, or the idle timeout.
 		var wake time.Duration
@@ -679,8 +689,7 @@ func (s *binSession) write(it *binItem, now time.Duration, wall time.Time) error
 		return nil
 	}
 	if l := FrameLen(n); s.w.Available() < l {
-		s.refreshDeadline(now)
-		if err := s.w.Flush(); err != nil {
+		if err := s.flush(now); err != nil {
 			s.push(it, now) // nothing of it was written, but keep it in order
 			return err
 		}
@@ -693,10 +702,39 @@ func (s *binSession) write(it *binItem, now time.Duration, wall time.Time) error
 
 func (s *binSession) push(it *binItem, now time.Duration) {
 	it.attempts++
-	it.written = now
+	it.written = binNotFlushed
 	s.ring = append(s.ring, it)
+	s.unflushed++
 	s.nextID++
 	s.lastWrite = now
+}
+
+// binNotFlushed is the written time of an item still in the buffer: the
+// assumed-delivered window starts only once its frame left the process.
+const binNotFlushed = time.Duration(math.MaxInt64)
+
+// flush writes the buffer out and starts the window of what it held.
+func (s *binSession) flush(now time.Duration) error {
+	s.refreshDeadline(now)
+	if err := s.w.Flush(); err != nil {
+		return err
+	}
+	s.stampFlushed()
+	return nil
+}
+
+// stampFlushed starts the assumed-delivered window, now, of the items
+// whose frames were flushed (a flush may have blocked for long under
+// backpressure: the window must not run while the bytes wait here).
+func (s *binSession) stampFlushed() {
+	if s.unflushed == 0 || s.w.Buffered() > 0 {
+		return
+	}
+	t := s.e.mono()
+	for _, it := range s.ring[len(s.ring)-s.unflushed:] {
+		it.written = t
+	}
+	s.unflushed = 0
 }
 
 // refreshDeadline keeps a write deadline of dialTimeout ahead, renewing it
@@ -715,6 +753,7 @@ func (s *binSession) pop() *binItem {
 	s.ring[s.start] = nil
 	s.start++
 	s.headID++
+	s.unflushed = min(s.unflushed, len(s.ring)-s.start)
 	switch {
 	case s.start == len(s.ring):
 		s.ring, s.start = s.ring[:0], 0
