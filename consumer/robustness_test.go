@@ -236,3 +236,31 @@ func TestSlotsBoundJobsHeld(t *testing.T) {
 		require.Equal(t, 1, eng.sent(tokHex(i)))
 	}
 }
+
+type doneFuture struct {
+	jetstream.PubAckFuture
+	ok chan *jetstream.PubAck
+}
+
+func (f doneFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
+func (f doneFuture) Err() <-chan error            { return nil }
+
+// TestAwaitEventsPastDeadline: events whose PubAcks are in are confirmed
+// even if their deadline passed while they waited behind others' (the
+// expired timer used to race the PubAck).
+func TestAwaitEventsPastDeadline(t *testing.T) {
+	js, _ := startJS(t)
+	w, err := New(js, testOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Shutdown(context.Background(), nil)) })
+	timer := time.NewTimer(time.Hour)
+	for i := range 200 {
+		pe := &pendingEvents{deadline: time.Now().Add(-time.Second)}
+		for range 3 {
+			f := doneFuture{ok: make(chan *jetstream.PubAck, 1)}
+			f.ok <- &jetstream.PubAck{}
+			pe.futs = append(pe.futs, f)
+		}
+		require.NoError(t, w.awaitEvents(pe, timer), "try %d", i)
+	}
+}

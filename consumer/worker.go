@@ -840,6 +840,15 @@ func (w *Worker) awaitEvents(pe *pendingEvents, timer *time.Timer) error {
 	timer.Reset(time.Until(pe.deadline))
 	defer timer.Stop()
 	for _, f := range pe.futs {
+		// A PubAck that is already in wins over a deadline that passed
+		// while pe waited behind other jobs' events.
+		select {
+		case <-f.Ok():
+			continue
+		case err := <-f.Err():
+			return err
+		default:
+		}
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
