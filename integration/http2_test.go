@@ -319,3 +319,29 @@ func TestHTTP2Crash(t *testing.T) {
 	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
 	t.Logf("http2 crash: %d jobs, %d duplicates at the server, statuses %v", n, dups, h2.Statuses())
 }
+
+// TestHTTP2Faults: through the worker, the HTTP/2 server sends GOAWAY on
+// every connection after 700 requests, answers 200 requests 503 and
+// refuses 100 streams: every job is accepted exactly once (requests above
+// GOAWAY's last stream id and refused streams were not processed, so they
+// are retried without duplicates), nothing is dead-lettered or rejected.
+func TestHTTP2Faults(t *testing.T) {
+	const n = 5000
+	h2 := startHTTP2(t,
+		apnstest.HTTP2GoAwayAfter(700),
+		apnstest.HTTP2Inject(200, 503, "ServiceUnavailable"),
+		apnstest.HTTP2RefuseStreams(100))
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	w := startWorker(t, "h2-faults", http2Env(t, ns.ClientURL(), h2))
+	jobs := publishJobs(t, js, "h2f", n, func(i int) apns.Token { return token(0x4f, i) })
+	waitDrained(t, js, 120*time.Second)
+	dups := requireAllAccepted(t, h2Counter{h2}, jobs, nil)
+	require.Zero(t, dups, "notifications accepted twice")
+	require.Equal(t, 200, h2.Statuses()[503])
+	require.Equal(t, 100, h2.Refused())
+	require.Zero(t, subjectCount(t, js, eventsPrefix+"."+consumer.KindDeadLetter))
+	require.Zero(t, subjectCount(t, js, subjRejected))
+	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+	t.Logf("http2 faults: %d connections, statuses %v", h2.Conns(), h2.Statuses())
+}
