@@ -19,9 +19,11 @@
 //	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter
 //
 // Events are published asynchronously with a Nats-Msg-Id of
-// "<kind>:<job id>" (or "<kind>:seq:<stream seq>" for jobs without an id),
-// so a redelivered job never doubles its event; a job is finished only once
-// its events are stored, and naked for a retry if they are not.
+// "<kind>:<job id>:<stream seq>" (or "<kind>:seq:<stream seq>" for jobs
+// without an id), so a redelivered job never doubles its event, while a
+// job id a producer reuses for a new job (a new stream sequence) still
+// gets its own events; a job is finished only once its events are stored,
+// and naked for a retry if they are not.
 //
 // # Shutdown
 //

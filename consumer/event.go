@@ -151,19 +151,24 @@ func withoutJob(body any, data []byte) any {
 	return body
 }
 
-// eventMsgID derives an event's Nats-Msg-Id from the job and the event kind,
-// so a redelivered job publishes the same id and the events stream drops
-// the repeat. Jobs without an id use their stream sequence; ids that are
-// not short printable ASCII are hashed.
+// eventMsgID derives an event's Nats-Msg-Id from the event kind, the job
+// id and the job's stream sequence: "<kind>:<job id>:<seq>". A redelivered
+// job keeps its sequence, so it publishes the same id and the events
+// stream drops the repeat; a producer that reuses a job id for a new job
+// (after the jobs stream's duplicates window) gets a new sequence, so its
+// events are not dropped as repeats of the old job's. Jobs without an id
+// use "<kind>:seq:<seq>"; ids that are not short printable ASCII are
+// hashed ("<kind>:h:<hash>:<seq>").
 func eventMsgID(kind, jobID string, seq uint64) string {
+	s := strconv.FormatUint(seq, 10)
 	if jobID == "" {
-		return kind + ":seq:" + strconv.FormatUint(seq, 10)
+		return kind + ":seq:" + s
 	}
 	if len(jobID) <= 128 && printable(jobID) {
-		return kind + ":" + jobID
+		return kind + ":" + jobID + ":" + s
 	}
 	h := sha256.Sum256([]byte(jobID))
-	return kind + ":h:" + hex.EncodeToString(h[:16])
+	return kind + ":h:" + hex.EncodeToString(h[:16]) + ":" + s
 }
 
 // feedbackMsgID de-duplicates a feedback bad token by token and time.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -263,4 +264,43 @@ func TestAwaitEventsPastDeadline(t *testing.T) {
 		}
 		require.NoError(t, w.awaitEvents(pe, timer), "try %d", i)
 	}
+}
+
+// TestReusedJobIDGetsItsOwnEvents: a producer reusing a job id after the
+// jobs stream's duplicates window publishes a new job (a new stream
+// sequence); its bad-token event must not be dropped as a repeat of the
+// first job's within the events stream's window.
+func TestReusedJobIDGetsItsOwnEvents(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return &apns.RejectionError{HTTPStatus: 410, Reason: "Unregistered"}, false
+	})
+	opts := testOptions()
+	opts.JobsDuplicates = time.Second // the events stream keeps 10 minutes
+	startWorker(t, js, opts, eng)
+	ctx := ctxT(t)
+	_, err := PublishJob(ctx, js, "apns.jobs", Job{ID: "reused", Token: tokHex(0), Payload: json.RawMessage(payload)})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_EVENTS", "apns.events.badtokens") == 1 },
+		10*time.Second, 10*time.Millisecond)
+
+	// Past the jobs stream's window the same id is a new job.
+	published := time.Now()
+	require.Eventually(t, func() bool { return time.Since(published) > 1500*time.Millisecond }, 5*time.Second, 50*time.Millisecond)
+	ack, err := PublishJob(ctx, js, "apns.jobs", Job{ID: "reused", Token: tokHex(1), Payload: json.RawMessage(payload)})
+	require.NoError(t, err)
+	require.False(t, ack.Duplicate)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	bad := events[BadTokenEvent](t, js, "apns.events.badtokens")
+	require.Len(t, bad, 2)
+	require.Equal(t, tokHex(0), bad[0].Token)
+	require.Equal(t, tokHex(1), bad[1].Token)
+}
+
+func TestEventMsgID(t *testing.T) {
+	require.Equal(t, "rejected:job-1:7", eventMsgID(KindRejected, "job-1", 7))
+	require.Equal(t, "badtokens:seq:7", eventMsgID(KindBadToken, "", 7))
+	require.Regexp(t, `^deadletter:h:[0-9a-f]{32}:7$`, eventMsgID(KindDeadLetter, "has space", 7))
+	require.NotEqual(t, eventMsgID(KindBadToken, "job-1", 7), eventMsgID(KindBadToken, "job-1", 8))
 }
