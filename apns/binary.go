@@ -847,7 +847,16 @@ func (s *binSession) onErrorResponse(r ErrorResponse) {
 	e := s.e
 	s.confirm()
 	k := int64(r.ID) - int64(s.headID) // index of the named one in flight
+	// Status 10 (and 0, NoErrors: nothing was wrong) names the last
+	// notification processed; ID 0 names none. What follows is resent at
+	// no cost to its retries: the gateway went away, it refused nothing.
+	lastGood := r.Status == StatusShutdown || r.Status == StatusNoErrors
 	switch {
+	case r.ID == 0 && lastGood:
+		s.log.LogAttrs(e.ctx, slog.LevelInfo, "binary gateway ended the connection before processing any in flight",
+			slog.String("status", r.Status.String()), slog.Int("in_flight", s.inflight()))
+		s.resendAll(nil)
+		return
 	case r.ID != 0 && k < 0:
 		// Named one already reported delivered (window too short for this
 		// gateway); all in flight came after it and were discarded.
@@ -868,7 +877,7 @@ func (s *binSession) onErrorResponse(r ErrorResponse) {
 	}
 	it := s.pop()
 	switch {
-	case r.Status == StatusShutdown:
+	case lastGood:
 		e.finish(it, nil)
 	case r.Status.Temporary():
 		e.requeue(it, fmt.Errorf("apns: gateway answered %s", r.Status))

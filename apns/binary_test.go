@@ -3,10 +3,12 @@ package apns_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -573,4 +575,76 @@ func TestBinaryCredentialsRecover(t *testing.T) {
 	got := out.wait(t, 2, 10*time.Second)
 	require.NoError(t, got[1].Err)
 	require.NoError(t, eng.Stats().CredentialsErr, "credentials OK again")
+}
+
+// TestBinaryLastGoodStatuses: status 10 (Shutdown) and 0 (NoErrors) name the
+// last notification processed, ID 0 none; what follows is resent without
+// using up retries (L7).
+func TestBinaryLastGoodStatuses(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		resp   apns.ErrorResponse
+		resent int // notifications seen again on the second connection
+	}{
+		{"shutdown naming none", apns.ErrorResponse{Status: apns.StatusShutdown, ID: 0}, 3},
+		{"no errors naming none", apns.ErrorResponse{Status: apns.StatusNoErrors, ID: 0}, 3},
+		{"no errors naming the second", apns.ErrorResponse{Status: apns.StatusNoErrors, ID: 2}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pki := apnstest.MustPKI()
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", pki.ServerTLS(true))
+			require.NoError(t, err)
+			var (
+				wg     sync.WaitGroup
+				second atomic.Int32 // frames read on later connections
+			)
+			t.Cleanup(func() {
+				ln.Close()
+				wg.Wait()
+			})
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for serial := 1; ; serial++ {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						defer c.Close()
+						_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+						fr := apns.NewFrameReader(c, 2048)
+						for i := 1; ; i++ {
+							if _, err := fr.ReadFrame(); err != nil {
+								return
+							}
+							if serial > 1 {
+								second.Add(1)
+							} else if i == 3 {
+								_, _ = c.Write(apns.AppendErrorResponse(nil, tt.resp))
+								return
+							}
+						}
+					}()
+				}
+			}()
+			out := newOutcomes()
+			eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),
+				apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1),
+				apns.WithMaxRetries(0), apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = eng.Close(context.Background()) })
+			send(t, eng, 1, 4)
+			for _, o := range out.wait(t, 3, 20*time.Second) {
+				require.NoError(t, o.Err, "notification %v", o.Ref)
+			}
+			require.Equal(t, int32(tt.resent), second.Load())
+			require.NoError(t, eng.Stats().CredentialsErr)
+		})
+	}
 }
