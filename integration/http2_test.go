@@ -168,6 +168,7 @@ func TestDeadLetter(t *testing.T) {
 	require.Equal(t, jobs[7].ID, dl[0].JobID)
 	require.Equal(t, jobs[7].Seq, dl[0].Seq)
 	require.Equal(t, uint64(3), dl[0].Deliveries)
+	require.Equal(t, consumer.ReasonMaxDeliver, dl[0].Reason)
 	require.NotEmpty(t, dl[0].Error)
 	require.JSONEq(t, jobJSON(t, jobs[7]), string(dl[0].Job))
 	require.Zero(t, subjectCount(t, js, subjRejected))

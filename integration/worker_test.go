@@ -297,8 +297,8 @@ func TestGatewayDrops(t *testing.T) {
 }
 
 // TestExpiredJob: a job whose expiration has passed is never sent; it ends
-// in exactly one dead letter (naming the expiration) and is terminated, and
-// the worker carries on.
+// at its first delivery in exactly one dead letter (reason Expired) and is
+// terminated, and the worker carries on.
 func TestExpiredJob(t *testing.T) {
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
@@ -319,7 +319,8 @@ func TestExpiredJob(t *testing.T) {
 	require.Equal(t, "expired-1", dl[0].JobID)
 	require.Equal(t, seq, dl[0].Seq)
 	require.Contains(t, dl[0].Error, "expir")
+	require.Equal(t, consumer.ReasonExpired, dl[0].Reason)
+	require.Equal(t, uint64(1), dl[0].Deliveries, "no retry can help an expired job")
 	require.Zero(t, subjectCount(t, js, subjRejected))
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
-	t.Logf("expired job dead-lettered after %d deliveries", dl[0].Deliveries)
 }
