@@ -34,11 +34,12 @@ type Options struct {
 	// "apns.events"): <prefix>.rejected, .badtokens, .deadletter and
 	// .delivered. It must not overlap JobsSubject.
 	EventsSubject string
-	// EventsMaxAge is how long events are kept (default 7 days).
+	// EventsMaxAge is how long events are kept (default 7 days when zero);
+	// a negative value means no age limit (the stream's MaxAge 0).
 	EventsMaxAge time.Duration
 	// EventsDuplicates is the events stream's de-duplication window
 	// (default 10 minutes): a job redelivered within it does not publish its
-	// event twice. At most EventsMaxAge.
+	// event twice. At most EventsMaxAge, if that is limited.
 	EventsDuplicates time.Duration
 
 	// Replicas of both streams (default 1; 3 in a cluster).
@@ -144,7 +145,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.EventsDuplicates > o.EventsMaxAge {
+	if o.EventsMaxAge > 0 && o.EventsDuplicates > o.EventsMaxAge {
 		o.EventsDuplicates = o.EventsMaxAge
 	}
 
@@ -156,7 +157,7 @@ func (o Options) withDefaults() (Options, error) {
 		name string
 		v    time.Duration
 	}{
-		{"JobsDuplicates", o.JobsDuplicates}, {"EventsMaxAge", o.EventsMaxAge},
+		{"JobsDuplicates", o.JobsDuplicates},
 		{"EventsDuplicates", o.EventsDuplicates}, {"AckWait", o.AckWait},
 		{"DrainTimeout", o.DrainTimeout}, {"EventTimeout", o.EventTimeout},
 		{"SetupTimeout", o.SetupTimeout},

@@ -304,3 +304,31 @@ func TestEventMsgID(t *testing.T) {
 	require.Regexp(t, `^deadletter:h:[0-9a-f]{32}:7$`, eventMsgID(KindDeadLetter, "has space", 7))
 	require.NotEqual(t, eventMsgID(KindBadToken, "job-1", 7), eventMsgID(KindBadToken, "job-1", 8))
 }
+
+// TestEventsMaxAge: zero takes the 7-day default; negative means no limit.
+func TestEventsMaxAge(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		opt  time.Duration
+		want time.Duration
+	}{
+		{"default", 0, 7 * 24 * time.Hour},
+		{"no limit", -1, 0},
+		{"one hour", time.Hour, time.Hour},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			js, _ := startJS(t)
+			opts := testOptions()
+			opts.EventsMaxAge = tt.opt
+			w, err := New(js, opts)
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, w.Shutdown(context.Background(), nil)) })
+			s, err := js.Stream(ctxT(t), "APNS_EVENTS")
+			require.NoError(t, err)
+			info, err := s.Info(ctxT(t))
+			require.NoError(t, err)
+			require.Equal(t, tt.want, info.Config.MaxAge)
+			require.Equal(t, 10*time.Minute, info.Config.Duplicates)
+		})
+	}
+}

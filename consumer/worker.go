@@ -150,7 +150,7 @@ func (w *Worker) setup(ctx context.Context) error {
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
 		Replicas:   o.Replicas,
-		MaxAge:     o.EventsMaxAge,
+		MaxAge:     max(o.EventsMaxAge, 0), // negative: no limit
 		Duplicates: o.EventsDuplicates,
 	})
 	if err != nil {
