@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -218,10 +220,12 @@ func TestFeedback(t *testing.T) {
 }
 
 // TestMalformedJobs: each malformed job gives a rejection event carrying
-// its bytes, and the worker keeps running: a good job after them is
+// its bytes (the first MaxEventJob bytes, size and hash of a job too long
+// for an event), and the worker keeps running: a good job after them is
 // delivered.
 func TestMalformedJobs(t *testing.T) {
 	big := `{"id":"big","token":"` + token(0xbb, 1).String() + `","payload":{"aps":{"alert":"` + strings.Repeat("x", 10<<10) + `"}}}`
+	huge := `{"id":"huge","token":"` + token(0xbb, 3).String() + `","payload":{"aps":{"alert":"` + strings.Repeat("y", 900<<10) + `"}}}`
 	cases := []struct {
 		name, reason string
 		data         []byte
@@ -232,6 +236,7 @@ func TestMalformedJobs(t *testing.T) {
 		{"10 KB payload", "PayloadTooLarge", []byte(big)},
 		{"missing aps", "MissingAps", []byte(`{"id":"noaps","token":"` + token(0xbb, 2).String() + `","payload":{"alert":"x"}}`)},
 		{"wrong types", consumer.ReasonMalformedJob, []byte(`{"id":"types","token":12345,"payload":"text","priority":"high"}`)},
+		{"900 KB job", "PayloadTooLarge", []byte(huge)},
 	}
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
@@ -259,10 +264,18 @@ func TestMalformedJobs(t *testing.T) {
 			require.True(t, ev.Malformed, "malformed")
 			require.Equal(t, c.reason, ev.Reason)
 			require.NotEmpty(t, ev.Error)
-			if json.Valid(c.data) {
+			switch {
+			case len(c.data) > consumer.MaxEventJob: // cut, described by size and hash
+				sum := sha256.Sum256(c.data)
+				require.True(t, ev.JobTruncated)
+				require.Equal(t, len(c.data), ev.JobSize)
+				require.Equal(t, hex.EncodeToString(sum[:]), ev.JobSHA256)
+				require.Equal(t, c.data[:len(ev.JobRaw)], ev.JobRaw, "a prefix of the job")
+				require.Nil(t, ev.Job)
+			case json.Valid(c.data):
 				require.JSONEq(t, string(c.data), string(ev.Job))
 				require.Nil(t, ev.JobRaw)
-			} else {
+			default:
 				require.Equal(t, c.data, ev.JobRaw)
 				require.Nil(t, ev.Job)
 			}
