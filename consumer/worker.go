@@ -779,7 +779,13 @@ func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 		return
 	}
 	_, deliveries := w.meta(pe.it)
-	if !pe.minimal && (errors.Is(err, nats.ErrMaxPayload) || deliveries >= uint64(w.opts.MaxDeliver)) {
+	stopped := false // shutting down: retried after the restart
+	select {
+	case <-w.stop:
+		stopped = true
+	default:
+	}
+	if !pe.minimal && !stopped && (errors.Is(err, nats.ErrMaxPayload) || deliveries >= uint64(w.opts.MaxDeliver)) {
 		// Not on the caller's goroutine: confirmEvents must keep reading
 		// w.pending.
 		w.wg.Add(1)
