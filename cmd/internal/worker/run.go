@@ -84,7 +84,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		Durable:       cfg.Jobs.Consumer,
 		EventsStream:  cfg.Events.Stream,
 		EventsSubject: cfg.Events.Subject,
-		EventsMaxAge:  cfg.Events.MaxAge,
+		EventsMaxAge:  eventsMaxAge(cfg.Events.MaxAge),
 		Replicas:      cfg.Replicas,
 		AckWait:       cfg.Jobs.AckWait,
 		MaxDeliver:    cfg.Jobs.MaxDeliver,
@@ -142,6 +142,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	shutErr := w.Shutdown(sctx, eng) // closes the engine; every outcome acked, naked or termed
 	stopFeedback()
 	return errors.Join(runErr, shutErr)
+}
+
+// eventsMaxAge maps APNS_WORKER_EVENTS_MAX_AGE=0 (no age limit) to the
+// consumer's "none" (negative; its zero means the 7-day default).
+func eventsMaxAge(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func protocolName(m config.Mode) string {
