@@ -495,10 +495,12 @@ func (e *BinaryEngine) refused(first *binItem, err error, log *slog.Logger) {
 	e.credErr.Store(&cerr)
 	log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
 		slog.String("addr", e.addr), slog.Any("err", err))
+	// What is queued first: a Send that follows first's outcome must not
+	// be failed by this refusal.
+	e.failQueued(cerr)
 	if first != nil {
 		e.finish(first, cerr)
 	}
-	e.failQueued(cerr)
 }
 
 func (e *BinaryEngine) dial() (*tls.Conn, error) {
@@ -825,10 +827,10 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 		e.credErr.Store(&cerr)
 		s.log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
 			slog.String("addr", e.addr), slog.Any("err", r.err))
+		e.failQueued(cerr) // first, as in refused
 		for s.inflight() > 0 {
 			e.finish(s.pop(), cerr)
 		}
-		e.failQueued(cerr)
 		return false
 	}
 	if s.inflight() > 0 {
