@@ -232,8 +232,13 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 	}()
 
 	for attempt := 0; ; attempt++ {
+		// Short-lived pull requests (5 s, heartbeat 2.5 s) rather than
+		// nats.go's 30 s: after a leader change or a node loss, a request
+		// the server forgot would otherwise stall intake for 30 s
+		// (measured in integration's TestClusterNodeLoss; nats.go #2063).
 		cc, err := w.cons.Consume(handler,
 			jetstream.PullMaxMessages(w.opts.PullMaxMessages),
+			jetstream.PullExpiry(5*time.Second),
 			jetstream.ConsumeErrHandler(w.consumeError))
 		if err != nil {
 			w.log.Warn("consume failed", slog.Any("error", err))
