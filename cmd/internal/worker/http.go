@@ -37,7 +37,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, nc *nats.Conn, eng apns.En
 			problems = append(problems, fmt.Sprintf("apns: no connection up, %d in flight", st.InFlight))
 		}
 		if st.CredentialsErr != nil {
-			problems = append(problems, "apns: "+st.CredentialsErr.Error())
+			problems = append(problems, st.CredentialsErr.Error())
 		}
 		if len(problems) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
