@@ -45,16 +45,20 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	// One shutdown budget, ShutdownGrace from the signal, covers every
 	// step: the drain of the pull buffer, the engine's last outcomes, the
 	// ack flush and the NATS drain.
+	// shutdownEnd is fixed once, when the signal arrives (or Run fails).
+	var shutdownEnd time.Time
 	stopAt := make(chan time.Time, 1)
 	defer context.AfterFunc(ctx, func() { stopAt <- time.Now() })()
-	shutdownEnd := func() time.Time {
-		select {
-		case t := <-stopAt:
-			stopAt <- t
-			return t.Add(cfg.ShutdownGrace)
-		default: // stopped by an error, not a signal
-			return time.Now().Add(cfg.ShutdownGrace)
+	fixShutdownEnd := func() time.Time {
+		if shutdownEnd.IsZero() {
+			select {
+			case t := <-stopAt:
+				shutdownEnd = t.Add(cfg.ShutdownGrace)
+			default: // stopped by an error, not a signal
+				shutdownEnd = time.Now().Add(cfg.ShutdownGrace)
+			}
 		}
+		return shutdownEnd
 	}
 	natsReserve := min(cfg.ShutdownGrace/6, 5*time.Second)
 
@@ -63,7 +67,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return err
 	}
 	defer func() {
-		err = errors.Join(err, closeNATS(max(time.Until(shutdownEnd()), time.Second)))
+		err = errors.Join(err, closeNATS(max(time.Until(fixShutdownEnd()), time.Second)))
 	}()
 	// A PubAck lost without a reconnect must not hold its event's job (or
 	// the pending-publish window) forever.
@@ -121,7 +125,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	defer stopHTTP()
 
-	stopFeedback := func() {}
+	stopFeedback := func(time.Time) {}
 	if cfg.APNs.Mode == config.ModeBinary && cfg.Feedback.Addr != "" && cfg.Feedback.Interval > 0 {
 		if stopFeedback, err = startFeedback(ctx, cfg, creds, w, log); err != nil {
 			_ = eng.Close(context.Background())
@@ -135,12 +139,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		slog.String("apns_mode", string(cfg.APNs.Mode)))
 	runErr := w.Run(ctx, eng)
 
-	end := shutdownEnd()
+	end := fixShutdownEnd()
 	log.Info("shutting down", slog.String("grace", cfg.ShutdownGrace.String()), slog.String("left", time.Until(end).Round(time.Millisecond).String()))
 	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), end.Add(-natsReserve))
 	defer cancel()
 	shutErr := w.Shutdown(sctx, eng) // closes the engine; every outcome acked, naked or termed
-	stopFeedback()
+	stopFeedback(end.Add(-natsReserve))
 	return errors.Join(runErr, shutErr)
 }
 
@@ -161,7 +165,8 @@ func protocolName(m config.Mode) string {
 }
 
 // startFeedback polls the feedback service and publishes its bad tokens.
-func startFeedback(ctx context.Context, cfg *config.Config, creds engineCreds, w *consumer.Worker, log *slog.Logger) (stop func(), err error) {
+// stop cancels the poller and waits for it until deadline (5 s at most).
+func startFeedback(ctx context.Context, cfg *config.Config, creds engineCreds, w *consumer.Worker, log *slog.Logger) (stop func(deadline time.Time), err error) {
 	opts := []feedback.Option{feedback.WithLogger(log.With(slog.String("component", "feedback")))}
 	if creds.roots != nil {
 		opts = append(opts, feedback.WithRootCAs(creds.roots))
@@ -189,11 +194,11 @@ func startFeedback(ctx context.Context, cfg *config.Config, creds engineCreds, w
 			log.Error("feedback poller stopped", slog.Any("error", err))
 		}
 	}()
-	return func() {
+	return func(deadline time.Time) {
 		cancel()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(min(time.Until(deadline), 5*time.Second)):
 			log.Warn("feedback poller did not stop in time")
 		}
 	}, nil
