@@ -16,7 +16,10 @@
 //	     failed     → NakWithDelay(Backoff); at MaxDeliver .deadletter, then Term
 //	     expired    → .deadletter (reason Expired) at once, then Term
 //	     malformed  → .rejected with the raw job, then Term
-//	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter
+//	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter;
+//	                  while eng.Stats().CredentialsErr is set the sender holds
+//	                  its jobs (InProgress) and takes no new ones, passing one
+//	                  to Send as a probe every CredentialsProbeInterval
 //
 // Events are published asynchronously with a Nats-Msg-Id of
 // "<kind>:<job id>:<stream seq>" (or "<kind>:seq:<stream seq>" for jobs

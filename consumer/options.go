@@ -92,6 +92,13 @@ type Options struct {
 	// SetupTimeout bounds creating the streams and the consumer in New
 	// (default 10 s).
 	SetupTimeout time.Duration
+	// CredentialsProbeInterval is how often, while the engine reports its
+	// credentials refused (apns.Stats.CredentialsErr), the worker passes
+	// one job to Send as a probe (default 30 s). Between probes it holds
+	// the jobs it has (kept alive with InProgress) and takes no new ones,
+	// so a refusal neither spins jobs nor burns their attempts; a probe
+	// the engine lets through clears the refusal once APNs takes it.
+	CredentialsProbeInterval time.Duration
 
 	// Logger (default: discard).
 	Logger *slog.Logger
@@ -134,6 +141,7 @@ func (o Options) withDefaults() (Options, error) {
 	defDur(&o.DrainTimeout, 10*time.Second)
 	defDur(&o.EventTimeout, 10*time.Second)
 	defDur(&o.SetupTimeout, 10*time.Second)
+	defDur(&o.CredentialsProbeInterval, 30*time.Second)
 	defInt(&o.Replicas, 1)
 	defInt(&o.MaxDeliver, 10)
 	defInt(&o.MaxInFlight, 100_000)
@@ -161,6 +169,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"EventsDuplicates", o.EventsDuplicates}, {"AckWait", o.AckWait},
 		{"DrainTimeout", o.DrainTimeout}, {"EventTimeout", o.EventTimeout},
 		{"SetupTimeout", o.SetupTimeout},
+		{"CredentialsProbeInterval", o.CredentialsProbeInterval},
 	} {
 		if d.v < 0 {
 			bad("%s %s < 0", d.name, d.v)

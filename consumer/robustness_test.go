@@ -39,12 +39,15 @@ func (e *credsEngine) Stats() apns.Stats {
 }
 
 // TestCredentialsRefusedNoHotLoop: jobs APNs cannot take because the
-// credentials are refused are naked with the longest back-off, not
-// redelivered at once (58 000 redeliveries/s before the fix).
+// credentials are refused are held, not redelivered at once (58 000
+// redeliveries/s before the first fix) nor naked every back-off: one probe
+// reaches Send every CredentialsProbeInterval, and on shutdown the held
+// jobs are naked without a dead letter.
 func TestCredentialsRefusedNoHotLoop(t *testing.T) {
 	js, _ := startJS(t)
 	opts := testOptions()
 	opts.Backoff = []time.Duration{time.Second, 5 * time.Minute}
+	opts.CredentialsProbeInterval = 200 * time.Millisecond
 	w, err := New(js, opts)
 	require.NoError(t, err)
 	eng := &credsEngine{fakeEngine: newFakeEngine(nil)}
@@ -56,21 +59,87 @@ func TestCredentialsRefusedNoHotLoop(t *testing.T) {
 	const n = 5
 	publishJobs(t, js, n, tokHex)
 
-	// Every job is received once and naked; over the next second none
-	// comes back.
-	require.Eventually(t, func() bool { return consumerInfo(t, js).Delivered.Consumer >= n },
+	// Every job is received once and held; over the next second none is
+	// naked or redelivered, and Send sees only the probes.
+	require.Eventually(t, func() bool { return consumerInfo(t, js).Delivered.Consumer >= n && w.InFlight() == n },
 		5*time.Second, 5*time.Millisecond)
 	start := time.Now()
 	require.Eventually(t, func() bool { return time.Since(start) > time.Second }, 3*time.Second, 50*time.Millisecond)
 	ci := consumerInfo(t, js)
-	require.Equal(t, uint64(n), ci.Delivered.Consumer, "redelivered at once")
+	require.Equal(t, uint64(n), ci.Delivered.Consumer, "redelivered")
 	require.Zero(t, ci.NumRedelivered)
-	require.LessOrEqual(t, eng.sends.Load(), int64(1), "Send is not called while Stats reports the credentials refused")
+	require.Equal(t, n, ci.NumAckPending, "held, not naked")
+	require.Equal(t, n, w.InFlight())
+	elapsed := time.Since(start) + time.Second
+	require.LessOrEqual(t, eng.sends.Load(), int64(2+elapsed/opts.CredentialsProbeInterval), "one probe per interval")
+	require.GreaterOrEqual(t, eng.sends.Load(), int64(2), "probed")
 
 	cancel()
 	require.NoError(t, <-errc)
 	require.NoError(t, w.Shutdown(ctxT(t), eng))
 	require.Equal(t, uint64(n), streamMsgs(t, js, "APNS_JOBS", ""))
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "no dead letter")
+}
+
+// recoveringEngine refuses the credentials, as HTTP2Engine does after a
+// 403, until refusals probes have reached Send; the next probe goes
+// through and clears the refusal, as a probe APNs accepts does.
+type recoveringEngine struct {
+	*fakeEngine
+	refusals int64
+	sends    atomic.Int64
+	ok       atomic.Bool
+}
+
+func (e *recoveringEngine) Send(ctx context.Context, n *apns.Notification, ref any) error {
+	if !e.ok.Load() && e.sends.Add(1) <= e.refusals {
+		return errTestCreds
+	}
+	e.ok.Store(true)
+	return e.fakeEngine.Send(ctx, n, ref)
+}
+
+func (e *recoveringEngine) Stats() apns.Stats {
+	s := e.fakeEngine.Stats()
+	if !e.ok.Load() {
+		s.CredentialsErr = errTestCreds
+	}
+	return s
+}
+
+// TestCredentialsRecoverWithoutRestart: once the credentials work again a
+// probe clears the refusal and every job is delivered, without a restart
+// and without a redelivery (the worker used to stop calling Send for good
+// after one refusal, naking every job every 5 minutes forever).
+func TestCredentialsRecoverWithoutRestart(t *testing.T) {
+	js, _ := startJS(t)
+	eng := &recoveringEngine{fakeEngine: newFakeEngine(nil), refusals: 3}
+	opts := testOptions()
+	opts.Backoff = []time.Duration{5 * time.Minute}
+	opts.CredentialsProbeInterval = 100 * time.Millisecond
+	w, err := New(js, opts)
+	require.NoError(t, err)
+	eng.out = w.HandleOutcome
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx, eng) }()
+	const n = 20
+	publishJobs(t, js, n, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond, "every job delivered once the credentials work")
+	require.Equal(t, eng.refusals+1, eng.sends.Load(), "probes until the credentials worked")
+	for i := range n {
+		require.Equal(t, 1, eng.sent(tokHex(i)), "job %d sent once", i)
+	}
+	ci := consumerInfo(t, js)
+	require.Equal(t, uint64(n), ci.Delivered.Consumer, "no job naked or redelivered")
+	require.Zero(t, ci.NumRedelivered)
+
+	cancel()
+	require.NoError(t, <-errc)
+	require.NoError(t, w.Shutdown(ctxT(t), eng))
 	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "no dead letter")
 }
 

@@ -49,10 +49,12 @@ type Worker struct {
 	slots chan struct{}
 
 	// The sender's view of the engine's credentials: while credErr is
-	// set, jobs are naked with the last back-off without reaching Send;
-	// eng.Stats() is consulted again at credCheck. Sender goroutine only.
+	// set, the sender holds its job and calls Send only for a probe, at
+	// probeAt; eng.Stats() is consulted again at credCheck. Sender
+	// goroutine only.
 	credErr   error
 	credCheck time.Time
+	probeAt   time.Time
 
 	running  atomic.Bool
 	runDone  chan struct{}
@@ -203,7 +205,7 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 	go func() {
 		defer close(senderDone)
 		for it := range sendq {
-			w.send(sendCtx, eng, it, fatal)
+			w.send(sendCtx, ctx.Done(), eng, it, fatal)
 		}
 	}()
 	// nats.go reports a drained subscription closed when its last message
@@ -324,58 +326,118 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 }
 
 // send hands one job to the engine. It runs on the sender goroutine and
-// blocks while the engine is saturated.
-func (w *Worker) send(ctx context.Context, eng apns.Engine, it *item, fatal chan<- error) {
+// blocks while the engine is saturated, and while the engine reports its
+// credentials refused (see awaitCredentials): then the job waits here, kept
+// alive by keepAlive, the jobs behind it wait in sendq, and once every slot
+// is taken the subscription takes no more. stopping is Run's ctx.Done().
+func (w *Worker) send(ctx context.Context, stopping <-chan struct{}, eng apns.Engine, it *item, fatal chan<- error) {
 	n := it.n
 	it.n = nil
 	if it.bad != nil {
 		w.malformed(it, it.badToken, it.bad)
 		return
 	}
-	if cerr := w.credentialsRefused(eng); cerr != nil {
-		w.credentials(it, cerr)
-		return
-	}
-	err := eng.Send(ctx, n, it)
-	switch {
-	case err == nil:
-	case errors.Is(err, apns.ErrInvalidNotification):
-		w.malformed(it, n.Token.String(), err)
-	case errors.Is(err, apns.ErrCredentials):
-		w.credErr, w.credCheck = err, time.Now().Add(credRecheck)
-		w.credentials(it, err)
-	default: // engine closed, or the drain timed out: someone else's turn
-		w.finish(it, actNak, 0)
-		if errors.Is(err, apns.ErrClosed) {
-			select {
-			case fatal <- fmt.Errorf("consumer: engine closed while running: %w", err):
-			default:
+	for range maxSendTries {
+		if !w.awaitCredentials(ctx, stopping, eng) {
+			// Stopping while the credentials are refused: release the job.
+			w.credentials(it, w.credErr)
+			return
+		}
+		err := eng.Send(ctx, n, it)
+		switch {
+		case err == nil:
+		case errors.Is(err, apns.ErrInvalidNotification):
+			w.malformed(it, n.Token.String(), err)
+		case errors.Is(err, apns.ErrCredentials):
+			// Refused at once (no probe due in the engine): hold the job
+			// and try it again at the next probe.
+			w.pause(err)
+			continue
+		default: // engine closed, or the drain timed out: someone else's turn
+			w.finish(it, actNak, 0)
+			if errors.Is(err, apns.ErrClosed) {
+				select {
+				case fatal <- fmt.Errorf("consumer: engine closed while running: %w", err):
+				default:
+				}
 			}
 		}
+		return
 	}
+	w.credentials(it, w.credErr) // held for very long: let another worker try
 }
+
+// maxSendTries bounds the probes one job makes while the credentials are
+// refused before it is naked.
+const maxSendTries = 1000
 
 // credRecheck is how often a paused sender asks the engine whether its
 // credentials were fixed.
 const credRecheck = time.Second
 
-// credentialsRefused returns the engine's credentials error, asking the
-// engine at most once per credRecheck. Called by the sender only.
-func (w *Worker) credentialsRefused(eng apns.Engine) error {
-	if now := time.Now(); !now.Before(w.credCheck) {
-		w.credErr, w.credCheck = eng.Stats().CredentialsErr, now.Add(credRecheck)
+// pause records a credentials refusal the sender saw: no job reaches Send
+// before the next probe. Sender goroutine only.
+func (w *Worker) pause(cause error) {
+	now := time.Now()
+	if w.credErr == nil { // a new pause: the first probe one interval on
+		w.probeAt = now.Add(w.opts.CredentialsProbeInterval)
 	}
-	return w.credErr
+	w.credErr, w.credCheck = cause, now.Add(min(credRecheck, w.opts.CredentialsProbeInterval))
+	w.logCredentials(cause)
 }
 
-// credentials naks a job APNs cannot take while the credentials are
+// awaitCredentials returns true once the sender may call Send: the engine
+// reports no credentials error, or a probe is due (one every
+// CredentialsProbeInterval while it does). It waits otherwise, asking the
+// engine every credRecheck, and returns false if ctx or stopping ends the
+// wait first. Sender goroutine only.
+func (w *Worker) awaitCredentials(ctx context.Context, stopping <-chan struct{}, eng apns.Engine) bool {
+	for {
+		now := time.Now()
+		if !now.Before(w.credCheck) {
+			if cerr := eng.Stats().CredentialsErr; cerr != nil {
+				w.pause(cerr)
+			} else {
+				w.credErr, w.credCheck = nil, now.Add(credRecheck)
+			}
+		}
+		if w.credErr == nil {
+			return true
+		}
+		if !now.Before(w.probeAt) {
+			w.probeAt = now.Add(w.opts.CredentialsProbeInterval)
+			return true
+		}
+		next := w.credCheck
+		if w.probeAt.Before(next) {
+			next = w.probeAt
+		}
+		t := time.NewTimer(next.Sub(now))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-stopping:
+			t.Stop()
+			return false
+		}
+	}
+}
+
+// logCredentials logs a credentials refusal loudly, at most every 10 s.
+func (w *Worker) logCredentials(cause error) {
+	now := time.Now().UnixNano()
+	if last := w.lastCredsLog.Load(); now-last > int64(10*time.Second) && w.lastCredsLog.CompareAndSwap(last, now) {
+		w.log.Error("APNS REFUSED THE CREDENTIALS: jobs are held and probed until they are fixed", slog.Any("error", cause))
+	}
+}
+
+// credentials naks a job APNs could not take because the credentials are
 // refused, with the last (longest) back-off: a configuration problem must
 // not burn the job's attempts towards a dead letter, nor spin it.
 func (w *Worker) credentials(it *item, cause error) {
-	now := time.Now().UnixNano()
-	if last := w.lastCredsLog.Load(); now-last > int64(10*time.Second) && w.lastCredsLog.CompareAndSwap(last, now) {
-		w.log.Error("APNS REFUSED THE CREDENTIALS: jobs are naked until they are fixed", slog.Any("error", cause))
-	}
+	w.logCredentials(cause)
 	w.finish(it, actNakDelay, w.opts.Backoff[len(w.opts.Backoff)-1])
 }
 
