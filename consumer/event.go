@@ -105,9 +105,10 @@ const MaxEventJob = 64 << 10
 // A job longer than MaxEventJob is cut: Job is left out, JobRaw holds its
 // first MaxEventJob bytes, JobTruncated is true, and JobSize and JobSHA256
 // (hex) describe the whole job. An event that still cannot be stored for
-// good (the server's max_payload, or MaxDeliver attempts) is published
-// once more without any job bytes (JobRaw empty, JobTruncated true), and
-// the job is then terminated.
+// good (over the server's max_payload or the stream's maximum message
+// size) is published once more without any job bytes (JobRaw empty,
+// JobTruncated true), and the job is then terminated. A transient failure
+// is retried with the job's back-off, whatever its attempts.
 type EventJob struct {
 	Job          json.RawMessage `json:"job,omitempty"`
 	JobRaw       []byte          `json:"job_raw,omitempty"`

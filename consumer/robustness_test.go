@@ -195,15 +195,31 @@ func TestOversizedJobEvent(t *testing.T) {
 }
 
 // maxPayloadJS refuses events over max bytes as nats.go does over the
-// server's max_payload.
+// server's max_payload or, with pubAck, as the stream does over its
+// maximum message size (an API error in the PubAck).
 type maxPayloadJS struct {
 	jetstream.JetStream
-	max int
+	max    int
+	pubAck bool
 }
+
+type failedFuture struct {
+	jetstream.PubAckFuture
+	errc chan error
+}
+
+func (f failedFuture) Ok() <-chan *jetstream.PubAck { return nil }
+func (f failedFuture) Err() <-chan error            { return f.errc }
 
 func (m *maxPayloadJS) PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	if len(msg.Data) > m.max {
-		return nil, nats.ErrMaxPayload
+		if !m.pubAck {
+			return nil, nats.ErrMaxPayload
+		}
+		f := failedFuture{errc: make(chan error, 1)}
+		f.errc <- &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamMessageExceedsMaximum,
+			Description: "message size exceeds maximum allowed"}
+		return f, nil
 	}
 	return m.JetStream.PublishMsgAsync(msg, opts...)
 }
@@ -211,28 +227,34 @@ func (m *maxPayloadJS) PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishO
 // TestEventOverMaxPayloadTerminates: an event the server can never take
 // is published once more without the job, and the job terminated.
 func TestEventOverMaxPayloadTerminates(t *testing.T) {
-	js, _ := startJS(t)
-	eng := newFakeEngine(nil)
-	startWorker(t, &maxPayloadJS{JetStream: js, max: 2048}, testOptions(), eng)
-	data := bytes.Repeat([]byte{'y'}, 4096)
-	_, err := js.Publish(ctxT(t), "apns.jobs", data)
-	require.NoError(t, err)
+	for _, pubAck := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pubAck=%t", pubAck), func(t *testing.T) {
+			js, _ := startJS(t)
+			eng := newFakeEngine(nil)
+			startWorker(t, &maxPayloadJS{JetStream: js, max: 2048, pubAck: pubAck}, testOptions(), eng)
+			data := bytes.Repeat([]byte{'y'}, 4096)
+			_, err := js.Publish(ctxT(t), "apns.jobs", data)
+			require.NoError(t, err)
 
-	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
-		10*time.Second, 10*time.Millisecond)
-	require.Equal(t, uint64(1), consumerInfo(t, js).Delivered.Consumer, "terminated at once")
-	evs := events[RejectionEvent](t, js, "apns.events.rejected")
-	require.Len(t, evs, 1)
-	require.True(t, evs[0].JobTruncated)
-	require.Empty(t, evs[0].JobRaw)
-	require.Equal(t, len(data), evs[0].JobSize)
+			require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+				10*time.Second, 10*time.Millisecond)
+			require.Equal(t, uint64(1), consumerInfo(t, js).Delivered.Consumer, "terminated at once")
+			evs := events[RejectionEvent](t, js, "apns.events.rejected")
+			require.Len(t, evs, 1)
+			require.True(t, evs[0].JobTruncated)
+			require.Empty(t, evs[0].JobRaw)
+			require.Equal(t, len(data), evs[0].JobSize)
+		})
+	}
 }
 
-// TestEventLostAtMaxDeliverTerminates: a job whose event is never
-// confirmed is terminated after MaxDeliver attempts, its event stored once.
-func TestEventLostAtMaxDeliverTerminates(t *testing.T) {
+// TestEventLostAtMaxDeliverRetried: a job whose event is not confirmed
+// (a PubAck timeout in a leader election, say) is naked for a retry even
+// at MaxDeliver: the fault is transient and the job safe in the stream.
+// It used to be terminated with an event without its bytes: the job lost.
+func TestEventLostAtMaxDeliverRetried(t *testing.T) {
 	js, _ := startJS(t)
-	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 3} // MaxDeliver
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 4} // MaxDeliver + 1
 	close(gjs.gate)
 	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
 		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadTopic"}, false
@@ -242,8 +264,12 @@ func TestEventLostAtMaxDeliverTerminates(t *testing.T) {
 
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
 		10*time.Second, 10*time.Millisecond)
-	require.Equal(t, 3, eng.sent(tokHex(0)))
-	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
+	require.Equal(t, 5, eng.sent(tokHex(0)), "retried past MaxDeliver")
+	evs := events[RejectionEvent](t, js, "apns.events.rejected")
+	require.Len(t, evs, 1)
+	require.False(t, evs[0].JobTruncated, "the event carries the job")
+	require.NotEmpty(t, evs[0].Job)
+	require.Equal(t, uint64(5), consumerInfo(t, js).Delivered.Consumer)
 }
 
 // TestPullBufferKeptAliveBehindBlockedSend: jobs received while Send is

@@ -833,10 +833,13 @@ func (w *Worker) sendEvents(pe *pendingEvents) error {
 }
 
 // eventFailed finishes a job whose events were not stored: nak for a retry
-// (the events' Msg-Ids keep a retry from doubling those that were). If
-// the failure is for good (an event over the server's max_payload) or the
-// job has had MaxDeliver attempts, the events are published once more
-// without the job's bytes, and the job is then terminated.
+// (the events' Msg-Ids keep a retry from doubling those that were). Only if
+// the failure is for good (an event over the server's max_payload or the
+// stream's maximum message size) are the events published once more
+// without the job's bytes, and the job then terminated. A transient
+// failure (a PubAck timeout during a leader election, a lost connection)
+// is naked with back-off even at MaxDeliver: the job is safe in the stream
+// and its next attempt publishes the full event.
 func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 	w.m.eventErrors.WithLabelValues(pe.kind).Inc()
 	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id),
@@ -852,7 +855,7 @@ func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 		stopped = true
 	default:
 	}
-	if !pe.minimal && !stopped && (errors.Is(err, nats.ErrMaxPayload) || deliveries >= uint64(w.opts.MaxDeliver)) {
+	if !pe.minimal && !stopped && permanentEventError(err) {
 		// Not on the caller's goroutine: confirmEvents must keep reading
 		// w.pending.
 		w.wg.Add(1)
@@ -863,6 +866,15 @@ func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 		return
 	}
 	w.finish(pe.it, actNakDelay, w.opts.backoff(deliveries))
+}
+
+// permanentEventError reports whether no retry can store the event: it is
+// over the connection's max_payload or the stream's maximum message size.
+func permanentEventError(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, nats.ErrMaxPayload) ||
+		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 // publishMinimal publishes pe's events without the job's bytes, waits for
