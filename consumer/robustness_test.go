@@ -7,6 +7,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -426,4 +430,110 @@ func TestEventsMaxAge(t *testing.T) {
 			require.Equal(t, 10*time.Minute, info.Config.Duplicates)
 		})
 	}
+}
+
+// freezeProxy forwards one loopback NATS connection; while frozen it holds
+// what the server sends, so a Flush waits for its PONG.
+type freezeProxy struct {
+	ln     net.Listener
+	mu     sync.Mutex // held while frozen
+	wg     sync.WaitGroup
+	connMu sync.Mutex
+	conns  []net.Conn
+}
+
+func newFreezeProxy(tb testing.TB, target string) *freezeProxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	p := &freezeProxy{ln: ln}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				return
+			}
+			p.connMu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.connMu.Unlock()
+			p.wg.Add(2)
+			go func() {
+				defer p.wg.Done()
+				_, _ = io.Copy(s, c)
+				_ = s.Close()
+			}()
+			go func() {
+				defer p.wg.Done()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 {
+						p.waitThawed()
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				_ = c.Close()
+			}()
+		}
+	}()
+	return p
+}
+
+// waitThawed returns once the test does not hold mu.
+func (p *freezeProxy) waitThawed() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+}
+
+func (p *freezeProxy) close() {
+	_ = p.ln.Close()
+	p.connMu.Lock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.connMu.Unlock()
+	p.wg.Wait()
+}
+
+// TestShutdownFlushBoundedByCtx: the ack flush at the end of Shutdown
+// stops at the Shutdown ctx's deadline (it ran up to 5 s past it).
+func TestShutdownFlushBoundedByCtx(t *testing.T) {
+	_, nc := startJS(t)
+	p := newFreezeProxy(t, strings.TrimPrefix(nc.ConnectedUrl(), "nats://"))
+	nc2, err := nats.Connect("nats://"+p.ln.Addr().String(), nats.NoReconnect())
+	require.NoError(t, err)
+	frozen := false
+	defer func() {
+		if frozen {
+			p.mu.Unlock()
+		}
+		nc2.Close()
+		p.close()
+	}()
+	js2, err := jetstream.New(nc2)
+	require.NoError(t, err)
+	w, err := New(js2, testOptions())
+	require.NoError(t, err)
+
+	p.mu.Lock()
+	frozen = true
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = w.Shutdown(ctx, nil)
+	elapsed := time.Since(start)
+	require.ErrorContains(t, err, "flush acks")
+	require.Less(t, elapsed, 2*time.Second, "flush bounded by the Shutdown deadline")
 }

@@ -738,7 +738,8 @@ func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 	}
 	w.stopOnce.Do(func() { close(w.stop) })
 	w.wg.Wait()
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	// At most 5 s, and never past ctx: Shutdown's deadline is the caller's.
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if nc := w.js.Conn(); nc != nil && !nc.IsClosed() {
 		if err := nc.FlushWithContext(fctx); err != nil {
