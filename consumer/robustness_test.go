@@ -537,3 +537,55 @@ func TestShutdownFlushBoundedByCtx(t *testing.T) {
 	require.ErrorContains(t, err, "flush acks")
 	require.Less(t, elapsed, 2*time.Second, "flush bounded by the Shutdown deadline")
 }
+
+// fakeMsg is a job message whose acks go nowhere.
+type fakeMsg struct {
+	jetstream.Msg
+	naks atomic.Int32
+}
+
+func (m *fakeMsg) Data() []byte         { return []byte("{}") }
+func (m *fakeMsg) Headers() nats.Header { return nil }
+func (m *fakeMsg) Ack() error           { return nil }
+func (m *fakeMsg) Term() error          { return nil }
+func (m *fakeMsg) InProgress() error    { return nil }
+func (m *fakeMsg) Nak() error           { m.naks.Add(1); return nil }
+func (m *fakeMsg) NakWithDelay(time.Duration) error {
+	m.naks.Add(1)
+	return nil
+}
+func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{NumDelivered: 1}, nil
+}
+
+// TestSlotReleasedWhenFinishedWhileTakingIt: a job finished (nakAll at
+// shutdown) while receive takes its slot releases the slot exactly once
+// (it leaked when receive marked the slot held after finish ran).
+func TestSlotReleasedWhenFinishedWhileTakingIt(t *testing.T) {
+	js, _ := startJS(t)
+	w, err := New(js, testOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Shutdown(context.Background(), nil)) })
+	// Finished first, then the slot taken: holdSlot gives it back.
+	it := &item{w: w, msg: &fakeMsg{}}
+	w.track(it)
+	w.slots <- struct{}{}
+	w.finish(it, actNak, 0)
+	require.False(t, w.holdSlot(it))
+	require.Zero(t, len(w.slots), "slot leaked")
+
+	for i := range 500 {
+		it := &item{w: w, msg: &fakeMsg{}}
+		w.track(it)
+		w.slots <- struct{}{}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.finish(it, actNak, 0)
+		}()
+		w.holdSlot(it)
+		<-done
+		require.Zero(t, len(w.slots), "try %d: slot leaked", i)
+		require.Zero(t, w.InFlight())
+	}
+}

@@ -69,7 +69,7 @@ type Worker struct {
 type item struct {
 	w   *Worker
 	msg jetstream.Msg
-	id  string             // job id; written before Send
+	id  string             // job id; written before track
 	n   *apns.Notification // from receive to send
 	// A malformed job, reported by the sender: bad is why.
 	bad      error
@@ -294,6 +294,22 @@ func (w *Worker) consumeError(_ jetstream.ConsumeContext, err error) {
 func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *item) {
 	w.m.received.Inc()
 	it := &item{w: w, msg: msg}
+	// Decoded before the job is tracked: once tracked, it can be finished
+	// (nakAll at shutdown), which reads it.id.
+	job, err := DecodeJob(msg.Data())
+	if err == nil {
+		it.id = job.ID
+		it.n, err = job.Notification()
+	}
+	if it.id == "" && len(msg.Headers()) > 0 {
+		// Producers that only set Nats-Msg-Id (nats pub -H) still get
+		// de-duplicated events naming their id.
+		it.id = msg.Headers().Get(jetstream.MsgIDHeader)
+	}
+	if err != nil {
+		// The sender reports it, in order with the jobs before it.
+		it.bad, it.badToken, it.n = err, job.Token, nil
+	}
 	w.track(it)
 	select {
 	case w.slots <- struct{}{}:
@@ -305,24 +321,25 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 			return
 		}
 	}
-	it.slot.Store(true)
-	job, err := DecodeJob(msg.Data())
-	var n *apns.Notification
-	if err == nil {
-		it.id = job.ID
-		n, err = job.Notification()
+	if !w.holdSlot(it) {
+		return // finished while it waited for the slot (shutdown)
 	}
-	if it.id == "" && len(msg.Headers()) > 0 {
-		// Producers that only set Nats-Msg-Id (nats pub -H) still get
-		// de-duplicated events naming their id.
-		it.id = msg.Headers().Get(jetstream.MsgIDHeader)
-	}
-	if err != nil {
-		// The sender reports it, in order with the jobs before it.
-		it.bad, it.badToken = err, job.Token
-	}
-	it.n = n
 	sendq <- it // never blocks: it holds MaxInFlight, as many as slots
+}
+
+// holdSlot records that it holds the slot receive took for it. If it was
+// finished meanwhile, holdSlot releases the slot (unless finish saw it
+// first and did) and returns false. With finish's CompareAndSwap on
+// it.slot, the slot is released exactly once whichever runs first.
+func (w *Worker) holdSlot(it *item) bool {
+	it.slot.Store(true)
+	if it.done.Load() {
+		if it.slot.CompareAndSwap(true, false) {
+			<-w.slots
+		}
+		return false
+	}
+	return true
 }
 
 // send hands one job to the engine. It runs on the sender goroutine and
@@ -615,7 +632,7 @@ func (w *Worker) finish(it *item, a action, delay time.Duration) {
 		w.log.Warn("job "+a.String()+" failed", slog.String("job_id", it.id), slog.Any("error", err))
 	}
 	w.untrack(it)
-	if it.slot.Load() {
+	if it.slot.CompareAndSwap(true, false) { // see holdSlot
 		<-w.slots
 	}
 }
