@@ -130,7 +130,9 @@ func WithReconnectBackoff(min, max time.Duration) Option {
 //     written before it are delivered, those after it are sent again on a
 //     fresh connection (they do not use up retries: APNs discarded them);
 //   - status 10 (shutdown) names the last notification processed: those
-//     after it are sent again;
+//     after it are sent again; naming none (ID 0), it processed nothing:
+//     the connection counts as failed (reconnect back-off), and each
+//     notification is resent free a few times, then using up retries;
 //   - a notification that saw no error response for the assumed-delivered
 //     window is delivered;
 //   - a connection that ends without an error response (silent close, read
@@ -187,7 +189,15 @@ type binItem struct {
 	written  time.Duration // since epoch, of the last write's flush (binNotFlushed before)
 	attempts int           // writes
 	retries  int           // retries used
+	idleEnds int           // free resends after a connection that processed nothing
 }
+
+// binMaxIdleEnds bounds the free resends of a notification after
+// connections that ended processing nothing (status 10 or 0 naming ID 0):
+// beyond it, each such resend uses up a retry, so that a gateway that
+// always shuts down at once fails notifications instead of keeping them
+// forever (as the HTTP/2 engine's maxRequeues).
+const binMaxIdleEnds = 8
 
 // NewBinaryEngine returns an engine that sends to the binary gateway at addr
 // (GatewayProduction, GatewaySandbox or any host:port) with the client
@@ -814,7 +824,9 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 	_ = s.conn.NetConn().Close()
 	if r.err == nil {
 		s.onErrorResponse(r.resp)
-		return true
+		// A connection on which nothing was processed (a shutdown naming
+		// ID 0 before any outcome) achieved nothing: back off.
+		return s.confirmed
 	}
 	cause := r.err
 	if writeErr != nil && !errors.Is(r.err, writeErr) {
@@ -847,7 +859,6 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 // notification: status 10 names the last good one, others the bad one.
 func (s *binSession) onErrorResponse(r ErrorResponse) {
 	e := s.e
-	s.confirm()
 	k := int64(r.ID) - int64(s.headID) // index of the named one in flight
 	// Status 10 (and 0, NoErrors: nothing was wrong) names the last
 	// notification processed; ID 0 names none. What follows is resent at
@@ -855,9 +866,20 @@ func (s *binSession) onErrorResponse(r ErrorResponse) {
 	lastGood := r.Status == StatusShutdown || r.Status == StatusNoErrors
 	switch {
 	case r.ID == 0 && lastGood:
+		// Nothing processed: no outcome, so no confirm() (the certificate
+		// may yet be refused), and the resend is free only a few times.
 		s.log.LogAttrs(e.ctx, slog.LevelInfo, "binary gateway ended the connection before processing any in flight",
 			slog.String("status", r.Status.String()), slog.Int("in_flight", s.inflight()))
-		s.resendAll(nil)
+		cause := fmt.Errorf("apns: gateway answered %s before processing any notification", r.Status)
+		e.setLastErr(cause)
+		for s.inflight() > 0 {
+			it := s.pop()
+			if it.idleEnds++; it.idleEnds > binMaxIdleEnds {
+				e.requeue(it, cause)
+			} else {
+				e.requeue(it, nil)
+			}
+		}
 		return
 	case r.ID != 0 && k < 0:
 		// Named one already reported delivered (window too short for this
@@ -874,6 +896,7 @@ func (s *binSession) onErrorResponse(r ErrorResponse) {
 		s.resendAll(cause)
 		return
 	}
+	s.confirm() // the named one is in flight: an outcome
 	for ; k > 0; k-- {
 		e.finish(s.pop(), nil)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -647,4 +648,98 @@ func TestBinaryLastGoodStatuses(t *testing.T) {
 			require.NoError(t, eng.Stats().CredentialsErr)
 		})
 	}
+}
+
+// TestBinaryShutdownAtOnceBacksOff: a gateway that answers every connection
+// with status 10 naming ID 0 (nothing processed) must get connections at
+// the back-off's pace, not a handshake storm, must not clear a recorded
+// certificate refusal, and every notification must get exactly one outcome:
+// after a few free resends, each costs a retry until they run out.
+func TestBinaryShutdownAtOnceBacksOff(t *testing.T) {
+	t.Parallel()
+	const (
+		n          = 3
+		maxRetries = 1
+		backoffMin = 20 * time.Millisecond
+	)
+	pki := apnstest.MustPKI()
+	cfg := pki.ServerTLS(true)
+	var conns atomic.Int64 // handshakes that passed
+	var refused atomic.Bool
+	cfg.VerifyConnection = func(tls.ConnectionState) error {
+		if refused.CompareAndSwap(false, true) {
+			return errors.New("refused once") // the first connection: a certificate refusal
+		}
+		return nil
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				if err := c.(*tls.Conn).Handshake(); err != nil {
+					return
+				}
+				conns.Add(1)
+				buf := make([]byte, 1)
+				if _, err := c.Read(buf); err != nil { // the first frame byte
+					return
+				}
+				_, _ = c.Write(apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusShutdown, ID: 0}))
+				_, _ = io.Copy(io.Discard, c) // until the engine closes: no reset
+			}()
+		}
+	}()
+
+	out := newOutcomes()
+	eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),
+		apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1),
+		apns.WithMaxRetries(maxRetries), apns.WithReconnectBackoff(backoffMin, 2*backoffMin))
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = eng.Close(ctx)
+	})
+
+	send(t, eng, 0, 1)
+	require.ErrorIs(t, out.wait(t, 1, 10*time.Second)[0].Err, apns.ErrCredentials)
+	require.ErrorIs(t, eng.Stats().CredentialsErr, apns.ErrCredentials)
+
+	start := time.Now()
+	send(t, eng, 1, 1+n)
+	got := out.wait(t, 1+n, 20*time.Second)
+	elapsed := time.Since(start)
+	require.Len(t, got, 1+n)
+	for _, o := range got[1:] {
+		require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted, "notification %v", o.Ref)
+		require.GreaterOrEqual(t, o.Attempts, maxRetries+2, "free resends first")
+		require.LessOrEqual(t, o.Attempts, 8+maxRetries+1, "free resends are bounded")
+	}
+	require.Len(t, out.byRef(), 1+n, "one outcome each")
+	// Every connection after the first of a run waited out a back-off of
+	// at least backoffMin/2; none processed anything.
+	c := conns.Load()
+	require.GreaterOrEqual(t, c, int64(2))
+	require.LessOrEqual(t, c, 2+int64(elapsed/(backoffMin/2)), "%d connections in %v: no back-off", c, elapsed)
+	require.ErrorIs(t, eng.Stats().CredentialsErr, apns.ErrCredentials,
+		"a gateway that processed nothing has not accepted the certificate")
+
+	require.NoError(t, eng.Close(context.Background()))
+	require.Equal(t, 1+n, out.len(), "no outcome after the last")
 }
