@@ -589,3 +589,32 @@ func TestSlotReleasedWhenFinishedWhileTakingIt(t *testing.T) {
 		require.Zero(t, w.InFlight())
 	}
 }
+
+// TestLateEventFailureDuringShutdown: an outcome whose event fails for good
+// while Shutdown is stopping the worker (the engine's Close timed out) must
+// not start publishMinimal after Shutdown's wg.Wait (wg.Add raced it).
+func TestLateEventFailureDuringShutdown(t *testing.T) {
+	js, _ := startJS(t)
+	for i := range 30 {
+		w, err := New(js, testOptions())
+		require.NoError(t, err)
+		msg := &fakeMsg{}
+		it := &item{w: w, msg: msg, id: fmt.Sprintf("late-%d", i)}
+		w.track(it)
+		pe := &pendingEvents{it: it, kind: KindRejected, onOK: actAck,
+			evs: []event{{KindRejected, RejectionEvent{JobID: it.id, Reason: "BadTopic"}}}}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // the Shutdown deadline has passed: nakAll finishes the job
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.eventFailed(pe, nats.ErrMaxPayload)
+		}()
+		_ = w.Shutdown(ctx, nil)
+		<-done
+		require.True(t, it.done.Load())
+		// Whatever ran last, the job was finished once and nothing of the
+		// worker outlives Shutdown but a publishMinimal it waited for.
+		require.LessOrEqual(t, msg.naks.Load(), int32(1), "try %d", i)
+	}
+}

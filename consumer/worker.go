@@ -61,6 +61,10 @@ type Worker struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
+	// smu orders wg.Add for late work (publishMinimal) before Shutdown's
+	// wg.Wait: stopped is set, under smu, when stop is closed.
+	smu     sync.Mutex
+	stopped bool
 
 	lastCredsLog atomic.Int64 // unix nanos; rate-limits the credentials error
 }
@@ -753,7 +757,12 @@ func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 		n := w.nakAll()
 		errs = append(errs, fmt.Errorf("consumer: %d jobs still waiting at shutdown were naked: %w", n, err))
 	}
-	w.stopOnce.Do(func() { close(w.stop) })
+	w.stopOnce.Do(func() {
+		w.smu.Lock()
+		w.stopped = true
+		close(w.stop)
+		w.smu.Unlock()
+	})
 	w.wg.Wait()
 	// At most 5 s, and never past ctx: Shutdown's deadline is the caller's.
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -867,23 +876,30 @@ func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 		return
 	}
 	_, deliveries := w.meta(pe.it)
-	stopped := false // shutting down: retried after the restart
-	select {
-	case <-w.stop:
-		stopped = true
-	default:
-	}
-	if !pe.minimal && !stopped && permanentEventError(err) {
-		// Not on the caller's goroutine: confirmEvents must keep reading
-		// w.pending.
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			w.publishMinimal(pe)
-		}()
+	// Not on the caller's goroutine: confirmEvents must keep reading
+	// w.pending. Once the worker is stopping, the job is naked instead and
+	// retried after the restart.
+	if !pe.minimal && permanentEventError(err) && w.goUnlessStopped(func() { w.publishMinimal(pe) }) {
 		return
 	}
 	w.finish(pe.it, actNakDelay, w.opts.backoff(deliveries))
+}
+
+// goUnlessStopped runs f on a goroutine Shutdown waits for, unless the
+// worker is stopping (then it returns false). The stop check and wg.Add
+// are one step under smu, so no Add races Shutdown's wg.Wait.
+func (w *Worker) goUnlessStopped(f func()) bool {
+	w.smu.Lock()
+	defer w.smu.Unlock()
+	if w.stopped {
+		return false
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // permanentEventError reports whether no retry can store the event: it is
