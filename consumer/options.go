@@ -97,7 +97,8 @@ type Options struct {
 	// one job to Send as a probe (default 30 s). Between probes it holds
 	// the jobs it has (kept alive with InProgress) and takes no new ones,
 	// so a refusal neither spins jobs nor burns their attempts; a probe
-	// the engine lets through clears the refusal once APNs takes it.
+	// the engine lets through clears the refusal once APNs takes it. At
+	// least 10 ms.
 	CredentialsProbeInterval time.Duration
 
 	// Logger (default: discard).
@@ -174,6 +175,9 @@ func (o Options) withDefaults() (Options, error) {
 		if d.v < 0 {
 			bad("%s %s < 0", d.name, d.v)
 		}
+	}
+	if o.CredentialsProbeInterval > 0 && o.CredentialsProbeInterval < 10*time.Millisecond {
+		bad("CredentialsProbeInterval %s < 10ms", o.CredentialsProbeInterval)
 	}
 	if o.AckWait < time.Second {
 		bad("AckWait %s < 1s", o.AckWait)

@@ -463,6 +463,8 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"short ack wait", Options{AckWait: time.Millisecond}, "AckWait"},
 		{"bad backoff", Options{Backoff: []time.Duration{time.Second, -1}}, "Backoff[1]"},
 		{"negative replicas", Options{Replicas: -1}, "Replicas"},
+		{"tiny probe interval", Options{CredentialsProbeInterval: time.Millisecond}, "CredentialsProbeInterval"},
+		{"negative probe interval", Options{CredentialsProbeInterval: -time.Second}, "CredentialsProbeInterval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
