@@ -543,9 +543,10 @@ func (e *HTTP2Engine) retry(r *request, cause error, counted bool) {
 
 const maxRequeues = 8
 
-// A connection that ends without answering any stream, or within
-// minConnLife, counts as a failed connection attempt and backs off; one
-// that stayed idle for idleConnLife backs off only as a first failure.
+// A connection that ends within minConnLife, or without answering any of
+// the streams it opened, counts as a failed connection attempt and backs
+// off; one that opened no stream (idle) and lived minConnLife, or lived
+// idleConnLife, backs off only as a first failure.
 const (
 	minConnLife  = time.Second
 	idleConnLife = time.Minute
@@ -615,15 +616,18 @@ func (e *HTTP2Engine) runConn() {
 			// Only a connection that did some work resets the back-off: a
 			// server that ends every connection at once (GOAWAY right
 			// after SETTINGS, a close) must not get a handshake storm.
+			// One that lived but was never used (a load balancer closing
+			// idle connections) did not fail either.
 			lived := time.Since(start)
+			idle := c.nextID == 1 // no stream opened; serve is over, no race
 			switch {
 			case c.answered > 0 && lived >= minConnLife:
 				failures = 0
 				if c.clean {
 					continue // GOAWAY drained or stream ids used up: redial now
 				}
-			case c.answered > 0 || lived >= idleConnLife:
-				failures = 0 // some use, or a long idle life: back off a little
+			case c.answered > 0 || lived >= idleConnLife || idle && lived >= minConnLife:
+				failures = 0 // some use, or an idle life: back off a little
 			}
 		}
 		if e.ctx.Err() != nil {

@@ -1075,3 +1075,96 @@ func TestHTTP2CredentialsReprobed(t *testing.T) {
 	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(2), Payload: h2Payload}, 4))
 	require.NoError(t, col.wait(1)[0].Err)
 }
+
+// TestHTTP2IdleCloseNoBackoffGrowth: a server (a load balancer) that closes
+// connections after some idle time, never used, does not make them count
+// as failed: the pool redials after the first back-off step each time, not
+// after a growing one (L4).
+func TestHTTP2IdleCloseNoBackoffGrowth(t *testing.T) {
+	t.Parallel()
+	const (
+		idleLife = 1100 * time.Millisecond // > minConnLife (1s)
+		first    = 200 * time.Millisecond
+		want     = 5 // connections, so 4 gaps; growing back-off: 0.2+0.4+0.8+1.6 s
+	)
+	pki := apnstest.MustPKI()
+	cfg := pki.ServerTLS(false)
+	cfg.NextProtos = []string{"h2"}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		accepts []time.Time
+		closes  []time.Time
+		streams atomic.Int64
+		done    = make(chan struct{})
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			accepts = append(accepts, time.Now())
+			if len(accepts) == want {
+				close(done)
+			}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					mu.Lock()
+					closes = append(closes, time.Now()) // before the engine can see it
+					mu.Unlock()
+					c.Close()
+				}()
+				_ = c.SetDeadline(time.Now().Add(idleLife)) // the idle timeout
+				p := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(c, p); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				_ = fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					if _, ok := f.(*http2.HeadersFrame); ok {
+						streams.Add(1)
+					}
+				}
+			}()
+		}
+	}()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	e, err := apns.NewHTTP2Engine("https://"+ln.Addr().String(), apns.TokenAuth(key, "KEY1234567", "TEAM123456"),
+		apns.WithRootCAs(pki.RootCAs), apns.WithConns(1), apns.WithRetryBackoff(first, 10*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { closeH2Engine(t, e) })
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("pool did not redial")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Zero(t, streams.Load(), "the connections stayed idle")
+	require.GreaterOrEqual(t, len(closes), want-1)
+	for i := 1; i < want; i++ {
+		// The first step is at most 1.25 × 200 ms; the growing back-off
+		// of failures would wait 1.2 s or more before the fourth.
+		gap := accepts[i].Sub(closes[i-1])
+		require.Less(t, gap, 800*time.Millisecond, "redial %d after an idle close", i)
+	}
+}
