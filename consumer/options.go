@@ -95,10 +95,10 @@ type Options struct {
 	// CredentialsProbeInterval is how often, while the engine reports its
 	// credentials refused (apns.Stats.CredentialsErr), the worker passes
 	// one job to Send as a probe (default 30 s). Between probes it holds
-	// the jobs it has (kept alive with InProgress) and takes no new ones,
-	// so a refusal neither spins jobs nor burns their attempts; a probe
-	// the engine lets through clears the refusal once APNs takes it. At
-	// least 10 ms.
+	// the jobs it has (kept alive with InProgress) and takes new ones only
+	// while it holds fewer than MaxInFlight, so a refusal neither spins
+	// jobs nor burns their attempts; a probe the engine lets through
+	// clears the refusal once APNs takes it. At least 10 ms.
 	CredentialsProbeInterval time.Duration
 
 	// Logger (default: discard).
