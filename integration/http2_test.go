@@ -246,18 +246,20 @@ func TestHTTP2RefusedCredentials(t *testing.T) {
 		return resp.StatusCode == http.StatusServiceUnavailable
 	})
 	t.Logf("/readyz: %s", strings.TrimSpace(ready))
-	// Jobs are tried again and again (more than MaxDeliver times), paced by
-	// the back-off, and never dead-lettered.
-	r0 := w1.metric("apns_worker_jobs_received_total")
-	waitFor(t, 60*time.Second, "jobs tried more than MaxDeliver times", func() bool {
-		return w1.metric("apns_worker_jobs_received_total") >= r0+3*n
+	// Jobs are held, not cycled: those in flight when the 403 came back are
+	// naked once (with the back-off), then every job is held (InProgress)
+	// while one is probed now and then; none is dead-lettered.
+	waitFor(t, 30*time.Second, "every job held", func() bool {
+		return w1.metric("apns_worker_jobs_in_flight") == n
 	})
-	r1, t1 := w1.metric("apns_worker_jobs_received_total"), time.Now()
+	<-time.After(time.Second) // let naks of the first refusals come back
+	r1 := w1.metric("apns_worker_jobs_received_total")
 	<-time.After(2 * time.Second) // a measurement window, not synchronisation
-	r2, dt := w1.metric("apns_worker_jobs_received_total"), time.Since(t1)
-	rate := (r2 - r1) / dt.Seconds()
-	t.Logf("while refused: %.0f deliveries/s for %d jobs", rate, n)
-	require.LessOrEqual(t, rate, float64(n)/0.2*2, "jobs refused at Send are naked without the back-off: a hot redelivery loop")
+	r2 := w1.metric("apns_worker_jobs_received_total")
+	t.Logf("while refused: %v deliveries for %d jobs, %v more in 2 s", r1, n, r2-r1)
+	require.Equal(t, r1, r2, "jobs held while credentials are refused are not redelivered")
+	require.LessOrEqual(t, r1, float64(2*n), "at most one redelivery per job")
+	require.Equal(t, float64(n), w1.metric("apns_worker_jobs_in_flight"), "every job held")
 	require.NotZero(t, h2.Statuses()[403])
 	require.Contains(t, w1.log.String(), "APNS REFUSED THE CREDENTIALS")
 	require.Zero(t, h2.Accepted())
