@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"net"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,46 +44,29 @@ func TestBinaryWindowStartsAtFlush(t *testing.T) {
 	raw, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ln := tls.NewListener(raw, pki.ServerTLS(true))
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for serial := 1; ; serial++ {
-			c, err := ln.Accept()
+	serveRaw(t, ln, func(serial int, c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		fr := apns.NewFrameReader(c, 2048)
+		for {
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				fr := apns.NewFrameReader(c, 2048)
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					if serial > 1 {
-						continue
-					}
-					switch f.ID {
-					case 1:
-						// The stall under test, not synchronisation.
-						stall := time.NewTimer(3 * window)
-						<-stall.C
-					case badID:
-						_, _ = c.Write(apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusInvalidToken, ID: f.ID}))
-						return
-					}
-				}
-			}()
+			if serial > 1 {
+				continue
+			}
+			switch f.ID {
+			case 1:
+				// The stall under test, not synchronisation.
+				stall := time.NewTimer(3 * window)
+				<-stall.C
+			case badID:
+				_, _ = c.Write(apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusInvalidToken, ID: f.ID}))
+				return
+			}
 		}
-	}()
+	})
 	out := newOutcomes()
 	eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),
 		apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(window), apns.WithConns(1),

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -600,42 +601,23 @@ func TestBinaryLastGoodStatuses(t *testing.T) {
 			pki := apnstest.MustPKI()
 			ln, err := tls.Listen("tcp", "127.0.0.1:0", pki.ServerTLS(true))
 			require.NoError(t, err)
-			var (
-				wg     sync.WaitGroup
-				second atomic.Int32 // frames read on later connections
-			)
-			t.Cleanup(func() {
-				ln.Close()
-				wg.Wait()
-			})
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for serial := 1; ; serial++ {
-					c, err := ln.Accept()
-					if err != nil {
+			var second atomic.Int32 // frames read on later connections
+			serveRaw(t, ln, func(serial int, c net.Conn) {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				fr := apns.NewFrameReader(c, 2048)
+				for i := 1; ; i++ {
+					if _, err := fr.ReadFrame(); err != nil {
 						return
 					}
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						defer c.Close()
-						_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-						fr := apns.NewFrameReader(c, 2048)
-						for i := 1; ; i++ {
-							if _, err := fr.ReadFrame(); err != nil {
-								return
-							}
-							if serial > 1 {
-								second.Add(1)
-							} else if i == 3 {
-								_, _ = c.Write(apns.AppendErrorResponse(nil, tt.resp))
-								return
-							}
-						}
-					}()
+					if serial > 1 {
+						second.Add(1)
+					} else if i == 3 {
+						_, _ = c.Write(apns.AppendErrorResponse(nil, tt.resp))
+						return
+					}
 				}
-			}()
+			})
 			out := newOutcomes()
 			eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),
 				apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1),
@@ -676,37 +658,20 @@ func TestBinaryShutdownAtOnceBacksOff(t *testing.T) {
 	}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				if err := c.(*tls.Conn).Handshake(); err != nil {
-					return
-				}
-				conns.Add(1)
-				buf := make([]byte, 1)
-				if _, err := c.Read(buf); err != nil { // the first frame byte
-					return
-				}
-				_, _ = c.Write(apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusShutdown, ID: 0}))
-				_, _ = io.Copy(io.Discard, c) // until the engine closes: no reset
-			}()
+	serveRaw(t, ln, func(_ int, c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if err := c.(*tls.Conn).Handshake(); err != nil {
+			return
 		}
-	}()
+		conns.Add(1)
+		buf := make([]byte, 1)
+		if _, err := c.Read(buf); err != nil { // the first frame byte
+			return
+		}
+		_, _ = c.Write(apns.AppendErrorResponse(nil, apns.ErrorResponse{Status: apns.StatusShutdown, ID: 0}))
+		_, _ = io.Copy(io.Discard, c) // until the engine closes: no reset
+	})
 
 	out := newOutcomes()
 	eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),

@@ -839,40 +839,23 @@ func TestHTTP2GoAwayAtOnceBacksOff(t *testing.T) {
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	require.NoError(t, err)
 	var conns atomic.Int64
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	serveRaw(t, ln, func(_ int, c net.Conn) {
+		conns.Add(1)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		p := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, p); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		_ = fr.WriteSettings()
+		_ = fr.WriteGoAway(0, http2.ErrCodeNo, []byte(`{"reason":"Shutdown"}`))
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := fr.ReadFrame(); err != nil {
 				return
 			}
-			conns.Add(1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				p := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(c, p); err != nil {
-					return
-				}
-				fr := http2.NewFramer(c, c)
-				_ = fr.WriteSettings()
-				_ = fr.WriteGoAway(0, http2.ErrCodeNo, []byte(`{"reason":"Shutdown"}`))
-				for {
-					if _, err := fr.ReadFrame(); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	start := time.Now()
