@@ -165,20 +165,28 @@ func TestGracefulStop(t *testing.T) {
 	awaitSignal(t, termed, 120*time.Second)
 	require.Equal(t, 0, w1.wait(60*time.Second), "exit code after SIGTERM")
 
-	gone := requireNoAckWithoutDelivery(t, js, gatewayCounter{gw}, jobs, nil)
-	st := streamState(t, js, jobsStream)
-	ci := consumerInfo(t, js)
-	t.Logf("stopped: %d jobs acked, %d in the stream: %d never delivered, %d delivered and not acked",
-		gone, st.Msgs, ci.NumPending, ci.NumAckPending)
-	require.NotZero(t, st.Msgs, "SIGTERM came after the last job")
-	require.Equal(t, st.Msgs, ci.NumPending+uint64(ci.NumAckPending))
-	requireNotStranded(t, js, ci)
+	requireStoppedCleanly(t, js, gatewayCounter{gw}, jobs)
 
 	w2 := startWorker(t, "graceful-2", env)
 	waitDrained(t, js, 150*time.Second)
 	dups := requireAllDelivered(t, gw, jobs, nil)
 	require.Equal(t, 0, w2.stop(60*time.Second), "exit code")
 	t.Logf("graceful: %d duplicates at the gateway", dups)
+}
+
+// requireStoppedCleanly checks the jobs stream after a worker stopped on
+// SIGTERM mid-stream: nothing acked that the APNs server did not take, some
+// jobs left, and every job the worker held naked, none stranded.
+func requireStoppedCleanly(tb testing.TB, js jetstream.JetStream, apnsServer counter, jobs []job) {
+	tb.Helper()
+	gone := requireNoAckWithoutDelivery(tb, js, apnsServer, jobs, nil)
+	st := streamState(tb, js, jobsStream)
+	ci := consumerInfo(tb, js)
+	tb.Logf("stopped: %d jobs acked, %d in the stream: %d never delivered, %d delivered and not acked",
+		gone, st.Msgs, ci.NumPending, ci.NumAckPending)
+	require.NotZero(tb, st.Msgs, "SIGTERM came after the last job")
+	require.Equal(tb, st.Msgs, ci.NumPending+uint64(ci.NumAckPending))
+	requireNotStranded(tb, js, ci)
 }
 
 // requireNotStranded checks that every job delivered to a worker and not
