@@ -179,14 +179,36 @@ func TestGracefulStop(t *testing.T) {
 // jobs left, and every job the worker held naked, none stranded.
 func requireStoppedCleanly(tb testing.TB, js jetstream.JetStream, apnsServer counter, jobs []job) {
 	tb.Helper()
+	st, ci := waitAcksSettled(tb, js, 10*time.Second)
 	gone := requireNoAckWithoutDelivery(tb, js, apnsServer, jobs, nil)
-	st := streamState(tb, js, jobsStream)
-	ci := consumerInfo(tb, js)
 	tb.Logf("stopped: %d jobs acked, %d in the stream: %d never delivered, %d delivered and not acked",
 		gone, st.Msgs, ci.NumPending, ci.NumAckPending)
 	require.NotZero(tb, st.Msgs, "SIGTERM came after the last job")
 	require.Equal(tb, st.Msgs, ci.NumPending+uint64(ci.NumAckPending))
 	requireNotStranded(tb, js, ci)
+}
+
+// waitAcksSettled waits until the server has applied every ack the stopped
+// worker flushed: the server removes acked jobs from the stream on its own
+// goroutines after the client's connection is gone, so the stream and the
+// durable agree (every stored job is pending or waiting for an ack) only
+// once it is done, and stay the same from one read to the next.
+func waitAcksSettled(tb testing.TB, js jetstream.JetStream, within time.Duration) (jetstream.StreamState, *jetstream.ConsumerInfo) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	var prev uint64
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := streamState(tb, js, jobsStream)
+		ci := consumerInfo(tb, js)
+		settled := st.Msgs == ci.NumPending+uint64(ci.NumAckPending) && st.Msgs == prev
+		if settled || time.Now().After(deadline) {
+			return st, ci
+		}
+		prev = st.Msgs
+		<-tick.C
+	}
 }
 
 // requireNotStranded checks that every job delivered to a worker and not
