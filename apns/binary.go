@@ -52,6 +52,7 @@ type binaryOptions struct {
 	maxPayload      int
 	backoffMin      time.Duration
 	backoffMax      time.Duration
+	confirmAfter    time.Duration // 0: no confirm markers
 }
 
 // WithAssumeDelivered sets how long the binary engine waits, after writing a
@@ -65,6 +66,30 @@ func WithAssumeDelivered(d time.Duration) Option {
 			return fmt.Errorf("%w: assume-delivered window %v <= 0", ErrInvalidOption, d)
 		}
 		o.binary.assumeDelivered = d
+		return nil
+	}
+}
+
+// WithConfirmMarkers makes the binary engine confirm what it wrote instead
+// of waiting out the assumed-delivered window: once the oldest notification
+// in flight on a connection has waited after (0: at once), the connection
+// stops taking notifications and writes a known-bad frame (no token, no
+// payload), as the Java client Pushy did against Apple. The gateway answers
+// it with an error response naming it and closes; it processes frames in
+// order, so every notification before it is delivered, seconds early. The
+// engine then dials a fresh connection. Default off: the plain window.
+//
+// A gateway that ignores the marker (no answer within the window) or closes
+// without an error response turns markers off for the engine's life (the
+// second case resends what was in flight, as any silent close does). While
+// Close drains, markers go out as soon as a connection has nothing to
+// write, so Close does not wait for the window either.
+func WithConfirmMarkers(after time.Duration) Option {
+	return func(o *options) error {
+		if after < 0 {
+			return fmt.Errorf("%w: confirm-marker delay %v < 0", ErrInvalidOption, after)
+		}
+		o.binary.confirmAfter = max(after, time.Nanosecond)
 		return nil
 	}
 }
@@ -177,6 +202,8 @@ type BinaryEngine struct {
 	reconnects atomic.Uint64
 	lastErr    atomic.Pointer[error] // last connection error, for ErrClosed causes
 	credErr    atomic.Pointer[error]
+	markersOff atomic.Bool   // the gateway mishandled a confirm marker
+	markers    atomic.Uint64 // confirm markers answered as expected
 }
 
 var _ Engine = (*BinaryEngine)(nil)
@@ -190,6 +217,7 @@ type binItem struct {
 	attempts int           // writes
 	retries  int           // retries used
 	idleEnds int           // free resends after a connection that processed nothing
+	marker   bool          // a confirm marker (WithConfirmMarkers), not a notification
 }
 
 // binMaxIdleEnds bounds the free resends of a notification after
@@ -342,6 +370,9 @@ func (e *BinaryEngine) Stats() Stats {
 		Connected:  int(e.connected.Load()),
 		InFlight:   int(e.pending.Load()),
 		Reconnects: e.reconnects.Load(),
+
+		ConfirmMarkers: e.markers.Load(),
+		MarkersOff:     e.markersOff.Load(),
 	}
 	if p := e.credErr.Load(); p != nil {
 		s.CredentialsErr = *p
@@ -382,6 +413,9 @@ func (e *BinaryEngine) mono() time.Duration { return time.Since(e.epoch) }
 
 // finish reports it's outcome and frees its slot.
 func (e *BinaryEngine) finish(it *binItem, err error) {
+	if it.marker {
+		return
+	}
 	e.o.outcome(Outcome{Ref: it.ref, Notification: it.n, Err: err, Attempts: it.attempts, Accepted: it.accepted})
 	<-e.slots
 	if e.pending.Add(-1) == 0 && e.isClosed.Load() {
@@ -392,6 +426,9 @@ func (e *BinaryEngine) finish(it *binItem, err error) {
 // requeue queues it to be sent again; with a cause, the resend uses up one
 // of its retries, and it fails once they are exhausted.
 func (e *BinaryEngine) requeue(it *binItem, cause error) {
+	if it.marker {
+		return
+	}
 	if cause != nil {
 		it.retries++
 		if it.retries > e.o.maxRetries {
@@ -569,6 +606,8 @@ type binSession struct {
 	deadlineAt time.Duration // when the write deadline was last set
 	confirmed  bool          // some outcome came from this connection
 	timer      *time.Timer
+	marker     binItem // the confirm marker, in flight when marking
+	marking    bool    // a marker is in flight: write nothing more
 }
 
 func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
@@ -582,6 +621,8 @@ func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
 	s.lastWrite = s.e.mono()
 	s.deadlineAt = -time.Hour
 	s.confirmed = false
+	s.marking = false
+	s.marker = binItem{marker: true}
 	if s.timer == nil {
 		s.timer = time.NewTimer(time.Hour)
 	}
@@ -614,7 +655,12 @@ func (s *binSession) run(first *binItem) bool {
 		}
 		now = e.mono()
 		s.expire(now)
-		canWrite := s.nextID < math.MaxUint32 // never reuse an identifier
+		if s.markDue(now) {
+			if err = s.writeMarker(now); err != nil {
+				break
+			}
+		}
+		canWrite := !s.marking && s.nextID < math.MaxUint32 // never reuse an identifier
 		n := 0
 		if canWrite {
 			wall := e.o.now()
@@ -650,11 +696,21 @@ func (s *binSession) run(first *binItem) bool {
 			now = e.mono()
 		}
 		s.stampFlushed()
+		if s.markDue(now) { // nothing queued: confirm what is in flight
+			if err = s.writeMarker(now); err != nil {
+				break
+			}
+			canWrite = false
+		}
 		// Nothing queued: wait for work, the error response, the next
-		// expiry, or the idle timeout.
+		// expiry or marker, or the idle timeout.
 		var wake time.Duration
 		if s.inflight() > 0 {
-			wake = s.ring[s.start].written + e.b.assumeDelivered - now
+			oldest := s.ring[s.start].written
+			wake = oldest + e.b.assumeDelivered - now
+			if s.markersOn() && !s.marking {
+				wake = min(wake, oldest+e.b.confirmAfter-now)
+			}
 		} else {
 			if !canWrite || now-s.lastWrite >= e.b.idleTimeout {
 				return s.close()
@@ -690,6 +746,48 @@ func (s *binSession) run(first *binItem) bool {
 		return s.end(r, err)
 	case <-e.abort:
 		return s.fail(e.closedErr())
+	}
+}
+
+func (s *binSession) markersOn() bool {
+	return s.e.b.confirmAfter > 0 && !s.e.markersOff.Load()
+}
+
+// markDue reports whether to write a confirm marker now: markers are on,
+// none is in flight, and the oldest notification in flight was flushed
+// confirmAfter ago (at once while Close drains).
+func (s *binSession) markDue(now time.Duration) bool {
+	if s.marking || s.inflight() == 0 || !s.markersOn() || s.nextID == math.MaxUint32 {
+		return false
+	}
+	oldest := s.ring[s.start].written
+	if oldest == binNotFlushed {
+		return false
+	}
+	return s.e.isClosed.Load() || now-oldest >= s.e.b.confirmAfter
+}
+
+// writeMarker writes and flushes the confirm marker: a frame with an empty
+// token and an empty payload, which the gateway answers with an error
+// response naming it (status 2, missing device token).
+func (s *binSession) writeMarker(now time.Duration) error {
+	buf := appendFrame(s.w.AvailableBuffer(), s.nextID, nil, nil, 0, false, uint8(PriorityImmediate))
+	if _, err := s.w.Write(buf); err != nil {
+		return err
+	}
+	s.marker = binItem{marker: true}
+	s.push(&s.marker, now)
+	s.marking = true
+	return s.flush(now)
+}
+
+// markerFailed turns confirm markers off for the engine: the gateway did
+// not answer one as APNs did.
+func (s *binSession) markerFailed(how string) {
+	s.marking = false
+	if s.e.markersOff.CompareAndSwap(false, true) {
+		s.log.LogAttrs(s.e.ctx, slog.LevelWarn, "binary gateway "+how+" a confirm marker; confirm markers off, back to the assumed-delivered window",
+			slog.String("addr", s.e.addr))
 	}
 }
 
@@ -780,8 +878,13 @@ func (s *binSession) pop() *binItem {
 // expire reports delivered what stayed unanswered for the window.
 func (s *binSession) expire(now time.Duration) {
 	for s.inflight() > 0 && now-s.ring[s.start].written >= s.e.b.assumeDelivered {
+		it := s.pop()
+		if it.marker {
+			s.markerFailed("did not answer")
+			continue
+		}
 		s.confirm()
-		s.e.finish(s.pop(), nil)
+		s.e.finish(it, nil)
 	}
 }
 
@@ -845,6 +948,9 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 		}
 		return false
 	}
+	if s.marking {
+		s.markerFailed("closed the connection without an error response after")
+	}
 	if s.inflight() > 0 {
 		s.log.LogAttrs(e.ctx, slog.LevelWarn, "binary gateway connection lost; resending in flight",
 			slog.Int("in_flight", s.inflight()), slog.Any("err", cause))
@@ -860,6 +966,20 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 func (s *binSession) onErrorResponse(r ErrorResponse) {
 	e := s.e
 	k := int64(r.ID) - int64(s.headID) // index of the named one in flight
+	if s.marking && k == int64(s.inflight())-1 {
+		// The confirm marker: the gateway processed everything before it.
+		s.confirm()
+		for ; k > 0; k-- {
+			e.finish(s.pop(), nil)
+		}
+		s.pop()
+		s.marking = false
+		e.markers.Add(1)
+		return
+	}
+	if s.marking && (r.ID == 0 || k >= int64(s.inflight())) && !(r.Status == StatusShutdown || r.Status == StatusNoErrors) {
+		s.markerFailed("answered with an unknown identifier")
+	}
 	// Status 10 (and 0, NoErrors: nothing was wrong) names the last
 	// notification processed; ID 0 names none. What follows is resent at
 	// no cost to its retries: the gateway went away, it refused nothing.

@@ -457,6 +457,7 @@ func TestNewBinaryEngineOptions(t *testing.T) {
 		{"payload over 65535", apns.GatewaySandbox, apns.WithMaxPayload(70000)},
 		{"backoff max < min", apns.GatewaySandbox, apns.WithReconnectBackoff(time.Second, time.Millisecond)},
 		{"no conns", apns.GatewaySandbox, apns.WithConns(0)},
+		{"negative marker delay", apns.GatewaySandbox, apns.WithConfirmMarkers(-time.Second)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

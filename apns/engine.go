@@ -27,6 +27,11 @@ type Stats struct {
 	Connected  int    // connections currently up
 	InFlight   int    // accepted by Send, no outcome yet
 	Reconnects uint64 // connections replaced since start
+	// ConfirmMarkers counts the binary engine's confirm markers the
+	// gateway answered (WithConfirmMarkers); MarkersOff is set once the
+	// gateway mishandled one and the engine went back to the window.
+	ConfirmMarkers uint64
+	MarkersOff     bool
 	// CredentialsErr is non-nil once APNs refused the credentials; the
 	// engine fails new work until it is fixed (HTTP/2).
 	CredentialsErr error

@@ -228,6 +228,12 @@ type APNs struct {
 	// response before it reports a notification delivered
 	// (APNS_WORKER_APNS_ASSUMED_DELIVERED, default 5s).
 	AssumedDelivered time.Duration
+	// ConfirmAfter, when not 0, makes the binary engine confirm what a
+	// connection wrote with a known-bad marker frame once the oldest
+	// notification waited this long, instead of the whole window
+	// (APNS_WORKER_APNS_CONFIRM_AFTER, default 0: off); see
+	// apns.WithConfirmMarkers.
+	ConfirmAfter time.Duration
 	// IdleTimeout: a connection idle this long is closed (binary) or
 	// pinged (http2) (APNS_WORKER_APNS_IDLE_TIMEOUT, default 5m); 0 never.
 	IdleTimeout time.Duration
@@ -329,6 +335,7 @@ type spec struct {
 		Topic            string `split_words:"true"`
 		Conns            string `split_words:"true" default:"4"`
 		AssumedDelivered string `split_words:"true" default:"5s"`
+		ConfirmAfter     string `split_words:"true" default:"0"`
 		IdleTimeout      string `split_words:"true" default:"5m"`
 		MaxPayload       string `split_words:"true"`
 		RequestTimeout   string `split_words:"true" default:"10s"`

@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 47)
+	require.Len(t, read, 48)
 }
 
 func TestDefaults(t *testing.T) {
@@ -361,6 +361,7 @@ func TestValidBinaryCert(t *testing.T) {
 			"APNS_ADDR":              "127.0.0.1:2195",
 			"APNS_MAX_PAYLOAD":       "4096",
 			"APNS_ASSUMED_DELIVERED": "2s",
+			"APNS_CONFIRM_AFTER":     "100ms",
 			"JOBS_ACK_WAIT":          "3s",
 			"MAX_IN_FLIGHT":          "50000",
 		}))
@@ -370,6 +371,7 @@ func TestValidBinaryCert(t *testing.T) {
 		require.Empty(t, c.Feedback.Addr, "Apple's feedback service only with Apple's gateway")
 		require.Equal(t, 4096, c.APNs.MaxPayload)
 		require.Equal(t, 50_000, c.MaxInFlight)
+		require.Equal(t, 100*time.Millisecond, c.APNs.ConfirmAfter)
 	})
 }
 
@@ -459,6 +461,7 @@ func TestBadVariable(t *testing.T) {
 		{"conns", nil, map[string]string{"APNS_CONNS": "0"}, "APNS_CONNS", "out of range 1..1000"},
 		{"assumed delivered", nil, map[string]string{"APNS_ASSUMED_DELIVERED": "0"}, "APNS_ASSUMED_DELIVERED", "must be positive"},
 		{"idle timeout", nil, map[string]string{"APNS_IDLE_TIMEOUT": "-5m"}, "APNS_IDLE_TIMEOUT", "must be positive"},
+		{"confirm after", nil, map[string]string{"APNS_CONFIRM_AFTER": "soon"}, "APNS_CONFIRM_AFTER", "soon"},
 		{"max payload", nil, map[string]string{"APNS_MAX_PAYLOAD": "70000"}, "APNS_MAX_PAYLOAD", "out of range"},
 		{"request timeout", nil, map[string]string{"APNS_REQUEST_TIMEOUT": "soon"}, "APNS_REQUEST_TIMEOUT", "time: "},
 		{"feedback addr", binary, map[string]string{"FEEDBACK_ADDR": ":2196"}, "FEEDBACK_ADDR", "missing host"},

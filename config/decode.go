@@ -115,6 +115,7 @@ func (d *decoder) decode(s *spec) *Config {
 	a.Topic = d.topic("APNS_TOPIC", s.APNS.Topic)
 	a.Conns = d.integer("APNS_CONNS", s.APNS.Conns, 1, maxConns)
 	a.AssumedDelivered = d.duration("APNS_ASSUMED_DELIVERED", s.APNS.AssumedDelivered, false)
+	a.ConfirmAfter = d.duration("APNS_CONFIRM_AFTER", s.APNS.ConfirmAfter, true)
 	a.IdleTimeout = d.duration("APNS_IDLE_TIMEOUT", s.APNS.IdleTimeout, true)
 	a.MaxPayload = d.optInteger("APNS_MAX_PAYLOAD", s.APNS.MaxPayload, 1, 65535)
 	a.RequestTimeout = d.duration("APNS_REQUEST_TIMEOUT", s.APNS.RequestTimeout, false)

@@ -60,6 +60,7 @@ func (c Config) LogValue() slog.Value {
 			slog.String("topic", a.Topic),
 			slog.Int("conns", a.Conns),
 			dur("assumed_delivered", a.AssumedDelivered),
+			dur("confirm_after", a.ConfirmAfter),
 			dur("idle_timeout", a.IdleTimeout),
 			slog.Int("max_payload", a.MaxPayload),
 			dur("request_timeout", a.RequestTimeout)),

@@ -78,7 +78,7 @@ type GatewayStats struct {
 	// for a client that counts up).
 	OutOfOrderIDs int
 	Rejected      int // error responses for tokens told to Reject
-	Malformed     int // error responses for malformed frames
+	Malformed     int // malformed frames (answered, unless OnMalformed says otherwise)
 	Shutdowns     int // status-10 error responses
 	SilentCloses  int // connections closed by CloseAfter or CloseEvery
 }
@@ -99,6 +99,28 @@ type gatewayConfig struct {
 	drainAfterError time.Duration
 	maxPayload      int
 	countOnly       bool
+	malformed       Malformed
+}
+
+// Malformed is what a Gateway does with a frame it cannot take (no token,
+// a bad length, an unknown item, …).
+type Malformed int
+
+const (
+	// MalformedAnswer answers with an error response naming the frame, and
+	// closes, as APNs does (the default).
+	MalformedAnswer Malformed = iota
+	// MalformedIgnore skips a frame whose structure is sound but whose
+	// items are not (no token, a bad token size, no payload, …), without
+	// an answer, as a lenient gateway might; others are answered.
+	MalformedIgnore
+	// MalformedClose closes the connection without an error response.
+	MalformedClose
+)
+
+// OnMalformed sets what the gateway does with malformed frames.
+func OnMalformed(m Malformed) GatewayOption {
+	return func(c *gatewayConfig) { c.malformed = m }
 }
 
 // Reject makes the gateway answer every frame for tok with an error
@@ -376,7 +398,12 @@ func (g *Gateway) frames(c net.Conn, serial int32) {
 				g.mu.Lock()
 				g.stats.Malformed++
 				g.mu.Unlock()
-				g.answer(c, serial, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+				switch {
+				case g.cfg.malformed == MalformedIgnore && fe.Status != apns.StatusProtocolError:
+					continue // the frame was read whole
+				case g.cfg.malformed != MalformedClose:
+					g.answer(c, serial, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+				}
 			}
 			return // io.EOF, a reset, or Close
 		}

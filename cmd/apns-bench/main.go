@@ -43,6 +43,7 @@ type benchConfig struct {
 	payload     int
 	jsonFile    string
 	window      time.Duration
+	confirm     time.Duration
 	conns       int
 	maxInFlight int
 	maxPending  int
@@ -72,6 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fs.StringVar(&c.jsonFile, "json", "", "write the result as JSON to this file")
 	fs.DurationVar(&c.window, "window", time.Second,
 		"binary mode: assumed-delivered window (APNS_WORKER_APNS_ASSUMED_DELIVERED; its default is 5s); every ack waits for it")
+	fs.DurationVar(&c.confirm, "confirm-after", 0,
+		"binary mode: confirm markers after this long (APNS_WORKER_APNS_CONFIRM_AFTER); 0: off, acks wait for the window")
 	fs.IntVar(&c.conns, "conns", 4, "connections to APNs per worker (APNS_WORKER_APNS_CONNS)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "APNS_WORKER_MAX_IN_FLIGHT; 0: the worker's default for the mode")
 	fs.IntVar(&c.maxPending, "max-pending", 4096, "publisher: most PublishAsync messages awaiting their PubAck")
@@ -121,8 +124,8 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	if c.payload < 20 || c.payload > maxPayload {
 		bad("-payload %d: want 20 to %d bytes", c.payload, maxPayload)
 	}
-	if c.window <= 0 {
-		bad("-window %s <= 0", c.window)
+	if c.window <= 0 || c.confirm < 0 {
+		bad("-window %s <= 0 or -confirm-after %s < 0", c.window, c.confirm)
 	}
 	if c.conns < 1 || c.maxInFlight < 0 || c.maxPending < 1 {
 		bad("-conns, -max-pending must be >= 1, -max-in-flight >= 0")

@@ -21,7 +21,8 @@ type result struct {
 	Rate       float64 `json:"rate"` // 0: as fast as JetStream takes them
 	Payload    int     `json:"payload_bytes"`
 	Rejected   float64 `json:"rejected_share"`
-	WindowMS   float64 `json:"window_ms"` // binary assumed-delivered window
+	WindowMS   float64 `json:"window_ms"`        // binary assumed-delivered window
+	ConfirmMS  float64 `json:"confirm_after_ms"` // binary confirm markers; 0: off
 	Conns      int     `json:"conns"`
 	Mode       string  `json:"mode"` // in-process, spawn-worker, external
 	GoVersion  string  `json:"go_version"`
@@ -78,7 +79,7 @@ func usPerJob(cpu time.Duration, n int) float64 {
 func newResult(c *benchConfig, o outcome, load string) *result {
 	r := &result{
 		Protocol: c.protocol, N: c.n, Workers: c.workers, Rate: c.rate, Payload: len(makePayload(c.payload)),
-		Rejected: c.rejected, WindowMS: ms(c.window), Conns: c.conns, GoVersion: runtime.Version(), LoadBefore: load,
+		Rejected: c.rejected, WindowMS: ms(c.window), ConfirmMS: ms(c.confirm), Conns: c.conns, GoVersion: runtime.Version(), LoadBefore: load,
 		Delivered: o.delivered, Rejections: o.rejected, Terminated: o.terminated, Lost: o.lost, Reacks: o.reacks,
 		P50MS: ms(percentile(o.latencies, 0.50)), P90MS: ms(percentile(o.latencies, 0.90)),
 		P99MS: ms(percentile(o.latencies, 0.99)), MaxMS: ms(percentile(o.latencies, 1)),

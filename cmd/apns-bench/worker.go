@@ -33,6 +33,7 @@ func workerEnv(c *benchConfig, natsURL string, si serverInfo) map[string]string 
 		"APNS_WORKER_APNS_CA_FILE":           filepath.Join(si.Dir, caFile),
 		"APNS_WORKER_APNS_CONNS":             fmt.Sprint(c.conns),
 		"APNS_WORKER_APNS_ASSUMED_DELIVERED": c.window.String(),
+		"APNS_WORKER_APNS_CONFIRM_AFTER":     c.confirm.String(),
 		"APNS_WORKER_HTTP_ADDR":              "",
 		"APNS_WORKER_LOG_FORMAT":             "json",
 		"APNS_WORKER_LOG_LEVEL":              "error",

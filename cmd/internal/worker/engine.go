@@ -59,6 +59,9 @@ func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger)
 	if a.IdleTimeout > 0 {
 		binaryOpts = append(binaryOpts, apns.WithIdleTimeout(a.IdleTimeout))
 	}
+	if a.ConfirmAfter > 0 {
+		binaryOpts = append(binaryOpts, apns.WithConfirmMarkers(a.ConfirmAfter))
+	}
 
 	switch a.Mode {
 	case config.ModeMock:

@@ -1,0 +1,125 @@
+package apns_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/apnstest"
+)
+
+// The window is an hour in these tests: an outcome that arrives at all came
+// from a confirm marker's answer (or a rejection), not from the window.
+const noWindow = time.Hour
+
+func TestBinaryConfirmMarkers(t *testing.T) {
+	t.Parallel()
+	const n, bad = 2000, 777
+	gw := apnstest.NewGateway(apnstest.Reject(tok(bad), apns.StatusInvalidToken))
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(2), apns.WithAssumeDelivered(noWindow),
+		apns.WithConfirmMarkers(5*time.Millisecond))
+	send(t, eng, 0, n)
+	got := out.wait(t, n, 20*time.Second)
+	require.Len(t, got, n)
+	for _, o := range got {
+		i := o.Ref.(int)
+		if i == bad {
+			rej, ok := o.Rejection()
+			require.True(t, ok, "%v", o.Err)
+			require.Equal(t, apns.StatusInvalidToken, rej.Status)
+			continue
+		}
+		require.NoError(t, o.Err, i)
+		require.Equal(t, 1, gw.Count(tok(i)), i) // those after the bad one were written twice, taken once
+	}
+	st, es := gw.Stats(), eng.Stats()
+	require.Zero(t, st.Duplicates)
+	require.Zero(t, st.ResentAfterError)
+	require.Zero(t, st.OutOfOrderIDs)
+	require.Positive(t, es.ConfirmMarkers)
+	require.False(t, es.MarkersOff)
+	require.GreaterOrEqual(t, st.Malformed, int(es.ConfirmMarkers), "each marker the engine counts was a malformed frame at the gateway")
+	require.Equal(t, 1, st.Rejected)
+}
+
+// TestBinaryCloseConfirmsWithMarkers: Close does not wait out the window:
+// with markers on, it marks what is in flight at once.
+func TestBinaryCloseConfirmsWithMarkers(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	gw := apnstest.NewGateway()
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(2), apns.WithAssumeDelivered(noWindow),
+		apns.WithConfirmMarkers(noWindow))
+	send(t, eng, 0, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, eng.Close(ctx))
+	got := out.wait(t, n, time.Second)
+	for _, o := range got {
+		require.NoError(t, o.Err, o.Ref)
+	}
+	require.Equal(t, n, gw.Stats().Accepted)
+	require.Positive(t, eng.Stats().ConfirmMarkers)
+}
+
+// TestBinaryConfirmMarkersIgnored: a gateway that skips the marker without
+// an answer: the notifications are delivered by the window, and markers go
+// off.
+func TestBinaryConfirmMarkersIgnored(t *testing.T) {
+	t.Parallel()
+	const n = 500
+	gw := apnstest.NewGateway(apnstest.OnMalformed(apnstest.MalformedIgnore))
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(1), apns.WithConfirmMarkers(time.Millisecond))
+	send(t, eng, 0, n)
+	for _, o := range out.wait(t, n, 20*time.Second) {
+		require.NoError(t, o.Err, o.Ref)
+	}
+	send(t, eng, n, 2*n)
+	for _, o := range out.wait(t, 2*n, 20*time.Second) {
+		require.NoError(t, o.Err, o.Ref)
+		require.Equal(t, 1, o.Attempts)
+	}
+	st, es := gw.Stats(), eng.Stats()
+	require.True(t, es.MarkersOff)
+	require.Zero(t, es.ConfirmMarkers)
+	require.Equal(t, 1, st.Malformed, "one marker, then none")
+	require.Equal(t, 2*n, st.Accepted)
+	require.Zero(t, st.Duplicates)
+}
+
+// TestBinaryConfirmMarkersClosed: a gateway that closes without an answer
+// on the marker: what was in flight is sent again (as after any silent
+// close), markers go off, and later notifications are sent once.
+func TestBinaryConfirmMarkersClosed(t *testing.T) {
+	t.Parallel()
+	const n = 500
+	gw := apnstest.NewGateway(apnstest.OnMalformed(apnstest.MalformedClose))
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(1), apns.WithConfirmMarkers(time.Millisecond))
+	send(t, eng, 0, n)
+	first := out.wait(t, n, 20*time.Second)
+	for _, o := range first {
+		require.NoError(t, o.Err, o.Ref)
+	}
+	require.True(t, eng.Stats().MarkersOff)
+	dups := gw.Stats().Duplicates
+	require.LessOrEqual(t, dups, n)
+
+	send(t, eng, n, 2*n)
+	got := out.wait(t, 2*n, 20*time.Second)
+	require.Len(t, out.byRef(), 2*n, "one outcome each")
+	for _, o := range got[n:] {
+		require.NoError(t, o.Err, o.Ref)
+		require.Equal(t, 1, o.Attempts)
+		require.Equal(t, 1, gw.Count(tok(o.Ref.(int))))
+	}
+	st := gw.Stats()
+	require.Equal(t, 1, st.Malformed, "one marker, then none")
+	require.Equal(t, dups, st.Duplicates, "nothing sent twice once markers are off")
+}
