@@ -337,3 +337,30 @@ func TestExpiredJob(t *testing.T) {
 	require.Zero(t, subjectCount(t, js, subjRejected))
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
 }
+
+// TestConfirmMarkers: with APNS_WORKER_APNS_CONFIRM_AFTER the worker acks
+// jobs as soon as the gateway answers a confirm marker: the assumed-delivered
+// window is ten minutes here, and every job still finishes in seconds,
+// each reaching the gateway once; a rejection still gives its event.
+func TestConfirmMarkers(t *testing.T) {
+	const n = 3000
+	bad := token(0xcf, 1234)
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	gw := startGateway(t, apnstest.Reject(bad, apns.StatusInvalidToken))
+	env := binaryEnv(t, ns.ClientURL(), gw, 10*time.Minute)
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "15m"
+	env["APNS_WORKER_APNS_CONFIRM_AFTER"] = "20ms"
+	w := startWorker(t, "markers", env)
+	jobs := publishJobs(t, js, "markers", n, func(i int) apns.Token { return token(0xcf, i) })
+	waitDrained(t, js, 60*time.Second)
+	dups := requireAllDelivered(t, gw, jobs, func(tk apns.Token) bool { return tk.String() == bad.String() })
+	require.Zero(t, dups)
+	st := gw.Stats()
+	require.NotZero(t, st.Malformed, "markers reached the gateway")
+	require.Equal(t, 1, st.Rejected)
+	require.Equal(t, 1, subjectCount(t, js, subjRejected))
+	require.Equal(t, 1, subjectCount(t, js, subjBadTokens))
+	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
+	t.Logf("markers: %d jobs, %d connections", n, st.Conns)
+}
