@@ -72,9 +72,9 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fs.IntVar(&c.payload, "payload", 128, "payload bytes (at least 20)")
 	fs.StringVar(&c.jsonFile, "json", "", "write the result as JSON to this file")
 	fs.DurationVar(&c.window, "window", time.Second,
-		"binary mode: assumed-delivered window (APNS_WORKER_APNS_ASSUMED_DELIVERED; its default is 5s); every ack waits for it")
-	fs.DurationVar(&c.confirm, "confirm-after", 0,
-		"binary mode: confirm markers after this long (APNS_WORKER_APNS_CONFIRM_AFTER); 0: off, acks wait for the window")
+		"binary mode: assumed-delivered window (APNS_WORKER_APNS_ASSUMED_DELIVERED; its default is 5s); without confirm markers every ack waits for it")
+	fs.DurationVar(&c.confirm, "confirm-after", 100*time.Millisecond,
+		"binary mode: confirm markers after this long (APNS_WORKER_APNS_CONFIRM_AFTER; the worker's default is 0, off); 0: off, every ack waits for the window")
 	fs.IntVar(&c.conns, "conns", 4, "connections to APNs per worker (APNS_WORKER_APNS_CONNS)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "APNS_WORKER_MAX_IN_FLIGHT; 0: the worker's default for the mode")
 	fs.IntVar(&c.maxPending, "max-pending", 4096, "publisher: most PublishAsync messages awaiting their PubAck")

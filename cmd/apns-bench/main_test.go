@@ -14,12 +14,18 @@ import (
 // smaller, for both protocols: every job finished, none lost or doubled,
 // rejections as asked, and the JSON report has its fields.
 func TestTinyRun(t *testing.T) {
-	for _, proto := range []string{"http2", "binary"} {
-		t.Run(proto, func(t *testing.T) {
+	for _, tt := range []struct {
+		name, proto, confirm string
+	}{
+		{"http2", "http2", "100ms"},
+		{"binary", "binary", "100ms"}, // the bench's default: confirm markers
+		{"binary-window", "binary", "0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "bench.json")
 			var stdout, stderr bytes.Buffer
-			code := realMain([]string{"-n", "2000", "-protocol", proto, "-rejected", "0.01",
-				"-window", "200ms", "-progress=false", "-timeout", "60s", "-json", out},
+			code := realMain([]string{"-n", "2000", "-protocol", tt.proto, "-rejected", "0.01",
+				"-window", "200ms", "-confirm-after", tt.confirm, "-progress=false", "-timeout", "60s", "-json", out},
 				nil, &stdout, &stderr)
 			require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
 			require.Contains(t, stdout.String(), "jobs/s")
@@ -47,6 +53,10 @@ func TestTinyRun(t *testing.T) {
 			require.LessOrEqual(t, r.P99MS, r.MaxMS)
 			require.Positive(t, r.PeakRSSMB)
 			require.Positive(t, r.CPUUsPerJob)
+			if tt.proto == "binary" {
+				require.Contains(t, stdout.String(), "confirm markers")
+				require.Equal(t, tt.confirm != "0", r.ConfirmMS > 0)
+			}
 		})
 	}
 }

@@ -116,7 +116,15 @@ func (r *result) setCPU(cpu time.Duration) {
 func (r *result) writeTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	row := func(k, f string, v ...any) { fmt.Fprintf(tw, "%s\t"+f+"\t\n", append([]any{k}, v...)...) }
-	fmt.Fprintf(w, "apns-bench: %s, %d jobs, %d worker(s), %s, load before %s\n", r.Protocol, r.N, r.Workers, r.Mode, r.LoadBefore)
+	proto := r.Protocol
+	if proto == "binary" {
+		markers := "off"
+		if r.ConfirmMS > 0 {
+			markers = fmt.Sprintf("%gms", r.ConfirmMS)
+		}
+		proto += fmt.Sprintf(" (window %gms, confirm markers %s)", r.WindowMS, markers)
+	}
+	fmt.Fprintf(w, "apns-bench: %s, %d jobs, %d worker(s), %s, load before %s\n", proto, r.N, r.Workers, r.Mode, r.LoadBefore)
 	row("jobs/s (first publish → last ack)", "%.0f", r.JobsPerSec)
 	row("jobs/s (steady, 10%→90% of acks)", "%.0f", r.SteadyJobsPerSec)
 	row("publish/s", "%.0f", r.PublishPerSec)
