@@ -392,6 +392,16 @@ func (e *BinaryEngine) doAbort() {
 	})
 }
 
+// closeStarted reports whether Close was called.
+func (e *BinaryEngine) closeStarted() bool {
+	select {
+	case <-e.closing:
+		return true
+	default:
+		return false
+	}
+}
+
 func (e *BinaryEngine) aborted() bool {
 	select {
 	case <-e.abort:
@@ -655,7 +665,7 @@ func (s *binSession) run(first *binItem) bool {
 		}
 		now = e.mono()
 		s.expire(now)
-		if s.markDue(now) {
+		if s.markDue(now, false) {
 			if err = s.writeMarker(now); err != nil {
 				break
 			}
@@ -696,7 +706,7 @@ func (s *binSession) run(first *binItem) bool {
 			now = e.mono()
 		}
 		s.stampFlushed()
-		if s.markDue(now) { // nothing queued: confirm what is in flight
+		if s.markDue(now, e.closeStarted()) { // nothing queued: confirm what is in flight
 			if err = s.writeMarker(now); err != nil {
 				break
 			}
@@ -708,7 +718,7 @@ func (s *binSession) run(first *binItem) bool {
 		if s.inflight() > 0 {
 			oldest := s.ring[s.start].written
 			wake = oldest + e.b.assumeDelivered - now
-			if s.markersOn() && !s.marking {
+			if s.canMark() {
 				wake = min(wake, oldest+e.b.confirmAfter-now)
 			}
 		} else {
@@ -722,12 +732,17 @@ func (s *binSession) run(first *binItem) bool {
 		if !canWrite {
 			queue = nil
 		}
+		var closing chan struct{} // Close marks what waits here at once
+		if s.inflight() > 0 && s.canMark() && !e.closeStarted() {
+			closing = e.closing
+		}
 		select {
 		case it := <-queue:
 			err = s.write(it, e.mono(), e.o.now())
 		case r := <-s.readc:
 			s.timer.Stop()
 			return s.end(r, nil)
+		case <-closing:
 		case <-s.timer.C:
 		case <-e.drained: // closing, nothing pending: in flight is empty
 			s.timer.Stop()
@@ -749,22 +764,24 @@ func (s *binSession) run(first *binItem) bool {
 	}
 }
 
-func (s *binSession) markersOn() bool {
-	return s.e.b.confirmAfter > 0 && !s.e.markersOff.Load()
+// canMark reports whether this session may write a confirm marker: markers
+// are on, none is in flight here, and an identifier is left for one.
+func (s *binSession) canMark() bool {
+	return s.e.b.confirmAfter > 0 && !s.e.markersOff.Load() && !s.marking && s.nextID < math.MaxUint32
 }
 
-// markDue reports whether to write a confirm marker now: markers are on,
-// none is in flight, and the oldest notification in flight was flushed
-// confirmAfter ago (at once while Close drains).
-func (s *binSession) markDue(now time.Duration) bool {
-	if s.marking || s.inflight() == 0 || !s.markersOn() || s.nextID == math.MaxUint32 {
+// markDue reports whether to write a confirm marker now: one can be
+// written, and the oldest notification in flight was flushed confirmAfter
+// ago, or at all when atOnce (Close drains and nothing is queued).
+func (s *binSession) markDue(now time.Duration, atOnce bool) bool {
+	if s.inflight() == 0 || !s.canMark() {
 		return false
 	}
 	oldest := s.ring[s.start].written
 	if oldest == binNotFlushed {
 		return false
 	}
-	return s.e.isClosed.Load() || now-oldest >= s.e.b.confirmAfter
+	return atOnce || now-oldest >= s.e.b.confirmAfter
 }
 
 // writeMarker writes and flushes the confirm marker: a frame with an empty
@@ -785,6 +802,9 @@ func (s *binSession) writeMarker(now time.Duration) error {
 // not answer one as APNs did.
 func (s *binSession) markerFailed(how string) {
 	s.marking = false
+	if s.e.aborted() {
+		return // Close gave up and closed the connection: no evidence
+	}
 	if s.e.markersOff.CompareAndSwap(false, true) {
 		s.log.LogAttrs(s.e.ctx, slog.LevelWarn, "binary gateway "+how+" a confirm marker; confirm markers off, back to the assumed-delivered window",
 			slog.String("addr", s.e.addr))
@@ -914,8 +934,10 @@ func (s *binSession) fail(cause error) bool {
 	_ = s.conn.NetConn().Close()
 	<-s.readc
 	for s.inflight() > 0 {
-		s.e.failed.Add(1)
-		s.e.finish(s.pop(), cause)
+		if it := s.pop(); !it.marker {
+			s.e.failed.Add(1)
+			s.e.finish(it, cause)
+		}
 	}
 	return true
 }

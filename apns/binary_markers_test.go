@@ -2,6 +2,7 @@ package apns_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -47,24 +48,45 @@ func TestBinaryConfirmMarkers(t *testing.T) {
 }
 
 // TestBinaryCloseConfirmsWithMarkers: Close does not wait out the window:
-// with markers on, it marks what is in flight at once.
+// with markers on, it marks at once what waits on idle connections (the
+// gateway took everything before Close), and while it drains a long queue
+// each connection marks once, when nothing is left to write, not per flush.
 func TestBinaryCloseConfirmsWithMarkers(t *testing.T) {
 	t.Parallel()
-	const n = 300
-	gw := apnstest.NewGateway()
-	t.Cleanup(gw.Close)
-	eng, out := newEngine(t, gw, apns.WithConns(2), apns.WithAssumeDelivered(noWindow),
-		apns.WithConfirmMarkers(noWindow))
-	send(t, eng, 0, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	require.NoError(t, eng.Close(ctx))
-	got := out.wait(t, n, time.Second)
-	for _, o := range got {
-		require.NoError(t, o.Err, o.Ref)
+	for _, tt := range []struct {
+		name string
+		n    int
+		idle bool // Close after the gateway took everything
+	}{
+		{"idle", 300, true},
+		{"draining", 20000, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			const conns = 2
+			gw := apnstest.NewGateway(apnstest.CountOnly())
+			t.Cleanup(gw.Close)
+			eng, out := newEngine(t, gw, apns.WithConns(conns), apns.WithAssumeDelivered(noWindow),
+				apns.WithConfirmMarkers(noWindow))
+			send(t, eng, 0, tt.n)
+			if tt.idle {
+				require.Eventually(t, func() bool { return gw.Stats().Accepted == tt.n },
+					20*time.Second, 5*time.Millisecond)
+				require.Zero(t, out.len(), "no outcome before Close: the window and the marker delay are an hour")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			require.NoError(t, eng.Close(ctx))
+			got := out.wait(t, tt.n, time.Second)
+			for _, o := range got {
+				require.NoError(t, o.Err, o.Ref)
+			}
+			require.Equal(t, tt.n, gw.Stats().Accepted)
+			es := eng.Stats()
+			require.Positive(t, es.ConfirmMarkers)
+			require.LessOrEqual(t, es.ConfirmMarkers, uint64(conns), "one marker per connection")
+		})
 	}
-	require.Equal(t, n, gw.Stats().Accepted)
-	require.Positive(t, eng.Stats().ConfirmMarkers)
 }
 
 // TestBinaryConfirmMarkersIgnored: a gateway that skips the marker without
@@ -122,4 +144,28 @@ func TestBinaryConfirmMarkersClosed(t *testing.T) {
 	st := gw.Stats()
 	require.Equal(t, 1, st.Malformed, "one marker, then none")
 	require.Equal(t, dups, st.Duplicates, "nothing sent twice once markers are off")
+}
+
+// TestBinaryAbortWithMarkerInFlight: Close gives up while a marker the
+// gateway ignored is in flight: the notifications fail with ErrClosed, the
+// count in Close's error is theirs alone, and markers stay on (an abort is
+// no evidence against the gateway).
+func TestBinaryAbortWithMarkerInFlight(t *testing.T) {
+	t.Parallel()
+	const n = 10
+	gw := apnstest.NewGateway(apnstest.OnMalformed(apnstest.MalformedIgnore))
+	t.Cleanup(gw.Close)
+	eng, out := newEngine(t, gw, apns.WithConns(1), apns.WithAssumeDelivered(noWindow),
+		apns.WithConfirmMarkers(time.Millisecond))
+	send(t, eng, 0, n)
+	require.Eventually(t, func() bool { return gw.Stats().Malformed == 1 }, 20*time.Second, 5*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := eng.Close(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorContains(t, err, fmt.Sprintf("%d notifications failed", n))
+	for _, o := range out.wait(t, n, time.Second) {
+		require.ErrorIs(t, o.Err, apns.ErrClosed)
+	}
+	require.False(t, eng.Stats().MarkersOff)
 }
