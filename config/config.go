@@ -231,8 +231,9 @@ type APNs struct {
 	// ConfirmAfter, when not 0, makes the binary engine confirm what a
 	// connection wrote with a known-bad marker frame once the oldest
 	// notification waited this long, instead of the whole window
-	// (APNS_WORKER_APNS_CONFIRM_AFTER, default 0: off); see
-	// apns.WithConfirmMarkers.
+	// (APNS_WORKER_APNS_CONFIRM_AFTER; default 0, off, except 50ms in
+	// mock mode, whose in-process gateway answers markers as APNs did);
+	// see apns.WithConfirmMarkers.
 	ConfirmAfter time.Duration
 	// IdleTimeout: a connection idle this long is closed (binary) or
 	// pinged (http2) (APNS_WORKER_APNS_IDLE_TIMEOUT, default 5m); 0 never.
@@ -335,7 +336,7 @@ type spec struct {
 		Topic            string `split_words:"true"`
 		Conns            string `split_words:"true" default:"4"`
 		AssumedDelivered string `split_words:"true" default:"5s"`
-		ConfirmAfter     string `split_words:"true" default:"0"`
+		ConfirmAfter     string `split_words:"true"` // default by mode: Load
 		IdleTimeout      string `split_words:"true" default:"5m"`
 		MaxPayload       string `split_words:"true"`
 		RequestTimeout   string `split_words:"true" default:"10s"`

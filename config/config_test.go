@@ -216,6 +216,7 @@ func TestDefaults(t *testing.T) {
 			Environment:      Production,
 			Conns:            4,
 			AssumedDelivered: 5 * time.Second,
+			ConfirmAfter:     50 * time.Millisecond, // mock mode's default
 			IdleTimeout:      5 * time.Minute,
 			MaxPayload:       2048,
 			RequestTimeout:   10 * time.Second,

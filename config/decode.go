@@ -25,6 +25,7 @@ const (
 	maxInFlightHTTP2  = 10_000
 	maxPayloadBinary  = 2048
 	maxPayloadHTTP2   = 4096
+	mockConfirmAfter  = 50 * time.Millisecond // the mock gateway answers confirm markers
 	maxConns          = 1000
 	maxNameLen        = 255 // JetStream stream and consumer names
 )
@@ -115,7 +116,15 @@ func (d *decoder) decode(s *spec) *Config {
 	a.Topic = d.topic("APNS_TOPIC", s.APNS.Topic)
 	a.Conns = d.integer("APNS_CONNS", s.APNS.Conns, 1, maxConns)
 	a.AssumedDelivered = d.duration("APNS_ASSUMED_DELIVERED", s.APNS.AssumedDelivered, false)
-	a.ConfirmAfter = d.duration("APNS_CONFIRM_AFTER", s.APNS.ConfirmAfter, true)
+	switch {
+	case strings.TrimSpace(s.APNS.ConfirmAfter) != "":
+		a.ConfirmAfter = d.duration("APNS_CONFIRM_AFTER", s.APNS.ConfirmAfter, true)
+	case a.Mode == ModeMock: // unset: the mock gateway answers markers
+		a.ConfirmAfter = mockConfirmAfter
+		d.str("APNS_CONFIRM_AFTER", "")
+	default:
+		d.str("APNS_CONFIRM_AFTER", "")
+	}
 	a.IdleTimeout = d.duration("APNS_IDLE_TIMEOUT", s.APNS.IdleTimeout, true)
 	a.MaxPayload = d.optInteger("APNS_MAX_PAYLOAD", s.APNS.MaxPayload, 1, 65535)
 	a.RequestTimeout = d.duration("APNS_REQUEST_TIMEOUT", s.APNS.RequestTimeout, false)
