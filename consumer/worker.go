@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,33 +138,81 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 	return w, nil
 }
 
-// setup creates or updates both streams and the durable consumer.
+// setup creates both streams if they are missing, brings the settings the
+// worker owns up to date on existing ones, and binds the durable consumer.
 func (w *Worker) setup(ctx context.Context) error {
 	o := &w.opts
-	_, err := w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
 		Name:       o.JobsStream,
 		Subjects:   []string{o.JobsSubject, o.JobsSubject + ".>"},
 		Retention:  jetstream.WorkQueuePolicy,
 		Storage:    jetstream.FileStorage,
 		Replicas:   o.Replicas,
 		Duplicates: o.JobsDuplicates,
-	})
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
 	}
-	_, err = w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	maxAge := max(o.EventsMaxAge, 0) // negative: no limit
+	err = ensureStream(ctx, w.js, jetstream.StreamConfig{
 		Name:       o.EventsStream,
 		Subjects:   []string{o.EventsSubject + ".>"},
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
 		Replicas:   o.Replicas,
-		MaxAge:     max(o.EventsMaxAge, 0), // negative: no limit
+		MaxAge:     maxAge,
 		Duplicates: o.EventsDuplicates,
-	})
+	}, func(c *jetstream.StreamConfig) { c.MaxAge = maxAge })
 	if err != nil {
 		return fmt.Errorf("consumer: events stream %s: %w", o.EventsStream, err)
 	}
 	return w.bindConsumer(ctx)
+}
+
+// ensureStream creates the stream want describes, or, when it exists, sets
+// only what the worker owns: its subjects are added (others kept), and the
+// replicas, the de-duplication window and whatever own sets are applied.
+// Limits an operator set by hand (max bytes, max messages, discard policy,
+// placement, …) stay as they are. A stream whose retention differs from
+// want's cannot serve: that is an error naming both.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) error {
+	for attempt := 0; ; attempt++ {
+		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = js.CreateStream(ctx, want)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && attempt < 3 {
+				continue // another worker created it meanwhile: update that one
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		have := s.CachedInfo().Config
+		if have.Retention != want.Retention {
+			return fmt.Errorf("exists with %s retention, the worker needs %s: delete it or point the worker at another stream",
+				have.Retention, want.Retention)
+		}
+		next := have
+		next.Subjects = slices.Clone(have.Subjects)
+		for _, subj := range want.Subjects {
+			if !slices.Contains(next.Subjects, subj) {
+				next.Subjects = append(next.Subjects, subj)
+			}
+		}
+		next.Replicas = want.Replicas
+		if want.Duplicates > 0 {
+			next.Duplicates = want.Duplicates
+		}
+		if own != nil {
+			own(&next)
+		}
+		if reflect.DeepEqual(next, have) {
+			return nil
+		}
+		_, err = js.UpdateStream(ctx, next)
+		return err
+	}
 }
 
 func (w *Worker) bindConsumer(ctx context.Context) error {

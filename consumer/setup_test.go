@@ -1,0 +1,99 @@
+package consumer
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+)
+
+// TestSetupKeepsOperatorLimits: streams that exist keep what an operator
+// set by hand (limits, discard policy, extra subjects); the worker adds its
+// subjects and sets only what it owns (replicas, de-duplication window, the
+// events' max age), and jobs still flow.
+func TestSetupKeepsOperatorLimits(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := ctxT(t)
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:      "APNS_JOBS",
+		Subjects:  []string{"apns.jobs.>", "legacy.jobs"},
+		Retention: jetstream.WorkQueuePolicy,
+		Storage:   jetstream.FileStorage,
+		MaxBytes:  64 << 20,
+		MaxMsgs:   1_000_000,
+		Discard:   jetstream.DiscardNew,
+	})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:      "APNS_EVENTS",
+		Subjects:  []string{"apns.events.>"},
+		Retention: jetstream.LimitsPolicy,
+		Storage:   jetstream.FileStorage,
+		MaxBytes:  32 << 20,
+		MaxAge:    time.Hour,
+	})
+	require.NoError(t, err)
+
+	opts := testOptions()
+	opts.EventsMaxAge = 48 * time.Hour
+	r := startWorker(t, js, opts, newFakeEngine(nil))
+	publishJobs(t, js, 20, tokHex)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond, "jobs stream not emptied")
+	require.NoError(t, r.stop())
+
+	jobs := streamConfig(t, js, "APNS_JOBS")
+	require.ElementsMatch(t, []string{"apns.jobs.>", "legacy.jobs", "apns.jobs"}, jobs.Subjects)
+	require.Equal(t, int64(64<<20), jobs.MaxBytes)
+	require.Equal(t, int64(1_000_000), jobs.MaxMsgs)
+	require.Equal(t, jetstream.DiscardNew, jobs.Discard)
+	require.Equal(t, 2*time.Minute, jobs.Duplicates, "the worker's de-duplication window")
+
+	ev := streamConfig(t, js, "APNS_EVENTS")
+	require.Equal(t, int64(32<<20), ev.MaxBytes)
+	require.Equal(t, 48*time.Hour, ev.MaxAge, "the worker owns the events' max age")
+	require.Equal(t, 10*time.Minute, ev.Duplicates)
+}
+
+// TestSetupWrongRetention: a jobs stream with limits retention cannot be
+// the worker's work queue: New fails and says why.
+func TestSetupWrongRetention(t *testing.T) {
+	js, _ := startJS(t)
+	_, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{
+		Name:      "APNS_JOBS",
+		Subjects:  []string{"apns.jobs"},
+		Retention: jetstream.LimitsPolicy,
+	})
+	require.NoError(t, err)
+	_, err = New(js, testOptions())
+	require.ErrorContains(t, err, "jobs stream APNS_JOBS: exists with Limits retention, the worker needs WorkQueue")
+}
+
+// TestSetupConcurrent: workers starting together on a fresh server all
+// come up on the same streams.
+func TestSetupConcurrent(t *testing.T) {
+	js, _ := startJS(t)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			w, err := New(js, testOptions())
+			if err == nil {
+				err = w.Shutdown(context.Background(), nil)
+			}
+			errs <- err
+		}()
+	}
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+	require.Equal(t, jetstream.WorkQueuePolicy, streamConfig(t, js, "APNS_JOBS").Retention)
+}
+
+func streamConfig(t *testing.T, js jetstream.JetStream, name string) jetstream.StreamConfig {
+	t.Helper()
+	s, err := js.Stream(ctxT(t), name)
+	require.NoError(t, err)
+	return s.CachedInfo().Config
+}
