@@ -90,6 +90,7 @@ type HTTP2Server struct {
 	closed        bool
 	conns         map[*h2conn]struct{}
 	reasons       map[string]h2reply // by lowercase hex token
+	reasonFunc    func(tok apns.Token) (status int, reason string, ok bool)
 	injects       []h2inject
 	refuse        int
 	accepted      int
@@ -148,6 +149,7 @@ type h2config struct {
 	topics      []string
 	tokenTopics map[string]string
 	reasons     map[string]h2reply
+	reasonFunc  func(tok apns.Token) (status int, reason string, ok bool)
 	injects     []h2inject
 	refuse      int
 }
@@ -288,6 +290,16 @@ func HTTP2Reason(tok apns.Token, status int, reason string) HTTP2Option {
 	}
 }
 
+// HTTP2ReasonFunc makes the server ask f about each valid request's token
+// (after HTTP2Reason): when f says ok, the request gets status and reason.
+// f is called concurrently.
+func HTTP2ReasonFunc(f func(tok apns.Token) (status int, reason string, ok bool)) HTTP2Option {
+	return func(c *h2config) error {
+		c.reasonFunc = f
+		return nil
+	}
+}
+
 // HTTP2Inject answers the next n otherwise valid requests with status and
 // reason (see Inject).
 func HTTP2Inject(n, status int, reason string) HTTP2Option {
@@ -376,6 +388,7 @@ func ListenHTTP2(opts ...HTTP2Option) (*HTTP2Server, error) {
 		tokenTopics: c.tokenTopics,
 		conns:       map[*h2conn]struct{}{},
 		reasons:     c.reasons,
+		reasonFunc:  c.reasonFunc,
 		injects:     c.injects,
 		refuse:      c.refuse,
 		perToken:    map[string]int{},
@@ -657,6 +670,14 @@ func (s *HTTP2Server) decide(c *h2conn, st *h2stream) (r h2reply, refuse bool) {
 			if rr, ok := s.reasons[st.token]; ok {
 				r = rr
 				break
+			}
+		}
+		if s.reasonFunc != nil {
+			if tok, err := apns.ParseToken(st.token); err == nil {
+				if status, reason, ok := s.reasonFunc(tok); ok {
+					r = h2reply{status, reason}
+					break
+				}
 			}
 		}
 		r = h2reply{status: 200}

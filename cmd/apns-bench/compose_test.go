@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -127,6 +128,24 @@ func TestComposeStackOutsideDocker(t *testing.T) {
 	resp.Body.Close()
 	require.NoError(t, err)
 	require.Contains(t, string(metrics), "\napns_worker_jobs_delivered_total 1\n")
+
+	// As the in-process mock, the HTTP/2 mock rejects bad0… tokens
+	// (400 BadDeviceToken): the producer hears of it as a bad token.
+	badTokens := make(chan *nats.Msg, 4)
+	_, err = nc.ChanSubscribe("apns.events."+consumer.KindBadToken, badTokens)
+	require.NoError(t, err)
+	bad := consumer.NewJob(tokenFor(2, 1), []byte(`{"aps":{"alert":"to an uninstalled app"}}`))
+	bad.Topic = job.Topic
+	_, err = consumer.PublishJob(ctx, js, "apns.jobs", bad)
+	require.NoError(t, err)
+	select {
+	case m := <-badTokens:
+		var ev consumer.BadTokenEvent
+		require.NoError(t, json.Unmarshal(m.Data, &ev))
+		require.Equal(t, bad.Token, ev.Token)
+	case <-ctx.Done():
+		t.Fatal("no bad-token event within 60s")
+	}
 }
 
 func freeAddr(t *testing.T) string {

@@ -36,7 +36,7 @@ func runMockAPNs(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	h2opts := []apnstest.HTTP2Option{}
+	h2opts := []apnstest.HTTP2Option{apnstest.HTTP2ReasonFunc(worker.RejectMockBadTokensHTTP2)}
 	if *keyID != "" || *teamID != "" {
 		// Fixed ids, so a compose file can give the worker its
 		// APNS_WORKER_APNS_KEY_ID and TEAM_ID; the key is still fresh.

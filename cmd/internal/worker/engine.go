@@ -29,6 +29,15 @@ func RejectMockBadTokens(tok []byte) (apns.Status, bool) {
 	return apns.StatusInvalidToken, bytes.HasPrefix(tok, mockBadTokenPrefix)
 }
 
+// RejectMockBadTokensHTTP2 is RejectMockBadTokens for the HTTP/2 mock
+// (apnstest.HTTP2ReasonFunc): 400 BadDeviceToken.
+func RejectMockBadTokensHTTP2(tok apns.Token) (status int, reason string, ok bool) {
+	if bytes.HasPrefix(tok, mockBadTokenPrefix) {
+		return 400, "BadDeviceToken", true
+	}
+	return 0, "", false
+}
+
 // newEngine builds the engine the config asks for. closeMock stops the
 // in-process gateway of mock mode (a no-op otherwise); call it after the
 // engine is closed.
