@@ -393,18 +393,15 @@ func (e *BinaryEngine) doAbort() {
 }
 
 // closeStarted reports whether Close was called.
-func (e *BinaryEngine) closeStarted() bool {
-	select {
-	case <-e.closing:
-		return true
-	default:
-		return false
-	}
-}
+func (e *BinaryEngine) closeStarted() bool { return isClosed(e.closing) }
 
-func (e *BinaryEngine) aborted() bool {
+// aborted reports whether a Close gave up.
+func (e *BinaryEngine) aborted() bool { return isClosed(e.abort) }
+
+// isClosed reports whether ch is closed (it is never sent on).
+func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-e.abort:
+	case <-ch:
 		return true
 	default:
 		return false
