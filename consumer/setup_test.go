@@ -2,6 +2,8 @@ package consumer
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -96,4 +98,49 @@ func streamConfig(t *testing.T, js jetstream.JetStream, name string) jetstream.S
 	s, err := js.Stream(ctxT(t), name)
 	require.NoError(t, err)
 	return s.CachedInfo().Config
+}
+
+// TestRebindAfterDeletion: an operator deletes the durable consumer, then
+// the whole jobs stream, under a running worker: it binds again (creating
+// what is missing) and jobs published afterwards are still delivered.
+func TestRebindAfterDeletion(t *testing.T) {
+	js, _ := startJS(t)
+	opts := testOptions()
+	r := startWorker(t, js, opts, newFakeEngine(nil))
+	round := 0
+	publish := func() { // ids differ per round: the stream drops repeated ids
+		round++
+		for i := range 10 {
+			_, err := PublishJob(ctxT(t), js, "apns.jobs", Job{ID: fmt.Sprintf("r%d-%d", round, i), Token: tokHex(i), Payload: json.RawMessage(payload)})
+			require.NoError(t, err)
+		}
+	}
+	emptied := func() bool {
+		s, err := js.Stream(ctxT(t), "APNS_JOBS")
+		return err == nil && s.CachedInfo().State.Msgs == 0
+	}
+	publish()
+	require.Eventually(t, emptied, 10*time.Second, 10*time.Millisecond)
+
+	require.NoError(t, js.DeleteConsumer(ctxT(t), "APNS_JOBS", "apns-worker"))
+	require.Eventually(t, func() bool {
+		_, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+		return err == nil
+	}, 20*time.Second, 20*time.Millisecond, "the durable was not bound again")
+	publish()
+	require.Eventually(t, emptied, 20*time.Second, 10*time.Millisecond)
+
+	require.NoError(t, js.DeleteStream(ctxT(t), "APNS_JOBS"))
+	require.Eventually(t, func() bool {
+		_, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+		return err == nil
+	}, 20*time.Second, 20*time.Millisecond, "the stream and durable were not created again")
+	publish()
+	require.Eventually(t, emptied, 20*time.Second, 10*time.Millisecond)
+	require.NoError(t, r.stop())
+	r.eng.mu.Lock()
+	defer r.eng.mu.Unlock()
+	for i := range 10 {
+		require.Equal(t, 3, r.eng.sends[tokHex(i)], "token %d: once per round", i)
+	}
 }

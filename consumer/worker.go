@@ -327,8 +327,9 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 			return nil
 		case <-time.After(min(time.Duration(attempt+1)*100*time.Millisecond, 5*time.Second)):
 		}
+		// The streams too: an operator may have deleted the jobs stream.
 		bctx, cancel := context.WithTimeout(ctx, w.opts.SetupTimeout)
-		if err := w.bindConsumer(bctx); err != nil {
+		if err := w.setup(bctx); err != nil {
 			w.log.Warn("binding the consumer failed", slog.Any("error", err))
 		}
 		cancel()
