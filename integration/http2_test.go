@@ -245,7 +245,9 @@ func TestHTTP2RefusedCredentials(t *testing.T) {
 	waitFor(t, 30*time.Second, "every job held", func() bool {
 		return w1.metric("apns_worker_jobs_in_flight") == n
 	})
-	<-time.After(time.Second) // let naks of the first refusals come back
+	waitFor(t, 30*time.Second, "every naked job delivered again", func() bool {
+		return w1.metric("apns_worker_jobs_received_total") == n+w1.metric("apns_worker_jobs_failed_total")
+	})
 	r1 := w1.metric("apns_worker_jobs_received_total")
 	<-time.After(2 * time.Second) // a measurement window, not synchronisation
 	r2 := w1.metric("apns_worker_jobs_received_total")
