@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/jetpush/apns-worker/consumer"
 	"github.com/stretchr/testify/require"
 )
 
@@ -101,4 +102,26 @@ func TestMakePayload(t *testing.T) {
 		require.Len(t, p, n)
 		require.True(t, json.Valid(p))
 	}
+}
+
+// TestAppendJob: the publisher's hand-written job JSON is what
+// json.Marshal(consumer.Job) writes, and the worker decodes it back.
+func TestAppendJob(t *testing.T) {
+	payload := makePayload(128)
+	job := consumer.NewJob(tokenFor(3, 0.01), payload)
+	want, err := json.Marshal(job)
+	require.NoError(t, err)
+	got := appendJob(nil, job.ID, job.Token, payload)
+	require.Equal(t, string(want), string(got))
+	back, err := consumer.DecodeJob(got)
+	require.NoError(t, err)
+	require.Equal(t, job.ID, back.ID)
+	require.Equal(t, job.Token, back.Token)
+	require.JSONEq(t, string(payload), string(back.Payload))
+}
+
+func TestAckSeqDoesNotAllocate(t *testing.T) {
+	require.Zero(t, testing.AllocsPerRun(100, func() {
+		_, _, _ = ackSeq("$JS.ACK.APNS_JOBS.apns-worker.1.42.40.1700000000000000000.7")
+	}))
 }
