@@ -1,0 +1,211 @@
+package consumer
+
+// validJSON reports whether data is one valid JSON value (RFC 8259, with
+// surrounding white space), as encoding/json.Valid does, several times
+// faster: strings, the bulk of a job, are skipped a run at a time rather
+// than byte by byte through a state machine. It is sound (it never accepts
+// what json.Valid rejects, FuzzValidJSON checks it); a job it refuses goes
+// the slow way, so it may also refuse the odd valid input, such as nesting
+// deeper than maxDepth.
+func validJSON(data []byte) bool {
+	v := jsonValidator{b: data}
+	v.ws()
+	if !v.value(0) {
+		return false
+	}
+	v.ws()
+	return v.i == len(v.b)
+}
+
+// maxDepth bounds nesting (encoding/json allows 10 000).
+const maxDepth = 1000
+
+type jsonValidator struct {
+	b []byte
+	i int
+}
+
+func (v *jsonValidator) ws() {
+	for v.i < len(v.b) {
+		switch v.b[v.i] {
+		case ' ', '\t', '\n', '\r':
+			v.i++
+		default:
+			return
+		}
+	}
+}
+
+func (v *jsonValidator) value(depth int) bool {
+	if v.i >= len(v.b) || depth > maxDepth {
+		return false
+	}
+	switch c := v.b[v.i]; {
+	case c == '"':
+		return v.str()
+	case c == '{':
+		return v.object(depth + 1)
+	case c == '[':
+		return v.array(depth + 1)
+	case c == '-' || c >= '0' && c <= '9':
+		return v.number()
+	case c == 't':
+		return v.lit("true")
+	case c == 'f':
+		return v.lit("false")
+	case c == 'n':
+		return v.lit("null")
+	}
+	return false
+}
+
+func (v *jsonValidator) lit(s string) bool {
+	if len(v.b)-v.i < len(s) || string(v.b[v.i:v.i+len(s)]) != s {
+		return false
+	}
+	v.i += len(s)
+	return true
+}
+
+func (v *jsonValidator) object(depth int) bool {
+	v.i++ // '{'
+	v.ws()
+	if v.i < len(v.b) && v.b[v.i] == '}' {
+		v.i++
+		return true
+	}
+	for {
+		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
+			return false
+		}
+		v.ws()
+		if v.i >= len(v.b) || v.b[v.i] != ':' {
+			return false
+		}
+		v.i++
+		v.ws()
+		if !v.value(depth) {
+			return false
+		}
+		v.ws()
+		if v.i >= len(v.b) {
+			return false
+		}
+		switch v.b[v.i] {
+		case ',':
+			v.i++
+			v.ws()
+		case '}':
+			v.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+func (v *jsonValidator) array(depth int) bool {
+	v.i++ // '['
+	v.ws()
+	if v.i < len(v.b) && v.b[v.i] == ']' {
+		v.i++
+		return true
+	}
+	for {
+		if !v.value(depth) {
+			return false
+		}
+		v.ws()
+		if v.i >= len(v.b) {
+			return false
+		}
+		switch v.b[v.i] {
+		case ',':
+			v.i++
+			v.ws()
+		case ']':
+			v.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// str skips a string starting at its opening quote.
+func (v *jsonValidator) str() bool {
+	b := v.b
+	i := v.i + 1
+	for i < len(b) {
+		c := b[i]
+		switch {
+		case c == '"':
+			v.i = i + 1
+			return true
+		case c == '\\':
+			if i+1 >= len(b) {
+				return false
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
+					return false
+				}
+				i += 6
+			default:
+				return false
+			}
+		case c < 0x20:
+			return false
+		default:
+			i++
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+func (v *jsonValidator) number() bool {
+	b := v.b
+	i := v.i
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i >= len(b):
+		return false
+	case b[i] == '0':
+		i++
+	case b[i] >= '1' && b[i] <= '9':
+		for i++; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		}
+	default:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return false
+		}
+		for i++; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return false
+		}
+		for i++; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		}
+	}
+	v.i = i
+	return true
+}

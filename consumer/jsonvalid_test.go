@@ -1,0 +1,83 @@
+package consumer
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+var validCases = []string{
+	`{}`, `[]`, `""`, `0`, `-0`, `1.5e+10`, `-12.25E-3`, `true`, `false`, `null`,
+	` {"a" : [1, 2, {"b": null}], "c": "x\"y\\z\/\b\f\n\r\t\u00e9"} `,
+	`{"id":"job-1","token":"abab","payload":{"aps":{"alert":"hello"}},"priority":10}`,
+	"\"caf\xc3\xa9\"", "\"\xff\"", // encoding/json does not check UTF-8 either
+	strings.Repeat("[", 500) + strings.Repeat("]", 500),
+}
+
+var invalidCases = []string{
+	``, ` `, `{`, `}`, `{"a"}`, `{"a":}`, `{"a":1,}`, `[1,]`, `[1 2]`, `{a:1}`, `{"a":1}}`,
+	`01`, `-`, `1.`, `.5`, `1e`, `1e+`, `+1`, `tru`, `nul`, `"abc`, `"\x"`, `"\u12g4"`, `"\u12"`,
+	"\"a\nb\"", "\"\x00\"", `{"a":1} x`, `[1]]`, `"\`,
+	strings.Repeat("[", 2000) + strings.Repeat("]", 2000), // deeper than maxDepth: the slow way
+}
+
+func TestValidJSON(t *testing.T) {
+	for _, s := range validCases {
+		require.True(t, json.Valid([]byte(s)), "%q", s)
+		require.True(t, validJSON([]byte(s)), "%q", s)
+	}
+	for _, s := range invalidCases {
+		require.False(t, validJSON([]byte(s)), "%q", s)
+	}
+}
+
+// FuzzValidJSON: validJSON never accepts what encoding/json rejects, and
+// agrees with it on everything nested less than maxDepth.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range append(validCases, invalidCases...) {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, want := validJSON(b), json.Valid(b)
+		if got && !want {
+			t.Fatalf("validJSON accepts %q, json.Valid does not", b)
+		}
+		if want && !got && depth(b) <= maxDepth {
+			t.Fatalf("validJSON refuses %q, json.Valid accepts it", b)
+		}
+	})
+}
+
+// depth is an upper bound of b's nesting.
+func depth(b []byte) int {
+	d, m := 0, 0
+	for _, c := range b {
+		switch c {
+		case '[', '{':
+			d++
+			m = max(m, d)
+		case ']', '}':
+			d--
+		}
+	}
+	return m
+}
+
+func BenchmarkValidJSON(b *testing.B) {
+	job := []byte(`{"id":"123e4567-e89b-12d3-a456-426614174000","token":"` + strings.Repeat("ab", 32) +
+		`","payload":{"aps":{"alert":{"title":"Hello","body":"` + strings.Repeat("x", 100) + `"},"badge":1,"sound":"default"}}}`)
+	b.Run("validJSON", func(b *testing.B) {
+		b.SetBytes(int64(len(job)))
+		for b.Loop() {
+			validJSON(job)
+		}
+	})
+	b.Run("json.Valid", func(b *testing.B) {
+		b.SetBytes(int64(len(job)))
+		for b.Loop() {
+			json.Valid(job)
+		}
+	})
+}
