@@ -222,8 +222,48 @@ func consumerInfo(tb testing.TB, js jetstream.JetStream) *jetstream.ConsumerInfo
 	return info
 }
 
+// started holds each test's worker processes, so that waitDrained can give
+// up at once when none is left to drain the stream.
+var started struct {
+	sync.Mutex
+	by map[testing.TB][]*worker
+}
+
+func registerWorker(tb testing.TB, w *worker) {
+	started.Lock()
+	defer started.Unlock()
+	if started.by == nil {
+		started.by = map[testing.TB][]*worker{}
+	}
+	if started.by[tb] == nil {
+		tb.Cleanup(func() {
+			started.Lock()
+			delete(started.by, tb)
+			started.Unlock()
+		})
+	}
+	started.by[tb] = append(started.by[tb], w)
+}
+
+// allWorkersExited reports whether tb started workers and every one of them
+// has exited.
+func allWorkersExited(tb testing.TB) bool {
+	started.Lock()
+	ws := started.by[tb]
+	started.Unlock()
+	for _, w := range ws {
+		select {
+		case <-w.done:
+		default:
+			return false
+		}
+	}
+	return len(ws) > 0
+}
+
 // waitDrained waits until the jobs stream is empty and the durable has
-// nothing pending or waiting for an ack.
+// nothing pending or waiting for an ack. It fails at once if every worker
+// the test started has exited (their logs follow at cleanup).
 func waitDrained(tb testing.TB, js jetstream.JetStream, within time.Duration) {
 	tb.Helper()
 	deadline := time.Now().Add(within)
@@ -255,6 +295,9 @@ func waitDrained(tb testing.TB, js jetstream.JetStream, within time.Duration) {
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("jobs not drained within %s: %s", within, last)
+		}
+		if allWorkersExited(tb) {
+			tb.Fatalf("jobs not drained and every worker has exited: %s", last)
 		}
 		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
 	}
@@ -391,6 +434,7 @@ func spawnWorker(tb testing.TB, name string, env map[string]string) *worker {
 		w.waitErr = w.cmd.Wait()
 		close(w.done)
 	}()
+	registerWorker(tb, w)
 	tb.Cleanup(func() {
 		select {
 		case <-w.done:
