@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
 )
 
 // TestSetupKeepsOperatorLimits: streams that exist keep what an operator
@@ -143,4 +145,29 @@ func TestRebindAfterDeletion(t *testing.T) {
 	for i := range 10 {
 		require.Equal(t, 3, r.eng.sends[tokHex(i)], "token %d: once per round", i)
 	}
+}
+
+// TestEventsStreamRecreated: the events stream is deleted under a running
+// worker; a rejection's event then finds no stream: the worker creates the
+// stream again, and the naked job's retry stores its event and is acked.
+func TestEventsStreamRecreated(t *testing.T) {
+	js, _ := startJS(t)
+	bad := tokHex(1)
+	eng := newFakeEngine(func(n *apns.Notification, _ int) (error, bool) {
+		if n.Token.String() == bad {
+			return &apns.RejectionError{HTTPStatus: 400, Reason: "BadDeviceToken"}, false
+		}
+		return nil, false
+	})
+	opts := testOptions()
+	opts.Backoff = []time.Duration{50 * time.Millisecond}
+	r := startWorker(t, js, opts, eng)
+	require.NoError(t, js.DeleteStream(ctxT(t), "APNS_EVENTS"))
+	publishJobs(t, js, 3, tokHex)
+	require.Eventually(t, func() bool {
+		s, err := js.Stream(ctxT(t), "APNS_JOBS")
+		return err == nil && s.CachedInfo().State.Msgs == 0
+	}, 30*time.Second, 20*time.Millisecond, "the rejected job was not finished")
+	require.NoError(t, r.stop())
+	require.Equal(t, uint64(1), streamMsgs(t, js, "APNS_EVENTS", "apns.events.rejected"))
 }

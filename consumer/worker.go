@@ -69,6 +69,7 @@ type Worker struct {
 	stopped bool
 
 	lastCredsLog atomic.Int64 // unix nanos; rate-limits the credentials error
+	lastHeal     atomic.Int64 // unix nanos; rate-limits healEvents
 }
 
 // item is one received job, the ref passed to Engine.Send.
@@ -153,8 +154,18 @@ func (w *Worker) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
 	}
+	if err := w.ensureEvents(ctx); err != nil {
+		return err
+	}
+	return w.bindConsumer(ctx)
+}
+
+// ensureEvents creates the events stream, or brings what the worker owns
+// of it up to date.
+func (w *Worker) ensureEvents(ctx context.Context) error {
+	o := &w.opts
 	maxAge := max(o.EventsMaxAge, 0) // negative: no limit
-	err = ensureStream(ctx, w.js, jetstream.StreamConfig{
+	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
 		Name:       o.EventsStream,
 		Subjects:   []string{o.EventsSubject + ".>"},
 		Retention:  jetstream.LimitsPolicy,
@@ -166,7 +177,26 @@ func (w *Worker) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: events stream %s: %w", o.EventsStream, err)
 	}
-	return w.bindConsumer(ctx)
+	return nil
+}
+
+// healEvents runs ensureEvents in the background, at most every 5 s: an
+// event publish found no stream (an operator deleted the events stream),
+// and the jobs naked meanwhile would otherwise cycle until a restart.
+func (w *Worker) healEvents() {
+	now, last := time.Now().UnixNano(), w.lastHeal.Load()
+	if now-last < int64(5*time.Second) || !w.lastHeal.CompareAndSwap(last, now) {
+		return
+	}
+	w.goUnlessStopped(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), w.opts.SetupTimeout)
+		defer cancel()
+		if err := w.ensureEvents(ctx); err != nil {
+			w.log.Warn("events stream: could not create it again", slog.Any("error", err))
+			return
+		}
+		w.log.Info("events stream checked after a publish found no stream", slog.String("stream", w.opts.EventsStream))
+	})
 }
 
 // ensureStream creates the stream want describes, or, when it exists, sets
@@ -922,6 +952,9 @@ func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 	w.m.eventErrors.WithLabelValues(pe.kind).Inc()
 	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id),
 		slog.Bool("minimal", pe.minimal), slog.Any("error", err))
+	if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		w.healEvents()
+	}
 	if pe.ackOnErr {
 		w.finish(pe.it, actAck, 0)
 		return
