@@ -26,6 +26,20 @@ type PollerOption func(*pollerOptions) error
 type pollerOptions struct {
 	backoffMin time.Duration
 	backoffMax time.Duration // 0: the interval
+	stopGrace  time.Duration
+}
+
+// WithStopGrace sets how long Run, once its context is done, still gives the
+// handler for tokens it holds (fetched, not yet handled: the service will
+// not send them again). Default 3s; 0 drops them with a warning.
+func WithStopGrace(d time.Duration) PollerOption {
+	return func(o *pollerOptions) error {
+		if d < 0 {
+			return fmt.Errorf("%w: stop grace %v < 0", ErrInvalidOption, d)
+		}
+		o.stopGrace = d
+		return nil
+	}
 }
 
 // WithBackoff sets the wait after a failed fetch or handler call: min,
@@ -62,7 +76,7 @@ func NewPoller(c *Client, interval time.Duration, handle HandleFunc, opts ...Pol
 	case handle == nil:
 		return nil, fmt.Errorf("%w: nil handler", ErrInvalidOption)
 	}
-	o := pollerOptions{backoffMin: time.Second}
+	o := pollerOptions{backoffMin: time.Second, stopGrace: 3 * time.Second}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -87,7 +101,6 @@ func (p *Poller) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer p.running.Store(false)
-	log := p.c.o.log
 	var (
 		pending  []BadToken
 		failures int
@@ -97,10 +110,7 @@ func (p *Poller) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			if len(pending) > 0 {
-				log.LogAttrs(ctx, slog.LevelWarn, "feedback tokens not handled before stop",
-					slog.String("addr", p.c.addr), slog.Int("tokens", len(pending)))
-			}
+			p.handleAtStop(ctx, pending)
 			return nil
 		case <-timer.C:
 		}
@@ -145,6 +155,27 @@ func (p *Poller) poll(ctx context.Context, pending []BadToken) ([]BadToken, bool
 		return pending, false
 	}
 	return nil, err == nil
+}
+
+// handleAtStop offers the tokens still held to the handler once more, within
+// the stop grace, on a context that outlives Run's: the feedback service
+// has forgotten them.
+func (p *Poller) handleAtStop(ctx context.Context, pending []BadToken) {
+	if len(pending) == 0 {
+		return
+	}
+	log := p.c.o.log
+	if p.o.stopGrace > 0 {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.o.stopGrace)
+		defer cancel()
+		err := p.handle(hctx, pending)
+		if err == nil {
+			return
+		}
+		log.LogAttrs(ctx, slog.LevelWarn, "feedback handler failed at stop", slog.Any("error", err))
+	}
+	log.LogAttrs(ctx, slog.LevelWarn, "feedback tokens not handled before stop",
+		slog.String("addr", p.c.addr), slog.Int("tokens", len(pending)))
 }
 
 // backoff is the wait after the n-th consecutive failure (n >= 1): between

@@ -158,6 +158,7 @@ func TestNewPoller(t *testing.T) {
 		{"nil handler", c, time.Minute, nil, nil, feedback.ErrInvalidOption},
 		{"zero backoff", c, time.Minute, h, []feedback.PollerOption{feedback.WithBackoff(0, 0)}, feedback.ErrInvalidOption},
 		{"backoff max < min", c, time.Minute, h, []feedback.PollerOption{feedback.WithBackoff(time.Second, time.Millisecond)}, feedback.ErrInvalidOption},
+		{"negative stop grace", c, time.Minute, h, []feedback.PollerOption{feedback.WithStopGrace(-time.Second)}, feedback.ErrInvalidOption},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,4 +167,37 @@ func TestNewPoller(t *testing.T) {
 			require.ErrorIs(t, err, tt.wantErr)
 		})
 	}
+}
+
+// TestPollerHandlesPendingAtStop: tokens whose handler call failed are
+// still held when Run's context ends (the service has forgotten them): Run
+// offers them once more, on a live context within the stop grace.
+func TestPollerHandlesPendingAtStop(t *testing.T) {
+	t.Parallel()
+	srv := newServer(t)
+	srv.Add(tok(1, 32), t0)
+	type call struct {
+		toks  []feedback.BadToken
+		ctxOK bool
+	}
+	calls := make(chan call, 2)
+	first := true
+	p, err := feedback.NewPoller(newClient(t, srv), time.Hour, func(ctx context.Context, toks []feedback.BadToken) error {
+		calls <- call{append([]feedback.BadToken(nil), toks...), ctx.Err() == nil}
+		if first {
+			first = false
+			return errors.New("store down") // kept; the retry is an hour away
+		}
+		return nil
+	}, feedback.WithBackoff(time.Hour, 0), feedback.WithStopGrace(time.Second))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	require.Equal(t, []feedback.BadToken{{tok(1, 32), t0}}, (<-calls).toks)
+	cancel()
+	require.NoError(t, <-done)
+	last := <-calls
+	require.Equal(t, []feedback.BadToken{{tok(1, 32), t0}}, last.toks)
+	require.True(t, last.ctxOK, "the handler at stop gets a live context")
 }
