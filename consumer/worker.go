@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -385,6 +386,8 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 	if err == nil {
 		it.id = job.ID
 		it.n, err = job.Notification()
+	} else {
+		it.id = malformedJobID(msg.Data())
 	}
 	if it.id == "" && len(msg.Headers()) > 0 {
 		// Producers that only set Nats-Msg-Id (nats pub -H) still get
@@ -651,6 +654,19 @@ func (w *Worker) malformed(it *item, token string, cause error) {
 	}
 	ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
 	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
+}
+
+// malformedJobID returns the "id" of a job that did not decode (another
+// member had a wrong type, say), so that its rejection event still names
+// it; "" if it has none or the data is not a JSON object.
+func malformedJobID(data []byte) string {
+	var j struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(data, &j) != nil {
+		return ""
+	}
+	return j.ID
 }
 
 func malformedReason(err error) string {

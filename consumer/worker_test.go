@@ -347,6 +347,7 @@ func TestMalformedJobs(t *testing.T) {
 		{"priority is a string", `{"token":"` + tokHex(4) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
 		{"expiration is a bool", `{"token":"` + tokHex(5) + `","payload":` + payload + `,"expiration":true}`, ReasonMalformedJob},
 		{"bad priority", `{"token":"` + tokHex(6) + `","payload":` + payload + `,"priority":7}`, "InvalidPriority"},
+		{"id kept", `{"id":"p-str","token":"` + tokHex(7) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
 	}
 	ctx := ctxT(t)
 	for i, tt := range tests {
@@ -373,8 +374,11 @@ func TestMalformedJobs(t *testing.T) {
 			require.Equal(t, tt.reason, e.Reason)
 			require.NotEmpty(t, e.Error)
 			require.Equal(t, uint64(i+1), e.Seq)
-			if i == 0 {
+			switch tt.name {
+			case "broken json":
 				require.Equal(t, "hdr-id", e.JobID)
+			case "id kept": // the job did not decode, its id did
+				require.Equal(t, "p-str", e.JobID)
 			}
 			raw := []byte(e.Job)
 			if raw == nil {
