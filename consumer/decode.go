@@ -79,7 +79,7 @@ func decodeFast(data []byte, j *Job) (ok bool, err error) {
 			return false, nil
 		}
 		if err != nil && firstErr == nil {
-			firstErr = err
+			firstErr = fmt.Errorf("member %q: %w", key, err)
 		}
 	}
 }
