@@ -9,7 +9,9 @@
 // one [Outcome], carrying the caller's ref, through the [OutcomeFunc]:
 //
 //   - delivered (Err == nil): HTTP/2 answered 200, or the binary gateway stayed
-//     silent for the assumed-delivered window after the write;
+//     silent for the assumed-delivered window after the write, or answered
+//     for a later frame on the same connection (a rejection, or a confirm
+//     marker: [WithConfirmMarkers]);
 //   - rejected (Err is a *[RejectionError]): APNs refused the notification for
 //     good; [RejectionError.BadToken] says whether the device token is dead;
 //   - failed (any other Err): the engine closed, retries ran out, or the
