@@ -158,6 +158,17 @@ func (e *fakeEngine) sent(tok string) int {
 	return e.sends[tok]
 }
 
+// sentTotal counts the notifications Send took, all tokens together.
+func (e *fakeEngine) sentTotal() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, c := range e.sends {
+		n += c
+	}
+	return n
+}
+
 func (e *fakeEngine) heldCount() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
