@@ -171,3 +171,66 @@ func TestEventsStreamRecreated(t *testing.T) {
 	require.NoError(t, r.stop())
 	require.Equal(t, uint64(1), streamMsgs(t, js, "APNS_EVENTS", "apns.events.rejected"))
 }
+
+// TestSetupOverlappingSubjectsAndShortMaxAge: an operator's jobs stream on
+// apns.jobs.* with a one-minute max age: the worker adds apns.jobs (no
+// overlap) but not apns.jobs.> (the server would refuse the overlap), and
+// keeps its de-duplication window within the max age.
+func TestSetupOverlappingSubjectsAndShortMaxAge(t *testing.T) {
+	js, _ := startJS(t)
+	_, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{
+		Name:      "APNS_JOBS",
+		Subjects:  []string{"apns.jobs.*"},
+		Retention: jetstream.WorkQueuePolicy,
+		MaxAge:    time.Minute,
+	})
+	require.NoError(t, err)
+	w, err := New(js, testOptions())
+	require.NoError(t, err)
+	require.NoError(t, w.Shutdown(context.Background(), nil))
+	c := streamConfig(t, js, "APNS_JOBS")
+	require.ElementsMatch(t, []string{"apns.jobs.*", "apns.jobs"}, c.Subjects)
+	require.Equal(t, time.Minute, c.Duplicates)
+	require.Equal(t, 1, c.Replicas)
+}
+
+// TestRebindDespiteStreamError: the events stream is replaced by another
+// stream on its subjects (so it cannot be created again) and the durable is
+// deleted: the worker still binds the consumer again, and delivered jobs
+// flow.
+func TestRebindDespiteStreamError(t *testing.T) {
+	js, _ := startJS(t)
+	r := startWorker(t, js, testOptions(), newFakeEngine(nil))
+	ctx := ctxT(t)
+	require.NoError(t, js.DeleteStream(ctx, "APNS_EVENTS"))
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"apns.events.>"}})
+	require.NoError(t, err)
+	require.NoError(t, js.DeleteConsumer(ctx, "APNS_JOBS", "apns-worker"))
+	require.Eventually(t, func() bool {
+		_, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+		return err == nil
+	}, 20*time.Second, 20*time.Millisecond, "the durable was not bound again")
+	publishJobs(t, js, 10, tokHex)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		20*time.Second, 10*time.Millisecond)
+	require.NoError(t, r.stop())
+}
+
+func TestSubjectsCollide(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"apns.jobs", "apns.jobs", true},
+		{"apns.jobs", "apns.jobs.>", false},
+		{"apns.jobs.*", "apns.jobs.>", true},
+		{"apns.>", "apns.jobs", true},
+		{"apns.*", "apns.jobs.>", false},
+		{"apns.*.x", "apns.jobs.*", true},
+		{"apns.events.>", "apns.jobs.>", false},
+		{">", "anything.at.all", true},
+	} {
+		require.Equal(t, tt.want, subjectsCollide(tt.a, tt.b), "%s ~ %s", tt.a, tt.b)
+		require.Equal(t, tt.want, subjectsCollide(tt.b, tt.a), "%s ~ %s", tt.b, tt.a)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,6 +144,14 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 // setup creates both streams if they are missing, brings the settings the
 // worker owns up to date on existing ones, and binds the durable consumer.
 func (w *Worker) setup(ctx context.Context) error {
+	if err := w.ensureStreams(ctx); err != nil {
+		return err
+	}
+	return w.bindConsumer(ctx)
+}
+
+// ensureStreams runs ensureStream for the jobs and the events streams.
+func (w *Worker) ensureStreams(ctx context.Context) error {
 	o := &w.opts
 	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
 		Name:       o.JobsStream,
@@ -155,10 +164,23 @@ func (w *Worker) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
 	}
-	if err := w.ensureEvents(ctx); err != nil {
-		return err
+	return w.ensureEvents(ctx)
+}
+
+// subjectsCollide reports whether some subject matches both patterns a
+// and b (NATS tokens; * one token, > the rest).
+func subjectsCollide(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		switch {
+		case at[i] == ">" || bt[i] == ">":
+			return true
+		case at[i] == "*" || bt[i] == "*" || at[i] == bt[i]:
+		default:
+			return false
+		}
 	}
-	return w.bindConsumer(ctx)
+	return len(at) == len(bt)
 }
 
 // ensureEvents creates the events stream, or brings what the worker owns
@@ -192,6 +214,13 @@ func (w *Worker) healEvents() {
 	w.goUnlessStopped(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), w.opts.SetupTimeout)
 		defer cancel()
+		go func() { // Shutdown waits for this goroutine: end it with the worker
+			select {
+			case <-w.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		if err := w.ensureEvents(ctx); err != nil {
 			w.log.Warn("events stream: could not create it again", slog.Any("error", err))
 			return
@@ -201,8 +230,10 @@ func (w *Worker) healEvents() {
 }
 
 // ensureStream creates the stream want describes, or, when it exists, sets
-// only what the worker owns: its subjects are added (others kept), and the
-// replicas, the de-duplication window and whatever own sets are applied.
+// only what the worker owns: its subjects are added (others kept, and none
+// that overlaps one of them), replicas are raised to want's (never
+// lowered), the de-duplication window is set (at most the stream's max
+// age), and whatever own sets is applied.
 // Limits an operator set by hand (max bytes, max messages, discard policy,
 // placement, …) stay as they are. A stream whose retention differs from
 // want's cannot serve: that is an error naming both.
@@ -227,13 +258,19 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		next := have
 		next.Subjects = slices.Clone(have.Subjects)
 		for _, subj := range want.Subjects {
-			if !slices.Contains(next.Subjects, subj) {
+			// A subject the stream's own overlap is left out: the server
+			// refuses overlapping subjects in one stream, and the
+			// operator's wider one (apns.>) already captures ours.
+			if !slices.ContainsFunc(next.Subjects, func(s string) bool { return subjectsCollide(s, subj) }) {
 				next.Subjects = append(next.Subjects, subj)
 			}
 		}
-		next.Replicas = want.Replicas
+		next.Replicas = max(have.Replicas, want.Replicas) // never scaled down
 		if want.Duplicates > 0 {
 			next.Duplicates = want.Duplicates
+			if have.MaxAge > 0 {
+				next.Duplicates = min(next.Duplicates, have.MaxAge)
+			}
 		}
 		if own != nil {
 			own(&next)
@@ -358,9 +395,13 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 			return nil
 		case <-time.After(min(time.Duration(attempt+1)*100*time.Millisecond, 5*time.Second)):
 		}
-		// The streams too: an operator may have deleted the jobs stream.
+		// The streams first, best effort (an operator may have deleted
+		// the jobs stream); the consumer in any case.
 		bctx, cancel := context.WithTimeout(ctx, w.opts.SetupTimeout)
-		if err := w.setup(bctx); err != nil {
+		if err := w.ensureStreams(bctx); err != nil {
+			w.log.Warn("checking the streams failed", slog.Any("error", err))
+		}
+		if err := w.bindConsumer(bctx); err != nil {
 			w.log.Warn("binding the consumer failed", slog.Any("error", err))
 		}
 		cancel()

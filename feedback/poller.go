@@ -94,8 +94,10 @@ func NewPoller(c *Client, interval time.Duration, handle HandleFunc, opts ...Pol
 // Run fetches at once, then every interval after the previous poll ended,
 // until ctx is done; then it returns nil. A failed fetch or handler call is
 // logged and retried after a backoff (see WithBackoff) instead of the
-// interval. Tokens fetched but not yet handled when ctx ends are lost, and
-// logged as such. Run fails with ErrRunning if the Poller already runs.
+// interval. Tokens fetched but not yet handled when ctx ends are offered to
+// the handler once more, within the stop grace (see WithStopGrace); if that
+// fails too they are lost, and logged as such. Run fails with ErrRunning if
+// the Poller already runs.
 func (p *Poller) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return ErrRunning

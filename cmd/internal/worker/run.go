@@ -182,7 +182,7 @@ func startFeedback(ctx context.Context, cfg *config.Config, creds engineCreds, w
 		}
 		log.Info("feedback service reported bad tokens", slog.Int("count", len(bad)))
 		return w.PublishBadTokens(ctx, bad)
-	})
+	}, feedback.WithStopGrace(min(3*time.Second, cfg.ShutdownGrace/10))) // within stop's wait, before NATS closes
 	if err != nil {
 		return nil, fmt.Errorf("feedback: %w", err)
 	}
