@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/jetpush/apns-worker/apns/jsonscan"
 )
 
 // Token is a device token's raw bytes.
@@ -186,29 +188,29 @@ func IsUUID(s string) bool {
 // checkPayload reports whether p is a JSON object with a top-level "aps"
 // member, without allocating.
 func checkPayload(p []byte) error {
-	if !json.Valid(p) {
+	if !jsonscan.Valid(p) && !json.Valid(p) { // json.Valid decides what jsonscan refuses
 		return ErrInvalidPayload
 	}
-	i := skipSpace(p, 0)
+	i := jsonscan.SkipSpace(p, 0)
 	if i >= len(p) || p[i] != '{' {
 		return ErrInvalidPayload
 	}
 	i++
 	for {
-		i = skipSpace(p, i)
+		i = jsonscan.SkipSpace(p, i)
 		if i >= len(p) || p[i] == '}' {
 			return ErrNoAPS
 		}
 		if p[i] == ',' {
-			i = skipSpace(p, i+1)
+			i = jsonscan.SkipSpace(p, i+1)
 		}
 		// p[i] is the opening quote of a key (p is valid JSON).
-		end := skipString(p, i)
+		end := jsonscan.SkipString(p, i)
 		if key := p[i:end]; string(key) == `"aps"` || bytes.IndexByte(key, '\\') >= 0 && unquote(key) == "aps" {
 			return nil
 		}
-		i = skipSpace(p, end)
-		i = skipValue(p, skipSpace(p, i+1)) // past ':' and the value
+		i = jsonscan.SkipSpace(p, end)
+		i = jsonscan.SkipValue(p, jsonscan.SkipSpace(p, i+1)) // past ':' and the value
 	}
 }
 
@@ -217,53 +219,4 @@ func unquote(key []byte) string {
 	var s string
 	_ = json.Unmarshal(key, &s)
 	return s
-}
-
-func skipSpace(p []byte, i int) int {
-	for i < len(p) && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index just past the string starting at p[i] == '"'.
-func skipString(p []byte, i int) int {
-	for i++; i < len(p); i++ {
-		switch p[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return i
-}
-
-// skipValue returns the index just past the valid JSON value at p[i].
-func skipValue(p []byte, i int) int {
-	depth := 0
-	for ; i < len(p); i++ {
-		switch p[i] {
-		case '"':
-			i = skipString(p, i) - 1
-			if depth == 0 {
-				return i + 1
-			}
-		case '{', '[':
-			depth++
-		case '}', ']':
-			depth--
-			if depth <= 0 {
-				if depth < 0 { // closing bracket of the enclosing object
-					return i
-				}
-				return i + 1
-			}
-		case ',':
-			if depth == 0 {
-				return i
-			}
-		}
-	}
-	return i
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/jetpush/apns-worker/apns/jsonscan"
 )
 
 // jobFields are Job's JSON members, for the fast decoder.
@@ -18,28 +20,28 @@ var jobFields = []string{"id", "token", "payload", "topic", "push_type", "priori
 // DecodeJob falls back to json.Unmarshal, so both give the same result
 // (FuzzDecodeJob checks it).
 func decodeFast(data []byte, j *Job) (ok bool, err error) {
-	if !validJSON(data) {
-		return false, nil // invalid, or too deep for validJSON: encoding/json says which
+	if !jsonscan.Valid(data) {
+		return false, nil // invalid, or too deep for jsonscan: encoding/json says which
 	}
-	i := skipWS(data, 0)
+	i := jsonscan.SkipSpace(data, 0)
 	if data[i] != '{' {
 		return false, nil
 	}
 	i++
 	var firstErr error
 	for {
-		i = skipWS(data, i)
+		i = jsonscan.SkipSpace(data, i)
 		if data[i] == '}' {
 			return true, firstErr
 		}
 		if data[i] == ',' {
-			i = skipWS(data, i+1)
+			i = jsonscan.SkipSpace(data, i+1)
 		}
-		kEnd := endString(data, i)
+		kEnd := jsonscan.SkipString(data, i)
 		key := data[i+1 : kEnd-1]
-		i = skipWS(data, kEnd)
-		i = skipWS(data, i+1) // ':'
-		vEnd := endValue(data, i)
+		i = jsonscan.SkipSpace(data, kEnd)
+		i = jsonscan.SkipSpace(data, i+1) // ':'
+		vEnd := jsonscan.SkipValue(data, i)
 		val := data[i:vEnd]
 		i = vEnd
 		if bytes.IndexByte(key, '\\') >= 0 {
@@ -138,57 +140,4 @@ func ascii(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func skipWS(p []byte, i int) int {
-	for i < len(p) && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// endString returns the index just past the string starting at p[i] == '"'
-// (p is valid JSON).
-func endString(p []byte, i int) int {
-	for i++; i < len(p); i++ {
-		switch p[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return i
-}
-
-// endValue returns the index just past the value starting at p[i] (p is
-// valid JSON).
-func endValue(p []byte, i int) int {
-	switch p[i] {
-	case '"':
-		return endString(p, i)
-	case '{', '[':
-		depth := 0
-		for ; i < len(p); i++ {
-			switch p[i] {
-			case '"':
-				i = endString(p, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return i
-	}
-	for ; i < len(p); i++ { // number, true, false, null
-		switch p[i] {
-		case ',', '}', ']', ' ', '\t', '\n', '\r':
-			return i
-		}
-	}
-	return i
 }

@@ -1,4 +1,4 @@
-package consumer
+package jsonscan
 
 import (
 	"encoding/json"
@@ -20,32 +20,32 @@ var invalidCases = []string{
 	``, ` `, `{`, `}`, `{"a"}`, `{"a":}`, `{"a":1,}`, `[1,]`, `[1 2]`, `{a:1}`, `{"a":1}}`,
 	`01`, `-`, `1.`, `.5`, `1e`, `1e+`, `+1`, `tru`, `nul`, `"abc`, `"\x"`, `"\u12g4"`, `"\u12"`,
 	"\"a\nb\"", "\"\x00\"", `{"a":1} x`, `[1]]`, `"\`,
-	strings.Repeat("[", 2000) + strings.Repeat("]", 2000), // deeper than maxDepth: the slow way
+	strings.Repeat("[", 2000) + strings.Repeat("]", 2000), // deeper than MaxDepth: the slow way
 }
 
 func TestValidJSON(t *testing.T) {
 	for _, s := range validCases {
 		require.True(t, json.Valid([]byte(s)), "%q", s)
-		require.True(t, validJSON([]byte(s)), "%q", s)
+		require.True(t, Valid([]byte(s)), "%q", s)
 	}
 	for _, s := range invalidCases {
-		require.False(t, validJSON([]byte(s)), "%q", s)
+		require.False(t, Valid([]byte(s)), "%q", s)
 	}
 }
 
-// FuzzValidJSON: validJSON never accepts what encoding/json rejects, and
-// agrees with it on everything nested less than maxDepth.
-func FuzzValidJSON(f *testing.F) {
+// FuzzValid: Valid never accepts what encoding/json rejects, and
+// agrees with it on everything nested less than MaxDepth.
+func FuzzValid(f *testing.F) {
 	for _, s := range append(validCases, invalidCases...) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		got, want := validJSON(b), json.Valid(b)
+		got, want := Valid(b), json.Valid(b)
 		if got && !want {
-			t.Fatalf("validJSON accepts %q, json.Valid does not", b)
+			t.Fatalf("Valid accepts %q, json.Valid does not", b)
 		}
-		if want && !got && depth(b) <= maxDepth {
-			t.Fatalf("validJSON refuses %q, json.Valid accepts it", b)
+		if want && !got && depth(b) <= MaxDepth {
+			t.Fatalf("Valid refuses %q, json.Valid accepts it", b)
 		}
 	})
 }
@@ -65,13 +65,13 @@ func depth(b []byte) int {
 	return m
 }
 
-func BenchmarkValidJSON(b *testing.B) {
+func BenchmarkValid(b *testing.B) {
 	job := []byte(`{"id":"123e4567-e89b-12d3-a456-426614174000","token":"` + strings.Repeat("ab", 32) +
 		`","payload":{"aps":{"alert":{"title":"Hello","body":"` + strings.Repeat("x", 100) + `"},"badge":1,"sound":"default"}}}`)
-	b.Run("validJSON", func(b *testing.B) {
+	b.Run("jsonscan.Valid", func(b *testing.B) {
 		b.SetBytes(int64(len(job)))
 		for b.Loop() {
-			validJSON(job)
+			Valid(job)
 		}
 	})
 	b.Run("json.Valid", func(b *testing.B) {

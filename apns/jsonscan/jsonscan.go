@@ -1,14 +1,18 @@
-package consumer
+// Package jsonscan scans JSON fast and without allocating, for the hot
+// paths of payload checks (package apns) and job decoding (package
+// consumer): Valid validates, and the Skip functions step over parts of
+// input that is known to be valid.
+package jsonscan
 
-// validJSON reports whether data is one valid JSON value (RFC 8259, with
+// Valid reports whether data is one valid JSON value (RFC 8259, with
 // surrounding white space), as encoding/json.Valid does, several times
 // faster: strings, the bulk of a job, are skipped a run at a time rather
-// than byte by byte through a state machine. It is sound (it never accepts
-// what json.Valid rejects, FuzzValidJSON checks it); a job it refuses goes
-// the slow way, so it may also refuse the odd valid input, such as nesting
-// deeper than maxDepth.
-func validJSON(data []byte) bool {
-	v := jsonValidator{b: data}
+// than byte by byte through a state machine. It is sound: it never accepts
+// what json.Valid rejects (FuzzValid checks it). It refuses nesting deeper
+// than MaxDepth, which json.Valid accepts: callers ask json.Valid when
+// Valid says no.
+func Valid(data []byte) bool {
+	v := validator{b: data}
 	v.ws()
 	if !v.value(0) {
 		return false
@@ -17,15 +21,15 @@ func validJSON(data []byte) bool {
 	return v.i == len(v.b)
 }
 
-// maxDepth bounds nesting (encoding/json allows 10 000).
-const maxDepth = 1000
+// MaxDepth bounds the nesting Valid accepts (encoding/json allows 10 000).
+const MaxDepth = 1000
 
-type jsonValidator struct {
+type validator struct {
 	b []byte
 	i int
 }
 
-func (v *jsonValidator) ws() {
+func (v *validator) ws() {
 	for v.i < len(v.b) {
 		switch v.b[v.i] {
 		case ' ', '\t', '\n', '\r':
@@ -36,8 +40,8 @@ func (v *jsonValidator) ws() {
 	}
 }
 
-func (v *jsonValidator) value(depth int) bool {
-	if v.i >= len(v.b) || depth > maxDepth {
+func (v *validator) value(depth int) bool {
+	if v.i >= len(v.b) || depth > MaxDepth {
 		return false
 	}
 	switch c := v.b[v.i]; {
@@ -59,7 +63,7 @@ func (v *jsonValidator) value(depth int) bool {
 	return false
 }
 
-func (v *jsonValidator) lit(s string) bool {
+func (v *validator) lit(s string) bool {
 	if len(v.b)-v.i < len(s) || string(v.b[v.i:v.i+len(s)]) != s {
 		return false
 	}
@@ -67,7 +71,7 @@ func (v *jsonValidator) lit(s string) bool {
 	return true
 }
 
-func (v *jsonValidator) object(depth int) bool {
+func (v *validator) object(depth int) bool {
 	v.i++ // '{'
 	v.ws()
 	if v.i < len(v.b) && v.b[v.i] == '}' {
@@ -104,7 +108,7 @@ func (v *jsonValidator) object(depth int) bool {
 	}
 }
 
-func (v *jsonValidator) array(depth int) bool {
+func (v *validator) array(depth int) bool {
 	v.i++ // '['
 	v.ws()
 	if v.i < len(v.b) && v.b[v.i] == ']' {
@@ -133,7 +137,7 @@ func (v *jsonValidator) array(depth int) bool {
 }
 
 // str skips a string starting at its opening quote.
-func (v *jsonValidator) str() bool {
+func (v *validator) str() bool {
 	b := v.b
 	i := v.i + 1
 	for i < len(b) {
@@ -170,7 +174,7 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-func (v *jsonValidator) number() bool {
+func (v *validator) number() bool {
 	b := v.b
 	i := v.i
 	if b[i] == '-' {
@@ -208,4 +212,60 @@ func (v *jsonValidator) number() bool {
 	}
 	v.i = i
 	return true
+}
+
+// SkipSpace returns the index of the first byte at or after i that is not
+// JSON white space.
+func SkipSpace(p []byte, i int) int {
+	for i < len(p) && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// SkipString returns the index just past the string starting at
+// p[i] == '"' (p is valid JSON).
+func SkipString(p []byte, i int) int {
+	for i++; i < len(p); i++ {
+		switch p[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
+}
+
+// SkipValue returns the index just past the value starting at p[i] (p is
+// valid JSON); a number or literal ends at the first delimiter or white
+// space after it.
+func SkipValue(p []byte, i int) int {
+	switch p[i] {
+	case '"':
+		return SkipString(p, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(p); i++ {
+			switch p[i] {
+			case '"':
+				i = SkipString(p, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return i
+	}
+	for ; i < len(p); i++ { // number, true, false, null
+		switch p[i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return i
+		}
+	}
+	return i
 }
