@@ -629,7 +629,6 @@ func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
 	s.deadlineAt = -time.Hour
 	s.confirmed = false
 	s.marking = false
-	s.marker = binItem{marker: true}
 	if s.timer == nil {
 		s.timer = time.NewTimer(time.Hour)
 	}
