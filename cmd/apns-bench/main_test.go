@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/jetpush/apns-worker/consumer"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 )
 
@@ -17,16 +19,19 @@ import (
 func TestTinyRun(t *testing.T) {
 	for _, tt := range []struct {
 		name, proto, confirm string
+		msgID                bool
 	}{
-		{"http2", "http2", "100ms"},
-		{"binary", "binary", "100ms"}, // the bench's default: confirm markers
-		{"binary-window", "binary", "0"},
+		{"http2", "http2", "100ms", false},
+		{"binary", "binary", "100ms", false}, // the bench's default: confirm markers
+		{"binary-window", "binary", "0", false},
+		{"binary-msg-id", "binary", "100ms", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "bench.json")
 			var stdout, stderr bytes.Buffer
 			code := realMain([]string{"-n", "2000", "-protocol", tt.proto, "-rejected", "0.01",
-				"-window", "200ms", "-confirm-after", tt.confirm, "-progress=false", "-timeout", "60s", "-json", out},
+				"-window", "200ms", "-confirm-after", tt.confirm, "-progress=false", "-timeout", "60s", "-json", out,
+				"-msg-id=" + strconv.FormatBool(tt.msgID)},
 				nil, &stdout, &stderr)
 			require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
 			require.Contains(t, stdout.String(), "jobs/s")
@@ -54,6 +59,7 @@ func TestTinyRun(t *testing.T) {
 			require.LessOrEqual(t, r.P99MS, r.MaxMS)
 			require.Positive(t, r.PeakRSSMB)
 			require.Positive(t, r.CPUUsPerJob)
+			require.Equal(t, tt.msgID, r.MsgID)
 			if tt.proto == "binary" {
 				require.Contains(t, stdout.String(), "confirm markers")
 				require.Equal(t, tt.confirm != "0", r.ConfirmMS > 0)
@@ -118,6 +124,24 @@ func TestAppendJob(t *testing.T) {
 	require.Equal(t, job.ID, back.ID)
 	require.Equal(t, job.Token, back.Token)
 	require.JSONEq(t, string(payload), string(back.Payload))
+}
+
+// TestJobMsg: -msg-id puts the job id in the Nats-Msg-Id header; the
+// body is the job's JSON either way, allocated to its exact size.
+func TestJobMsg(t *testing.T) {
+	payload := makePayload(128)
+	job := consumer.NewJob(tokenFor(7, 0), payload)
+	for _, msgID := range []bool{false, true} {
+		m := jobMsg("apns.jobs", job, payload, msgID)
+		require.Equal(t, "apns.jobs", m.Subject)
+		require.Equal(t, string(appendJob(nil, job.ID, job.Token, payload)), string(m.Data))
+		require.Equal(t, len(m.Data), cap(m.Data))
+		if msgID {
+			require.Equal(t, job.ID, m.Header.Get(jetstream.MsgIDHeader))
+		} else {
+			require.Empty(t, m.Header)
+		}
+	}
 }
 
 func TestAckSeqDoesNotAllocate(t *testing.T) {

@@ -24,7 +24,8 @@ type result struct {
 	WindowMS   float64 `json:"window_ms"`        // binary assumed-delivered window
 	ConfirmMS  float64 `json:"confirm_after_ms"` // binary confirm markers; 0: off
 	Conns      int     `json:"conns"`
-	Mode       string  `json:"mode"` // in-process, spawn-worker, external
+	MsgID      bool    `json:"msg_id"` // jobs published with a Nats-Msg-Id header
+	Mode       string  `json:"mode"`   // in-process, spawn-worker, external
 	GoVersion  string  `json:"go_version"`
 	LoadBefore string  `json:"load_before"` // /proc/loadavg at the start
 
@@ -79,7 +80,7 @@ func usPerJob(cpu time.Duration, n int) float64 {
 func newResult(c *benchConfig, o outcome, load string) *result {
 	r := &result{
 		Protocol: c.protocol, N: c.n, Workers: c.workers, Rate: c.rate, Payload: len(makePayload(c.payload)),
-		Rejected: c.rejected, WindowMS: ms(c.window), ConfirmMS: ms(c.confirm), Conns: c.conns, GoVersion: runtime.Version(), LoadBefore: load,
+		Rejected: c.rejected, WindowMS: ms(c.window), ConfirmMS: ms(c.confirm), Conns: c.conns, MsgID: c.msgID, GoVersion: runtime.Version(), LoadBefore: load,
 		Delivered: o.delivered, Rejections: o.rejected, Terminated: o.terminated, Lost: o.lost, Reacks: o.reacks,
 		P50MS: ms(percentile(o.latencies, 0.50)), P90MS: ms(percentile(o.latencies, 0.90)),
 		P99MS: ms(percentile(o.latencies, 0.99)), MaxMS: ms(percentile(o.latencies, 1)),
@@ -124,7 +125,12 @@ func (r *result) writeTable(w io.Writer) {
 		}
 		proto += fmt.Sprintf(" (window %gms, confirm markers %s)", r.WindowMS, markers)
 	}
-	fmt.Fprintf(w, "apns-bench: %s, %d jobs, %d worker(s), %s, load before %s\n", proto, r.N, r.Workers, r.Mode, r.LoadBefore)
+	msgID := "off"
+	if r.MsgID {
+		msgID = "on"
+	}
+	fmt.Fprintf(w, "apns-bench: %s, %d jobs, %d worker(s), %s, Nats-Msg-Id %s, load before %s\n",
+		proto, r.N, r.Workers, r.Mode, msgID, r.LoadBefore)
 	row("jobs/s (first publish → last ack)", "%.0f", r.JobsPerSec)
 	row("jobs/s (steady, 10%→90% of acks)", "%.0f", r.SteadyJobsPerSec)
 	row("publish/s", "%.0f", r.PublishPerSec)

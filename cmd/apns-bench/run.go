@@ -170,13 +170,21 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		}
 		defer f.Close()
 	}
+	if c.memProfile != "" {
+		runtime.MemProfileRate = 64 << 10
+		runtime.GC() // a baseline the profile's -diff_base can drop
+		if err := writeHeapProfile(c.memProfile + ".base"); err != nil {
+			onc.Close()
+			return nil, err
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	t.start = time.Now()
 	stopProgress := startProgress(stderr, t, c.progress)
 	pubDone := make(chan error, 1)
 	go func() {
-		pubDone <- t.publishAll(rctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending)
+		pubDone <- t.publishAll(rctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending, c.msgID)
 	}()
 	var pubErr, waitErr error
 	pubCh := pubDone
@@ -198,6 +206,11 @@ wait:
 	cpu1, childCPU1, srvCPU1 := selfCPU(), procCPU(pids), procCPU(srvPIDs)
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
+	}
+	if c.memProfile != "" {
+		if err := writeHeapProfile(c.memProfile); err != nil {
+			fmt.Fprintf(stderr, "apns-bench: %v\n", err)
+		}
 	}
 	cancel()
 	if pubCh != nil {
@@ -334,4 +347,18 @@ func loadAvg() string {
 		return ""
 	}
 	return fmt.Sprintf("%s %s %s (%d cores)", f[0], f[1], f[2], runtime.NumCPU())
+}
+
+// writeHeapProfile writes the heap profile, whose alloc_ samples count
+// every allocation since the process started.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("memory profile: %w", err)
+	}
+	return f.Close()
 }

@@ -123,6 +123,11 @@ func appendJob(dst []byte, id, token string, payload []byte) []byte {
 	return append(dst, '}')
 }
 
+// jobLen is the length of appendJob's JSON.
+func jobLen(id, token string, payload []byte) int {
+	return len(`{"id":"","token":"","payload":}`) + len(id) + len(token) + len(payload)
+}
+
 func (t *tracker) onAck(m *nats.Msg) {
 	now := t.now()
 	stream, seq, ok := ackSeq(m.Subject)
@@ -198,8 +203,10 @@ func (t *tracker) subscribe(nc *nats.Conn, eventsSubject string) ([]*nats.Subscr
 // publishAll publishes the n jobs with PublishMsgAsync (at most maxPending
 // unconfirmed), at rate jobs/s if rate > 0, recording each job's publish
 // time; a collector goroutine records each job's stream sequence from its
-// PubAck and republishes (same Nats-Msg-Id, so never twice) on an error.
-func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subject string, share, rate float64, payload []byte, maxPending int) error {
+// PubAck and republishes on an error. With msgID the republish carries the
+// same Nats-Msg-Id, so the stream never stores a job twice; without it, a
+// job stored twice would show as a duplicate at the APNs test server.
+func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subject string, share, rate float64, payload []byte, maxPending int, msgID bool) error {
 	type pending struct {
 		i int
 		f jetstream.PubAckFuture
@@ -244,8 +251,7 @@ func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subjec
 			break
 		}
 		job := consumer.NewJob(tokenFor(i, share), payload)
-		data := appendJob(nil, job.ID, job.Token, payload)
-		m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{job.ID}}}
+		m := jobMsg(subject, job, payload, msgID)
 		t.pubAt[i] = t.now()
 		var (
 			f   jetstream.PubAckFuture
@@ -266,6 +272,16 @@ func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subjec
 	}
 	close(futs)
 	return errors.Join(pubErr, <-collectErr)
+}
+
+// jobMsg is the message of one job; with msgID it carries the job id as
+// its Nats-Msg-Id.
+func jobMsg(subject string, job consumer.Job, payload []byte, msgID bool) *nats.Msg {
+	m := &nats.Msg{Subject: subject, Data: appendJob(make([]byte, 0, jobLen(job.ID, job.Token, payload)), job.ID, job.Token, payload)}
+	if msgID {
+		m.Header = nats.Header{jetstream.MsgIDHeader: []string{job.ID}}
+	}
+	return m
 }
 
 // republish publishes m synchronously after an async error; its
