@@ -56,6 +56,7 @@ type benchConfig struct {
 	cpuProfile  string
 	memProfile  string
 	msgID       bool
+	baseline    bool
 	workerProf  string
 	runWorker   bool
 	progress    bool
@@ -81,6 +82,8 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "APNS_WORKER_MAX_IN_FLIGHT; 0: the worker's default for the mode")
 	fs.BoolVar(&c.msgID, "msg-id", false,
 		"publish each job with a Nats-Msg-Id header, as producers that retry should; JetStream's de-duplication then costs it about 15% of its throughput")
+	fs.BoolVar(&c.baseline, "baseline", false,
+		"JetStream alone: a consumer that acks each job at once replaces the workers and the APNs server (the ceiling for a worker here)")
 	fs.IntVar(&c.maxPending, "max-pending", 4096, "publisher: most PublishAsync messages awaiting their PubAck")
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this long; 0: 60s + 1ms per job")
 	fs.StringVar(&c.natsURL, "nats", "", "use this NATS server instead of an embedded one; alone, a worker must be running against it")
@@ -134,6 +137,9 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	}
 	if c.conns < 1 || c.maxInFlight < 0 || c.maxPending < 1 {
 		bad("-conns, -max-pending must be >= 1, -max-in-flight >= 0")
+	}
+	if c.baseline && (c.spawnWorker != "" || c.natsURL != "" || c.serve != "") {
+		bad("-baseline runs its own consumer on the embedded nats-server: not with -spawn-worker, -nats or -serve")
 	}
 	if c.timeout == 0 {
 		c.timeout = 60*time.Second + time.Duration(c.n)*time.Millisecond

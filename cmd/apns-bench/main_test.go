@@ -68,6 +68,32 @@ func TestTinyRun(t *testing.T) {
 	}
 }
 
+// TestBaselineRun: -baseline measures JetStream alone: every job acked by
+// the stand-in consumer, none lost, no APNs counts.
+func TestBaselineRun(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr bytes.Buffer
+	code := realMain([]string{"-baseline", "-n", "2000", "-progress=false", "-timeout", "60s", "-json", out},
+		nil, &stdout, &stderr)
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var r result
+	require.NoError(t, json.Unmarshal(b, &r))
+	require.Equal(t, "none", r.Protocol)
+	require.Contains(t, r.Mode, "baseline")
+	require.Equal(t, 2000, r.Delivered)
+	require.Zero(t, r.Lost)
+	require.Zero(t, r.Rejections)
+	require.Zero(t, r.StreamLeft)
+	require.Equal(t, -1, r.APNsAccepted)
+	require.Positive(t, r.JobsPerSec)
+
+	code = realMain([]string{"-baseline", "-nats", "nats://127.0.0.1:1"}, nil, &stdout, &stderr)
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr.String(), "-baseline")
+}
+
 func TestRejectedShare(t *testing.T) {
 	n := 0
 	for i := range 10_000 {

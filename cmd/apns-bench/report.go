@@ -86,6 +86,8 @@ func newResult(c *benchConfig, o outcome, load string) *result {
 		P99MS: ms(percentile(o.latencies, 0.99)), MaxMS: ms(percentile(o.latencies, 1)),
 	}
 	switch {
+	case c.baseline:
+		r.Mode, r.Protocol, r.Rejected = "baseline (JetStream alone)", "none", 0
 	case c.spawnWorker != "":
 		r.Mode = "spawn-worker"
 	case c.natsURL != "":

@@ -61,6 +61,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	var srv apnsServer
 	switch {
 	case external: // the worker and its APNs server are someone else's
+	case c.baseline: // JetStream alone: no APNs server
 	case c.spawnWorker != "":
 		cs, err := startChildServer(c.protocol, filepath.Join(dir, "creds"), c.n, c.rejected, stderr)
 		if err != nil {
@@ -97,7 +98,24 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		return errors.Join(errs...)
 	}
 	cleanups = append(cleanups, stopWorkers)
-	if !external {
+	if c.baseline {
+		bnc, err := nats.Connect(natsURL, nats.Name("apns-bench baseline consumer"))
+		if err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, func() error { bnc.Close(); return nil })
+		bjs, err := jetstream.New(bnc)
+		if err != nil {
+			return nil, err
+		}
+		for range c.workers {
+			b, err := startBaseline(ctx, bjs, wcfg)
+			if err != nil {
+				return nil, err
+			}
+			workers = append(workers, b)
+		}
+	} else if !external {
 		level := slog.LevelError
 		if c.verbose {
 			level = slog.LevelInfo
@@ -236,6 +254,10 @@ wait:
 		}
 		res.BenchCPUUsPerJob = usPerJob(cpu1-cpu0, c.n)
 		res.ServerCPUUsPerJob = usPerJob(srvCPU1-srvCPU0, c.n)
+	} else if c.baseline {
+		res.Scope = "whole bench process: nats-server, publisher, a consumer that acks each job at once"
+		res.setCPU(cpu1 - cpu0)
+		res.PeakRSSMB = float64(procHWM(0)) / (1 << 20)
 	} else if !external {
 		res.Scope = "whole bench process: nats-server, publisher, worker(s), APNs test server"
 		res.setCPU(cpu1 - cpu0)
@@ -254,7 +276,7 @@ wait:
 		waitErr = errors.Join(waitErr, fmt.Errorf("stopping workers: %w", err))
 	}
 	res.Resends = -1
-	if !external && len(pids) == 0 {
+	if !external && !c.baseline && len(pids) == 0 {
 		res.Resends = int(resends.Load())
 	}
 	res.Duplicates, res.MissingAtAPNs, res.APNsAccepted, res.APNsRejected, res.APNsConns = -1, -1, -1, -1, -1

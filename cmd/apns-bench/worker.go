@@ -17,6 +17,7 @@ import (
 	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // benchTopic is the apns-topic of HTTP/2 requests (token auth needs one).
@@ -202,4 +203,48 @@ func runOneWorker(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 	case err := <-iw.done: // failed to start, or stopped by itself
 		return err
 	}
+}
+
+// baselineConsumer is -baseline's stand-in for a worker: JetStream alone.
+// It consumes the jobs stream with the same pull settings and acks every
+// job as it arrives, without decoding it or sending it anywhere, so a run
+// measures what nats-server, the publisher and the observer cost by
+// themselves: the ceiling for a worker on this machine.
+type baselineConsumer struct {
+	cc jetstream.ConsumeContext
+}
+
+// startBaseline creates the jobs stream and durable as a worker would
+// (work-queue retention, file storage, explicit acks) and consumes it.
+func startBaseline(ctx context.Context, js jetstream.JetStream, cfg *config.Config) (*baselineConsumer, error) {
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: cfg.Jobs.Stream, Subjects: cfg.Jobs.Subjects(),
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("baseline: jobs stream: %w", err)
+	}
+	cons, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable: cfg.Jobs.Consumer, AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: cfg.Jobs.AckWait, MaxAckPending: 4 * (cfg.MaxInFlight + baselinePull),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("baseline: durable consumer: %w", err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { _ = m.Ack() }, jetstream.PullMaxMessages(baselinePull))
+	if err != nil {
+		return nil, fmt.Errorf("baseline: consume: %w", err)
+	}
+	return &baselineConsumer{cc: cc}, nil
+}
+
+// baselinePull is the worker's default pull buffer.
+const baselinePull = 1000
+
+func (b *baselineConsumer) pid() int { return 0 }
+
+func (b *baselineConsumer) stop() error {
+	b.cc.Drain()
+	<-b.cc.Closed()
+	return nil
 }
