@@ -93,7 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "-serve: listen address")
 	fs.StringVar(&c.creds, "creds", "", "-serve: directory for ca.pem, client.pem, client-key.pem, AuthKey.p8 and env")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process, first publish to last ack")
-	fs.StringVar(&c.memProfile, "memprofile", "", "write an allocation profile of this process, first publish to last ack")
+	fs.StringVar(&c.memProfile, "memprofile", "", "write an allocation profile of this process at the last ack, and FILE.base at the first publish (pprof -diff_base FILE.base)")
 	fs.StringVar(&c.workerProf, "worker-cpuprofile", "", "with -spawn-worker self: write each worker's CPU profile to this file, suffixed .<i>")
 	fs.BoolVar(&c.runWorker, "run-worker", false,
 		"run one worker, wired as in-process runs wire it, from APNS_WORKER_* until SIGINT/SIGTERM (what -spawn-worker self starts)")

@@ -189,7 +189,6 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		defer f.Close()
 	}
 	if c.memProfile != "" {
-		runtime.MemProfileRate = 64 << 10
 		runtime.GC() // a baseline the profile's -diff_base can drop
 		if err := writeHeapProfile(c.memProfile + ".base"); err != nil {
 			onc.Close()

@@ -284,8 +284,8 @@ func jobMsg(subject string, job consumer.Job, payload []byte, msgID bool) *nats.
 	return m
 }
 
-// republish publishes m synchronously after an async error; its
-// Nats-Msg-Id makes the stream drop it if the first attempt was stored.
+// republish publishes m synchronously after an async error; with a
+// Nats-Msg-Id the stream drops it if the first attempt was stored.
 func republish(ctx context.Context, js jetstream.JetStream, m *nats.Msg, err error) (*jetstream.PubAck, error) {
 	for range 5 {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
