@@ -374,6 +374,18 @@ func TestValidBinaryCert(t *testing.T) {
 		require.Equal(t, 50_000, c.MaxInFlight)
 		require.Equal(t, 100*time.Millisecond, c.APNs.ConfirmAfter)
 	})
+
+	t.Run("confirm markers off where they cannot help", func(t *testing.T) {
+		setEnv(t, map[string]string{"APNS_ASSUMED_DELIVERED": "40ms"}) // mock mode
+		c, err := Load()
+		require.NoError(t, err)
+		require.Zero(t, c.APNs.ConfirmAfter, "mock mode's 50ms default is not shorter than the window")
+
+		setEnv(t, merge(tokenAuth(f), map[string]string{"APNS_CONFIRM_AFTER": "0"}))
+		c, err = Load()
+		require.NoError(t, err, "0 (off) is accepted in http2 mode")
+		require.Zero(t, c.APNs.ConfirmAfter)
+	})
 }
 
 // TestBadVariable: each bad variable gives exactly one error, and it names
@@ -463,6 +475,9 @@ func TestBadVariable(t *testing.T) {
 		{"assumed delivered", nil, map[string]string{"APNS_ASSUMED_DELIVERED": "0"}, "APNS_ASSUMED_DELIVERED", "must be positive"},
 		{"idle timeout", nil, map[string]string{"APNS_IDLE_TIMEOUT": "-5m"}, "APNS_IDLE_TIMEOUT", "must be positive"},
 		{"confirm after", nil, map[string]string{"APNS_CONFIRM_AFTER": "soon"}, "APNS_CONFIRM_AFTER", "soon"},
+		{"confirm after in http2 mode", token, map[string]string{"APNS_CONFIRM_AFTER": "100ms"}, "APNS_CONFIRM_AFTER", "binary mode"},
+		{"confirm after not below the window", binary, map[string]string{"APNS_CONFIRM_AFTER": "5s"}, "APNS_CONFIRM_AFTER", "not shorter than APNS_WORKER_APNS_ASSUMED_DELIVERED (5s)"},
+		{"confirm after above a set window", binary, map[string]string{"APNS_CONFIRM_AFTER": "2s", "APNS_ASSUMED_DELIVERED": "1s"}, "APNS_CONFIRM_AFTER", "(1s)"},
 		{"max payload", nil, map[string]string{"APNS_MAX_PAYLOAD": "70000"}, "APNS_MAX_PAYLOAD", "out of range"},
 		{"request timeout", nil, map[string]string{"APNS_REQUEST_TIMEOUT": "soon"}, "APNS_REQUEST_TIMEOUT", "time: "},
 		{"feedback addr", binary, map[string]string{"FEEDBACK_ADDR": ":2196"}, "FEEDBACK_ADDR", "missing host"},

@@ -120,7 +120,9 @@ func (d *decoder) decode(s *spec) *Config {
 	case strings.TrimSpace(s.APNS.ConfirmAfter) != "":
 		a.ConfirmAfter = d.duration("APNS_CONFIRM_AFTER", s.APNS.ConfirmAfter, true)
 	case a.Mode == ModeMock: // unset: the mock gateway answers markers
-		a.ConfirmAfter = mockConfirmAfter
+		if a.AssumedDelivered > mockConfirmAfter {
+			a.ConfirmAfter = mockConfirmAfter
+		}
 		d.str("APNS_CONFIRM_AFTER", "")
 	default:
 		d.str("APNS_CONFIRM_AFTER", "")
@@ -328,6 +330,18 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 	if b, ok := d.readFile("APNS_P8_FILE", a.P8File); ok {
 		if err := checkP8(b); err != nil {
 			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, err)
+		}
+	}
+
+	// Confirm markers are the binary engine's, and only help if they can
+	// fire before the window makes them pointless.
+	if a.ConfirmAfter > 0 && d.ok("APNS_CONFIRM_AFTER") {
+		switch {
+		case a.Mode == ModeHTTP2:
+			d.failf("APNS_CONFIRM_AFTER", "set to %v, but confirm markers are for binary mode: HTTP/2 confirms each notification itself; unset it or set 0", a.ConfirmAfter)
+		case d.ok("APNS_ASSUMED_DELIVERED") && a.ConfirmAfter >= a.AssumedDelivered:
+			d.failf("APNS_CONFIRM_AFTER", "%v is not shorter than %s (%v): no marker would ever be written; set it lower, or 0 (off)",
+				a.ConfirmAfter, fullName("APNS_ASSUMED_DELIVERED"), a.AssumedDelivered)
 		}
 	}
 

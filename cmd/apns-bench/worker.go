@@ -34,7 +34,6 @@ func workerEnv(c *benchConfig, natsURL string, si serverInfo) map[string]string 
 		"APNS_WORKER_APNS_CA_FILE":           filepath.Join(si.Dir, caFile),
 		"APNS_WORKER_APNS_CONNS":             fmt.Sprint(c.conns),
 		"APNS_WORKER_APNS_ASSUMED_DELIVERED": c.window.String(),
-		"APNS_WORKER_APNS_CONFIRM_AFTER":     c.confirm.String(),
 		"APNS_WORKER_HTTP_ADDR":              "",
 		"APNS_WORKER_LOG_FORMAT":             "json",
 		"APNS_WORKER_LOG_LEVEL":              "error",
@@ -51,6 +50,7 @@ func workerEnv(c *benchConfig, natsURL string, si serverInfo) map[string]string 
 		env["APNS_WORKER_APNS_TEAM_ID"] = si.TeamID
 		env["APNS_WORKER_APNS_TOPIC"] = benchTopic
 	} else {
+		env["APNS_WORKER_APNS_CONFIRM_AFTER"] = c.confirm.String()
 		env["APNS_WORKER_APNS_CERT_FILE"] = filepath.Join(si.Dir, clientCertFile)
 		env["APNS_WORKER_APNS_KEY_FILE"] = filepath.Join(si.Dir, clientKeyFile)
 	}
