@@ -57,6 +57,7 @@ type benchConfig struct {
 	memProfile  string
 	msgID       bool
 	baseline    bool
+	protocolSet bool // -protocol given (with -nats alone, the worker's mode is not the bench's to know)
 	workerProf  string
 	runWorker   bool
 	progress    bool
@@ -102,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { c.protocolSet = c.protocolSet || f.Name == "protocol" })
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}

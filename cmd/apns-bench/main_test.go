@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jetpush/apns-worker/consumer"
 	"github.com/nats-io/nats.go/jetstream"
@@ -174,4 +178,79 @@ func TestAckSeqDoesNotAllocate(t *testing.T) {
 	require.Zero(t, testing.AllocsPerRun(100, func() {
 		_, _, _ = ackSeq("$JS.ACK.APNS_JOBS.apns-worker.1.42.40.1700000000000000000.7")
 	}))
+}
+
+// TestServeWritesWorkerEnv: -serve writes an env file a worker starts
+// from as it is (config.Load accepts it), with, in binary mode, the
+// window and markers of in-process runs; it then answers "stats".
+func TestServeWritesWorkerEnv(t *testing.T) {
+	for _, proto := range []string{"binary", "http2"} {
+		t.Run(proto, func(t *testing.T) {
+			dir := t.TempDir()
+			c, err := parseFlags([]string{"-serve", proto, "-creds", dir, "-window", "1s", "-confirm-after", "100ms"}, io.Discard)
+			require.NoError(t, err)
+			ctx, cancel := context.WithCancel(context.Background())
+			stdinR, stdinW := io.Pipe()
+			stdoutR, stdoutW := io.Pipe()
+			done := make(chan error, 1)
+			go func() { done <- serve(ctx, c, stdinR, stdoutW) }()
+			t.Cleanup(func() {
+				cancel()
+				stdinW.Close()
+				stdoutR.Close()
+				require.NoError(t, <-done)
+			})
+			dec := json.NewDecoder(stdoutR)
+			var si serverInfo
+			require.NoError(t, dec.Decode(&si)) // written after the env file
+			require.Equal(t, proto, si.Protocol)
+
+			b, err := os.ReadFile(filepath.Join(dir, "env"))
+			require.NoError(t, err)
+			env := map[string]string{"APNS_WORKER_NATS_URL": "nats://127.0.0.1:4222"}
+			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				k, v, ok := strings.Cut(line, "=")
+				require.True(t, ok, line)
+				env[k] = v
+			}
+			cfg, err := loadConfig(env)
+			require.NoError(t, err)
+			require.Equal(t, proto, string(cfg.APNs.Mode))
+			if proto == "binary" {
+				require.Equal(t, time.Second, cfg.APNs.AssumedDelivered)
+				require.Equal(t, 100*time.Millisecond, cfg.APNs.ConfirmAfter)
+			} else {
+				require.NotContains(t, string(b), "CONFIRM_AFTER")
+			}
+
+			_, err = io.WriteString(stdinW, "stats\n")
+			require.NoError(t, err)
+			var st serverStats
+			require.NoError(t, dec.Decode(&st))
+			require.Zero(t, st.Accepted)
+		})
+	}
+}
+
+// TestResultLabels: settings that do not apply to a run are reported as
+// 0, and an external worker's protocol as unknown unless -protocol says.
+func TestResultLabels(t *testing.T) {
+	for _, tt := range []struct {
+		args          []string
+		proto         string
+		window, confm float64
+	}{
+		{[]string{"-protocol", "binary"}, "binary", 1000, 100},
+		{[]string{"-protocol", "http2"}, "http2", 0, 0},
+		{[]string{"-baseline"}, "none", 0, 0},
+		{[]string{"-nats", "nats://127.0.0.1:4222"}, "unknown (the external worker's)", 0, 0},
+		{[]string{"-nats", "nats://127.0.0.1:4222", "-protocol", "binary"}, "binary", 0, 0},
+	} {
+		c, err := parseFlags(tt.args, io.Discard)
+		require.NoError(t, err)
+		r := newResult(c, outcome{}, "")
+		require.Equal(t, tt.proto, r.Protocol, tt.args)
+		require.Equal(t, tt.window, r.WindowMS, tt.args)
+		require.Equal(t, tt.confm, r.ConfirmMS, tt.args)
+	}
 }

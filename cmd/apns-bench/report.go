@@ -92,11 +92,15 @@ func newResult(c *benchConfig, o outcome, load string) *result {
 		r.Mode = "spawn-worker"
 	case c.natsURL != "":
 		r.Mode = "external"
+		r.WindowMS, r.ConfirmMS = 0, 0 // the worker's own settings
+		if !c.protocolSet {
+			r.Protocol = "unknown (the external worker's)"
+		}
 	default:
 		r.Mode = "in-process"
 	}
-	if c.protocol != "binary" {
-		r.WindowMS = 0
+	if r.Protocol != "binary" {
+		r.WindowMS, r.ConfirmMS = 0, 0
 	}
 	if d := o.lastAck - o.firstPub; d > 0 {
 		r.ElapsedS = d.Seconds()
@@ -120,7 +124,7 @@ func (r *result) writeTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	row := func(k, f string, v ...any) { fmt.Fprintf(tw, "%s\t"+f+"\t\n", append([]any{k}, v...)...) }
 	proto := r.Protocol
-	if proto == "binary" {
+	if proto == "binary" && r.Mode != "external" {
 		markers := "off"
 		if r.ConfirmMS > 0 {
 			markers = fmt.Sprintf("%gms", r.ConfirmMS)

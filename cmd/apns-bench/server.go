@@ -208,6 +208,9 @@ func serve(ctx context.Context, c *benchConfig, stdin io.Reader, stdout io.Write
 	} else {
 		env += fmt.Sprintf("APNS_WORKER_APNS_CERT_FILE=%s\nAPNS_WORKER_APNS_KEY_FILE=%s\n",
 			filepath.Join(si.Dir, clientCertFile), filepath.Join(si.Dir, clientKeyFile))
+		// The window and markers of in-process runs, so a worker started
+		// from this file is measured as they measure theirs.
+		env += fmt.Sprintf("APNS_WORKER_APNS_ASSUMED_DELIVERED=%s\nAPNS_WORKER_APNS_CONFIRM_AFTER=%s\n", c.window, c.confirm)
 	}
 	if err := os.WriteFile(filepath.Join(si.Dir, "env"), []byte(env), 0o600); err != nil {
 		return err
