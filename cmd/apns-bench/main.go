@@ -57,6 +57,7 @@ type benchConfig struct {
 	memProfile  string
 	msgID       bool
 	baseline    bool
+	apnsAddr    string
 	protocolSet bool // -protocol given (with -nats alone, the worker's mode is not the bench's to know)
 	workerProf  string
 	runWorker   bool
@@ -87,6 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 		"JetStream alone: a consumer that acks each job at once replaces the workers and the APNs server (the ceiling for a worker here)")
 	fs.IntVar(&c.maxPending, "max-pending", 4096, "publisher: most PublishAsync messages awaiting their PubAck")
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this long; 0: 60s + 1ms per job")
+	fs.StringVar(&c.apnsAddr, "apns-addr", "",
+		"send to this APNs server instead of the bench's own (host:port for binary, https URL for http2); the workers take its credentials from this process's APNS_WORKER_APNS_* variables (CA_FILE, P8_FILE, KEY_ID, TEAM_ID, TOPIC or CERT_FILE, KEY_FILE)")
 	fs.StringVar(&c.natsURL, "nats", "", "use this NATS server instead of an embedded one; alone, a worker must be running against it")
 	fs.StringVar(&c.spawnWorker, "spawn-worker", "",
 		"run the workers as this apns-worker binary, measuring their CPU and RSS; \"self\": this binary with -run-worker (for -worker-cpuprofile)")
@@ -139,6 +142,9 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	}
 	if c.conns < 1 || c.maxInFlight < 0 || c.maxPending < 1 {
 		bad("-conns, -max-pending must be >= 1, -max-in-flight >= 0")
+	}
+	if c.apnsAddr != "" && (c.baseline || c.serve != "" || (c.natsURL != "" && c.spawnWorker == "")) {
+		bad("-apns-addr is where the bench's workers send: not with -baseline, -serve, or -nats without -spawn-worker")
 	}
 	if c.baseline && (c.spawnWorker != "" || c.natsURL != "" || c.serve != "") {
 		bad("-baseline runs its own consumer on the embedded nats-server: not with -spawn-worker, -nats or -serve")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetpush/apns-worker/config"
 	"github.com/jetpush/apns-worker/consumer"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -252,5 +254,86 @@ func TestResultLabels(t *testing.T) {
 		require.Equal(t, tt.proto, r.Protocol, tt.args)
 		require.Equal(t, tt.window, r.WindowMS, tt.args)
 		require.Equal(t, tt.confm, r.ConfirmMS, tt.args)
+	}
+}
+
+// TestExternalAPNs: with -apns-addr the bench starts no APNs server of its
+// own; its workers send to the given one, with the credentials of this
+// process's APNS_WORKER_APNS_* variables. The server, started here apart
+// from the bench, is what counts the notifications.
+func TestExternalAPNs(t *testing.T) {
+	for _, proto := range []string{"binary", "http2"} {
+		t.Run(proto, func(t *testing.T) {
+			const n, share = 2000, 0.01
+			clearWorkerEnv(t) // runs before this one left their workers' settings (loadConfig)
+			dir := t.TempDir()
+			srv, err := startLocalServer(proto, "", dir, n, share)
+			require.NoError(t, err)
+			t.Cleanup(srv.close)
+			si := srv.info()
+			t.Setenv("APNS_WORKER_APNS_CA_FILE", filepath.Join(dir, caFile))
+			if proto == "http2" {
+				t.Setenv("APNS_WORKER_APNS_P8_FILE", filepath.Join(dir, p8File))
+				t.Setenv("APNS_WORKER_APNS_KEY_ID", si.KeyID)
+				t.Setenv("APNS_WORKER_APNS_TEAM_ID", si.TeamID)
+				t.Setenv("APNS_WORKER_APNS_TOPIC", benchTopic)
+			} else {
+				t.Setenv("APNS_WORKER_APNS_CERT_FILE", filepath.Join(dir, clientCertFile))
+				t.Setenv("APNS_WORKER_APNS_KEY_FILE", filepath.Join(dir, clientKeyFile))
+			}
+			t.Setenv("APNS_WORKER_APNS_MODE", "mock") // the flags decide mode and address
+
+			out := filepath.Join(t.TempDir(), "bench.json")
+			var stdout, stderr bytes.Buffer
+			code := realMain([]string{"-apns-addr", si.Addr, "-protocol", proto, "-n", fmt.Sprint(n),
+				"-rejected", fmt.Sprint(share), "-window", "200ms", "-progress=false", "-timeout", "60s", "-json", out},
+				nil, &stdout, &stderr)
+			require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+			b, err := os.ReadFile(out)
+			require.NoError(t, err)
+			var r result
+			require.NoError(t, json.Unmarshal(b, &r))
+			require.Equal(t, "in-process, external APNs", r.Mode)
+			require.Zero(t, r.Lost)
+			require.Equal(t, 20, r.Rejections)
+			require.Equal(t, n-20, r.Delivered)
+			require.Equal(t, -1, r.APNsAccepted, "the bench cannot see another's server")
+
+			st, err := srv.stats()
+			require.NoError(t, err)
+			require.Equal(t, n-20, st.Accepted)
+			require.Equal(t, 20, st.Rejected)
+			require.Zero(t, st.Duplicates)
+			require.Zero(t, st.Missing)
+		})
+	}
+}
+
+func TestExternalAPNsEnv(t *testing.T) {
+	c, err := parseFlags([]string{"-apns-addr", "https://127.0.0.1:8443", "-protocol", "http2"}, io.Discard)
+	require.NoError(t, err)
+	env := externalAPNsEnv(c, "nats://127.0.0.1:4222", []string{
+		"APNS_WORKER_APNS_P8_FILE=/keys/AuthKey.p8", "APNS_WORKER_APNS_MODE=binary",
+		"APNS_WORKER_APNS_ADDR=elsewhere:2195", "APNS_WORKER_NATS_URL=nats://other:4222", "HOME=/root",
+	})
+	require.Equal(t, "/keys/AuthKey.p8", env["APNS_WORKER_APNS_P8_FILE"])
+	require.Equal(t, "http2", env["APNS_WORKER_APNS_MODE"])
+	require.Equal(t, "https://127.0.0.1:8443", env["APNS_WORKER_APNS_ADDR"])
+	require.Equal(t, "nats://127.0.0.1:4222", env["APNS_WORKER_NATS_URL"])
+	require.NotContains(t, env, "HOME")
+	require.NotContains(t, env, "APNS_WORKER_APNS_CONFIRM_AFTER", "markers are binary-only")
+
+	_, err = parseFlags([]string{"-apns-addr", "127.0.0.1:2195", "-baseline"}, io.Discard)
+	require.ErrorContains(t, err, "-apns-addr")
+}
+
+// clearWorkerEnv unsets every APNS_WORKER_* variable for the rest of the
+// test, and restores them after it.
+func clearWorkerEnv(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, config.Prefix+"_") {
+			t.Setenv(k, "")
+			require.NoError(t, os.Unsetenv(k))
+		}
 	}
 }

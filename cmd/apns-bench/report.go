@@ -88,6 +88,8 @@ func newResult(c *benchConfig, o outcome, load string) *result {
 	switch {
 	case c.baseline:
 		r.Mode, r.Protocol, r.Rejected = "baseline (JetStream alone)", "none", 0
+	case c.spawnWorker != "" && c.apnsAddr != "":
+		r.Mode = "spawn-worker, external APNs"
 	case c.spawnWorker != "":
 		r.Mode = "spawn-worker"
 	case c.natsURL != "":
@@ -96,6 +98,8 @@ func newResult(c *benchConfig, o outcome, load string) *result {
 		if !c.protocolSet {
 			r.Protocol = "unknown (the external worker's)"
 		}
+	case c.apnsAddr != "":
+		r.Mode = "in-process, external APNs"
 	default:
 		r.Mode = "in-process"
 	}
@@ -148,6 +152,8 @@ func (r *result) writeTable(w io.Writer) {
 	row("CPU per 100 000 jobs", "%.2f s", r.CPUSPer100k)
 	if r.BenchCPUUsPerJob > 0 {
 		row("bench process CPU per job (nats-server, publisher)", "%.1f µs", r.BenchCPUUsPerJob)
+	}
+	if r.ServerCPUUsPerJob > 0 { // its own process: not with -apns-addr
 		row("APNs test server process CPU per job", "%.1f µs", r.ServerCPUUsPerJob)
 	}
 	row("delivered / rejected / terminated", "%d / %d / %d", r.Delivered, r.Rejections, r.Terminated)

@@ -62,6 +62,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	switch {
 	case external: // the worker and its APNs server are someone else's
 	case c.baseline: // JetStream alone: no APNs server
+	case c.apnsAddr != "": // the APNs server is someone else's
 	case c.spawnWorker != "":
 		cs, err := startChildServer(c.protocol, filepath.Join(dir, "creds"), c.n, c.rejected, stderr)
 		if err != nil {
@@ -76,10 +77,13 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		srv = ls
 	}
 	var env map[string]string
-	if srv != nil {
+	switch {
+	case srv != nil:
 		cleanups = append(cleanups, func() error { srv.close(); return nil })
 		env = workerEnv(c, natsURL, srv.info())
-	} else {
+	case c.apnsAddr != "":
+		env = externalAPNsEnv(c, natsURL, os.Environ())
+	default:
 		env = map[string]string{"APNS_WORKER_NATS_URL": natsURL}
 	}
 	wcfg, err := loadConfig(env) // names of streams and subjects; the in-process workers' config

@@ -23,36 +23,61 @@ import (
 // benchTopic is the apns-topic of HTTP/2 requests (token auth needs one).
 const benchTopic = "com.example.apnsbench"
 
-// workerEnv is the APNS_WORKER_* environment of a worker for this run. An
-// in-process worker loads it with config.Load, a spawned one gets it as its
-// environment: both go through the same configuration code.
+// workerEnv is the APNS_WORKER_* environment of a worker for this run,
+// against the bench's own APNs test server. An in-process worker loads it
+// with config.Load, a spawned one gets it as its environment: both go
+// through the same configuration code.
 func workerEnv(c *benchConfig, natsURL string, si serverInfo) map[string]string {
-	env := map[string]string{
-		"APNS_WORKER_NATS_URL":               natsURL,
-		"APNS_WORKER_APNS_MODE":              si.Protocol,
-		"APNS_WORKER_APNS_ADDR":              si.Addr,
-		"APNS_WORKER_APNS_CA_FILE":           filepath.Join(si.Dir, caFile),
-		"APNS_WORKER_APNS_CONNS":             fmt.Sprint(c.conns),
-		"APNS_WORKER_APNS_ASSUMED_DELIVERED": c.window.String(),
-		"APNS_WORKER_HTTP_ADDR":              "",
-		"APNS_WORKER_LOG_FORMAT":             "json",
-		"APNS_WORKER_LOG_LEVEL":              "error",
-	}
-	if c.verbose {
-		env["APNS_WORKER_LOG_LEVEL"] = "info"
-	}
-	if c.maxInFlight > 0 {
-		env["APNS_WORKER_MAX_IN_FLIGHT"] = fmt.Sprint(c.maxInFlight)
-	}
+	env := runEnv(c, natsURL, si.Protocol, si.Addr)
+	env["APNS_WORKER_APNS_CA_FILE"] = filepath.Join(si.Dir, caFile)
 	if si.Protocol == "http2" {
 		env["APNS_WORKER_APNS_P8_FILE"] = filepath.Join(si.Dir, p8File)
 		env["APNS_WORKER_APNS_KEY_ID"] = si.KeyID
 		env["APNS_WORKER_APNS_TEAM_ID"] = si.TeamID
 		env["APNS_WORKER_APNS_TOPIC"] = benchTopic
 	} else {
-		env["APNS_WORKER_APNS_CONFIRM_AFTER"] = c.confirm.String()
 		env["APNS_WORKER_APNS_CERT_FILE"] = filepath.Join(si.Dir, clientCertFile)
 		env["APNS_WORKER_APNS_KEY_FILE"] = filepath.Join(si.Dir, clientKeyFile)
+	}
+	return env
+}
+
+// externalAPNsEnv is the workers' environment for -apns-addr: runEnv's
+// settings, and the credentials and CA of every APNS_WORKER_APNS_*
+// variable of environ (the mode and the address are the bench's flags).
+func externalAPNsEnv(c *benchConfig, natsURL string, environ []string) map[string]string {
+	env := runEnv(c, natsURL, c.protocol, c.apnsAddr)
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, set := env[k]; !set && strings.HasPrefix(k, config.Prefix+"_APNS_") {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// runEnv is what every worker of the run gets whatever its APNs server:
+// NATS, mode and address, the bench's connection, window and marker
+// flags, no HTTP listener, and quiet JSON logs.
+func runEnv(c *benchConfig, natsURL, protocol, addr string) map[string]string {
+	env := map[string]string{
+		"APNS_WORKER_NATS_URL":               natsURL,
+		"APNS_WORKER_APNS_MODE":              protocol,
+		"APNS_WORKER_APNS_ADDR":              addr,
+		"APNS_WORKER_APNS_CONNS":             fmt.Sprint(c.conns),
+		"APNS_WORKER_APNS_ASSUMED_DELIVERED": c.window.String(),
+		"APNS_WORKER_HTTP_ADDR":              "",
+		"APNS_WORKER_LOG_FORMAT":             "json",
+		"APNS_WORKER_LOG_LEVEL":              "error",
+	}
+	if protocol == "binary" {
+		env["APNS_WORKER_APNS_CONFIRM_AFTER"] = c.confirm.String()
+	}
+	if c.verbose {
+		env["APNS_WORKER_LOG_LEVEL"] = "info"
+	}
+	if c.maxInFlight > 0 {
+		env["APNS_WORKER_MAX_IN_FLIGHT"] = fmt.Sprint(c.maxInFlight)
 	}
 	return env
 }
