@@ -33,25 +33,16 @@ func TestTinyRun(t *testing.T) {
 		{"binary-msg-id", "binary", "100ms", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out := filepath.Join(t.TempDir(), "bench.json")
-			var stdout, stderr bytes.Buffer
-			code := realMain([]string{"-n", "2000", "-protocol", tt.proto, "-rejected", "0.01",
-				"-window", "200ms", "-confirm-after", tt.confirm, "-progress=false", "-timeout", "60s", "-json", out,
-				"-msg-id=" + strconv.FormatBool(tt.msgID)},
-				nil, &stdout, &stderr)
-			require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
-			require.Contains(t, stdout.String(), "jobs/s")
+			r, b, stdout := runBench(t, "-n", "2000", "-protocol", tt.proto, "-rejected", "0.01",
+				"-window", "200ms", "-confirm-after", tt.confirm, "-msg-id="+strconv.FormatBool(tt.msgID))
+			require.Contains(t, stdout, "jobs/s")
 
-			b, err := os.ReadFile(out)
-			require.NoError(t, err)
 			var m map[string]any
 			require.NoError(t, json.Unmarshal(b, &m))
 			for _, k := range []string{"jobs_per_sec", "p50_ms", "p99_ms", "max_ms", "peak_rss_mb",
 				"cpu_us_per_job", "delivered", "rejected", "lost", "duplicates"} {
 				require.Contains(t, m, k)
 			}
-			var r result
-			require.NoError(t, json.Unmarshal(b, &r))
 			require.Zero(t, r.Lost)
 			require.Zero(t, r.Duplicates)
 			require.Zero(t, r.Terminated)
@@ -67,7 +58,7 @@ func TestTinyRun(t *testing.T) {
 			require.Positive(t, r.CPUUsPerJob)
 			require.Equal(t, tt.msgID, r.MsgID)
 			if tt.proto == "binary" {
-				require.Contains(t, stdout.String(), "confirm markers")
+				require.Contains(t, stdout, "confirm markers")
 				require.Equal(t, tt.confirm != "0", r.ConfirmMS > 0)
 			}
 		})
@@ -77,15 +68,7 @@ func TestTinyRun(t *testing.T) {
 // TestBaselineRun: -baseline measures JetStream alone: every job acked by
 // the stand-in consumer, none lost, no APNs counts.
 func TestBaselineRun(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "bench.json")
-	var stdout, stderr bytes.Buffer
-	code := realMain([]string{"-baseline", "-n", "2000", "-progress=false", "-timeout", "60s", "-json", out},
-		nil, &stdout, &stderr)
-	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
-	b, err := os.ReadFile(out)
-	require.NoError(t, err)
-	var r result
-	require.NoError(t, json.Unmarshal(b, &r))
+	r, _, _ := runBench(t, "-baseline", "-n", "2000")
 	require.Equal(t, "none", r.Protocol)
 	require.Contains(t, r.Mode, "baseline")
 	require.Equal(t, 2000, r.Delivered)
@@ -95,7 +78,8 @@ func TestBaselineRun(t *testing.T) {
 	require.Equal(t, -1, r.APNsAccepted)
 	require.Positive(t, r.JobsPerSec)
 
-	code = realMain([]string{"-baseline", "-nats", "nats://127.0.0.1:1"}, nil, &stdout, &stderr)
+	var stdout, stderr bytes.Buffer
+	code := realMain([]string{"-baseline", "-nats", "nats://127.0.0.1:1"}, nil, &stdout, &stderr)
 	require.Equal(t, 2, code)
 	require.Contains(t, stderr.String(), "-baseline")
 }
@@ -283,16 +267,8 @@ func TestExternalAPNs(t *testing.T) {
 			}
 			t.Setenv("APNS_WORKER_APNS_MODE", "mock") // the flags decide mode and address
 
-			out := filepath.Join(t.TempDir(), "bench.json")
-			var stdout, stderr bytes.Buffer
-			code := realMain([]string{"-apns-addr", si.Addr, "-protocol", proto, "-n", fmt.Sprint(n),
-				"-rejected", fmt.Sprint(share), "-window", "200ms", "-progress=false", "-timeout", "60s", "-json", out},
-				nil, &stdout, &stderr)
-			require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
-			b, err := os.ReadFile(out)
-			require.NoError(t, err)
-			var r result
-			require.NoError(t, json.Unmarshal(b, &r))
+			r, _, _ := runBench(t, "-apns-addr", si.Addr, "-protocol", proto, "-n", fmt.Sprint(n),
+				"-rejected", fmt.Sprint(share), "-window", "200ms")
 			require.Equal(t, "in-process, external APNs", r.Mode)
 			require.Zero(t, r.Lost)
 			require.Equal(t, 20, r.Rejections)
@@ -336,4 +312,20 @@ func clearWorkerEnv(t *testing.T) {
 			require.NoError(t, os.Unsetenv(k))
 		}
 	}
+}
+
+// runBench runs the bench in-process with args (no progress bar, a 60 s
+// limit), requires it to succeed, and returns its JSON report, parsed and
+// as written, and its stdout.
+func runBench(t *testing.T, args ...string) (result, []byte, string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr bytes.Buffer
+	code := realMain(append(args, "-progress=false", "-timeout", "60s", "-json", out), nil, &stdout, &stderr)
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var r result
+	require.NoError(t, json.Unmarshal(b, &r))
+	return r, b, stdout.String()
 }
