@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -168,57 +167,30 @@ func WithReconnectBackoff(min, max time.Duration) Option {
 // Identifiers count up from 1 on each connection and are never reused on
 // it. Writes go through a buffer flushed when no more work is queued.
 type BinaryEngine struct {
+	c      *core
 	addr   string
 	tlsc   *tls.Config
 	o      options
 	b      binaryOptions
 	limits Limits
 	epoch  time.Time
-
-	queue   chan *binItem // accepted, not written (new or sent again)
-	slots   chan struct{} // one per accepted notification without outcome
-	pending atomic.Int64  // len(slots), for drain detection
-
-	mu        sync.RWMutex // Send holds R while queueing; Close takes W
-	closed    bool         // under mu
-	isClosed  atomic.Bool
-	closing   chan struct{} // closed when Close starts
-	drained   chan struct{} // closed when closing and nothing is pending
-	abort     chan struct{} // closed when a Close ctx ends
-	ctx       context.Context
-	cancel    context.CancelFunc
-	closeOnce sync.Once
-	drainOnce sync.Once
-	abortOnce sync.Once
-	endOnce   sync.Once
-	closeErr  error
-	wg        sync.WaitGroup
-	failed    atomic.Int64 // outcomes failed by Close
+	wg     sync.WaitGroup // connection workers
 
 	connsMu sync.Mutex
 	conns   map[net.Conn]struct{} // live connections, closed on abort
 
 	connected  atomic.Int32
 	reconnects atomic.Uint64
-	lastErr    atomic.Pointer[error] // last connection error, for ErrClosed causes
-	credErr    atomic.Pointer[error]
 	markersOff atomic.Bool   // the gateway mishandled a confirm marker
 	markers    atomic.Uint64 // confirm markers answered as expected
+
+	// budget is how many notifications one connection carries before it
+	// retires (0: no limit), learnt from silent closes; see retire.
+	budget   atomic.Uint32
+	drainers chan struct{} // one per retired connection waiting out its window
 }
 
 var _ Engine = (*BinaryEngine)(nil)
-
-// binItem is one accepted notification on its way to an outcome.
-type binItem struct {
-	n        *Notification
-	ref      any
-	accepted time.Time
-	written  time.Duration // since epoch, of the last write's flush (binNotFlushed before)
-	attempts int           // writes
-	retries  int           // retries used
-	idleEnds int           // free resends after a connection that processed nothing
-	marker   bool          // a confirm marker (WithConfirmMarkers), not a notification
-}
 
 // binMaxIdleEnds bounds the free resends of a notification after
 // connections that ended processing nothing (status 10 or 0 naming ID 0):
@@ -261,23 +233,22 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 	// so the legacy protocol leaves the hybrid out; the HTTP/2 engine,
 	// which reconnects rarely, keeps Go's defaults.
 	tlsc.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384}
-	ctx, cancel := context.WithCancel(context.Background())
 	e := &BinaryEngine{
-		addr:    addr,
-		tlsc:    tlsc,
-		o:       o,
-		b:       o.binary,
-		limits:  Limits{TokenLen: BinaryLimits.TokenLen, MaxPayload: o.binary.maxPayload},
-		epoch:   time.Now(),
-		queue:   make(chan *binItem, o.maxInFlight),
-		slots:   make(chan struct{}, o.maxInFlight),
-		closing: make(chan struct{}),
-		drained: make(chan struct{}),
-		abort:   make(chan struct{}),
-		ctx:     ctx,
-		cancel:  cancel,
-		conns:   make(map[net.Conn]struct{}),
+		addr:   addr,
+		tlsc:   tlsc,
+		o:      o,
+		b:      o.binary,
+		limits: Limits{TokenLen: BinaryLimits.TokenLen, MaxPayload: o.binary.maxPayload},
+		epoch:  time.Now(),
+		conns:  make(map[net.Conn]struct{}),
+
+		drainers: make(chan struct{}, binMaxDrainers*o.conns),
 	}
+	e.c = newCore(&e.o, func(n *Notification) error { return n.Validate(e.limits) })
+	// What follows a rejection on its connection was discarded unread by
+	// the gateway: its resends are free, however many rejections precede.
+	e.c.maxFree = math.MaxInt
+	e.c.abortWires = e.closeConns
 	e.wg.Add(o.conns)
 	for i := 0; i < o.conns; i++ {
 		go e.worker(i)
@@ -287,38 +258,12 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 
 // Send validates n against the binary limits and queues it, blocking while
 // the engine has its maximum in flight. It fails only for an invalid n
-// (wrapping ErrInvalidNotification), a done ctx, or ErrClosed. Every n it
-// accepts gets exactly one Outcome, carrying ref. The engine owns n until
-// then.
+// (wrapping ErrInvalidNotification), a done ctx, ErrClosed, or a refused
+// client certificate (wrapping ErrCredentials; one Send every minute is let
+// through to probe it). Every n it accepts gets exactly one Outcome,
+// carrying ref. The engine owns n until then.
 func (e *BinaryEngine) Send(ctx context.Context, n *Notification, ref any) error {
-	if n == nil {
-		return fmt.Errorf("%w: nil notification", ErrInvalidNotification)
-	}
-	if err := n.Validate(e.limits); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if e.closed {
-		return ErrClosed
-	}
-	select {
-	case e.slots <- struct{}{}:
-	default:
-		select {
-		case e.slots <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-e.closing:
-			return ErrClosed
-		}
-	}
-	e.pending.Add(1)
-	e.queue <- &binItem{n: n, ref: ref, accepted: e.o.now()} // never blocks: cap(queue) == cap(slots)
-	return nil
+	return e.c.send(ctx, n, ref)
 }
 
 // Close stops intake, lets the connections send what is queued and wait
@@ -327,40 +272,7 @@ func (e *BinaryEngine) Send(ctx context.Context, n *Notification, ref any) error
 // connections, reports the rest as failed with ErrClosed, and returns an
 // error wrapping ctx's. It is safe to call more than once and concurrently.
 func (e *BinaryEngine) Close(ctx context.Context) error {
-	e.closeOnce.Do(func() {
-		close(e.closing)
-		e.mu.Lock()
-		e.closed = true
-		e.isClosed.Store(true)
-		e.mu.Unlock()
-		if e.pending.Load() == 0 {
-			e.drainOnce.Do(func() { close(e.drained) })
-		}
-	})
-	select {
-	case <-e.drained:
-	case <-ctx.Done():
-		e.doAbort()
-	}
-	e.wg.Wait()
-	e.endOnce.Do(func() {
-		cause := e.closedErr()
-		for {
-			select {
-			case it := <-e.queue:
-				e.failed.Add(1)
-				e.finish(it, cause)
-				continue
-			default:
-			}
-			break
-		}
-		e.cancel()
-		if n := e.failed.Load(); n > 0 {
-			e.closeErr = fmt.Errorf("apns: close: %d notifications failed: %w", n, context.Cause(ctx))
-		}
-	})
-	return e.closeErr
+	return e.c.close(ctx, e.wg.Wait)
 }
 
 // Stats returns a snapshot of the engine's state.
@@ -368,110 +280,29 @@ func (e *BinaryEngine) Stats() Stats {
 	s := Stats{
 		Conns:      e.o.conns,
 		Connected:  int(e.connected.Load()),
-		InFlight:   int(e.pending.Load()),
 		Reconnects: e.reconnects.Load(),
 
 		ConfirmMarkers: e.markers.Load(),
 		MarkersOff:     e.markersOff.Load(),
 	}
-	if p := e.credErr.Load(); p != nil {
-		s.CredentialsErr = *p
-	}
+	e.c.stats(&s)
 	return s
 }
 
-func (e *BinaryEngine) doAbort() {
-	e.abortOnce.Do(func() {
-		close(e.abort)
-		e.cancel()
-		e.connsMu.Lock()
-		for c := range e.conns {
-			_ = c.Close()
-		}
-		e.connsMu.Unlock()
-	})
-}
-
-// closeStarted reports whether Close was called.
-func (e *BinaryEngine) closeStarted() bool { return isClosed(e.closing) }
-
-// aborted reports whether a Close gave up.
-func (e *BinaryEngine) aborted() bool { return isClosed(e.abort) }
-
-// isClosed reports whether ch is closed (it is never sent on).
-func isClosed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
+// closeConns closes every live connection: Close gave up.
+func (e *BinaryEngine) closeConns() {
+	e.connsMu.Lock()
+	for c := range e.conns {
+		_ = c.Close()
 	}
-}
-
-// closedErr is the cause of outcomes failed by Close.
-func (e *BinaryEngine) closedErr() error {
-	if p := e.lastErr.Load(); p != nil {
-		return fmt.Errorf("%w (last connection error: %v)", ErrClosed, *p)
-	}
-	return ErrClosed
+	e.connsMu.Unlock()
 }
 
 func (e *BinaryEngine) mono() time.Duration { return time.Since(e.epoch) }
 
-// finish reports it's outcome and frees its slot.
-func (e *BinaryEngine) finish(it *binItem, err error) {
-	if it.marker {
-		return
-	}
-	e.o.outcome(Outcome{Ref: it.ref, Notification: it.n, Err: err, Attempts: it.attempts, Accepted: it.accepted})
-	<-e.slots
-	if e.pending.Add(-1) == 0 && e.isClosed.Load() {
-		e.drainOnce.Do(func() { close(e.drained) })
-	}
-}
-
-// requeue queues it to be sent again; with a cause, the resend uses up one
-// of its retries, and it fails once they are exhausted.
-func (e *BinaryEngine) requeue(it *binItem, cause error) {
-	if it.marker {
-		return
-	}
-	if cause != nil {
-		it.retries++
-		if it.retries > e.o.maxRetries {
-			e.finish(it, fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, it.attempts, cause))
-			return
-		}
-	}
-	if e.aborted() {
-		e.failed.Add(1)
-		e.finish(it, e.closedErr())
-		return
-	}
-	e.queue <- it // never blocks: it holds a slot
-}
-
-// failQueued fails everything queued now with err.
-func (e *BinaryEngine) failQueued(err error) {
-	for {
-		select {
-		case it := <-e.queue:
-			e.finish(it, err)
-		default:
-			return
-		}
-	}
-}
-
-func (e *BinaryEngine) setLastErr(err error) { e.lastErr.Store(&err) }
-
-// backoff returns the delay before connection attempt number fails+1.
-func (e *BinaryEngine) backoff(fails int) time.Duration {
-	d := e.b.backoffMin << min(fails-1, 30)
-	if d <= 0 || d > e.b.backoffMax {
-		d = e.b.backoffMax
-	}
-	return d/2 + rand.N(d/2+1) // equal jitter
+// reconnectDelay is the wait before connection attempt number fails+1.
+func (e *BinaryEngine) reconnectDelay(fails int) time.Duration {
+	return Backoff{Min: e.b.backoffMin, Max: e.b.backoffMax}.Delay(fails)
 }
 
 // binMaxFrameLen is the largest frame the engine writes with this payload limit.
@@ -484,47 +315,47 @@ func binMaxFrameLen(maxPayload int) int {
 func (e *BinaryEngine) worker(i int) {
 	defer e.wg.Done()
 	var (
-		s     = &binSession{e: e, w: bufio.NewWriterSize(nil, max(binWriteBuffer, binMaxFrameLen(e.b.maxPayload)))}
+		s     = e.newSession()
 		fails int // connection attempts in a row that achieved nothing
 		dials int
 	)
 	log := e.o.log.With(slog.Int("conn", i))
 	for {
 		if fails > 0 {
-			t := time.NewTimer(e.backoff(fails))
+			t := time.NewTimer(e.reconnectDelay(fails))
 			select {
 			case <-t.C:
-			case <-e.drained:
+			case <-e.c.drained:
 				t.Stop()
 				return
-			case <-e.abort:
+			case <-e.c.aborted:
 				t.Stop()
 				return
 			}
 		}
-		var first *binItem
+		var first *delivery
 		select {
-		case first = <-e.queue:
-		case <-e.drained:
+		case first = <-e.c.queue:
+		case <-e.c.drained:
 			return
-		case <-e.abort:
+		case <-e.c.aborted:
 			return
 		}
 		conn, err := e.dial()
 		if err != nil {
 			fails++
-			if e.aborted() {
-				e.requeue(first, nil)
+			if e.c.isAborted() {
+				e.c.retry(first, nil, false)
 				continue
 			}
-			e.setLastErr(err)
+			e.c.setLastErr(err)
 			if CertificateRefused(err) {
 				e.refused(first, err, log)
 				continue
 			}
-			log.LogAttrs(e.ctx, slog.LevelWarn, "binary gateway dial failed",
+			log.LogAttrs(e.c.ctx, slog.LevelWarn, "binary gateway dial failed",
 				slog.String("addr", e.addr), slog.Int("fails", fails), slog.Any("err", err))
-			e.requeue(first, nil)
+			e.c.retry(first, nil, false)
 			continue
 		}
 		if dials++; dials > 1 {
@@ -533,8 +364,12 @@ func (e *BinaryEngine) worker(i int) {
 		e.connected.Add(1)
 		s.reset(conn, log)
 		ok := s.run(first)
-		e.connected.Add(-1)
-		e.untrack(conn)
+		if s.retiring {
+			e.retire(s)
+			s, fails = e.newSession(), 0
+			continue
+		}
+		e.ended(s)
 		if ok {
 			fails = 0
 		} else {
@@ -543,22 +378,98 @@ func (e *BinaryEngine) worker(i int) {
 	}
 }
 
+func (e *BinaryEngine) newSession() *binSession {
+	return &binSession{e: e, w: bufio.NewWriterSize(nil, max(binWriteBuffer, binMaxFrameLen(e.b.maxPayload)))}
+}
+
+// Silent closes and the connection budget.
+//
+// A gateway that closes a connection without an error response leaves it
+// unknown what it processed of what was in flight, so all of that is sent
+// again; with the assumed-delivered window in seconds, that can be every
+// notification written on the connection. A gateway (or a load balancer in
+// front of it) that does so every N frames would then have the engine
+// resend without bound. So a silent close that lost notifications sets a
+// budget of half the frames the connection carried: from then on each
+// connection takes at most that many notifications, then retires. It
+// confirms what it holds with a marker (WithConfirmMarkers) or waits out
+// the window on its own, while a fresh connection takes its place. Each
+// connection that retires cleanly raises the budget by an eighth, so that
+// a one-off loss does not cap the engine for ever.
+const (
+	binMinBudget   = 32 // the fewest notifications a connection carries
+	binMaxDrainers = 64 // retired connections waiting out their window, per connection slot
+)
+
+// retire lets s, a connection that reached the budget, wait out the window
+// in a goroutine of its own (or in the worker, when too many already do).
+func (e *BinaryEngine) retire(s *binSession) {
+	s.retiring, s.retired = false, true
+	select {
+	case e.drainers <- struct{}{}:
+	default:
+		s.loop(nil)
+		e.ended(s)
+		return
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		s.loop(nil)
+		e.ended(s)
+		<-e.drainers
+	}()
+}
+
+// ended accounts for a session whose connection is over.
+func (e *BinaryEngine) ended(s *binSession) {
+	e.connected.Add(-1)
+	e.untrack(s.conn)
+	if s.full() && !s.lostSilently {
+		for { // retired cleanly: raise the budget
+			b := e.budget.Load()
+			if b == 0 || e.budget.CompareAndSwap(b, min(b+b/8+1, math.MaxUint32-1)) {
+				break
+			}
+		}
+	}
+}
+
+// shrinkBudget lowers the budget after a silent close of a connection that
+// carried written frames.
+func (e *BinaryEngine) shrinkBudget(written uint32, log *slog.Logger) {
+	nb := max(written/2, binMinBudget)
+	for {
+		b := e.budget.Load()
+		if b != 0 && b <= nb {
+			return
+		}
+		if e.budget.CompareAndSwap(b, nb) {
+			level := slog.LevelDebug
+			if b == 0 {
+				level = slog.LevelWarn
+			}
+			log.LogAttrs(e.c.ctx, level, "binary gateway closes connections silently; connections now retire early",
+				slog.String("addr", e.addr), slog.Uint64("closed_after", uint64(written)), slog.Uint64("budget", uint64(nb)))
+			return
+		}
+	}
+}
+
 // refused fails first and everything queued: APNs refused the certificate.
-func (e *BinaryEngine) refused(first *binItem, err error, log *slog.Logger) {
-	cerr := fmt.Errorf("%w: %w", ErrCredentials, err)
-	e.credErr.Store(&cerr)
-	log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
+func (e *BinaryEngine) refused(first *delivery, err error, log *slog.Logger) {
+	log.LogAttrs(e.c.ctx, slog.LevelError, "binary gateway refused the client certificate",
 		slog.String("addr", e.addr), slog.Any("err", err))
 	// What is queued first: a Send that follows first's outcome must not
 	// be failed by this refusal.
-	e.failQueued(cerr)
+	cerr := e.c.closeGate(fmt.Errorf("%w: %w", ErrCredentials, err), true)
 	if first != nil {
-		e.finish(first, cerr)
+		e.c.finish(first, cerr)
 	}
 }
 
 func (e *BinaryEngine) dial() (*tls.Conn, error) {
-	ctx, cancel := context.WithTimeout(e.ctx, e.b.dialTimeout)
+	ctx, cancel := context.WithTimeout(e.c.ctx, e.b.dialTimeout)
 	defer cancel()
 	d := tls.Dialer{Config: e.tlsc}
 	c, err := d.DialContext(ctx, "tcp", e.addr)
@@ -575,7 +486,7 @@ func (e *BinaryEngine) dial() (*tls.Conn, error) {
 	}
 	e.connsMu.Lock()
 	defer e.connsMu.Unlock()
-	if e.aborted() {
+	if e.c.isAborted() {
 		_ = raw.Close()
 		return nil, ErrClosed
 	}
@@ -602,7 +513,7 @@ type binSession struct {
 	conn *tls.Conn
 	w    *bufio.Writer
 
-	ring   []*binItem // in flight: ring[start:], identifiers headID, headID+1, …
+	ring   []*delivery // in flight: ring[start:], identifiers headID, headID+1, …
 	start  int
 	headID uint32
 	nextID uint32
@@ -613,8 +524,12 @@ type binSession struct {
 	deadlineAt time.Duration // when the write deadline was last set
 	confirmed  bool          // some outcome came from this connection
 	timer      *time.Timer
-	marker     binItem // the confirm marker, in flight when marking
-	marking    bool    // a marker is in flight: write nothing more
+	marker     delivery // the confirm marker, in flight when marking
+	marking    bool     // a marker is in flight: write nothing more
+
+	retiring     bool // reached the budget with work in flight: to retire
+	retired      bool // waiting out the window, replaced by a fresh connection
+	lostSilently bool // the connection closed silently with work in flight
 }
 
 func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
@@ -629,6 +544,7 @@ func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
 	s.deadlineAt = -time.Hour
 	s.confirmed = false
 	s.marking = false
+	s.retiring, s.retired, s.lostSilently = false, false, false
 	if s.timer == nil {
 		s.timer = time.NewTimer(time.Hour)
 	}
@@ -636,6 +552,16 @@ func (s *binSession) reset(c *tls.Conn, log *slog.Logger) {
 }
 
 func (s *binSession) inflight() int { return len(s.ring) - s.start }
+
+// full reports whether the connection carried its budget of notifications
+// (the budget in force now: a silent close elsewhere lowers it at once), or
+// used up its identifiers.
+func (s *binSession) full() bool {
+	if b := s.e.budget.Load(); b > 0 && s.nextID > b {
+		return true
+	}
+	return s.nextID >= math.MaxUint32
+}
 
 // read waits for the error response (or the end of the connection).
 func (s *binSession) read() {
@@ -646,11 +572,17 @@ func (s *binSession) read() {
 // run writes first and whatever else is queued until the connection ends.
 // It returns whether the connection achieved anything (an outcome or an
 // error response), so that a failing gateway is retried with backoff.
-func (s *binSession) run(first *binItem) bool {
+func (s *binSession) run(first *delivery) bool {
 	e := s.e
 	go s.read()
-	now := e.mono()
-	err := s.write(first, now, e.o.now())
+	return s.loop(s.write(first, e.mono(), e.o.now()))
+}
+
+// loop is run's body, after the first write (err its error); a retired
+// session runs it again in its own goroutine, writing nothing more.
+func (s *binSession) loop(err error) bool {
+	e := s.e
+	var now time.Duration
 	for err == nil {
 		// An error response that came meanwhile settles the in-flight
 		// queue before anything is assumed delivered.
@@ -661,19 +593,19 @@ func (s *binSession) run(first *binItem) bool {
 		}
 		now = e.mono()
 		s.expire(now)
-		if s.markDue(now, false) {
+		if s.markDue(now, s.full()) {
 			if err = s.writeMarker(now); err != nil {
 				break
 			}
 		}
-		canWrite := !s.marking && s.nextID < math.MaxUint32 // never reuse an identifier
+		canWrite := !s.marking && !s.retired && !s.full()
 		n := 0
 		if canWrite {
 			wall := e.o.now()
-			for ; n < binMaxBatch && s.nextID < math.MaxUint32; n++ {
-				var it *binItem
+			for ; n < binMaxBatch && !s.full(); n++ {
+				var it *delivery
 				select {
-				case it = <-e.queue:
+				case it = <-e.c.queue:
 				default:
 				}
 				if it == nil {
@@ -702,11 +634,15 @@ func (s *binSession) run(first *binItem) bool {
 			now = e.mono()
 		}
 		s.stampFlushed()
-		if s.markDue(now, e.closeStarted()) { // nothing queued: confirm what is in flight
+		if s.markDue(now, e.c.isClosing() || s.full()) { // nothing queued: confirm what is in flight
 			if err = s.writeMarker(now); err != nil {
 				break
 			}
-			canWrite = false
+		}
+		canWrite = canWrite && !s.marking && !s.full()
+		if !canWrite && !s.marking && !s.retired && s.inflight() > 0 {
+			s.retiring = true // the budget is spent: a fresh connection takes over
+			return true
 		}
 		// Nothing queued: wait for work, the error response, the next
 		// expiry or marker, or the idle timeout.
@@ -724,13 +660,13 @@ func (s *binSession) run(first *binItem) bool {
 			wake = s.lastWrite + e.b.idleTimeout - now
 		}
 		s.timer.Reset(wake)
-		queue := e.queue
+		queue := e.c.queue
 		if !canWrite {
 			queue = nil
 		}
 		var closing chan struct{} // Close marks what waits here at once
-		if s.inflight() > 0 && s.canMark() && !e.closeStarted() {
-			closing = e.closing
+		if s.inflight() > 0 && s.canMark() && !e.c.isClosing() {
+			closing = e.c.closing
 		}
 		select {
 		case it := <-queue:
@@ -740,12 +676,12 @@ func (s *binSession) run(first *binItem) bool {
 			return s.end(r, nil)
 		case <-closing:
 		case <-s.timer.C:
-		case <-e.drained: // closing, nothing pending: in flight is empty
+		case <-e.c.drained: // closing, nothing pending: in flight is empty
 			s.timer.Stop()
 			return s.close()
-		case <-e.abort:
+		case <-e.c.aborted:
 			s.timer.Stop()
-			return s.fail(e.closedErr())
+			return s.fail(e.c.closedErr())
 		}
 		s.timer.Stop()
 	}
@@ -755,8 +691,8 @@ func (s *binSession) run(first *binItem) bool {
 	select {
 	case r := <-s.readc:
 		return s.end(r, err)
-	case <-e.abort:
-		return s.fail(e.closedErr())
+	case <-e.c.aborted:
+		return s.fail(e.c.closedErr())
 	}
 }
 
@@ -788,7 +724,7 @@ func (s *binSession) writeMarker(now time.Duration) error {
 	if _, err := s.w.Write(buf); err != nil {
 		return err
 	}
-	s.marker = binItem{marker: true}
+	s.marker = delivery{marker: true}
 	s.push(&s.marker, now)
 	s.marking = true
 	return s.flush(now)
@@ -798,20 +734,20 @@ func (s *binSession) writeMarker(now time.Duration) error {
 // not answer one as APNs did.
 func (s *binSession) markerFailed(how string) {
 	s.marking = false
-	if s.e.aborted() {
+	if s.e.c.isAborted() {
 		return // Close gave up and closed the connection: no evidence
 	}
 	if s.e.markersOff.CompareAndSwap(false, true) {
-		s.log.LogAttrs(s.e.ctx, slog.LevelWarn, "binary gateway "+how+" a confirm marker; confirm markers off, back to the assumed-delivered window",
+		s.log.LogAttrs(s.e.c.ctx, slog.LevelWarn, "binary gateway "+how+" a confirm marker; confirm markers off, back to the assumed-delivered window",
 			slog.String("addr", s.e.addr))
 	}
 }
 
 // write encodes it into the buffer and puts it in flight.
-func (s *binSession) write(it *binItem, now time.Duration, wall time.Time) error {
+func (s *binSession) write(it *delivery, now time.Duration, wall time.Time) error {
 	n := it.n
-	if exp := n.Expiration; !exp.IsZero() && exp.Unix() > 0 && exp.Before(wall) {
-		s.e.finish(it, fmt.Errorf("%w: expiration %s", ErrExpired, exp.UTC().Format(time.RFC3339)))
+	if err := expired(n, wall); err != nil {
+		s.e.c.finish(it, err)
 		return nil
 	}
 	if l := FrameLen(n); s.w.Available() < l {
@@ -826,8 +762,10 @@ func (s *binSession) write(it *binItem, now time.Duration, wall time.Time) error
 	return err
 }
 
-func (s *binSession) push(it *binItem, now time.Duration) {
-	it.attempts++
+func (s *binSession) push(it *delivery, now time.Duration) {
+	if !it.marker {
+		s.e.c.written(it)
+	}
 	it.written = binNotFlushed
 	s.ring = append(s.ring, it)
 	s.unflushed++
@@ -874,7 +812,7 @@ func (s *binSession) refreshDeadline(now time.Duration) {
 }
 
 // pop takes the oldest in-flight item.
-func (s *binSession) pop() *binItem {
+func (s *binSession) pop() *delivery {
 	it := s.ring[s.start]
 	s.ring[s.start] = nil
 	s.start++
@@ -900,23 +838,14 @@ func (s *binSession) expire(now time.Duration) {
 			continue
 		}
 		s.confirm()
-		s.e.finish(it, nil)
+		s.e.c.finish(it, nil)
 	}
 }
 
 // confirm notes that the gateway took part in an outcome on this
-// connection: it accepted the client certificate, so a refusal recorded
-// earlier (a TLS alert) is over and CredentialsErr clears.
-func (s *binSession) confirm() {
-	if s.confirmed {
-		return
-	}
-	s.confirmed = true
-	if p := s.e.credErr.Load(); p != nil && s.e.credErr.CompareAndSwap(p, nil) {
-		s.log.LogAttrs(s.e.ctx, slog.LevelInfo, "binary gateway accepts the client certificate again",
-			slog.String("addr", s.e.addr))
-	}
-}
+// connection (it accepted the client certificate; the core reopens its
+// credentials gate on the delivered outcomes), so the connection did not fail.
+func (s *binSession) confirm() { s.confirmed = true }
 
 // close ends a session with nothing in flight.
 func (s *binSession) close() bool {
@@ -931,8 +860,7 @@ func (s *binSession) fail(cause error) bool {
 	<-s.readc
 	for s.inflight() > 0 {
 		if it := s.pop(); !it.marker {
-			s.e.failed.Add(1)
-			s.e.finish(it, cause)
+			s.e.c.failClosed(it)
 		}
 	}
 	return true
@@ -954,15 +882,13 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 		cause = fmt.Errorf("%w (after write error: %v)", r.err, writeErr)
 	}
 	cause = fmt.Errorf("apns: connection to %s lost: %w", e.addr, cause)
-	e.setLastErr(cause)
+	e.c.setLastErr(cause)
 	if CertificateRefused(r.err) {
-		cerr := fmt.Errorf("%w: %w", ErrCredentials, r.err)
-		e.credErr.Store(&cerr)
-		s.log.LogAttrs(e.ctx, slog.LevelError, "binary gateway refused the client certificate",
+		s.log.LogAttrs(e.c.ctx, slog.LevelError, "binary gateway refused the client certificate",
 			slog.String("addr", e.addr), slog.Any("err", r.err))
-		e.failQueued(cerr) // first, as in refused
+		cerr := e.c.closeGate(fmt.Errorf("%w: %w", ErrCredentials, r.err), true) // queued first, as in refused
 		for s.inflight() > 0 {
-			e.finish(s.pop(), cerr)
+			e.c.finish(s.pop(), cerr)
 		}
 		return false
 	}
@@ -970,11 +896,13 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 		s.markerFailed("closed the connection without an error response after")
 	}
 	if s.inflight() > 0 {
-		s.log.LogAttrs(e.ctx, slog.LevelWarn, "binary gateway connection lost; resending in flight",
+		s.lostSilently = true
+		e.shrinkBudget(s.nextID-1, s.log)
+		s.log.LogAttrs(e.c.ctx, slog.LevelWarn, "binary gateway connection lost; resending in flight",
 			slog.Int("in_flight", s.inflight()), slog.Any("err", cause))
 	}
 	for s.inflight() > 0 {
-		e.requeue(s.pop(), cause)
+		e.c.retry(s.pop(), cause, true)
 	}
 	return s.confirmed
 }
@@ -988,7 +916,7 @@ func (s *binSession) onErrorResponse(r ErrorResponse) {
 		// The confirm marker: the gateway processed everything before it.
 		s.confirm()
 		for ; k > 0; k-- {
-			e.finish(s.pop(), nil)
+			e.c.finish(s.pop(), nil)
 		}
 		s.pop()
 		s.marking = false
@@ -1006,57 +934,59 @@ func (s *binSession) onErrorResponse(r ErrorResponse) {
 	case r.ID == 0 && lastGood:
 		// Nothing processed: no outcome, so no confirm() (the certificate
 		// may yet be refused), and the resend is free only a few times.
-		s.log.LogAttrs(e.ctx, slog.LevelInfo, "binary gateway ended the connection before processing any in flight",
+		s.log.LogAttrs(e.c.ctx, slog.LevelInfo, "binary gateway ended the connection before processing any in flight",
 			slog.String("status", r.Status.String()), slog.Int("in_flight", s.inflight()))
 		cause := fmt.Errorf("apns: gateway answered %s before processing any notification", r.Status)
-		e.setLastErr(cause)
+		e.c.setLastErr(cause)
 		for s.inflight() > 0 {
 			it := s.pop()
 			if it.idleEnds++; it.idleEnds > binMaxIdleEnds {
-				e.requeue(it, cause)
+				e.c.retry(it, cause, true)
 			} else {
-				e.requeue(it, nil)
+				e.c.retry(it, nil, false)
 			}
 		}
 		return
 	case r.ID != 0 && k < 0:
 		// Named one already reported delivered (window too short for this
 		// gateway); all in flight came after it and were discarded.
-		s.log.LogAttrs(e.ctx, slog.LevelWarn, "error response for a notification already assumed delivered",
+		s.log.LogAttrs(e.c.ctx, slog.LevelWarn, "error response for a notification already assumed delivered",
 			slog.Uint64("id", uint64(r.ID)), slog.String("status", r.Status.String()))
 		s.resendAll(nil)
 		return
 	case r.ID == 0 || k >= int64(s.inflight()):
 		cause := fmt.Errorf("apns: gateway answered %s for unknown notification %d", r.Status, r.ID)
-		s.log.LogAttrs(e.ctx, slog.LevelWarn, "error response for an unknown notification",
+		s.log.LogAttrs(e.c.ctx, slog.LevelWarn, "error response for an unknown notification",
 			slog.Uint64("id", uint64(r.ID)), slog.String("status", r.Status.String()))
-		e.setLastErr(cause)
+		e.c.setLastErr(cause)
 		s.resendAll(cause)
 		return
 	}
 	s.confirm() // the named one is in flight: an outcome
 	for ; k > 0; k-- {
-		e.finish(s.pop(), nil)
+		e.c.finish(s.pop(), nil)
 	}
 	it := s.pop()
 	switch {
 	case lastGood:
-		e.finish(it, nil)
+		e.c.finish(it, nil)
 	case r.Status.Temporary():
-		e.requeue(it, fmt.Errorf("apns: gateway answered %s", r.Status))
+		e.c.retry(it, fmt.Errorf("apns: gateway answered %s", r.Status), true)
 	default:
 		rej := &RejectionError{ID: r.ID, Status: r.Status, Reason: r.Status.String()}
-		if e.o.log.Enabled(e.ctx, slog.LevelDebug) {
-			s.log.LogAttrs(e.ctx, slog.LevelDebug, "notification rejected",
+		if e.o.log.Enabled(e.c.ctx, slog.LevelDebug) {
+			s.log.LogAttrs(e.c.ctx, slog.LevelDebug, "notification rejected",
 				slog.Uint64("id", uint64(r.ID)), slog.String("reason", rej.Reason), slog.Any("token", it.n.Token))
 		}
-		e.finish(it, rej)
+		e.c.finish(it, rej)
 	}
 	s.resendAll(nil)
 }
 
+// resendAll sends everything in flight again: at no cost to retries
+// without a cause (the gateway discarded it unread), else using one up.
 func (s *binSession) resendAll(cause error) {
 	for s.inflight() > 0 {
-		s.e.requeue(s.pop(), cause)
+		s.e.c.retry(s.pop(), cause, cause != nil)
 	}
 }

@@ -565,6 +565,8 @@ func TestBinaryCredentialsRecover(t *testing.T) {
 	send(t, eng, 0, 1)
 	require.ErrorIs(t, out.wait(t, 1, 10*time.Second)[0].Err, apns.ErrCredentials)
 	require.ErrorIs(t, eng.Stats().CredentialsErr, apns.ErrCredentials)
+	require.ErrorIs(t, eng.Send(context.Background(), &apns.Notification{Token: tok(1), Payload: hello}, 1), apns.ErrCredentials, "intake held")
+	apns.SetBinaryGateProbeForTest(eng, 0) // from now on every Send probes
 
 	// The same address now trusts the engine's certificate too.
 	pki := *gw.PKI()
@@ -688,6 +690,8 @@ func TestBinaryShutdownAtOnceBacksOff(t *testing.T) {
 	send(t, eng, 0, 1)
 	require.ErrorIs(t, out.wait(t, 1, 10*time.Second)[0].Err, apns.ErrCredentials)
 	require.ErrorIs(t, eng.Stats().CredentialsErr, apns.ErrCredentials)
+	require.ErrorIs(t, eng.Send(context.Background(), &apns.Notification{Token: tok(1), Payload: hello}, 1), apns.ErrCredentials, "intake held")
+	apns.SetBinaryGateProbeForTest(eng, 0) // from now on every Send probes
 
 	start := time.Now()
 	send(t, eng, 1, 1+n)

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
+
+	"github.com/jetpush/apns-worker/apns"
 )
 
 // ErrRunning is returned by Run while another Run of the same Poller is
@@ -180,14 +181,8 @@ func (p *Poller) handleAtStop(ctx context.Context, pending []BadToken) {
 		slog.String("addr", p.c.addr), slog.Int("tokens", len(pending)))
 }
 
-// backoff is the wait after the n-th consecutive failure (n >= 1): between
-// half and all of min·2^(n-1), capped at max.
+// backoff is the wait after the n-th consecutive failure (n >= 1): the
+// module's one back-off, from min doubling up to max, with jitter.
 func (p *Poller) backoff(n int) time.Duration {
-	d := p.o.backoffMax
-	if n <= 30 {
-		if e := p.o.backoffMin << (n - 1); e > 0 && e < d {
-			d = e
-		}
-	}
-	return d/2 + rand.N(d/2+1)
+	return apns.Backoff{Min: p.o.backoffMin, Max: p.o.backoffMax}.Delay(n)
 }

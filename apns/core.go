@@ -1,0 +1,443 @@
+package apns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// delivery is one accepted notification on its way to its outcome. The
+// core keeps its bookkeeping; the wire scratch belongs to the wire that
+// holds it at the time.
+type delivery struct {
+	n        *Notification
+	ref      any
+	accepted time.Time
+	attempts int    // times written to APNs
+	retries  int    // counted temporary failures
+	free     int    // resends that cost no retry: provably not processed
+	gen      uint64 // credentials-gate generation when last written
+	probe    bool   // let through a closed gate to probe the credentials
+
+	// Wire scratch.
+	written  time.Duration // binary: when its frame was flushed (binNotFlushed before)
+	idleEnds int           // binary: resends after connections that processed nothing
+	marker   bool          // binary: a confirm marker, not a notification
+	apnsID   string        // HTTP/2: the apns-id APNs answered
+}
+
+// core is the delivery contract every engine shares, written once:
+// admission (Send), exactly one outcome per accepted notification, retries
+// with one back-off, the credentials gate, and Close. An engine's wire takes
+// deliveries from queue, stamps each write with written, and reports what
+// APNs answered through finish (an outcome) or retry (send it again).
+//
+// Outcomes are handed to the OutcomeFunc by one dispatcher goroutine, never
+// by a wire: a slow OutcomeFunc holds up Send (a delivery's slot is freed
+// only once its outcome was handled), not an engine's reader or writer.
+type core struct {
+	o            *options
+	validate     func(*Notification) error
+	maxFree      int     // free resends of one delivery before they count as retries
+	retryBackoff Backoff // wait before a counted retry
+	abortWires   func()  // Close gave up: make the wires fail what they hold
+
+	queue   chan *delivery // accepted, waiting for a wire (new or sent again)
+	slots   chan struct{}  // one per accepted delivery without a handled outcome
+	pending atomic.Int64   // len(slots), for drain detection
+
+	mu      sync.RWMutex // Send holds R while it queues; Close takes W
+	closed  bool         // under mu
+	closing chan struct{}
+	drained chan struct{} // closed when closing and nothing is pending
+	aborted chan struct{} // closed when a Close gave up (its ctx ended)
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	closeOnce, drainOnce, abortOnce, endOnce sync.Once
+	closeErr                                 error
+	closeFailed                              atomic.Int64          // outcomes failed because Close gave up
+	lastErr                                  atomic.Pointer[error] // last connection error, cause of those
+
+	timersMu sync.Mutex
+	timers   map[*delivery]*time.Timer // retries waiting out their back-off
+
+	gate credGate
+	out  dispatcher
+	pool sync.Pool // *delivery
+}
+
+// newCore starts the core of an engine with these options; validate checks
+// a notification against the engine's limits. The engine sets abortWires
+// (and may change maxFree and retryBackoff) before its wires start.
+func newCore(o *options, validate func(*Notification) error) *core {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &core{
+		o:            o,
+		validate:     validate,
+		maxFree:      maxFreeResends,
+		retryBackoff: Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second},
+		abortWires:   func() {},
+		queue:        make(chan *delivery, o.maxInFlight),
+		slots:        make(chan struct{}, o.maxInFlight),
+		closing:      make(chan struct{}),
+		drained:      make(chan struct{}),
+		aborted:      make(chan struct{}),
+		ctx:          ctx,
+		cancel:       cancel,
+		timers:       make(map[*delivery]*time.Timer),
+		gate:         credGate{now: o.now, every: gateProbeEvery, log: o.log},
+	}
+	c.pool.New = func() any { return new(delivery) }
+	c.out.wake = make(chan struct{}, 1)
+	c.out.done = make(chan struct{})
+	go c.dispatch()
+	return c
+}
+
+// maxFreeResends bounds the resends of one delivery that cost no retry
+// (refused streams, GOAWAY, a token refresh), so that a server that refuses
+// everything fails notifications instead of keeping them forever.
+const maxFreeResends = 8
+
+// send is Engine.Send: it fails only for an invalid n, a done ctx, a closed
+// engine, or refused credentials (but for a probe every interval), and
+// blocks while maxInFlight notifications wait for their outcome.
+func (c *core) send(ctx context.Context, n *Notification, ref any) error {
+	if n == nil {
+		return fmt.Errorf("%w: nil notification", ErrInvalidNotification)
+	}
+	if err := c.validate(n); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return ErrClosed
+	}
+	probe, err := c.gate.admit()
+	if err != nil {
+		return err
+	}
+	select {
+	case c.slots <- struct{}{}:
+	default:
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.closing:
+			return ErrClosed
+		}
+	}
+	c.pending.Add(1)
+	d := c.pool.Get().(*delivery)
+	d.n, d.ref, d.accepted, d.probe = n, ref, c.o.now(), probe
+	c.queue <- d // never blocks: every queued delivery holds a slot
+	return nil
+}
+
+// close is Engine.Close: it stops intake and waits until every accepted
+// notification has its outcome, or ctx ends; then it makes the wires and
+// the retries fail the rest with ErrClosed. stopWires returns once the
+// engine's goroutines are gone (they stop by themselves once drained or
+// aborted). It returns nil after a full drain, and otherwise an error
+// counting the failed outcomes and wrapping ctx's cause.
+func (c *core) close(ctx context.Context, stopWires func()) error {
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		if c.pending.Load() == 0 {
+			c.drainOnce.Do(func() { close(c.drained) })
+		}
+	})
+	select {
+	case <-c.drained:
+	case <-ctx.Done():
+		c.abort()
+	}
+	stopWires()
+	c.endOnce.Do(func() {
+		// After an abort: fail what is still queued (a retry whose timer
+		// fired meanwhile) until every outcome was handled.
+		for done := false; !done; {
+			select {
+			case <-c.drained:
+				done = true
+			case d := <-c.queue:
+				c.failClosed(d)
+			}
+		}
+		c.out.stop()
+		c.cancel()
+		if n := c.closeFailed.Load(); n > 0 {
+			c.closeErr = fmt.Errorf("apns: close: %d notifications failed: %w", n, context.Cause(ctx))
+		}
+	})
+	return c.closeErr
+}
+
+// abort gives up the drain: waiting retries fail now, the wires fail what
+// they hold.
+func (c *core) abort() {
+	c.abortOnce.Do(func() {
+		c.timersMu.Lock()
+		close(c.aborted)
+		waiting := make([]*delivery, 0, len(c.timers))
+		for d, t := range c.timers {
+			t.Stop()
+			waiting = append(waiting, d)
+		}
+		clear(c.timers)
+		c.timersMu.Unlock()
+		c.cancel()
+		c.abortWires()
+		for _, d := range waiting {
+			c.failClosed(d)
+		}
+	})
+}
+
+func (c *core) isAborted() bool { return chanClosed(c.aborted) }
+func (c *core) isClosing() bool { return chanClosed(c.closing) }
+
+// chanClosed reports whether ch, which is never sent on, is closed.
+func chanClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// setLastErr records a connection error, the cause given with ErrClosed.
+func (c *core) setLastErr(err error) { c.lastErr.Store(&err) }
+
+// closedErr is the cause of outcomes failed because Close gave up.
+func (c *core) closedErr() error {
+	if p := c.lastErr.Load(); p != nil {
+		return fmt.Errorf("%w (last connection error: %v)", ErrClosed, *p)
+	}
+	return ErrClosed
+}
+
+// failClosed fails d because Close gave up.
+func (c *core) failClosed(d *delivery) {
+	c.closeFailed.Add(1)
+	c.finish(d, c.closedErr())
+}
+
+// written stamps a write of d: one more attempt, at the gate's current
+// generation.
+func (c *core) written(d *delivery) {
+	d.attempts++
+	d.gen = c.gate.gen.Load()
+}
+
+// expired returns the error of a notification whose expiration passed
+// before it could be sent (again), or nil.
+func expired(n *Notification, now time.Time) error {
+	if exp := n.Expiration; !exp.IsZero() && exp.Unix() > 0 && exp.Before(now) {
+		return fmt.Errorf("%w: expiration %s", ErrExpired, exp.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// gateErr is the refusal that holds d back: nil when the gate is open, or
+// for the probe.
+func (c *core) gateErr(d *delivery) error {
+	if d.probe {
+		return nil
+	}
+	return c.gate.refusal()
+}
+
+// closeGate records that APNs refused the credentials and fails what is
+// queued with the refusal, which it returns. probes says whether Send lets
+// a probe through every interval (else the wire probes by redialling).
+func (c *core) closeGate(err error, probes bool) error {
+	err = c.gate.close(err, probes)
+	c.failQueued(err)
+	return err
+}
+
+// failQueued fails everything queued now with err.
+func (c *core) failQueued(err error) {
+	for {
+		select {
+		case d := <-c.queue:
+			c.finish(d, err)
+		default:
+			return
+		}
+	}
+}
+
+// finish reports d's outcome: err nil is delivered, a *RejectionError
+// rejected, anything else failed. A delivery's outcome is reported once:
+// the caller gives up d.
+func (c *core) finish(d *delivery, err error) {
+	if d.marker {
+		return
+	}
+	if err == nil {
+		c.gate.succeeded(d.gen)
+	}
+	c.out.push(Outcome{
+		Ref:          d.ref,
+		Notification: d.n,
+		Err:          err,
+		APNsID:       d.apnsID,
+		Attempts:     d.attempts,
+		Accepted:     d.accepted,
+	}, d)
+}
+
+// release recycles d once its outcome was handled, freeing its slot.
+func (c *core) release(d *delivery) {
+	*d = delivery{}
+	c.pool.Put(d)
+	<-c.slots
+	if c.pending.Add(-1) == 0 && c.isClosing() {
+		c.drainOnce.Do(func() { close(c.drained) })
+	}
+}
+
+// retry sends d again after a temporary failure. A counted one uses up one
+// of d's retries (failing it, wrapping ErrRetriesExhausted and cause, when
+// none is left) and waits a back-off; a free one (the notification was
+// provably not processed) goes back at once, maxFree times, after which
+// free resends count too.
+func (c *core) retry(d *delivery, cause error, counted bool) {
+	if d.marker {
+		return
+	}
+	if !counted {
+		d.free++
+		counted = d.free > c.maxFree
+	}
+	var delay time.Duration
+	if counted {
+		d.retries++
+		if d.retries > c.o.maxRetries {
+			c.o.log.LogAttrs(context.Background(), slog.LevelWarn, "notification failed: retries exhausted",
+				slog.Any("token", d.n.Token), slog.Int("attempts", d.attempts), slog.String("cause", cause.Error()))
+			c.finish(d, fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, d.attempts, cause))
+			return
+		}
+		delay = c.retryBackoff.Delay(d.retries)
+	}
+	if err := c.gateErr(d); err != nil {
+		c.finish(d, err)
+		return
+	}
+	c.timersMu.Lock()
+	if c.isAborted() {
+		c.timersMu.Unlock()
+		c.failClosed(d)
+		return
+	}
+	if delay == 0 {
+		c.timersMu.Unlock()
+		c.queue <- d // never blocks: d holds a slot
+		return
+	}
+	c.timers[d] = time.AfterFunc(delay, func() {
+		c.timersMu.Lock()
+		_, mine := c.timers[d]
+		delete(c.timers, d)
+		c.timersMu.Unlock()
+		if !mine {
+			return // abort took it
+		}
+		if err := c.gateErr(d); err != nil {
+			c.finish(d, err)
+			return
+		}
+		c.queue <- d
+	})
+	c.timersMu.Unlock()
+}
+
+// stats fills the core's part of a Stats snapshot.
+func (c *core) stats(s *Stats) {
+	s.InFlight = int(c.pending.Load())
+	s.CredentialsErr = c.gate.refusal()
+}
+
+// dispatcher hands outcomes to the OutcomeFunc from one goroutine, in the
+// order they were reported, in batches.
+type dispatcher struct {
+	mu       sync.Mutex
+	q        []dispatched
+	idle     bool // the goroutine waits on wake
+	stopping bool
+	wake     chan struct{} // cap 1
+	done     chan struct{}
+}
+
+type dispatched struct {
+	o Outcome
+	d *delivery
+}
+
+// push queues an outcome; it never blocks (at most maxInFlight are queued).
+func (q *dispatcher) push(o Outcome, d *delivery) {
+	q.mu.Lock()
+	q.q = append(q.q, dispatched{o, d})
+	wake := q.idle
+	q.idle = false
+	q.mu.Unlock()
+	if wake {
+		q.wake <- struct{}{}
+	}
+}
+
+// stop ends the dispatcher once its queue is empty, and waits for it.
+func (q *dispatcher) stop() {
+	q.mu.Lock()
+	q.stopping = true
+	wake := q.idle
+	q.idle = false
+	q.mu.Unlock()
+	if wake {
+		q.wake <- struct{}{}
+	}
+	<-q.done
+}
+
+// dispatch is the dispatcher's goroutine.
+func (c *core) dispatch() {
+	q := &c.out
+	defer close(q.done)
+	var batch []dispatched
+	for {
+		q.mu.Lock()
+		for len(q.q) == 0 {
+			if q.stopping {
+				q.mu.Unlock()
+				return
+			}
+			q.idle = true
+			q.mu.Unlock()
+			<-q.wake
+			q.mu.Lock()
+		}
+		batch, q.q = q.q, batch[:0]
+		q.mu.Unlock()
+		for i := range batch {
+			c.o.outcome(batch[i].o)
+			c.release(batch[i].d)
+			batch[i] = dispatched{}
+		}
+	}
+}
