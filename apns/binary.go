@@ -61,6 +61,7 @@ type binaryOptions struct {
 // engine's throughput is at most the max-in-flight count divided by it.
 func WithAssumeDelivered(d time.Duration) Option {
 	return func(o *options) error {
+		o.onlyFor(binaryEngine, "WithAssumeDelivered")
 		if d <= 0 {
 			return fmt.Errorf("%w: assume-delivered window %v <= 0", ErrInvalidOption, d)
 		}
@@ -85,6 +86,7 @@ func WithAssumeDelivered(d time.Duration) Option {
 // write, so Close does not wait for the window either.
 func WithConfirmMarkers(after time.Duration) Option {
 	return func(o *options) error {
+		o.onlyFor(binaryEngine, "WithConfirmMarkers")
 		if after < 0 {
 			return fmt.Errorf("%w: confirm-marker delay %v < 0", ErrInvalidOption, after)
 		}
@@ -98,6 +100,7 @@ func WithConfirmMarkers(after time.Duration) Option {
 // notification (default 5m): long-idle connections to APNs go stale.
 func WithIdleTimeout(d time.Duration) Option {
 	return func(o *options) error {
+		o.onlyFor(binaryEngine, "WithIdleTimeout")
 		if d <= 0 {
 			return fmt.Errorf("%w: idle timeout %v <= 0", ErrInvalidOption, d)
 		}
@@ -110,6 +113,7 @@ func WithIdleTimeout(d time.Duration) Option {
 // handshake) and each write to it (default 10s).
 func WithDialTimeout(d time.Duration) Option {
 	return func(o *options) error {
+		o.onlyFor(binaryEngine, "WithDialTimeout")
 		if d <= 0 {
 			return fmt.Errorf("%w: dial timeout %v <= 0", ErrInvalidOption, d)
 		}
@@ -122,6 +126,7 @@ func WithDialTimeout(d time.Duration) Option {
 // 2048; MaxPayloadLegacy, 256, for old gateways; at most 65535).
 func WithMaxPayload(n int) Option {
 	return func(o *options) error {
+		o.onlyFor(binaryEngine, "WithMaxPayload")
 		if n < 1 || n > math.MaxUint16 {
 			return fmt.Errorf("%w: max payload %d not in 1..65535", ErrInvalidOption, n)
 		}
@@ -135,6 +140,7 @@ func WithMaxPayload(n int) Option {
 // (defaults 100ms and 30s). A connection that worked is replaced at once.
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(o *options) error {
+		o.onlyFor(binaryEngine, "WithReconnectBackoff")
 		if min <= 0 || max < min {
 			return fmt.Errorf("%w: reconnect backoff %v..%v", ErrInvalidOption, min, max)
 		}
@@ -217,6 +223,9 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 		backoffMax:      binBackoffMax,
 	}
 	if err := applyOptions(&o, opts); err != nil {
+		return nil, err
+	}
+	if err := o.checkFor(binaryEngine); err != nil {
 		return nil, err
 	}
 	if o.maxInFlight == 0 {

@@ -7,8 +7,39 @@ import (
 	"time"
 )
 
-// Option configures an engine. Options an engine does not use are ignored.
+// Option configures an engine. The options of one engine (WithAssumeDelivered
+// is the binary engine's, WithTopic the HTTP/2 engines') fail the
+// constructor of another with ErrInvalidOption: none is ignored.
 type Option func(*options) error
+
+// engineKind is a set of engines, for the options that only some use.
+type engineKind uint8
+
+const (
+	binaryEngine engineKind = 1 << iota
+	http2Engine             // HTTP2Engine
+	stdEngine               // StdEngine, the reference on x/net's Transport
+
+	http2Family = http2Engine | stdEngine
+)
+
+func (k engineKind) String() string {
+	switch k {
+	case binaryEngine:
+		return "binary"
+	case http2Engine:
+		return "HTTP/2"
+	case stdEngine:
+		return "std"
+	}
+	return fmt.Sprintf("engineKind(%d)", uint8(k))
+}
+
+// engineOnly is an option that only some engines take.
+type engineOnly struct {
+	name    string
+	engines engineKind
+}
 
 // options holds the settings shared by both engines; each engine keeps its
 // own in a sub-struct defined beside it.
@@ -23,6 +54,23 @@ type options struct {
 
 	binary binaryOptions // binary.go
 	h2     http2Options  // http2.go
+
+	only []engineOnly // the engine-specific options given
+}
+
+// only notes that the option name is for these engines alone.
+func (o *options) onlyFor(engines engineKind, name string) {
+	o.only = append(o.only, engineOnly{name, engines})
+}
+
+// checkFor fails if an option for other engines than this one was given.
+func (o *options) checkFor(engine engineKind) error {
+	for _, u := range o.only {
+		if u.engines&engine == 0 {
+			return fmt.Errorf("%w: %s is not an option of the %s engine", ErrInvalidOption, u.name, engine)
+		}
+	}
+	return nil
 }
 
 func defaultOptions() options {
