@@ -58,8 +58,12 @@ func TestHTTP2Reasons(t *testing.T) {
 		{"503 Shutdown", 503, "Shutdown", "temporary", false},
 		{"unknown 400 reason", 400, "SomethingNew", "rejected", false},
 		{"unknown 403 reason", 403, "NotYetInvented", "rejected", false},
-		{"unknown status 418", 418, "Teapot", "rejected", false},
-		{"unknown 5xx", 502, "BadGateway", "temporary", false},
+		{"unknown 410 reason", 410, "GoneForGood", "rejected", true},
+		{"unknown 503 reason", 503, "Overloaded", "temporary", false},
+		{"unknown status 418", 418, "Teapot", "fault", false},
+		{"5xx Apple does not use", 502, "BadGateway", "fault", false},
+		{"known reason on another status", 400, "Unregistered", "fault", false},
+		{"200 with a reason", 200, "BadDeviceToken", "delivered", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,7 +106,12 @@ func TestHTTP2Reasons(t *testing.T) {
 				require.NoError(t, o.Err)
 				require.Equal(t, 2, o.Attempts)
 				require.Equal(t, 2, s.Mints(), "one new token")
-			case "temporary":
+			case "delivered":
+				require.NoError(t, o.Err)
+			case "temporary", "fault":
+				require.Equal(t, tt.class == "fault", errors.Is(o.Err, apns.ErrNotAPNs))
+				_, rejected := o.Rejection()
+				require.False(t, rejected)
 				require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted)
 				var se *apns.StatusError
 				require.ErrorAs(t, o.Err, &se)
