@@ -379,7 +379,9 @@ func (c *Conn) Clean() bool { return c.clean }
 
 // Serve runs the connection until it fails, drains, or ctx ends (then it
 // says GOAWAY); it closes the connection and hands every unfinished
-// request back to the owner with an error wrapping ErrConnLost.
+// request back to the owner with an error wrapping ErrConnLost. It returns
+// nil after a drain (Clean) or when ctx ended, else why the connection
+// failed: a *ConnError for a connection error of either side.
 func (c *Conn) Serve(ctx context.Context) error {
 	go c.readLoop()
 	err := c.writeLoop(ctx.Done())
@@ -388,9 +390,8 @@ func (c *Conn) Serve(ctx context.Context) error {
 	}
 	c.nc.Close()
 	<-c.readerDone
-	if err == nil {
-		err = c.readErr
-	}
+	// nil from the writer: drained, or stopped; the reader's error is
+	// then only the close.
 	c.mu.Lock()
 	left := make([]Request, 0, len(c.streams))
 	for id, r := range c.streams {
