@@ -143,32 +143,39 @@ func WithRetryBackoff(first, max time.Duration) Option {
 }
 
 // HTTP2Engine sends notifications with Apple's HTTP/2 provider API over a
-// pool of connections (WithConns), each driven frame by frame on x/net's
-// framer and hpack encoder, without net/http: one writer and one reader
-// goroutine per connection, requests handed out from one queue, outcomes
-// reported from the readers.
+// pool of connections (WithConns), each an h2conn.Conn driven frame by
+// frame on x/net's framer and hpack, without net/http: one writer and one
+// reader goroutine per connection, requests handed out from one queue,
+// outcomes reported from the connections.
 //
-// Each connection honours the server's SETTINGS (max concurrent streams,
-// which may drop to 1 at any time, windows, frame and table sizes),
-// sends PING when idle (WithPingInterval) and is replaced when it fails or
-// after GOAWAY. Answers map to outcomes through one table (reasons.go):
+// Each connection honours the server's SETTINGS once validated (max
+// concurrent streams, which may drop to 1 at any time, windows, frame and
+// table sizes; an invalid one ends it with GOAWAY), sends PING when idle
+// (WithPingInterval) and is replaced when it fails or after GOAWAY.
+// Answers map to outcomes in one place (reasons.go):
 //
 //   - 200: delivered, with the apns-id APNs returned;
-//   - 400, 404, 405, 410, 413 and 403 Forbidden: a *RejectionError
-//     (BadToken for BadDeviceToken, Unregistered, ExpiredToken; 410 carries
-//     Apple's timestamp);
+//   - Apple's JSON reason with 400, 404, 405, 410, 413 or 403 Forbidden: a
+//     *RejectionError (BadToken for BadDeviceToken, Unregistered,
+//     ExpiredToken; 410 carries Apple's timestamp);
 //   - 403 certificate and provider-token reasons: failed with
 //     ErrCredentials; Send and every later outcome fail with it too, and
 //     Stats().CredentialsErr is set, but for one notification let through
-//     every minute to probe the credentials: a 200 clears the refusal;
+//     every minute (on the WithClock clock) to probe the credentials: a 200
+//     for a request written after the refusal clears it;
 //   - a TLS alert refusing the client certificate: the same, probed by
 //     redialling with back-off (up to 30s); a completed handshake clears it;
 //   - 403 ExpiredProviderToken: a new token is minted (at most once, never
 //     within TokenMinInterval of the last) and the notification sent again;
-//   - 429, 500, 503, 400 IdleTimeout, RST_STREAM, timeouts (WithRequestTimeout)
-//     and lost connections: sent again after a back-off (WithRetryBackoff),
-//     up to WithMaxRetries times, then failed wrapping ErrRetriesExhausted
-//     and the cause (a *StatusError, ErrRequestTimeout, ErrConnLost).
+//   - 429, 500, 503, 400 IdleTimeout, RST_STREAM, a response header block
+//     over 64 KiB, timeouts (WithRequestTimeout) and lost connections: sent
+//     again after a back-off (WithRetryBackoff), up to WithMaxRetries times,
+//     then failed wrapping ErrRetriesExhausted and the cause (a
+//     *StatusError, ErrRequestTimeout, ErrConnLost);
+//   - any other answer (no Apple JSON reason, a status Apple does not use
+//     for it: a proxy's 502, an HTML 404): an engine fault, never a
+//     rejection; retried like a 503 with a *StatusError matching
+//     ErrNotAPNs, counted in Stats().Faults, logged at most once a second.
 //
 // Streams refused without being processed (REFUSED_STREAM, above a GOAWAY's
 // last stream id) are sent again at once, on another connection, without

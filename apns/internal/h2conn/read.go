@@ -182,7 +182,9 @@ func (c *Conn) resetStream(id uint32, code http2.ErrCode, cause error) {
 	if r != nil {
 		c.endStreamLocked(id)
 	}
-	c.resets = append(c.resets, windowUpdate{id, uint32(code)})
+	if len(c.resets) < maxOwedFrames { // else the peer floods: the stream is gone here anyway
+		c.resets = append(c.resets, windowUpdate{id, uint32(code)})
+	}
 	c.mu.Unlock()
 	c.poke()
 	if r != nil {
