@@ -7,6 +7,8 @@ import (
 	"maps"
 	"sync"
 	"time"
+
+	"github.com/jetpush/apns-worker/apns/internal/h2conn"
 )
 
 // outcomeClass is what the HTTP/2 engine does with one APNs answer.
@@ -220,18 +222,8 @@ func parseResponse(body []byte) (reason string, ts time.Time, ok bool) {
 	return rb.Reason, ts, true
 }
 
-// bodyPrefix returns up to 128 bytes of b as printable ASCII, others as '?'.
-func bodyPrefix(b []byte) string {
-	b = b[:min(len(b), 128)]
-	out := make([]byte, len(b))
-	for i, ch := range b {
-		if ch < 0x20 || ch > 0x7e {
-			ch = '?'
-		}
-		out[i] = ch
-	}
-	return string(out)
-}
+// bodyPrefix returns up to 128 bytes of b as printable ASCII.
+func bodyPrefix(b []byte) string { return h2conn.Printable(b, 128) }
 
 // faultCounts counts answers that were not APNs' verdicts, by HTTP status.
 type faultCounts struct {

@@ -16,6 +16,26 @@ import (
 
 var payload = []byte(`{"hello":"world"}`)
 
+// requireGoAway runs a peer that sends settings, reads one request, then
+// does misbehave: the client must answer with GOAWAY carrying code, end
+// Serve with that connection error and hand the request back as lost.
+func requireGoAway(t *testing.T, cfg h2conn.Config, settings []http2.Setting, misbehave func(p *peer, id uint32), code http2.ErrCode) {
+	t.Helper()
+	got := make(chan http2.ErrCode, 1)
+	c, err := startPair(t, cfg, func(p *peer) {
+		p.settings(settings...)
+		ids, _ := p.requests(1)
+		misbehave(p, ids[0])
+		got <- p.goAway()
+		p.drain()
+	})
+	require.NoError(t, err)
+	c.send("/1", payload)
+	require.Equal(t, code, <-got)
+	requireConnError(t, c.ended(), code)
+	require.ErrorIs(t, c.wait(1)["/1"].err, h2conn.ErrConnLost)
+}
+
 // TestInvalidSettings: each SETTINGS value RFC 9113 §6.5.2 forbids is a
 // connection error answered with GOAWAY and its code, whether it comes in
 // the server preface (Handshake fails) or later (Serve ends, the requests
@@ -47,20 +67,9 @@ func TestInvalidSettings(t *testing.T) {
 		})
 		t.Run("later "+tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := make(chan http2.ErrCode, 1)
-			c, err := startPair(t, h2conn.Config{}, func(p *peer) {
-				p.settings()
-				p.requests(1)
+			requireGoAway(t, h2conn.Config{}, nil, func(p *peer, _ uint32) {
 				p.settings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 10}, tt.setting)
-				got <- p.goAway()
-				p.drain()
-			})
-			require.NoError(t, err)
-			c.send("/1", payload)
-			require.Equal(t, tt.code, <-got)
-			requireConnError(t, c.ended(), tt.code)
-			res := c.wait(1)["/1"]
-			require.ErrorIs(t, res.err, h2conn.ErrConnLost)
+			}, tt.code)
 		})
 	}
 }
@@ -69,20 +78,10 @@ func TestInvalidSettings(t *testing.T) {
 // stream's window past 2^31-1 is a FLOW_CONTROL_ERROR.
 func TestSettingsWindowOverflow(t *testing.T) {
 	t.Parallel()
-	got := make(chan http2.ErrCode, 1)
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
-		p.settings()
-		p.requests(1)
-		require.NoError(t, p.fr.WriteWindowUpdate(1, 1<<31-1-65535)) // the stream's window at the maximum
+	requireGoAway(t, h2conn.Config{}, nil, func(p *peer, id uint32) {
+		require.NoError(t, p.fr.WriteWindowUpdate(id, 1<<31-1-65535)) // the stream's window near the maximum
 		p.settings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535 + 100})
-		got <- p.goAway()
-		p.drain()
-	})
-	require.NoError(t, err)
-	c.send("/1", payload)
-	require.Equal(t, http2.ErrCodeFlowControl, <-got)
-	requireConnError(t, c.ended(), http2.ErrCodeFlowControl)
-	require.ErrorIs(t, c.wait(1)["/1"].err, h2conn.ErrConnLost)
+	}, http2.ErrCodeFlowControl)
 }
 
 // TestAdvertisesMaxHeaderListSize: the client's SETTINGS carry the limit,
@@ -171,19 +170,9 @@ func TestOversizedHeaderFailsOneStream(t *testing.T) {
 // losing hpack's state: a connection error COMPRESSION_ERROR, with GOAWAY.
 func TestHeaderBlockBeyondDecodingIsConnError(t *testing.T) {
 	t.Parallel()
-	got := make(chan http2.ErrCode, 1)
-	c, err := startPair(t, h2conn.Config{MaxHeaderListSize: 1024}, func(p *peer) {
-		p.settings()
-		ids, _ := p.requests(1)
-		p.headers(ids[0], p.block("200", hpack.HeaderField{Name: "x-big", Value: strings.Repeat("b", 5000)}), true)
-		got <- p.goAway()
-		p.drain()
-	})
-	require.NoError(t, err)
-	c.send("/1", payload)
-	require.Equal(t, http2.ErrCodeCompression, <-got)
-	requireConnError(t, c.ended(), http2.ErrCodeCompression)
-	require.ErrorIs(t, c.wait(1)["/1"].err, h2conn.ErrConnLost)
+	requireGoAway(t, h2conn.Config{MaxHeaderListSize: 1024}, nil, func(p *peer, id uint32) {
+		p.headers(id, p.block("200", hpack.HeaderField{Name: "x-big", Value: strings.Repeat("b", 5000)}), true)
+	}, http2.ErrCodeCompression)
 }
 
 // TestResponseBodyLimit: an error body is kept whole up to MaxBody (64 KiB
@@ -329,19 +318,7 @@ func TestProtocolErrorsGoAway(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := make(chan http2.ErrCode, 1)
-			c, err := startPair(t, h2conn.Config{}, func(p *peer) {
-				p.settings()
-				ids, _ := p.requests(1)
-				tt.write(p, ids[0])
-				got <- p.goAway()
-				p.drain()
-			})
-			require.NoError(t, err)
-			c.send("/1", payload)
-			require.Equal(t, tt.code, <-got)
-			requireConnError(t, c.ended(), tt.code)
-			require.ErrorIs(t, c.wait(1)["/1"].err, h2conn.ErrConnLost)
+			requireGoAway(t, h2conn.Config{}, nil, tt.write, tt.code)
 		})
 	}
 }

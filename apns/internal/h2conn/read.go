@@ -167,10 +167,7 @@ func (c *Conn) onHeaderBlock(frag []byte, end bool) error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.endStreamLocked(s.id)
-	c.mu.Unlock()
-	c.answered++
-	c.cfg.Owner.Done(r, nil)
+	c.answerLocked(r)
 	return nil
 }
 
@@ -190,6 +187,15 @@ func (c *Conn) resetStream(id uint32, code http2.ErrCode, cause error) {
 	if r != nil {
 		c.cfg.Owner.Done(r, &StreamError{StreamID: id, Code: code, Cause: cause})
 	}
+}
+
+// answerLocked ends r's stream, answered in full, and unlocks mu to hand
+// r back to the owner.
+func (c *Conn) answerLocked(r Request) {
+	c.endStreamLocked(r.H2Stream().id)
+	c.mu.Unlock()
+	c.answered++
+	c.cfg.Owner.Done(r, nil)
 }
 
 // endStreamLocked removes a stream answered in full (or reset).
@@ -249,10 +255,7 @@ func (c *Conn) onData(f *http2.DataFrame) error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.endStreamLocked(s.id)
-	c.mu.Unlock()
-	c.answered++
-	c.cfg.Owner.Done(r, nil)
+	c.answerLocked(r)
 	return nil
 }
 
@@ -402,15 +405,16 @@ func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 	c.cfg.Logger.LogAttrs(context.Background(), level, "http2 goaway received",
 		slog.Uint64("last_stream_id", uint64(f.LastStreamID)), slog.String("code", f.ErrCode.String()),
-		slog.String("debug", sanitize(f.DebugData(), 128)), slog.Int("refused", len(refused)))
+		slog.String("debug", Printable(f.DebugData(), 128)), slog.Int("refused", len(refused)))
 	for _, r := range refused {
 		c.cfg.Owner.Done(r, ErrRefused)
 	}
 	c.poke()
 }
 
-// sanitize returns up to n bytes of b as printable ASCII, others as '?'.
-func sanitize(b []byte, n int) string {
+// Printable returns up to n bytes of b as printable ASCII, other bytes as
+// '?': a peer's bytes made fit for a log line.
+func Printable(b []byte, n int) string {
 	b = b[:min(len(b), n)]
 	out := make([]byte, len(b))
 	for i, ch := range b {
