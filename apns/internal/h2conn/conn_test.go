@@ -376,3 +376,39 @@ func TestRequestTimeout(t *testing.T) {
 	require.ErrorIs(t, c.wait(1)["/1"].err, h2conn.ErrTimeout)
 	require.ElementsMatch(t, []string{"rst CANCEL", "ping"}, []string{<-events, <-events})
 }
+
+// TestMalformedResponseFailsOneStream: a response without :status, or with
+// DATA before its HEADERS, fails its own stream (RST_STREAM PROTOCOL_ERROR,
+// ErrMalformed); the other stream completes.
+func TestMalformedResponseFailsOneStream(t *testing.T) {
+	t.Parallel()
+	resets := make(chan uint32, 2)
+	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+		p.settings()
+		ids, _ := p.requests(3)
+		p.hb.Reset()
+		_ = p.enc.WriteField(hpack.HeaderField{Name: "x-no-status", Value: "1"})
+		p.headers(ids[0], bytes.Clone(p.hb.Bytes()), true)
+		require.NoError(t, p.fr.WriteData(ids[1], true, []byte("body first")))
+		p.respond(ids[2], "200", nil)
+		for n := 0; n < 2; {
+			if rs, ok := p.next().(*http2.RSTStreamFrame); ok && rs.ErrCode == http2.ErrCodeProtocol {
+				resets <- rs.StreamID
+				n++
+			}
+		}
+		p.drain()
+	})
+	require.NoError(t, err)
+	c.send("/no-status", payload)
+	c.send("/data-first", payload)
+	c.send("/ok", payload)
+	got := c.wait(3)
+	for _, path := range []string{"/no-status", "/data-first"} {
+		var se *h2conn.StreamError
+		require.ErrorAs(t, got[path].err, &se, path)
+		require.ErrorIs(t, se, h2conn.ErrMalformed)
+	}
+	require.NoError(t, got["/ok"].err)
+	require.ElementsMatch(t, []uint32{1, 3}, []uint32{<-resets, <-resets})
+}
