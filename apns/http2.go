@@ -212,8 +212,11 @@ type HTTP2Engine struct {
 	probeAt   atomic.Int64          // unix ns on o.now's clock: when the next re-probe may go
 	// gateGen counts the closings of the credentials gate; each request
 	// is stamped with it when written, and only a 200 for one written
-	// since the last closing opens the gate.
+	// since the last closing, or sent with a newer token than gateTok (the
+	// one refused), opens the gate. gateMu orders closing and opening.
+	gateMu     sync.Mutex
 	gateGen    atomic.Uint64
+	gateTok    *providerToken // gateMu
 	connected  atomic.Int32
 	reconnects atomic.Uint64
 
@@ -439,14 +442,17 @@ func (e *HTTP2Engine) claimProbe() bool {
 // setCredentialsErr records that APNs refused the credentials (with a
 // 403), stops intake but for a probe every credProbeInterval, and fails
 // what is queued. It returns the error outcomes carry.
-func (e *HTTP2Engine) setCredentialsErr(err error) error {
+// tok is the provider token APNs refused (nil with certificate auth).
+func (e *HTTP2Engine) setCredentialsErr(err error, tok *providerToken) error {
 	e.probeAt.Store(e.o.now().UnixNano() + e.credProbe.Load())
-	return e.setCredErr(err, false)
+	return e.setCredErr(err, false, tok)
 }
 
-func (e *HTTP2Engine) setCredErr(err error, viaTLS bool) error {
+func (e *HTTP2Engine) setCredErr(err error, viaTLS bool, tok *providerToken) error {
+	e.gateMu.Lock()
 	if p := &err; e.credErr.CompareAndSwap(nil, p) {
-		e.gateGen.Add(1) // after the close: what was stamped before cannot open it
+		e.gateGen.Add(1) // what was stamped before cannot open it
+		e.gateTok = tok
 		if viaTLS {
 			e.credTLS.Store(p)
 		}
@@ -454,14 +460,37 @@ func (e *HTTP2Engine) setCredErr(err error, viaTLS bool) error {
 			"apns credentials refused: intake stopped until the configuration is fixed",
 			slog.String("error", err.Error()))
 	}
+	e.gateMu.Unlock()
 	err = e.credentialsErr()
 	e.failQueued(err)
 	return err
 }
 
-// credentialsAccepted clears a refusal once APNs took the credentials
-// again: a TLS handshake completed (for a TLS refusal only) or a 200.
-func (e *HTTP2Engine) credentialsAccepted(anyRefusal bool) {
+// succeededAfterRefusal opens the gate for r, answered 200 while the
+// credentials stood refused, if r proves they work again: it was written
+// after the gate closed (a probe), or sent with a newer provider token than
+// the one refused. A 200 for a request written before says nothing of them.
+func (e *HTTP2Engine) succeededAfterRefusal(r *request) {
+	e.gateMu.Lock()
+	defer e.gateMu.Unlock()
+	newerToken := r.tok != nil && e.gateTok != nil && r.tok.iat.After(e.gateTok.iat)
+	if r.gen == e.gateGen.Load() || newerToken {
+		e.openGateLocked(true)
+	}
+}
+
+// credentialsAccepted clears a TLS refusal once a TLS handshake completed.
+func (e *HTTP2Engine) credentialsAccepted() {
+	if e.credErr.Load() == nil {
+		return
+	}
+	e.gateMu.Lock()
+	e.openGateLocked(false)
+	e.gateMu.Unlock()
+}
+
+// openGateLocked clears a refusal (a TLS one only, unless anyRefusal).
+func (e *HTTP2Engine) openGateLocked(anyRefusal bool) {
 	p := e.credErr.Load()
 	if p == nil || !anyRefusal && p != e.credTLS.Load() {
 		return
@@ -610,7 +639,7 @@ func (e *HTTP2Engine) runConn() {
 		}
 		c, err := e.dial()
 		if err == nil {
-			e.credentialsAccepted(false) // the handshake passed: a TLS refusal is over
+			e.credentialsAccepted() // the handshake passed: a TLS refusal is over
 			start := time.Now()
 			e.connected.Add(1)
 			err = c.Serve(e.ctx)
@@ -652,7 +681,7 @@ func (e *HTTP2Engine) runConn() {
 		if CertificateRefused(err) {
 			// Redial, slowly: the certificate may be renewed, or the
 			// refusal a passing fault of APNs.
-			e.setCredErr(fmt.Errorf("%w: TLS: %w", ErrCredentials, err), true)
+			e.setCredErr(fmt.Errorf("%w: TLS: %w", ErrCredentials, err), true, nil)
 			delay = backoff(failures, e.o.h2.backoffMin, max(e.o.h2.backoffMax, credRedialMax))
 		} else if err := e.credentialsErr(); err != nil {
 			e.failQueued(err)
@@ -880,11 +909,8 @@ const apnsIDHeader = 0
 // place where an answer becomes a verdict (reasons.go says which).
 func (e *HTTP2Engine) finish(r *request) {
 	if r.Status == http.StatusOK {
-		// Only a success of a request written after the gate closed
-		// (a probe) opens it: a 200 for one written before says nothing
-		// of the credentials refused since.
-		if e.credErr.Load() != nil && r.gen == e.gateGen.Load() {
-			e.credentialsAccepted(true)
+		if e.credErr.Load() != nil {
+			e.succeededAfterRefusal(r)
 		}
 		e.complete(r, nil)
 		return
@@ -900,14 +926,14 @@ func (e *HTTP2Engine) finish(r *request) {
 		}
 		e.complete(r, &RejectionError{HTTPStatus: r.Status, Reason: reason, Timestamp: ts})
 	case classCredentials:
-		e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s", ErrCredentials, r.Status, reason)))
+		e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s", ErrCredentials, r.Status, reason), r.tok))
 	case classRefreshToken:
 		if e.tokens == nil {
-			e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s to certificate auth", ErrCredentials, r.Status, reason)))
+			e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s to certificate auth", ErrCredentials, r.Status, reason), nil))
 			return
 		}
 		if err := e.tokens.expired(r.tok); err != nil {
-			e.complete(r, e.setCredentialsErr(err))
+			e.complete(r, e.setCredentialsErr(err, r.tok))
 			return
 		}
 		e.retry(r, &StatusError{HTTPStatus: r.Status, Reason: reason}, false)

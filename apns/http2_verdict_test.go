@@ -348,3 +348,39 @@ func TestHTTP2HostileConnections(t *testing.T) {
 	require.Equal(t, n+1, attempts, "one stream failed by its header, sent again")
 	require.Zero(t, col.dups)
 }
+
+// TestHTTP2CredentialsGateOpensOnNewerToken: a 200 for a request written
+// before the gate closed opens it when that request carried a newer
+// provider token than the one APNs refused.
+func TestHTTP2CredentialsGateOpensOnNewerToken(t *testing.T) {
+	t.Parallel()
+	oldTok, newTok := h2Token(1), h2Token(2)
+	release := map[string]chan struct{}{oldTok.String(): make(chan struct{}), newTok.String(): make(chan struct{})}
+	arrived := make(chan string, 2)
+	url, pki := startStdAPNs(t, answerFunc(func(r *http.Request) (int, string, string) {
+		tok := strings.TrimPrefix(r.URL.Path, "/3/device/")
+		arrived <- tok
+		<-release[tok]
+		if tok == oldTok.String() {
+			return 403, "application/json", `{"reason":"InvalidProviderToken"}`
+		}
+		return 200, "", ""
+	}))
+	clock := newH2Clock()
+	col := newH2Collector(t, 2)
+	e := newStdEngine(t, url, pki, apns.WithOutcomeFunc(col.fn), apns.WithConns(1), apns.WithClock(clock.Now))
+	ctx := context.Background()
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: oldTok, Payload: h2Payload}, "old"))
+	require.Equal(t, oldTok.String(), <-arrived)
+	clock.Advance(apns.TokenRefreshAfter + time.Minute) // the next request mints a new token
+	require.NoError(t, e.Send(ctx, &apns.Notification{Token: newTok, Payload: h2Payload}, "new"))
+	require.Equal(t, newTok.String(), <-arrived)
+
+	close(release[oldTok.String()])
+	o := col.wait(1)[0]
+	require.ErrorIs(t, o.Err, apns.ErrCredentials)
+	require.ErrorIs(t, e.Stats().CredentialsErr, apns.ErrCredentials)
+	close(release[newTok.String()])
+	require.NoError(t, col.wait(1)[0].Err)
+	require.NoError(t, e.Stats().CredentialsErr, "the newer token works: intake resumes")
+}
