@@ -412,3 +412,33 @@ func TestMalformedResponseFailsOneStream(t *testing.T) {
 	require.NoError(t, got["/ok"].err)
 	require.ElementsMatch(t, []uint32{1, 3}, []uint32{<-resets, <-resets})
 }
+
+// TestResponseBeforeRequestBody: a complete response that comes while the
+// payload still waits for window ends the request, and the rest of the
+// payload is cancelled with RST_STREAM instead of left hanging.
+func TestResponseBeforeRequestBody(t *testing.T) {
+	t.Parallel()
+	reset := make(chan http2.ErrCode, 1)
+	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+		p.settings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+		for {
+			if h, ok := p.next().(*http2.HeadersFrame); ok {
+				p.respond(h.StreamID, "413", []byte(`too large`))
+				break
+			}
+		}
+		for {
+			if rs, ok := p.next().(*http2.RSTStreamFrame); ok {
+				reset <- rs.ErrCode
+				break
+			}
+		}
+		p.drain()
+	})
+	require.NoError(t, err)
+	c.send("/big", bytes.Repeat([]byte("x"), 1000))
+	res := c.wait(1)["/big"]
+	require.NoError(t, res.err)
+	require.Equal(t, 413, res.r.Status)
+	require.Equal(t, http2.ErrCodeCancel, <-reset)
+}

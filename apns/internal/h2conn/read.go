@@ -190,9 +190,15 @@ func (c *Conn) resetStream(id uint32, code http2.ErrCode, cause error) {
 }
 
 // answerLocked ends r's stream, answered in full, and unlocks mu to hand
-// r back to the owner.
+// r back to the owner. A payload not yet sent whole never will be: the
+// stream is reset (CANCEL) so the peer stops waiting for it.
 func (c *Conn) answerLocked(r Request) {
-	c.endStreamLocked(r.H2Stream().id)
+	s := r.H2Stream()
+	c.endStreamLocked(s.id)
+	if s.sent < len(s.Payload) && len(c.resets) < maxOwedFrames {
+		c.resets = append(c.resets, windowUpdate{s.id, uint32(http2.ErrCodeCancel)})
+		c.poke()
+	}
 	c.mu.Unlock()
 	c.answered++
 	c.cfg.Owner.Done(r, nil)
