@@ -35,6 +35,10 @@ type Stats struct {
 	// CredentialsErr is non-nil once APNs refused the credentials; the
 	// engine fails new work until it is fixed (HTTP/2).
 	CredentialsErr error
+	// Faults counts, by HTTP status, the HTTP/2 answers that were not
+	// APNs' verdicts (ErrNotAPNs: proxies' 502s, HTML 404s, 400s without
+	// Apple's JSON), each retried; a copy, nil when there were none.
+	Faults map[int]uint64
 }
 
 // Outcome is the final result for one notification.

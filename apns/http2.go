@@ -2,7 +2,6 @@ package apns
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -18,10 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+	"github.com/jetpush/apns-worker/apns/internal/h2conn"
 )
 
 // APNs provider API hosts (port 443; Apple also listens on 2197, which a
@@ -146,32 +143,39 @@ func WithRetryBackoff(first, max time.Duration) Option {
 }
 
 // HTTP2Engine sends notifications with Apple's HTTP/2 provider API over a
-// pool of connections (WithConns), each driven frame by frame on x/net's
-// framer and hpack encoder, without net/http: one writer and one reader
-// goroutine per connection, requests handed out from one queue, outcomes
-// reported from the readers.
+// pool of connections (WithConns), each an h2conn.Conn driven frame by
+// frame on x/net's framer and hpack, without net/http: one writer and one
+// reader goroutine per connection, requests handed out from one queue,
+// outcomes reported from the connections.
 //
-// Each connection honours the server's SETTINGS (max concurrent streams,
-// which may drop to 1 at any time, windows, frame and table sizes),
-// sends PING when idle (WithPingInterval) and is replaced when it fails or
-// after GOAWAY. Answers map to outcomes through one table (reasons.go):
+// Each connection honours the server's SETTINGS once validated (max
+// concurrent streams, which may drop to 1 at any time, windows, frame and
+// table sizes; an invalid one ends it with GOAWAY), sends PING when idle
+// (WithPingInterval) and is replaced when it fails or after GOAWAY.
+// Answers map to outcomes in one place (reasons.go):
 //
 //   - 200: delivered, with the apns-id APNs returned;
-//   - 400, 404, 405, 410, 413 and 403 Forbidden: a *RejectionError
-//     (BadToken for BadDeviceToken, Unregistered, ExpiredToken; 410 carries
-//     Apple's timestamp);
+//   - Apple's JSON reason with 400, 404, 405, 410, 413 or 403 Forbidden: a
+//     *RejectionError (BadToken for BadDeviceToken, Unregistered,
+//     ExpiredToken; 410 carries Apple's timestamp);
 //   - 403 certificate and provider-token reasons: failed with
 //     ErrCredentials; Send and every later outcome fail with it too, and
 //     Stats().CredentialsErr is set, but for one notification let through
-//     every minute to probe the credentials: a 200 clears the refusal;
+//     every minute (on the WithClock clock) to probe the credentials: a 200
+//     for a request written after the refusal clears it;
 //   - a TLS alert refusing the client certificate: the same, probed by
 //     redialling with back-off (up to 30s); a completed handshake clears it;
 //   - 403 ExpiredProviderToken: a new token is minted (at most once, never
 //     within TokenMinInterval of the last) and the notification sent again;
-//   - 429, 500, 503, 400 IdleTimeout, RST_STREAM, timeouts (WithRequestTimeout)
-//     and lost connections: sent again after a back-off (WithRetryBackoff),
-//     up to WithMaxRetries times, then failed wrapping ErrRetriesExhausted
-//     and the cause (a *StatusError, ErrRequestTimeout, ErrConnLost).
+//   - 429, 500, 503, 400 IdleTimeout, RST_STREAM, a response header block
+//     over 64 KiB, timeouts (WithRequestTimeout) and lost connections: sent
+//     again after a back-off (WithRetryBackoff), up to WithMaxRetries times,
+//     then failed wrapping ErrRetriesExhausted and the cause (a
+//     *StatusError, ErrRequestTimeout, ErrConnLost);
+//   - any other answer (no Apple JSON reason, a status Apple does not use
+//     for it: a proxy's 502, an HTML 404): an engine fault, never a
+//     rejection; retried like a 503 with a *StatusError matching
+//     ErrNotAPNs, counted in Stats().Faults, logged at most once a second.
 //
 // Streams refused without being processed (REFUSED_STREAM, above a GOAWAY's
 // last stream id) are sent again at once, on another connection, without
@@ -183,11 +187,11 @@ type HTTP2Engine struct {
 	tlsConf   *tls.Config
 	tokens    *tokenSource // nil with certificate auth
 
-	queue chan *request   // accepted, waiting for a stream; cap maxInFlight
-	sem   chan struct{}   // one slot per accepted notification
-	reqs  sync.Pool       // *request
-	stop  chan struct{}   // closed: connections shut down
-	ctx   context.Context // cancelled with stop; bounds dials
+	queue chan h2conn.Request // *request accepted, waiting for a stream; cap maxInFlight
+	sem   chan struct{}       // one slot per accepted notification
+	reqs  sync.Pool           // *request
+	stop  chan struct{}       // closed: connections shut down
+	ctx   context.Context     // cancelled with stop; bounds dials
 	halt  context.CancelFunc
 	wg    sync.WaitGroup
 
@@ -202,14 +206,23 @@ type HTTP2Engine struct {
 	aborted atomic.Bool
 	timers  map[*request]*time.Timer // retries waiting for their back-off
 
-	credErr    atomic.Pointer[error]
-	credTLS    atomic.Pointer[error] // credErr, when a TLS alert set it
-	credProbe  atomic.Int64          // period of re-probes of 403-refused credentials (ns)
-	probeAt    atomic.Int64          // unix ns: when the next re-probe may go
+	credErr   atomic.Pointer[error]
+	credTLS   atomic.Pointer[error] // credErr, when a TLS alert set it
+	credProbe atomic.Int64          // period of re-probes of 403-refused credentials (ns)
+	probeAt   atomic.Int64          // unix ns on o.now's clock: when the next re-probe may go
+	// gateGen counts the closings of the credentials gate; each request
+	// is stamped with it when written, and only a 200 for one written
+	// since the last closing, or sent with a newer token than gateTok (the
+	// one refused), opens the gate. gateMu orders closing and opening.
+	gateMu     sync.Mutex
+	gateGen    atomic.Uint64
+	gateTok    *providerToken // gateMu
 	connected  atomic.Int32
 	reconnects atomic.Uint64
 
-	tick time.Duration // connection housekeeping period
+	faults     faultCounts
+	faultLogAt atomic.Int64 // unix ns of the last fault logged
+	faultQuiet atomic.Int64 // faults not logged since
 }
 
 var _ Engine = (*HTTP2Engine)(nil)
@@ -248,7 +261,7 @@ func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, er
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2"},
 		},
-		queue:     make(chan *request, o.maxInFlight),
+		queue:     make(chan h2conn.Request, o.maxInFlight),
 		sem:       make(chan struct{}, o.maxInFlight),
 		stop:      make(chan struct{}),
 		closingCh: make(chan struct{}),
@@ -266,8 +279,6 @@ func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, er
 			return nil, err
 		}
 	}
-	e.tick = min(o.h2.timeout, o.h2.pingInterval) / 4
-	e.tick = max(min(e.tick, time.Second), 5*time.Millisecond)
 	e.reqs.New = func() any { return new(request) }
 	e.credProbe.Store(int64(credProbeInterval))
 	e.ctx, e.halt = context.WithCancel(context.Background())
@@ -354,7 +365,7 @@ func (e *HTTP2Engine) Close(ctx context.Context) error {
 		case <-e.drained:
 			return err
 		case r := <-e.queue:
-			e.complete(r, ErrClosed)
+			e.complete(r.(*request), ErrClosed)
 		}
 	}
 }
@@ -366,6 +377,7 @@ func (e *HTTP2Engine) Stats() Stats {
 		Connected:  int(e.connected.Load()),
 		InFlight:   len(e.sem),
 		Reconnects: e.reconnects.Load(),
+		Faults:     e.faults.snapshot(),
 	}
 	if p := e.credErr.Load(); p != nil {
 		s.CredentialsErr = *p
@@ -423,20 +435,24 @@ func (e *HTTP2Engine) claimProbe() bool {
 	if p == nil || p == e.credTLS.Load() {
 		return false
 	}
-	at, now := e.probeAt.Load(), time.Now().UnixNano()
+	at, now := e.probeAt.Load(), e.o.now().UnixNano()
 	return now >= at && e.probeAt.CompareAndSwap(at, now+e.credProbe.Load())
 }
 
 // setCredentialsErr records that APNs refused the credentials (with a
 // 403), stops intake but for a probe every credProbeInterval, and fails
 // what is queued. It returns the error outcomes carry.
-func (e *HTTP2Engine) setCredentialsErr(err error) error {
-	e.probeAt.Store(time.Now().UnixNano() + e.credProbe.Load())
-	return e.setCredErr(err, false)
+// tok is the provider token APNs refused (nil with certificate auth).
+func (e *HTTP2Engine) setCredentialsErr(err error, tok *providerToken) error {
+	e.probeAt.Store(e.o.now().UnixNano() + e.credProbe.Load())
+	return e.setCredErr(err, false, tok)
 }
 
-func (e *HTTP2Engine) setCredErr(err error, viaTLS bool) error {
+func (e *HTTP2Engine) setCredErr(err error, viaTLS bool, tok *providerToken) error {
+	e.gateMu.Lock()
 	if p := &err; e.credErr.CompareAndSwap(nil, p) {
+		e.gateGen.Add(1) // what was stamped before cannot open it
+		e.gateTok = tok
 		if viaTLS {
 			e.credTLS.Store(p)
 		}
@@ -444,14 +460,37 @@ func (e *HTTP2Engine) setCredErr(err error, viaTLS bool) error {
 			"apns credentials refused: intake stopped until the configuration is fixed",
 			slog.String("error", err.Error()))
 	}
+	e.gateMu.Unlock()
 	err = e.credentialsErr()
 	e.failQueued(err)
 	return err
 }
 
-// credentialsAccepted clears a refusal once APNs took the credentials
-// again: a TLS handshake completed (for a TLS refusal only) or a 200.
-func (e *HTTP2Engine) credentialsAccepted(anyRefusal bool) {
+// succeededAfterRefusal opens the gate for r, answered 200 while the
+// credentials stood refused, if r proves they work again: it was written
+// after the gate closed (a probe), or sent with a newer provider token than
+// the one refused. A 200 for a request written before says nothing of them.
+func (e *HTTP2Engine) succeededAfterRefusal(r *request) {
+	e.gateMu.Lock()
+	defer e.gateMu.Unlock()
+	newerToken := r.tok != nil && e.gateTok != nil && r.tok.iat.After(e.gateTok.iat)
+	if r.gen == e.gateGen.Load() || newerToken {
+		e.openGateLocked(true)
+	}
+}
+
+// credentialsAccepted clears a TLS refusal once a TLS handshake completed.
+func (e *HTTP2Engine) credentialsAccepted() {
+	if e.credErr.Load() == nil {
+		return
+	}
+	e.gateMu.Lock()
+	e.openGateLocked(false)
+	e.gateMu.Unlock()
+}
+
+// openGateLocked clears a refusal (a TLS one only, unless anyRefusal).
+func (e *HTTP2Engine) openGateLocked(anyRefusal bool) {
 	p := e.credErr.Load()
 	if p == nil || !anyRefusal && p != e.credTLS.Load() {
 		return
@@ -465,7 +504,7 @@ func (e *HTTP2Engine) failQueued(err error) {
 	for {
 		select {
 		case r := <-e.queue:
-			e.complete(r, err)
+			e.complete(r.(*request), err)
 		default:
 			return
 		}
@@ -478,12 +517,13 @@ func (e *HTTP2Engine) complete(r *request, err error) {
 		Ref:          r.ref,
 		Notification: r.n,
 		Err:          err,
-		APNsID:       r.apnsID,
+		APNsID:       r.Header(apnsIDHeader),
 		Attempts:     r.attempts,
 		Accepted:     r.accepted,
 	})
-	body := r.body[:0]
-	*r = request{body: body}
+	body := r.Body[:0]
+	*r = request{}
+	r.Body = body
 	e.reqs.Put(r)
 	<-e.sem
 	e.doneOne()
@@ -576,21 +616,16 @@ type request struct {
 	ref      any
 	accepted time.Time
 	attempts int
-	retries  int  // counted temporary failures
-	requeues int  // uncounted resends
-	probe    bool // let through to probe refused credentials
+	retries  int    // counted temporary failures
+	requeues int    // uncounted resends
+	probe    bool   // let through to probe refused credentials
+	gen      uint64 // gateGen when last written
 	tok      *providerToken
 
-	// Stream state, guarded by the owning conn's mu while in its streams.
-	id       uint32
-	deadline int64 // unix nanoseconds
-	sent     int   // payload bytes written
-	window   int64 // stream send window
-	recv     int64 // response bytes not yet granted back
-	status   int
-	apnsID   string
-	body     []byte
+	h2conn.Stream // owned by a connection while in flight
 }
+
+func (r *request) H2Stream() *h2conn.Stream { return &r.Stream }
 
 // runConn keeps one pool slot connected until the engine stops.
 func (e *HTTP2Engine) runConn() {
@@ -604,10 +639,10 @@ func (e *HTTP2Engine) runConn() {
 		}
 		c, err := e.dial()
 		if err == nil {
-			e.credentialsAccepted(false) // the handshake passed: a TLS refusal is over
+			e.credentialsAccepted() // the handshake passed: a TLS refusal is over
 			start := time.Now()
 			e.connected.Add(1)
-			err = c.serve()
+			err = c.Serve(e.ctx)
 			e.connected.Add(-1)
 			e.reconnects.Add(1)
 			if e.ctx.Err() != nil {
@@ -619,15 +654,23 @@ func (e *HTTP2Engine) runConn() {
 			// One that lived but was never used (a load balancer closing
 			// idle connections) did not fail either.
 			lived := time.Since(start)
-			idle := c.nextID == 1 // no stream opened; serve is over, no race
+			idle := c.Opened() == 0
 			switch {
-			case c.answered > 0 && lived >= minConnLife:
+			case c.Answered() > 0 && lived >= minConnLife:
 				failures = 0
-				if c.clean {
+				if c.Clean() {
 					continue // GOAWAY drained or stream ids used up: redial now
 				}
-			case c.answered > 0 || lived >= idleConnLife || idle && lived >= minConnLife:
+			case c.Answered() > 0 || lived >= idleConnLife || idle && lived >= minConnLife:
 				failures = 0 // some use, or an idle life: back off a little
+			}
+			if c.Clean() {
+				// A graceful drain is no failure: h2conn logged the GOAWAY.
+				if !e.wait(e.backoff(failures + 1)) {
+					return
+				}
+				failures++
+				continue
 			}
 		}
 		if e.ctx.Err() != nil {
@@ -638,20 +681,28 @@ func (e *HTTP2Engine) runConn() {
 		if CertificateRefused(err) {
 			// Redial, slowly: the certificate may be renewed, or the
 			// refusal a passing fault of APNs.
-			e.setCredErr(fmt.Errorf("%w: TLS: %w", ErrCredentials, err), true)
+			e.setCredErr(fmt.Errorf("%w: TLS: %w", ErrCredentials, err), true, nil)
 			delay = backoff(failures, e.o.h2.backoffMin, max(e.o.h2.backoffMax, credRedialMax))
 		} else if err := e.credentialsErr(); err != nil {
 			e.failQueued(err)
 		}
 		e.o.log.LogAttrs(context.Background(), slog.LevelWarn, "apns connection failed",
 			slog.String("addr", e.addr), slog.Int("failures", failures), slog.String("error", errString(err)))
-		t := time.NewTimer(delay)
-		select {
-		case <-e.stop:
-			t.Stop()
+		if !e.wait(delay) {
 			return
-		case <-t.C:
 		}
+	}
+}
+
+// wait sleeps for d; it reports false if the engine stopped meanwhile.
+func (e *HTTP2Engine) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-e.stop:
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -664,7 +715,7 @@ func errString(err error) string {
 
 // dial connects (through the proxy, if any), handshakes TLS with ALPN h2,
 // exchanges the connection prefaces and returns a conn ready to serve.
-func (e *HTTP2Engine) dial() (*conn, error) {
+func (e *HTTP2Engine) dial() (*h2conn.Conn, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, e.o.h2.dialTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -687,13 +738,26 @@ func (e *HTTP2Engine) dial() (*conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("apns: %s did not negotiate h2 (ALPN %q)", e.addr, p)
 	}
-	c := newConn(e, tc)
-	if err := c.handshake(ctx); err != nil {
-		tc.Close()
-		return nil, err
-	}
-	return c, nil
+	return h2conn.Handshake(ctx, tc, h2conn.Config{
+		Queue:             e.queue,
+		Owner:             h2Owner{e},
+		MaxStreams:        e.o.h2.maxStreams,
+		RequestTimeout:    e.o.h2.timeout,
+		PingInterval:      e.o.h2.pingInterval,
+		MaxHeaderListSize: maxHeaderListSize,
+		MaxBody:           maxResponseBody,
+		KeepHeaders:       []string{apnsIDHeader: "apns-id"},
+		Logger:            e.o.log,
+	})
 }
+
+// Limits of what the engine reads of one answer: the header list size it
+// advertises (a larger one fails that request only, retried) and the
+// error body kept for its reason.
+const (
+	maxHeaderListSize = 64 << 10
+	maxResponseBody   = 64 << 10
+)
 
 // dialProxy opens a tunnel to addr with HTTP CONNECT.
 func dialProxy(ctx context.Context, d *net.Dialer, p *url.URL, addr string) (net.Conn, error) {
@@ -739,719 +803,163 @@ func (o *oneByteReader) Read(p []byte) (int, error) {
 	return o.r.Read(p)
 }
 
-// Connection-level HTTP/2 parameters of the client.
-const (
-	initialWindow  = 65535   // RFC 9113 default, for both directions
-	recvConnWindow = 1 << 20 // what the client grants for responses
-	maxFrameLen    = 16384   // the minimum every peer accepts
-	maxBatchBytes  = 64 << 10
-)
+// h2Owner is the engine as its connections' owner: it prepares and
+// encodes requests and turns their ends into outcomes.
+type h2Owner struct{ e *HTTP2Engine }
 
-// conn is one HTTP/2 connection: the writer (serve's goroutine) is the only
-// one to write frames; the reader only reads, and asks the writer for the
-// frames it needs (acks, window updates) through mu and wake.
-type conn struct {
-	e    *HTTP2Engine
-	nc   net.Conn
-	fr   *http2.Framer
-	wbuf frameBuf // frames for the next write, writer-owned
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
-	path []byte // scratch for :path and apns-expiration
-	hdec *hpack.Decoder
+var _ h2conn.Owner = h2Owner{}
 
-	wake       chan struct{} // cap 1: the reader queued work for the writer
-	readerDone chan struct{}
-	readErr    error // set before readerDone closes
-	clean      bool  // ended by GOAWAY or id exhaustion, not a failure
-	answered   int   // streams answered by the server; reader-owned
-
-	mu         sync.Mutex
-	streams    map[uint32]*request
-	nextID     uint32
-	maxStreams uint32 // min(server's limit, our cap)
-	initWindow int64  // server's SETTINGS_INITIAL_WINDOW_SIZE
-	connWindow int64  // what we may still send on the connection
-	maxFrame   int    // server's SETTINGS_MAX_FRAME_SIZE
-	goaway     bool
-	dead       error    // set by the reader on failure
-	blocked    []uint32 // streams whose payload waits for window, in order
-	// control frames the writer owes
-	settingsAcks int
-	tableSize    uint32 // the server's SETTINGS_HEADER_TABLE_SIZE, if tableSet
-	tableSet     bool   // apply tableSize to the encoder before the ack
-	pingAcks     [][8]byte
-	connWU       uint32
-	streamWU     []windowUpdate
-	// response decoding, reader-owned
-	recvConn int64
-	hdrID    uint32
-	hdrEnd   bool
-	hdrStat  int
-	hdrAPNs  string
-	// liveness, writer-owned apart from lastRead
-	lastRead    atomic.Int64
-	pingSent    int64 // unix ns of the outstanding PING, 0 if none
-	pingTimeout int64 // ns the outstanding PING may take
-	probing     bool  // a stream timed out: no new stream until a frame arrives (mu)
-}
-
-type windowUpdate struct{ id, n uint32 }
-
-// frameBuf collects frames in memory; the writer writes it out in one go.
-type frameBuf struct{ b []byte }
-
-func (f *frameBuf) Write(p []byte) (int, error) {
-	f.b = append(f.b, p...)
-	return len(p), nil
-}
-
-func newConn(e *HTTP2Engine, nc net.Conn) *conn {
-	c := &conn{
-		e:          e,
-		nc:         nc,
-		wake:       make(chan struct{}, 1),
-		readerDone: make(chan struct{}),
-		streams:    make(map[uint32]*request),
-		nextID:     1,
-		maxStreams: e.o.h2.maxStreams,
-		initWindow: initialWindow,
-		connWindow: initialWindow,
-		maxFrame:   maxFrameLen,
-		path:       make([]byte, 0, 16+2*MaxTokenLen),
-	}
-	c.wbuf.b = make([]byte, 0, maxBatchBytes+2*maxFrameLen)
-	c.fr = http2.NewFramer(&c.wbuf, bufio.NewReaderSize(nc, 32<<10))
-	c.fr.SetReuseFrames()
-	c.fr.SetMaxReadFrameSize(maxFrameLen)
-	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.hdec = hpack.NewDecoder(4096, c.onField)
-	c.hdec.SetMaxStringLength(16 << 10)
-	return c
-}
-
-// handshake sends the client preface and waits for the server's SETTINGS,
-// so the first requests already honour its limits.
-func (c *conn) handshake(ctx context.Context) error {
-	c.wbuf.b = append(c.wbuf.b, http2.ClientPreface...)
-	_ = c.fr.WriteSettings(
-		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: recvConnWindow},
-	)
-	_ = c.fr.WriteWindowUpdate(0, recvConnWindow-initialWindow)
-	dl, _ := ctx.Deadline()
-	_ = c.nc.SetDeadline(dl)
-	defer c.nc.SetDeadline(time.Time{})
-	if err := c.flush(); err != nil {
-		return err
-	}
-	f, err := c.fr.ReadFrame()
-	if err != nil {
-		return fmt.Errorf("apns: reading server preface: %w", err)
-	}
-	sf, ok := f.(*http2.SettingsFrame)
-	if !ok || sf.IsAck() {
-		return fmt.Errorf("apns: server preface is %v, not SETTINGS", f.Header().Type)
-	}
-	if err := c.onSettings(sf); err != nil {
-		return err
-	}
-	c.lastRead.Store(time.Now().UnixNano())
-	return nil
-}
-
-// serve runs the connection until it fails, drains after GOAWAY, or the
-// engine stops; then it hands every unfinished request back to the engine.
-func (c *conn) serve() error {
-	go c.readLoop()
-	err := c.writeLoop()
-	if err == nil && !c.clean {
-		// The engine is stopping: say goodbye, best effort.
-		_ = c.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-		_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		_ = c.flush()
-	}
-	c.nc.Close()
-	<-c.readerDone
-	if err == nil {
-		err = c.readErr
-	}
-	c.mu.Lock()
-	left := make([]*request, 0, len(c.streams))
-	for id, r := range c.streams {
-		left = append(left, r)
-		delete(c.streams, id)
-	}
-	c.blocked = nil
-	c.clean = c.clean || c.goaway // the server said goodbye, then closed
-	c.mu.Unlock()
-	cause := fmt.Errorf("%w: %s", ErrConnLost, errString(err))
-	for _, r := range left {
-		if c.e.aborted.Load() {
-			c.e.complete(r, ErrClosed)
-		} else {
-			c.e.retry(r, cause, true)
-		}
-	}
-	return err
-}
-
-func (c *conn) flush() error {
-	if len(c.wbuf.b) == 0 {
-		return nil
-	}
-	_, err := c.nc.Write(c.wbuf.b)
-	c.wbuf.b = c.wbuf.b[:0]
-	return err
-}
-
-func (c *conn) poke() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (c *conn) writeLoop() error {
-	tick := time.NewTicker(c.e.tick)
-	defer tick.Stop()
-	timeout := int64(c.e.o.h2.timeout)
-	for {
-		c.mu.Lock()
-		if c.probing && c.pingSent != 0 && c.lastRead.Load() > c.pingSent {
-			c.probing = false // the connection is alive
-		}
-		c.writeControlLocked()
-		c.resumeBlockedLocked()
-		can := c.canOpenLocked()
-		dead, finished := c.dead, c.goaway && len(c.streams) == 0
-		c.mu.Unlock()
-		if dead != nil {
-			return dead
-		}
-		if len(c.wbuf.b) > 0 {
-			// The deadline frees a writer stuck on a peer that stopped reading.
-			_ = c.nc.SetWriteDeadline(time.Now().Add(c.e.o.h2.timeout))
-			if err := c.flush(); err != nil {
-				return err
-			}
-		}
-		if finished {
-			c.clean = true
-			return nil
-		}
-		var q chan *request
-		if can {
-			q = c.e.queue
-		}
-		select {
-		case r := <-q:
-			// Write what is queued, up to a batch, then flush once.
-			now := time.Now().UnixNano()
-			for c.writeRequest(r, now+timeout) && len(c.wbuf.b) < maxBatchBytes {
-				var more bool
-				select {
-				case r, more = <-q:
-				default:
-				}
-				if !more {
-					break
-				}
-			}
-		case <-c.wake:
-		case <-tick.C:
-			if err := c.housekeep(); err != nil {
-				return err
-			}
-		case <-c.readerDone:
-			return c.readErr
-		case <-c.e.stop:
-			return nil
-		}
-	}
-}
-
-// writeRequest frames r as a new stream; it reports whether another
-// stream may be opened right away.
-func (c *conn) writeRequest(r *request, deadline int64) bool {
-	e := c.e
+// Prepare is called by a connection's writer before r gets a stream: it
+// fails r if it may no longer go, gets its provider token, and stamps it
+// with the credentials gate's generation.
+func (o h2Owner) Prepare(req h2conn.Request) bool {
+	e, r := o.e, req.(*request)
 	if e.aborted.Load() {
 		e.complete(r, ErrClosed)
-		return true
+		return false
 	}
 	if err := e.credErrFor(r); err != nil {
 		e.complete(r, err)
-		return true
+		return false
 	}
 	if exp := r.n.Expiration; !exp.IsZero() && exp.Unix() > 0 && exp.Before(e.o.now()) {
 		e.complete(r, fmt.Errorf("%w: expiration %s", ErrExpired, exp.UTC().Format(time.RFC3339)))
-		return true
+		return false
 	}
 	if e.tokens != nil {
 		tok, err := e.tokens.token()
 		if err != nil {
 			e.complete(r, err)
-			return true
+			return false
 		}
 		r.tok = tok
 	}
-	c.mu.Lock()
-	if !c.canOpenLocked() { // a GOAWAY or SETTINGS arrived meanwhile
-		c.mu.Unlock()
-		e.retry(r, ErrStreamRefused, false)
-		return false
-	}
-	// Encoding changes the hpack table the server mirrors: only a header
-	// block that is sure to be sent may be encoded.
-	c.encodeHeaders(r)
-	id := c.nextID
-	c.nextID += 2
-	r.id, r.deadline, r.sent, r.window, r.recv = id, deadline, 0, c.initWindow, 0
-	r.status, r.apnsID, r.body = 0, "", r.body[:0]
-	r.attempts++
-	c.streams[id] = r
-	c.writeHeadersLocked(id, c.hbuf.Bytes())
-	if !c.writeDataLocked(r) {
-		c.blocked = append(c.blocked, id)
-	}
-	can := c.canOpenLocked()
-	c.mu.Unlock()
-	return can
+	r.gen = e.gateGen.Load()
+	r.Payload = r.n.Payload
+	return true
 }
-
-func hf(name, value string) hpack.HeaderField { return hpack.HeaderField{Name: name, Value: value} }
 
 // Priorities and their header values, precomputed.
 var priorityValues = [11]string{1: "1", 5: "5", 10: "10"}
 
-// encodeHeaders hpack-encodes r's request headers into c.hbuf. Values
-// unique to one notification (path, apns-id, expiration, collapse id) are
-// sent never-indexed: they would only evict the shared ones (authorization,
+// EncodeHeaders writes r's request headers. Values unique to one
+// notification (path, apns-id, expiration, collapse id) are sent
+// never-indexed: they would only evict the shared ones (authorization,
 // topic, push type) from the table.
-func (c *conn) encodeHeaders(r *request) {
+func (o h2Owner) EncodeHeaders(req h2conn.Request, h *h2conn.HeaderEncoder) {
+	e, r := o.e, req.(*request)
 	n := r.n
-	c.hbuf.Reset()
-	enc := c.henc
-	_ = enc.WriteField(hf(":method", "POST"))
-	_ = enc.WriteField(hf(":scheme", "https"))
-	_ = enc.WriteField(hf(":authority", c.e.authority))
-	c.path = hex.AppendEncode(append(c.path[:0], "/3/device/"...), n.Token)
-	_ = enc.WriteField(hpack.HeaderField{Name: ":path", Value: scratchString(c.path), Sensitive: true})
+	r.attempts++
+	h.Field(":method", "POST")
+	h.Field(":scheme", "https")
+	h.Field(":authority", e.authority)
+	h.Scratch = hex.AppendEncode(append(h.Scratch[:0], "/3/device/"...), n.Token)
+	h.UniqueBytes(":path", h.Scratch)
 	if r.tok != nil {
-		_ = enc.WriteField(hf("authorization", r.tok.bearer))
+		h.Field("authorization", r.tok.bearer)
 	}
 	if t := n.Topic; t != "" {
-		_ = enc.WriteField(hf("apns-topic", t))
-	} else if t := c.e.o.h2.topic; t != "" {
-		_ = enc.WriteField(hf("apns-topic", t))
+		h.Field("apns-topic", t)
+	} else if t := e.o.h2.topic; t != "" {
+		h.Field("apns-topic", t)
 	}
 	if p := n.PushType; p != "" {
-		_ = enc.WriteField(hf("apns-push-type", string(p)))
-	} else if p := c.e.o.h2.pushType; p != "" {
-		_ = enc.WriteField(hf("apns-push-type", string(p)))
+		h.Field("apns-push-type", string(p))
+	} else if p := e.o.h2.pushType; p != "" {
+		h.Field("apns-push-type", string(p))
 	}
 	if n.Priority != 0 {
-		_ = enc.WriteField(hf("apns-priority", priorityValues[n.Priority]))
+		h.Field("apns-priority", priorityValues[n.Priority])
 	}
 	if !n.Expiration.IsZero() {
-		c.path = strconv.AppendInt(c.path[:0], max(n.Expiration.Unix(), 0), 10)
-		_ = enc.WriteField(hpack.HeaderField{Name: "apns-expiration", Value: scratchString(c.path), Sensitive: true})
+		h.Scratch = strconv.AppendInt(h.Scratch[:0], max(n.Expiration.Unix(), 0), 10)
+		h.UniqueBytes("apns-expiration", h.Scratch)
 	}
 	if n.ID != "" {
-		_ = enc.WriteField(hpack.HeaderField{Name: "apns-id", Value: n.ID, Sensitive: true})
+		h.Unique("apns-id", n.ID)
 	}
 	if n.CollapseID != "" {
-		_ = enc.WriteField(hpack.HeaderField{Name: "apns-collapse-id", Value: n.CollapseID, Sensitive: true})
+		h.Unique("apns-collapse-id", n.CollapseID)
 	}
 }
 
-// scratchString views b as a string for one hpack WriteField of a
-// Sensitive field, which the encoder neither indexes nor keeps.
-func scratchString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
-
-func (c *conn) writeHeadersLocked(id uint32, block []byte) {
-	first := block[:min(len(block), c.maxFrame)]
-	rest := block[len(first):]
-	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndHeaders: len(rest) == 0})
-	for len(rest) > 0 {
-		frag := rest[:min(len(rest), c.maxFrame)]
-		rest = rest[len(frag):]
-		_ = c.fr.WriteContinuation(id, len(rest) == 0, frag)
-	}
-}
-
-// writeDataLocked writes as much of r's payload as the flow-control
-// windows allow; a remainder puts r on the blocked list.
-func (c *conn) writeDataLocked(r *request) bool {
-	p := r.n.Payload
-	for r.sent < len(p) {
-		n := int64(min(len(p)-r.sent, c.maxFrame))
-		n = min(n, c.connWindow, r.window)
-		if n <= 0 {
-			return false
-		}
-		end := r.sent + int(n)
-		_ = c.fr.WriteData(r.id, end == len(p), p[r.sent:end])
-		r.sent = end
-		c.connWindow -= n
-		r.window -= n
-	}
-	return true
-}
-
-func (c *conn) resumeBlockedLocked() {
-	for len(c.blocked) > 0 {
-		if r := c.streams[c.blocked[0]]; r != nil && !c.writeDataLocked(r) {
-			return // still blocked; streams go in order
-		}
-		c.blocked = c.blocked[1:]
-	}
-	c.blocked = c.blocked[:0:0]
-}
-
-func (c *conn) canOpenLocked() bool {
-	return c.dead == nil && !c.goaway && !c.probing && uint32(len(c.streams)) < c.maxStreams &&
-		c.connWindow > 0 && len(c.blocked) == 0 && c.nextID < 1<<31-1
-}
-
-func (c *conn) writeControlLocked() {
-	if c.tableSet {
-		c.henc.SetMaxDynamicTableSizeLimit(c.tableSize)
-		c.tableSet = false
-	}
-	for ; c.settingsAcks > 0; c.settingsAcks-- {
-		_ = c.fr.WriteSettingsAck()
-	}
-	for _, d := range c.pingAcks {
-		_ = c.fr.WritePing(true, d)
-	}
-	c.pingAcks = c.pingAcks[:0]
-	if c.connWU > 0 {
-		_ = c.fr.WriteWindowUpdate(0, c.connWU)
-		c.connWU = 0
-	}
-	for _, w := range c.streamWU {
-		_ = c.fr.WriteWindowUpdate(w.id, w.n)
-	}
-	c.streamWU = c.streamWU[:0]
-	if c.nextID >= 1<<31-1 && !c.goaway {
-		c.goaway = true // stream ids used up: drain and reconnect
-	}
-}
-
-// housekeep times out requests and probes an idle connection with PING.
-func (c *conn) housekeep() error {
-	now := time.Now().UnixNano()
-	var expired []*request
-	c.mu.Lock()
-	for id, r := range c.streams {
-		if r.deadline <= now {
-			expired = append(expired, r)
-			delete(c.streams, id)
-			_ = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
-		}
-	}
-	// A timed-out stream may mean a connection that died silently: probe
-	// it with a PING at once, and open no stream on it until answered.
-	if len(expired) > 0 {
-		c.probing = true
-	}
-	c.mu.Unlock()
-	for _, r := range expired {
-		c.e.retry(r, ErrRequestTimeout, true)
-	}
-	if c.pingSent != 0 {
-		if c.lastRead.Load() > c.pingSent {
-			c.pingSent = 0
-			c.mu.Lock()
-			c.probing = len(expired) > 0
-			c.mu.Unlock()
-		} else if now-c.pingSent > c.pingTimeout {
-			return fmt.Errorf("apns: PING unanswered for %v", time.Duration(c.pingTimeout))
-		}
-	}
+// Done turns the end of r's stream into an outcome, or a retry.
+func (o h2Owner) Done(req h2conn.Request, err error) {
+	e, r := o.e, req.(*request)
 	switch {
-	case len(expired) > 0 && c.pingSent == 0:
-		c.ping(min(c.e.o.h2.timeout, probeTimeout))
-	case len(expired) > 0:
-		c.pingTimeout = min(c.pingTimeout, int64(min(c.e.o.h2.timeout, probeTimeout)))
-	case c.pingSent == 0 && now-c.lastRead.Load() > int64(c.e.o.h2.pingInterval):
-		c.ping(c.e.o.h2.timeout)
-	}
-	if len(expired) > 0 {
-		c.poke() // stream slots freed
-	}
-	return nil
-}
-
-// probeTimeout bounds the wait for the PING sent after a request timed out.
-const probeTimeout = 2 * time.Second
-
-// ping queues a PING that must be answered within timeout.
-func (c *conn) ping(timeout time.Duration) {
-	now := time.Now().UnixNano()
-	var data [8]byte
-	copy(data[:], strconv.FormatInt(now, 36))
-	_ = c.fr.WritePing(false, data)
-	c.pingSent, c.pingTimeout = now, int64(timeout)
-}
-
-func (c *conn) readLoop() {
-	defer close(c.readerDone)
-	err := c.read()
-	c.mu.Lock()
-	c.dead = err
-	c.mu.Unlock()
-	c.readErr = err
-}
-
-func (c *conn) read() error {
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			return err
-		}
-		c.lastRead.Store(time.Now().UnixNano())
-		switch f := f.(type) {
-		case *http2.HeadersFrame:
-			c.hdrID, c.hdrEnd, c.hdrStat, c.hdrAPNs = f.StreamID, f.StreamEnded(), 0, ""
-			err = c.onHeaderBlock(f.HeaderBlockFragment(), f.HeadersEnded())
-		case *http2.ContinuationFrame:
-			err = c.onHeaderBlock(f.HeaderBlockFragment(), f.HeadersEnded())
-		case *http2.DataFrame:
-			c.onData(f)
-		case *http2.RSTStreamFrame:
-			c.onReset(f)
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				err = c.onSettings(f)
-			}
-		case *http2.WindowUpdateFrame:
-			err = c.onWindowUpdate(f)
-		case *http2.PingFrame:
-			if f.IsAck() {
-				c.poke() // a probed connection may open streams again
-			} else {
-				c.mu.Lock()
-				c.pingAcks = append(c.pingAcks, f.Data)
-				c.mu.Unlock()
-				c.poke()
-			}
-		case *http2.GoAwayFrame:
-			c.onGoAway(f)
-		case *http2.PushPromiseFrame:
-			err = errors.New("apns: PUSH_PROMISE though push is disabled")
-		}
-		if err != nil {
-			return err
-		}
+	case err == nil:
+		e.finish(r)
+	case e.aborted.Load() && errors.Is(err, h2conn.ErrConnLost):
+		e.complete(r, ErrClosed)
+	case errors.Is(err, h2conn.ErrRefused):
+		e.retry(r, ErrStreamRefused, false)
+	case errors.Is(err, h2conn.ErrTimeout):
+		e.retry(r, ErrRequestTimeout, true)
+	case errors.Is(err, h2conn.ErrConnLost):
+		e.retry(r, fmt.Errorf("%w: %w", ErrConnLost, err), true)
+	default: // a stream error: reset by APNs, or its answer unreadable
+		e.retry(r, fmt.Errorf("%w: %w", ErrConnLost, err), true)
 	}
 }
 
-// onField is the hpack decoder's emit function.
-func (c *conn) onField(f hpack.HeaderField) {
-	switch f.Name {
-	case ":status":
-		c.hdrStat, _ = strconv.Atoi(f.Value)
-	case "apns-id":
-		c.hdrAPNs = f.Value
-	}
-}
+// apnsIDHeader is the index of apns-id in the connections' KeepHeaders.
+const apnsIDHeader = 0
 
-func (c *conn) onHeaderBlock(frag []byte, end bool) error {
-	if _, err := c.hdec.Write(frag); err != nil {
-		return fmt.Errorf("apns: hpack: %w", err)
-	}
-	if !end {
-		return nil
-	}
-	if err := c.hdec.Close(); err != nil {
-		return fmt.Errorf("apns: hpack: %w", err)
-	}
-	if c.hdrStat >= 100 && c.hdrStat < 200 {
-		return nil // informational
-	}
-	c.mu.Lock()
-	r := c.streams[c.hdrID]
-	if r == nil {
-		c.mu.Unlock()
-		return nil // timed out meanwhile
-	}
-	if r.status == 0 {
-		r.status, r.apnsID = c.hdrStat, c.hdrAPNs
-	}
-	if !c.hdrEnd {
-		c.mu.Unlock()
-		return nil
-	}
-	c.endStreamLocked(r)
-	c.mu.Unlock()
-	c.finish(r)
-	return nil
-}
-
-// endStreamLocked removes a stream answered in full (or reset).
-func (c *conn) endStreamLocked(r *request) {
-	delete(c.streams, r.id)
-	if uint32(len(c.streams)) == c.maxStreams-1 || c.goaway && len(c.streams) == 0 {
-		c.poke() // a slot opened, or the drain is over
-	}
-}
-
-func (c *conn) onData(f *http2.DataFrame) {
-	c.mu.Lock()
-	c.recvConn += int64(f.Length)
-	if c.recvConn >= recvConnWindow/2 {
-		c.connWU += uint32(c.recvConn)
-		c.recvConn = 0
-		c.poke()
-	}
-	r := c.streams[f.StreamID]
-	if r == nil {
-		c.mu.Unlock()
-		return
-	}
-	if d := f.Data(); len(r.body) < 8<<10 {
-		r.body = append(r.body, d[:min(len(d), 8<<10-len(r.body))]...)
-	}
-	if !f.StreamEnded() {
-		if r.recv += int64(f.Length); r.recv >= recvConnWindow/2 {
-			c.streamWU = append(c.streamWU, windowUpdate{r.id, uint32(r.recv)})
-			r.recv = 0
-			c.poke()
-		}
-		c.mu.Unlock()
-		return
-	}
-	c.endStreamLocked(r)
-	c.mu.Unlock()
-	c.finish(r)
-}
-
-func (c *conn) onReset(f *http2.RSTStreamFrame) {
-	c.mu.Lock()
-	r := c.streams[f.StreamID]
-	if r == nil {
-		c.mu.Unlock()
-		return
-	}
-	c.endStreamLocked(r)
-	c.mu.Unlock()
-	if f.ErrCode == http2.ErrCodeRefusedStream {
-		c.e.retry(r, ErrStreamRefused, false)
-		return
-	}
-	c.e.retry(r, fmt.Errorf("%w: RST_STREAM %v", ErrConnLost, f.ErrCode), true)
-}
-
-func (c *conn) onSettings(f *http2.SettingsFrame) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		switch s.ID {
-		case http2.SettingMaxConcurrentStreams:
-			old := c.maxStreams
-			c.maxStreams = min(s.Val, c.e.o.h2.maxStreams)
-			if c.maxStreams != old {
-				c.e.o.log.LogAttrs(context.Background(), slog.LevelDebug, "apns stream limit changed",
-					slog.Uint64("from", uint64(old)), slog.Uint64("to", uint64(c.maxStreams)))
-			}
-		case http2.SettingInitialWindowSize:
-			if s.Val > 1<<31-1 {
-				return http2.ConnectionError(http2.ErrCodeFlowControl)
-			}
-			delta := int64(s.Val) - c.initWindow
-			c.initWindow = int64(s.Val)
-			for _, r := range c.streams {
-				r.window += delta
-			}
-		case http2.SettingMaxFrameSize:
-			c.maxFrame = int(min(s.Val, 1<<20))
-		case http2.SettingHeaderTableSize:
-			c.tableSize, c.tableSet = s.Val, true
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	c.settingsAcks++
-	c.poke()
-	return nil
-}
-
-func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if f.StreamID == 0 {
-		c.connWindow += int64(f.Increment)
-		if c.connWindow > 1<<31-1 {
-			return http2.ConnectionError(http2.ErrCodeFlowControl)
-		}
-	} else if r := c.streams[f.StreamID]; r != nil {
-		r.window += int64(f.Increment)
-	}
-	c.poke()
-	return nil
-}
-
-// onGoAway stops new streams; those above the last stream id were not
-// processed and go back to the queue for another connection, those below
-// finish here.
-func (c *conn) onGoAway(f *http2.GoAwayFrame) {
-	var refused []*request
-	c.mu.Lock()
-	c.goaway = true
-	for id, r := range c.streams {
-		if id > f.LastStreamID {
-			refused = append(refused, r)
-			delete(c.streams, id)
-		}
-	}
-	c.mu.Unlock()
-	c.e.o.log.LogAttrs(context.Background(), slog.LevelInfo, "apns GOAWAY",
-		slog.Uint64("last_stream_id", uint64(f.LastStreamID)), slog.String("code", f.ErrCode.String()),
-		slog.String("debug", string(f.DebugData())), slog.Int("requeued", len(refused)))
-	for _, r := range refused {
-		c.e.retry(r, ErrStreamRefused, false)
-	}
-	c.poke()
-}
-
-// finish turns a complete response into an outcome, or a retry.
-func (c *conn) finish(r *request) {
-	e := c.e
-	c.answered++
-	if r.status == http.StatusOK {
+// finish turns a complete response into an outcome, or a retry: the one
+// place where an answer becomes a verdict (reasons.go says which).
+func (e *HTTP2Engine) finish(r *request) {
+	if r.Status == http.StatusOK {
 		if e.credErr.Load() != nil {
-			e.credentialsAccepted(true)
+			e.succeededAfterRefusal(r)
 		}
 		e.complete(r, nil)
 		return
 	}
-	reason, ts := parseResponse(r.body)
-	switch classify(r.status, reason) {
+	class, reason, ts := verdict(r.Status, r.Body)
+	switch class {
 	case classDelivered:
 		e.complete(r, nil)
 	case classRejected:
 		if ctx := context.Background(); e.o.log.Enabled(ctx, slog.LevelDebug) {
 			e.o.log.LogAttrs(ctx, slog.LevelDebug, "notification rejected",
-				slog.Int("status", r.status), slog.String("reason", reason), slog.Any("token", r.n.Token))
+				slog.Int("status", r.Status), slog.String("reason", reason), slog.Any("token", r.n.Token))
 		}
-		e.complete(r, &RejectionError{HTTPStatus: r.status, Reason: reason, Timestamp: ts})
+		e.complete(r, &RejectionError{HTTPStatus: r.Status, Reason: reason, Timestamp: ts})
 	case classCredentials:
-		e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s", ErrCredentials, r.status, reason)))
+		e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s", ErrCredentials, r.Status, reason), r.tok))
 	case classRefreshToken:
 		if e.tokens == nil {
-			e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s to certificate auth", ErrCredentials, r.status, reason)))
+			e.complete(r, e.setCredentialsErr(fmt.Errorf("%w: APNs answered %d %s to certificate auth", ErrCredentials, r.Status, reason), nil))
 			return
 		}
 		if err := e.tokens.expired(r.tok); err != nil {
-			e.complete(r, e.setCredentialsErr(err))
+			e.complete(r, e.setCredentialsErr(err, r.tok))
 			return
 		}
-		e.retry(r, &StatusError{HTTPStatus: r.status, Reason: reason}, false)
+		e.retry(r, &StatusError{HTTPStatus: r.Status, Reason: reason}, false)
+	case classFault:
+		e.retry(r, e.fault(r.Status, reason, r.Body), true)
 	default:
-		e.retry(r, &StatusError{HTTPStatus: r.status, Reason: reason}, true)
+		e.retry(r, &StatusError{HTTPStatus: r.Status, Reason: reason}, true)
 	}
+}
+
+// faultLogEvery bounds the WARN lines for answers that are not APNs': at
+// most one per period, counting those left out.
+const faultLogEvery = time.Second
+
+// fault counts and logs an answer that is not APNs' verdict and returns
+// the cause its retry carries.
+func (e *HTTP2Engine) fault(status int, reason string, body []byte) error {
+	e.faults.add(status)
+	err := &StatusError{HTTPStatus: status, Reason: reason, NotAPNs: true, Body: bodyPrefix(body)}
+	now, last := time.Now().UnixNano(), e.faultLogAt.Load()
+	if now-last < int64(faultLogEvery) || !e.faultLogAt.CompareAndSwap(last, now) {
+		e.faultQuiet.Add(1)
+		return err
+	}
+	e.o.log.LogAttrs(context.Background(), slog.LevelWarn, "apns answer is not an apns verdict: retrying",
+		slog.String("addr", e.addr), slog.Int("status", status), slog.String("body", err.Body),
+		slog.Int64("not_logged_since", e.faultQuiet.Swap(0)))
+	return err
 }

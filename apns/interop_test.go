@@ -99,7 +99,7 @@ func (s *stdAPNs) count(tok apns.Token) int {
 
 // startStdAPNs serves h over TLS with HTTP/2 (ALPN h2) on 127.0.0.1 using
 // net/http, and returns its base URL and the CAs that trust it.
-func startStdAPNs(t *testing.T, h *stdAPNs) (string, *apnstest.PKI) {
+func startStdAPNs(t *testing.T, h http.Handler) (string, *apnstest.PKI) {
 	t.Helper()
 	pki := apnstest.MustPKI()
 	srv := httptest.NewUnstartedServer(h)

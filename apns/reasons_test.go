@@ -3,6 +3,7 @@ package apns_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,8 +59,12 @@ func TestHTTP2Reasons(t *testing.T) {
 		{"503 Shutdown", 503, "Shutdown", "temporary", false},
 		{"unknown 400 reason", 400, "SomethingNew", "rejected", false},
 		{"unknown 403 reason", 403, "NotYetInvented", "rejected", false},
-		{"unknown status 418", 418, "Teapot", "rejected", false},
-		{"unknown 5xx", 502, "BadGateway", "temporary", false},
+		{"unknown 410 reason", 410, "GoneForGood", "rejected", true},
+		{"unknown 503 reason", 503, "Overloaded", "temporary", false},
+		{"unknown status 418", 418, "Teapot", "fault", false},
+		{"5xx Apple does not use", 502, "BadGateway", "fault", false},
+		{"known reason on another status", 400, "Unregistered", "fault", false},
+		{"200 with a reason", 200, "BadDeviceToken", "delivered", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,7 +107,12 @@ func TestHTTP2Reasons(t *testing.T) {
 				require.NoError(t, o.Err)
 				require.Equal(t, 2, o.Attempts)
 				require.Equal(t, 2, s.Mints(), "one new token")
-			case "temporary":
+			case "delivered":
+				require.NoError(t, o.Err)
+			case "temporary", "fault":
+				require.Equal(t, tt.class == "fault", errors.Is(o.Err, apns.ErrNotAPNs))
+				_, rejected := o.Rejection()
+				require.False(t, rejected)
 				require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted)
 				var se *apns.StatusError
 				require.ErrorAs(t, o.Err, &se)
@@ -111,6 +121,48 @@ func TestHTTP2Reasons(t *testing.T) {
 				require.Equal(t, 2, o.Attempts)
 				require.Equal(t, 1, s.Mints(), "never a new token for a temporary failure")
 			}
+		})
+	}
+}
+
+// TestHTTP2Verdicts: a whole answer is Apple's verdict only with Apple's
+// JSON reason (or a 200); everything else is a fault.
+func TestHTTP2Verdicts(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		status int
+		body   string
+		class  string
+		reason string
+	}{
+		{"200 without body", 200, "", "delivered", ""},
+		{"200 with HTML", 200, "<html>ok</html>", "delivered", ""},
+		{"200 with a reason", 200, `{"reason":"BadDeviceToken"}`, "delivered", ""},
+		{"400 Apple JSON", 400, `{"reason":"BadDeviceToken"}`, "rejected", "BadDeviceToken"},
+		{"400 reason after padding", 400, `{"pad":"` + strings.Repeat("x", 20000) + `","reason":"BadTopic"}`, "rejected", "BadTopic"},
+		{"410 with timestamp", 410, `{"reason":"Unregistered","timestamp":1700000000000}`, "rejected", "Unregistered"},
+		{"400 not JSON", 400, "Bad Request", "fault", ""},
+		{"400 cut JSON", 400, `{"reason":"BadDev`, "fault", ""},
+		{"400 empty", 400, "", "fault", ""},
+		{"400 JSON array", 400, `["BadDeviceToken"]`, "fault", ""},
+		{"400 reason a number", 400, `{"reason":7}`, "fault", ""},
+		{"400 reason empty", 400, `{"reason":""}`, "fault", ""},
+		{"404 HTML", 404, "<html><h1>404 Not Found</h1></html>", "fault", ""},
+		{"404 BadPath", 404, `{"reason":"BadPath"}`, "rejected", "BadPath"},
+		{"502 proxy", 502, "Bad Gateway", "fault", ""},
+		{"504 JSON reason", 504, `{"reason":"GatewayTimeout"}`, "fault", "GatewayTimeout"},
+		{"503 Apple JSON", 503, `{"reason":"ServiceUnavailable"}`, "temporary", "ServiceUnavailable"},
+		{"403 JSON reason of a 400", 403, `{"reason":"BadDeviceToken"}`, "fault", "BadDeviceToken"},
+		{"403 unknown reason", 403, `{"reason":"NewReason"}`, "rejected", "NewReason"},
+		{"201 anything", 201, `{"reason":"Created"}`, "fault", "Created"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			class, reason := apns.VerdictForTest(tt.status, []byte(tt.body))
+			require.Equal(t, tt.class, class)
+			require.Equal(t, tt.reason, reason)
 		})
 	}
 }
