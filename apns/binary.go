@@ -109,15 +109,14 @@ func WithIdleTimeout(d time.Duration) Option {
 	}
 }
 
-// WithDialTimeout bounds connecting to the binary gateway (TCP and TLS
-// handshake) and each write to it (default 10s).
+// WithDialTimeout bounds connecting to APNs (TCP, proxy and TLS handshake;
+// default 10s); the binary engine also bounds each write with it.
 func WithDialTimeout(d time.Duration) Option {
 	return func(o *options) error {
-		o.onlyFor(binaryEngine, "WithDialTimeout")
 		if d <= 0 {
 			return fmt.Errorf("%w: dial timeout %v <= 0", ErrInvalidOption, d)
 		}
-		o.binary.dialTimeout = d
+		o.binary.dialTimeout, o.h2.dialTimeout = d, d
 		return nil
 	}
 }
@@ -253,7 +252,7 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 
 		drainers: make(chan struct{}, binMaxDrainers*o.conns),
 	}
-	e.c = newCore(&e.o, func(n *Notification) error { return n.Validate(e.limits) })
+	e.c = newCore(&e.o, addr, func(n *Notification) error { return n.Validate(e.limits) })
 	// What follows a rejection on its connection was discarded unread by
 	// the gateway: its resends are free, however many rejections precede.
 	e.c.maxFree = math.MaxInt
@@ -471,7 +470,7 @@ func (e *BinaryEngine) refused(first *delivery, err error, log *slog.Logger) {
 		slog.String("addr", e.addr), slog.Any("err", err))
 	// What is queued first: a Send that follows first's outcome must not
 	// be failed by this refusal.
-	cerr := e.c.closeGate(fmt.Errorf("%w: %w", ErrCredentials, err), true)
+	cerr := e.c.closeGate(fmt.Errorf("%w: %w", ErrCredentials, err), true, nil)
 	if first != nil {
 		e.c.finish(first, cerr)
 	}
@@ -895,7 +894,7 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 	if CertificateRefused(r.err) {
 		s.log.LogAttrs(e.c.ctx, slog.LevelError, "binary gateway refused the client certificate",
 			slog.String("addr", e.addr), slog.Any("err", r.err))
-		cerr := e.c.closeGate(fmt.Errorf("%w: %w", ErrCredentials, r.err), true) // queued first, as in refused
+		cerr := e.c.closeGate(fmt.Errorf("%w: %w", ErrCredentials, r.err), true, nil) // queued first, as in refused
 		for s.inflight() > 0 {
 			e.c.finish(s.pop(), cerr)
 		}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jetpush/apns-worker/apns/internal/h2conn"
 )
 
 // delivery is one accepted notification on its way to its outcome. The
@@ -23,11 +25,17 @@ type delivery struct {
 	probe    bool   // let through a closed gate to probe the credentials
 
 	// Wire scratch.
-	written  time.Duration // binary: when its frame was flushed (binNotFlushed before)
-	idleEnds int           // binary: resends after connections that processed nothing
-	marker   bool          // binary: a confirm marker, not a notification
-	apnsID   string        // HTTP/2: the apns-id APNs answered
+	written  time.Duration  // binary: when its frame was flushed (binNotFlushed before)
+	idleEnds int            // binary: resends after connections that processed nothing
+	marker   bool           // binary: a confirm marker, not a notification
+	apnsID   string         // HTTP/2: the apns-id APNs answered
+	tok      *providerToken // HTTP/2, token auth: the token it was last sent with
+
+	h2conn.Stream // HTTP2Engine: the stream's state while a connection holds it
 }
+
+// H2Stream makes a delivery an h2conn request.
+func (d *delivery) H2Stream() *h2conn.Stream { return &d.Stream }
 
 // core is the delivery contract every engine shares, written once:
 // admission (Send), exactly one outcome per accepted notification, retries
@@ -40,6 +48,7 @@ type delivery struct {
 // only once its outcome was handled), not an engine's reader or writer.
 type core struct {
 	o            *options
+	addr         string // what the engine connects to, for logs
 	validate     func(*Notification) error
 	maxFree      int     // free resends of one delivery before they count as retries
 	retryBackoff Backoff // wait before a counted retry
@@ -68,15 +77,22 @@ type core struct {
 	gate credGate
 	out  dispatcher
 	pool sync.Pool // *delivery
+
+	// Answers that were not APNs' verdicts (HTTP/2 family).
+	faults        faultCounts
+	faultLogAt    atomic.Int64 // unix ns of the last fault logged
+	faultQuiet    atomic.Int64 // faults not logged since
+	faultingSince atomic.Int64 // unix ns of the first fault since the last verdict; 0: none
 }
 
 // newCore starts the core of an engine with these options; validate checks
 // a notification against the engine's limits. The engine sets abortWires
 // (and may change maxFree and retryBackoff) before its wires start.
-func newCore(o *options, validate func(*Notification) error) *core {
+func newCore(o *options, addr string, validate func(*Notification) error) *core {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &core{
 		o:            o,
+		addr:         addr,
 		validate:     validate,
 		maxFree:      maxFreeResends,
 		retryBackoff: Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second},
@@ -147,8 +163,9 @@ func (c *core) send(ctx context.Context, n *Notification, ref any) error {
 // notification has its outcome, or ctx ends; then it makes the wires and
 // the retries fail the rest with ErrClosed. stopWires returns once the
 // engine's goroutines are gone (they stop by themselves once drained or
-// aborted). It returns nil after a full drain, and otherwise an error
-// counting the failed outcomes and wrapping ctx's cause.
+// aborted). A call whose ctx ended first returns an error counting the
+// failed outcomes and wrapping ctx's cause; any other call returns nil
+// once every outcome was reported.
 func (c *core) close(ctx context.Context, stopWires func()) error {
 	c.closeOnce.Do(func() {
 		close(c.closing)
@@ -159,9 +176,11 @@ func (c *core) close(ctx context.Context, stopWires func()) error {
 			c.drainOnce.Do(func() { close(c.drained) })
 		}
 	})
+	gaveUp := false
 	select {
 	case <-c.drained:
 	case <-ctx.Done():
+		gaveUp = true
 		c.abort()
 	}
 	stopWires()
@@ -182,7 +201,10 @@ func (c *core) close(ctx context.Context, stopWires func()) error {
 			c.closeErr = fmt.Errorf("apns: close: %d notifications failed: %w", n, context.Cause(ctx))
 		}
 	})
-	return c.closeErr
+	if gaveUp {
+		return c.closeErr
+	}
+	return nil
 }
 
 // abort gives up the drain: waiting retries fail now, the wires fail what
@@ -263,9 +285,10 @@ func (c *core) gateErr(d *delivery) error {
 
 // closeGate records that APNs refused the credentials and fails what is
 // queued with the refusal, which it returns. probes says whether Send lets
-// a probe through every interval (else the wire probes by redialling).
-func (c *core) closeGate(err error, probes bool) error {
-	err = c.gate.close(err, probes)
+// a probe through every interval (else the wire probes by redialling);
+// refused is the provider token APNs refused, if any.
+func (c *core) closeGate(err error, probes bool, refused *providerToken) error {
+	err = c.gate.close(err, probes, refused)
 	c.failQueued(err)
 	return err
 }
@@ -290,7 +313,7 @@ func (c *core) finish(d *delivery, err error) {
 		return
 	}
 	if err == nil {
-		c.gate.succeeded(d.gen)
+		c.gate.succeeded(d.gen, d.tok)
 	}
 	c.out.push(Outcome{
 		Ref:          d.ref,
@@ -304,7 +327,9 @@ func (c *core) finish(d *delivery, err error) {
 
 // release recycles d once its outcome was handled, freeing its slot.
 func (c *core) release(d *delivery) {
+	body := d.Body[:0] // keep the buffer of answers
 	*d = delivery{}
+	d.Body = body
 	c.pool.Put(d)
 	<-c.slots
 	if c.pending.Add(-1) == 0 && c.isClosing() {
@@ -372,6 +397,10 @@ func (c *core) retry(d *delivery, cause error, counted bool) {
 func (c *core) stats(s *Stats) {
 	s.InFlight = int(c.pending.Load())
 	s.CredentialsErr = c.gate.refusal()
+	s.Faults = c.faults.snapshot()
+	if ns := c.faultingSince.Load(); ns != 0 {
+		s.FaultingSince = time.Unix(0, ns)
+	}
 }
 
 // dispatcher hands outcomes to the OutcomeFunc from one goroutine, in the

@@ -15,7 +15,10 @@ type Engine interface {
 	// The engine owns n until its Outcome: the caller must not change it.
 	Send(ctx context.Context, n *Notification, ref any) error
 	// Close stops intake, waits for outcomes until ctx ends, then reports
-	// the rest as failed with ErrClosed. It is safe to call more than once.
+	// the rest as failed with ErrClosed. It returns nil after a full drain,
+	// and an error wrapping ctx's when its ctx ended first. It is safe to
+	// call more than once and concurrently; each call returns once every
+	// outcome was reported.
 	Close(ctx context.Context) error
 	// Stats is a snapshot for health checks and metrics.
 	Stats() Stats
@@ -39,6 +42,10 @@ type Stats struct {
 	// APNs' verdicts (ErrNotAPNs: proxies' 502s, HTML 404s, 400s without
 	// Apple's JSON), each retried; a copy, nil when there were none.
 	Faults map[int]uint64
+	// FaultingSince is when the answers stopped being APNs' verdicts: the
+	// first fault since the last verdict, zero when the last answer was
+	// APNs' (health checks fail once it is old).
+	FaultingSince time.Time
 }
 
 // Outcome is the final result for one notification.

@@ -15,4 +15,4 @@ func VerdictForTest(status int, body []byte) (class, reason string) {
 }
 
 // SetCredentialsProbeForTest sets how often refused credentials are probed.
-func SetCredentialsProbeForTest(e *HTTP2Engine, d time.Duration) { e.credProbe.Store(int64(d)) }
+func SetCredentialsProbeForTest(e *HTTP2Engine, d time.Duration) { e.c.gate.setInterval(d) }

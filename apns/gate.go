@@ -30,8 +30,9 @@ type credGate struct {
 	gen    atomic.Uint64 // bumped at each close
 
 	mu      sync.Mutex
-	err     error // nil: open
-	probes  bool  // Send lets a probe through every interval
+	err     error          // nil: open
+	refused *providerToken // the provider token APNs refused, if any
+	probes  bool           // Send lets a probe through every interval
 	probeAt time.Time
 }
 
@@ -67,14 +68,15 @@ func (g *credGate) admit() (probe bool, err error) {
 }
 
 // close records a refusal, unless the gate is already closed; probes says
-// whether Send lets probes through. It returns the refusal in force.
-func (g *credGate) close(err error, probes bool) error {
+// whether Send lets probes through, refused is the provider token APNs
+// refused (nil with certificate auth). It returns the refusal in force.
+func (g *credGate) close(err error, probes bool, refused *providerToken) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.err != nil {
 		return g.err
 	}
-	g.err, g.probes = err, probes
+	g.err, g.probes, g.refused = err, probes, refused
 	g.gen.Add(1)
 	g.closed.Store(true)
 	g.probeAt = g.now().Add(g.every)
@@ -84,15 +86,18 @@ func (g *credGate) close(err error, probes bool) error {
 	return err
 }
 
-// succeeded opens the gate if a delivery written at generation gen
-// succeeded after it closed.
-func (g *credGate) succeeded(gen uint64) {
+// succeeded opens the gate if a delivery written at generation gen, with
+// provider token tok, proves the credentials work again: it was written
+// after the gate closed (a probe), or sent with a newer token than the one
+// refused. A success of one written before says nothing of them.
+func (g *credGate) succeeded(gen uint64, tok *providerToken) {
 	if !g.closed.Load() {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.err == nil || gen != g.gen.Load() {
+	newerToken := tok != nil && g.refused != nil && tok.iat.After(g.refused.iat)
+	if g.err == nil || gen != g.gen.Load() && !newerToken {
 		return
 	}
 	g.open()

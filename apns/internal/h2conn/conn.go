@@ -130,26 +130,26 @@ type Request interface {
 
 // Owner is the connection's user. Its methods run on the connection's
 // goroutines and must not block.
-type Owner interface {
+type Owner[R Request] interface {
 	// Prepare is called by the writer with a request taken from the
 	// queue, before a stream is opened for it. It returns false when the
 	// owner finished the request itself (it is then not the connection's).
-	Prepare(r Request) bool
+	Prepare(r R) bool
 	// EncodeHeaders writes r's header fields, pseudo-headers first. It is
 	// called once for each stream opened for r.
-	EncodeHeaders(r Request, h *HeaderEncoder)
+	EncodeHeaders(r R, h *HeaderEncoder)
 	// Done hands r back: err is nil with a complete response in r's
 	// Stream; otherwise ErrRefused, ErrTimeout, a *StreamError, or an error
 	// wrapping ErrConnLost.
-	Done(r Request, err error)
+	Done(r R, err error)
 }
 
 // Config sets up a connection.
-type Config struct {
+type Config[R Request] struct {
 	// Queue is where the writer takes requests while it may open streams;
 	// several connections may share one.
-	Queue <-chan Request
-	Owner Owner
+	Queue <-chan R
+	Owner Owner[R]
 	// MaxStreams caps concurrent streams; the peer's
 	// SETTINGS_MAX_CONCURRENT_STREAMS, when lower, wins.
 	MaxStreams     uint32
@@ -168,7 +168,7 @@ type Config struct {
 	Logger      *slog.Logger
 }
 
-func (cfg *Config) setDefaults() error {
+func (cfg *Config[R]) setDefaults() error {
 	if cfg.Queue == nil || cfg.Owner == nil {
 		return errors.New("h2conn: Config needs a Queue and an Owner")
 	}
@@ -224,8 +224,8 @@ func (h *HeaderEncoder) UniqueBytes(name string, value []byte) {
 // Conn is one HTTP/2 client connection. The writer (Serve's goroutine) is
 // the only one to write frames; the reader asks it for the frames it owes
 // (acks, window updates, resets) through mu and wake.
-type Conn struct {
-	cfg  Config
+type Conn[R Request] struct {
+	cfg  Config[R]
 	nc   net.Conn
 	fr   *http2.Framer
 	wbuf frameBuf // frames for the next write, writer-owned
@@ -242,7 +242,7 @@ type Conn struct {
 	answered   int   // streams answered in full; reader-owned
 
 	mu         sync.Mutex
-	streams    map[uint32]Request
+	streams    map[uint32]R
 	nextID     uint32
 	maxStreams uint32 // min(peer's limit, ours)
 	initWindow int64  // peer's SETTINGS_INITIAL_WINDOW_SIZE
@@ -295,17 +295,17 @@ func (f *frameBuf) Write(p []byte) (int, error) {
 // it sends the client preface and waits for the peer's SETTINGS until ctx
 // ends, so the first requests already honour its limits. On failure nc is
 // closed.
-func Handshake(ctx context.Context, nc net.Conn, cfg Config) (*Conn, error) {
+func Handshake[R Request](ctx context.Context, nc net.Conn, cfg Config[R]) (*Conn[R], error) {
 	if err := cfg.setDefaults(); err != nil {
 		nc.Close()
 		return nil, err
 	}
-	c := &Conn{
+	c := &Conn[R]{
 		cfg:        cfg,
 		nc:         nc,
 		wake:       make(chan struct{}, 1),
 		readerDone: make(chan struct{}),
-		streams:    make(map[uint32]Request),
+		streams:    make(map[uint32]R),
 		nextID:     1,
 		maxStreams: cfg.MaxStreams,
 		initWindow: initialWindow,
@@ -349,7 +349,7 @@ func Handshake(ctx context.Context, nc net.Conn, cfg Config) (*Conn, error) {
 	return c, nil
 }
 
-func (c *Conn) readPreface() error {
+func (c *Conn[R]) readPreface() error {
 	f, err := c.fr.ReadFrame()
 	if err != nil {
 		return fmt.Errorf("h2conn: reading the server preface: %w", c.frameErr(err))
@@ -363,26 +363,26 @@ func (c *Conn) readPreface() error {
 
 // maxBlockBytes bounds one response header block's encoded size, and each
 // string in it.
-func (c *Conn) maxBlockBytes() int { return 4 * int(c.cfg.MaxHeaderListSize) }
+func (c *Conn[R]) maxBlockBytes() int { return 4 * int(c.cfg.MaxHeaderListSize) }
 
 // Answered is the number of streams the peer answered in full; read it
 // once Serve returned.
-func (c *Conn) Answered() int { return c.answered }
+func (c *Conn[R]) Answered() int { return c.answered }
 
 // Opened is the number of streams opened; read it once Serve returned.
-func (c *Conn) Opened() int { return int(c.nextID-1) / 2 }
+func (c *Conn[R]) Opened() int { return int(c.nextID-1) / 2 }
 
 // Clean reports, once Serve returned, whether the connection ended
 // gracefully: drained after the peer's GOAWAY(NO_ERROR), or after its
 // stream ids ran out.
-func (c *Conn) Clean() bool { return c.clean }
+func (c *Conn[R]) Clean() bool { return c.clean }
 
 // Serve runs the connection until it fails, drains, or ctx ends (then it
 // says GOAWAY); it closes the connection and hands every unfinished
 // request back to the owner with an error wrapping ErrConnLost. It returns
 // nil after a drain (Clean) or when ctx ended, else why the connection
 // failed: a *ConnError for a connection error of either side.
-func (c *Conn) Serve(ctx context.Context) error {
+func (c *Conn[R]) Serve(ctx context.Context) error {
 	go c.readLoop()
 	err := c.writeLoop(ctx.Done())
 	if err == nil && !c.clean {
@@ -393,7 +393,7 @@ func (c *Conn) Serve(ctx context.Context) error {
 	// nil from the writer: drained, or stopped; the reader's error is
 	// then only the close.
 	c.mu.Lock()
-	left := make([]Request, 0, len(c.streams))
+	left := make([]R, 0, len(c.streams))
 	for id, r := range c.streams {
 		left = append(left, r)
 		delete(c.streams, id)
@@ -417,7 +417,7 @@ func errString(err error) string {
 
 // goodbye writes GOAWAY: NO_ERROR for nil, the code of a local connection
 // error; nothing for other errors (the peer's GOAWAY, I/O).
-func (c *Conn) goodbye(err error) {
+func (c *Conn[R]) goodbye(err error) {
 	code := http2.ErrCodeNo
 	var debug []byte
 	if err != nil {
@@ -432,7 +432,7 @@ func (c *Conn) goodbye(err error) {
 	_ = c.flush()
 }
 
-func (c *Conn) flush() error {
+func (c *Conn[R]) flush() error {
 	if len(c.wbuf.b) == 0 {
 		return nil
 	}
@@ -441,14 +441,14 @@ func (c *Conn) flush() error {
 	return err
 }
 
-func (c *Conn) poke() {
+func (c *Conn[R]) poke() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (c *Conn) writeLoop(stop <-chan struct{}) error {
+func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 	tick := time.NewTicker(c.tick)
 	defer tick.Stop()
 	timeout := int64(c.cfg.RequestTimeout)
@@ -479,7 +479,7 @@ func (c *Conn) writeLoop(stop <-chan struct{}) error {
 			}
 			return &ConnError{Code: code, Reason: "drained after GOAWAY", Remote: true}
 		}
-		var q <-chan Request
+		var q <-chan R
 		if can {
 			q = c.cfg.Queue
 		}
@@ -516,7 +516,7 @@ func (c *Conn) writeLoop(stop <-chan struct{}) error {
 
 // writeRequest frames r as a new stream; it reports whether another
 // stream may be opened right away.
-func (c *Conn) writeRequest(r Request, deadline int64) bool {
+func (c *Conn[R]) writeRequest(r R, deadline int64) bool {
 	if !c.cfg.Owner.Prepare(r) {
 		return true
 	}
@@ -545,7 +545,7 @@ func (c *Conn) writeRequest(r Request, deadline int64) bool {
 	return can
 }
 
-func (c *Conn) writeHeadersLocked(id uint32, block []byte, endStream bool) {
+func (c *Conn[R]) writeHeadersLocked(id uint32, block []byte, endStream bool) {
 	first := block[:min(len(block), c.maxFrame)]
 	rest := block[len(first):]
 	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first,
@@ -559,7 +559,7 @@ func (c *Conn) writeHeadersLocked(id uint32, block []byte, endStream bool) {
 
 // writeDataLocked writes as much of s's payload as the flow-control
 // windows allow; it reports whether all of it is written.
-func (c *Conn) writeDataLocked(s *Stream) bool {
+func (c *Conn[R]) writeDataLocked(s *Stream) bool {
 	p := s.Payload
 	for s.sent < len(p) {
 		n := int64(min(len(p)-s.sent, c.maxFrame))
@@ -576,9 +576,9 @@ func (c *Conn) writeDataLocked(s *Stream) bool {
 	return true
 }
 
-func (c *Conn) resumeBlockedLocked() {
+func (c *Conn[R]) resumeBlockedLocked() {
 	for len(c.blocked) > 0 {
-		if r := c.streams[c.blocked[0]]; r != nil && !c.writeDataLocked(r.H2Stream()) {
+		if r, ok := c.streams[c.blocked[0]]; ok && !c.writeDataLocked(r.H2Stream()) {
 			return // still blocked; streams go in order
 		}
 		c.blocked = c.blocked[1:]
@@ -586,12 +586,12 @@ func (c *Conn) resumeBlockedLocked() {
 	c.blocked = c.blocked[:0:0]
 }
 
-func (c *Conn) canOpenLocked() bool {
+func (c *Conn[R]) canOpenLocked() bool {
 	return c.dead == nil && !c.goaway && !c.probing && uint32(len(c.streams)) < c.maxStreams &&
 		c.connWindow > 0 && len(c.blocked) == 0 && c.nextID < maxWindow
 }
 
-func (c *Conn) writeControlLocked() {
+func (c *Conn[R]) writeControlLocked() {
 	if c.tableSet {
 		c.henc.SetMaxDynamicTableSizeLimit(c.tableSize)
 		c.tableSet = false
@@ -621,9 +621,9 @@ func (c *Conn) writeControlLocked() {
 }
 
 // housekeep times out requests and probes an idle connection with PING.
-func (c *Conn) housekeep() error {
+func (c *Conn[R]) housekeep() error {
 	now := time.Now().UnixNano()
-	var expired []Request
+	var expired []R
 	c.mu.Lock()
 	for id, r := range c.streams {
 		if r.H2Stream().deadline <= now {
@@ -666,7 +666,7 @@ func (c *Conn) housekeep() error {
 }
 
 // ping queues a PING that must be answered within timeout.
-func (c *Conn) ping(timeout time.Duration) {
+func (c *Conn[R]) ping(timeout time.Duration) {
 	now := time.Now().UnixNano()
 	var data [8]byte
 	copy(data[:], strconv.FormatInt(now, 36))

@@ -19,7 +19,7 @@ var payload = []byte(`{"hello":"world"}`)
 // requireGoAway runs a peer that sends settings, reads one request, then
 // does misbehave: the client must answer with GOAWAY carrying code, end
 // Serve with that connection error and hand the request back as lost.
-func requireGoAway(t *testing.T, cfg h2conn.Config, settings []http2.Setting, misbehave func(p *peer, id uint32), code http2.ErrCode) {
+func requireGoAway(t *testing.T, cfg h2conn.Config[*testReq], settings []http2.Setting, misbehave func(p *peer, id uint32), code http2.ErrCode) {
 	t.Helper()
 	got := make(chan http2.ErrCode, 1)
 	c, err := startPair(t, cfg, func(p *peer) {
@@ -58,7 +58,7 @@ func TestInvalidSettings(t *testing.T) {
 		t.Run("preface "+tt.name, func(t *testing.T) {
 			t.Parallel()
 			got := make(chan http2.ErrCode, 1)
-			_, err := startPair(t, h2conn.Config{}, func(p *peer) {
+			_, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 				p.settings(tt.setting)
 				got <- p.goAway()
 			})
@@ -67,7 +67,7 @@ func TestInvalidSettings(t *testing.T) {
 		})
 		t.Run("later "+tt.name, func(t *testing.T) {
 			t.Parallel()
-			requireGoAway(t, h2conn.Config{}, nil, func(p *peer, _ uint32) {
+			requireGoAway(t, h2conn.Config[*testReq]{}, nil, func(p *peer, _ uint32) {
 				p.settings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 10}, tt.setting)
 			}, tt.code)
 		})
@@ -78,7 +78,7 @@ func TestInvalidSettings(t *testing.T) {
 // stream's window past 2^31-1 is a FLOW_CONTROL_ERROR.
 func TestSettingsWindowOverflow(t *testing.T) {
 	t.Parallel()
-	requireGoAway(t, h2conn.Config{}, nil, func(p *peer, id uint32) {
+	requireGoAway(t, h2conn.Config[*testReq]{}, nil, func(p *peer, id uint32) {
 		require.NoError(t, p.fr.WriteWindowUpdate(id, 1<<31-1-65535)) // the stream's window near the maximum
 		p.settings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535 + 100})
 	}, http2.ErrCodeFlowControl)
@@ -89,7 +89,7 @@ func TestSettingsWindowOverflow(t *testing.T) {
 func TestAdvertisesMaxHeaderListSize(t *testing.T) {
 	t.Parallel()
 	got := make(chan map[http2.SettingID]uint32, 1)
-	_, err := startPair(t, h2conn.Config{MaxHeaderListSize: 12345}, func(p *peer) {
+	_, err := startPair(t, h2conn.Config[*testReq]{MaxHeaderListSize: 12345}, func(p *peer) {
 		p.settings()
 		for {
 			if sf, ok := p.next().(*http2.SettingsFrame); ok && !sf.IsAck() {
@@ -127,7 +127,7 @@ func TestOversizedHeaderFailsOneStream(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			reset := make(chan http2.ErrCode, 1)
-			c, err := startPair(t, h2conn.Config{MaxHeaderListSize: tt.limit, KeepHeaders: []string{"x-after"}}, func(p *peer) {
+			c, err := startPair(t, h2conn.Config[*testReq]{MaxHeaderListSize: tt.limit, KeepHeaders: []string{"x-after"}}, func(p *peer) {
 				p.settings()
 				ids, _ := p.requests(3)
 				big := strings.Repeat("b", tt.size)
@@ -170,7 +170,7 @@ func TestOversizedHeaderFailsOneStream(t *testing.T) {
 // losing hpack's state: a connection error COMPRESSION_ERROR, with GOAWAY.
 func TestHeaderBlockBeyondDecodingIsConnError(t *testing.T) {
 	t.Parallel()
-	requireGoAway(t, h2conn.Config{MaxHeaderListSize: 1024}, nil, func(p *peer, id uint32) {
+	requireGoAway(t, h2conn.Config[*testReq]{MaxHeaderListSize: 1024}, nil, func(p *peer, id uint32) {
 		p.headers(id, p.block("200", hpack.HeaderField{Name: "x-big", Value: strings.Repeat("b", 5000)}), true)
 	}, http2.ErrCodeCompression)
 }
@@ -183,7 +183,7 @@ func TestResponseBodyLimit(t *testing.T) {
 	t.Parallel()
 	body20 := bytes.Repeat([]byte("p"), 20<<10)
 	body2M := bytes.Repeat([]byte("q"), 2<<20) // > the 1 MiB windows the client grants
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings()
 		ids, _ := p.requests(2)
 		p.respond(ids[0], "400", body20)
@@ -204,7 +204,7 @@ func TestResponseBodyLimit(t *testing.T) {
 func TestPingAnswered(t *testing.T) {
 	t.Parallel()
 	acked := make(chan [8]byte, 1)
-	_, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	_, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings()
 		require.NoError(t, p.fr.WritePing(false, [8]byte{1, 2, 3, 4, 5, 6, 7, 8}))
 		for {
@@ -229,7 +229,7 @@ func TestPingAnswered(t *testing.T) {
 // complete, and the drained connection ends cleanly.
 func TestGoAwaySplitsStreams(t *testing.T) {
 	t.Parallel()
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings()
 		ids, _ := p.requests(4)
 		require.NoError(t, p.fr.WriteGoAway(ids[1], http2.ErrCodeNo, []byte("bye")))
@@ -257,7 +257,7 @@ func TestTinyWindows(t *testing.T) {
 	t.Parallel()
 	big := bytes.Repeat([]byte("0123456789"), 50)
 	got := make(chan []byte, 1)
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
 		var body []byte
 		var id uint32
@@ -318,7 +318,7 @@ func TestProtocolErrorsGoAway(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			requireGoAway(t, h2conn.Config{}, nil, tt.write, tt.code)
+			requireGoAway(t, h2conn.Config[*testReq]{}, nil, tt.write, tt.code)
 		})
 	}
 }
@@ -327,7 +327,7 @@ func TestProtocolErrorsGoAway(t *testing.T) {
 // other code a remote StreamError; the connection goes on.
 func TestPeerResetAndRefused(t *testing.T) {
 	t.Parallel()
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings()
 		ids, _ := p.requests(3)
 		require.NoError(t, p.fr.WriteRSTStream(ids[0], http2.ErrCodeRefusedStream))
@@ -353,7 +353,7 @@ func TestPeerResetAndRefused(t *testing.T) {
 func TestRequestTimeout(t *testing.T) {
 	t.Parallel()
 	events := make(chan string, 2)
-	c, err := startPair(t, h2conn.Config{RequestTimeout: 100 * time.Millisecond}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{RequestTimeout: 100 * time.Millisecond}, func(p *peer) {
 		p.settings()
 		p.requests(1)
 		for n := 0; n < 2; {
@@ -383,7 +383,7 @@ func TestRequestTimeout(t *testing.T) {
 func TestMalformedResponseFailsOneStream(t *testing.T) {
 	t.Parallel()
 	resets := make(chan uint32, 2)
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings()
 		ids, _ := p.requests(3)
 		p.hb.Reset()
@@ -419,7 +419,7 @@ func TestMalformedResponseFailsOneStream(t *testing.T) {
 func TestResponseBeforeRequestBody(t *testing.T) {
 	t.Parallel()
 	reset := make(chan http2.ErrCode, 1)
-	c, err := startPair(t, h2conn.Config{}, func(p *peer) {
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
 		p.settings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
 		for {
 			if h, ok := p.next().(*http2.HeadersFrame); ok {

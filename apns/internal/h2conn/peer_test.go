@@ -35,26 +35,26 @@ type result struct {
 
 // testOwner sends what is put on queue and reports every end on done.
 type testOwner struct {
-	queue chan h2conn.Request
+	queue chan *testReq
 	done  chan result
 }
 
-func (o *testOwner) Prepare(h2conn.Request) bool { return true }
+func (o *testOwner) Prepare(*testReq) bool { return true }
 
-func (o *testOwner) EncodeHeaders(r h2conn.Request, h *h2conn.HeaderEncoder) {
+func (o *testOwner) EncodeHeaders(r *testReq, h *h2conn.HeaderEncoder) {
 	h.Field(":method", "POST")
 	h.Field(":scheme", "https")
 	h.Field(":authority", "test")
-	h.Unique(":path", r.(*testReq).path)
+	h.Unique(":path", r.path)
 }
 
-func (o *testOwner) Done(r h2conn.Request, err error) { o.done <- result{r.(*testReq), err} }
+func (o *testOwner) Done(r *testReq, err error) { o.done <- result{r, err} }
 
 // client is one h2conn.Conn under test, served until the test ends.
 type client struct {
 	t      *testing.T
 	owner  *testOwner
-	conn   *h2conn.Conn
+	conn   *h2conn.Conn[*testReq]
 	served chan struct{} // closed when Serve returned
 	err    error         // Serve's result
 }
@@ -107,7 +107,7 @@ type peer struct {
 // startPair runs script as the server of one connection on 127.0.0.1 and
 // dials it with cfg (Queue and Owner filled in). handshakeErr receives
 // Handshake's error; the client is nil if it failed.
-func startPair(t *testing.T, cfg h2conn.Config, script func(p *peer)) (*client, error) {
+func startPair(t *testing.T, cfg h2conn.Config[*testReq], script func(p *peer)) (*client, error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -133,7 +133,7 @@ func startPair(t *testing.T, cfg h2conn.Config, script func(p *peer)) (*client, 
 	}()
 	t.Cleanup(wg.Wait)
 
-	owner := &testOwner{queue: make(chan h2conn.Request, 100), done: make(chan result, 100)}
+	owner := &testOwner{queue: make(chan *testReq, 100), done: make(chan result, 100)}
 	cfg.Queue, cfg.Owner = owner.queue, owner
 	nc, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)

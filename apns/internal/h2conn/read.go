@@ -11,7 +11,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-func (c *Conn) readLoop() {
+func (c *Conn[R]) readLoop() {
 	defer close(c.readerDone)
 	err := c.read()
 	c.mu.Lock()
@@ -22,7 +22,7 @@ func (c *Conn) readLoop() {
 
 // frameErr turns the framer's errors into this package's: a
 // ConnectionError becomes a local *ConnError (answered with GOAWAY).
-func (c *Conn) frameErr(err error) error {
+func (c *Conn[R]) frameErr(err error) error {
 	var ce http2.ConnectionError
 	switch {
 	case errors.As(err, &ce):
@@ -36,7 +36,7 @@ func (c *Conn) frameErr(err error) error {
 	return err
 }
 
-func (c *Conn) read() error {
+func (c *Conn[R]) read() error {
 	for {
 		f, err := c.fr.ReadFrame()
 		if err != nil {
@@ -85,7 +85,7 @@ func (c *Conn) read() error {
 
 // checkOpened fails the connection for a frame on a stream this client
 // never opened (even ids are the server's, which it may not open either).
-func (c *Conn) checkOpened(id uint32, what string) error {
+func (c *Conn[R]) checkOpened(id uint32, what string) error {
 	c.mu.Lock()
 	next := c.nextID
 	c.mu.Unlock()
@@ -98,7 +98,7 @@ func (c *Conn) checkOpened(id uint32, what string) error {
 // onField is the hpack decoder's emit function. Once the block outgrows
 // MaxHeaderListSize, emitting stops: the block is still decoded, to keep
 // the decoder's table in sync, but nothing more is kept.
-func (c *Conn) onField(f hpack.HeaderField) {
+func (c *Conn[R]) onField(f hpack.HeaderField) {
 	h := &c.hdr
 	h.size += f.Size()
 	if h.size > c.cfg.MaxHeaderListSize {
@@ -121,7 +121,7 @@ func (c *Conn) onField(f hpack.HeaderField) {
 	}
 }
 
-func (c *Conn) onHeaderBlock(frag []byte, end bool) error {
+func (c *Conn[R]) onHeaderBlock(frag []byte, end bool) error {
 	h := &c.hdr
 	if h.raw += len(frag); h.raw > c.maxBlockBytes() {
 		return connErr(http2.ErrCodeEnhanceYourCalm, "header block over %d bytes", c.maxBlockBytes())
@@ -149,8 +149,8 @@ func (c *Conn) onHeaderBlock(frag []byte, end bool) error {
 		return nil // informational
 	}
 	c.mu.Lock()
-	r := c.streams[h.id]
-	if r == nil {
+	r, ok := c.streams[h.id]
+	if !ok {
 		c.mu.Unlock()
 		return nil // timed out or reset meanwhile
 	}
@@ -173,10 +173,10 @@ func (c *Conn) onHeaderBlock(frag []byte, end bool) error {
 
 // resetStream fails stream id from this side: RST_STREAM with code, and
 // the owner told why.
-func (c *Conn) resetStream(id uint32, code http2.ErrCode, cause error) {
+func (c *Conn[R]) resetStream(id uint32, code http2.ErrCode, cause error) {
 	c.mu.Lock()
-	r := c.streams[id]
-	if r != nil {
+	r, ok := c.streams[id]
+	if ok {
 		c.endStreamLocked(id)
 	}
 	if len(c.resets) < maxOwedFrames { // else the peer floods: the stream is gone here anyway
@@ -184,7 +184,7 @@ func (c *Conn) resetStream(id uint32, code http2.ErrCode, cause error) {
 	}
 	c.mu.Unlock()
 	c.poke()
-	if r != nil {
+	if ok {
 		c.cfg.Owner.Done(r, &StreamError{StreamID: id, Code: code, Cause: cause})
 	}
 }
@@ -192,7 +192,7 @@ func (c *Conn) resetStream(id uint32, code http2.ErrCode, cause error) {
 // answerLocked ends r's stream, answered in full, and unlocks mu to hand
 // r back to the owner. A payload not yet sent whole never will be: the
 // stream is reset (CANCEL) so the peer stops waiting for it.
-func (c *Conn) answerLocked(r Request) {
+func (c *Conn[R]) answerLocked(r R) {
 	s := r.H2Stream()
 	c.endStreamLocked(s.id)
 	if s.sent < len(s.Payload) && len(c.resets) < maxOwedFrames {
@@ -205,14 +205,14 @@ func (c *Conn) answerLocked(r Request) {
 }
 
 // endStreamLocked removes a stream answered in full (or reset).
-func (c *Conn) endStreamLocked(id uint32) {
+func (c *Conn[R]) endStreamLocked(id uint32) {
 	delete(c.streams, id)
 	if uint32(len(c.streams)) == c.maxStreams-1 || c.goaway && len(c.streams) == 0 {
 		c.poke() // a slot opened, or the drain is over
 	}
 }
 
-func (c *Conn) onData(f *http2.DataFrame) error {
+func (c *Conn[R]) onData(f *http2.DataFrame) error {
 	if err := c.checkOpened(f.StreamID, "DATA"); err != nil {
 		return err
 	}
@@ -228,8 +228,8 @@ func (c *Conn) onData(f *http2.DataFrame) error {
 		c.recvConn = 0
 		c.poke()
 	}
-	r := c.streams[f.StreamID]
-	if r == nil {
+	r, ok := c.streams[f.StreamID]
+	if !ok {
 		c.mu.Unlock()
 		return nil // timed out or reset meanwhile
 	}
@@ -265,13 +265,13 @@ func (c *Conn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-func (c *Conn) onReset(f *http2.RSTStreamFrame) error {
+func (c *Conn[R]) onReset(f *http2.RSTStreamFrame) error {
 	if err := c.checkOpened(f.StreamID, "RST_STREAM"); err != nil {
 		return err
 	}
 	c.mu.Lock()
-	r := c.streams[f.StreamID]
-	if r == nil {
+	r, ok := c.streams[f.StreamID]
+	if !ok {
 		c.mu.Unlock()
 		return nil
 	}
@@ -305,7 +305,7 @@ func validSetting(s http2.Setting) error {
 	return nil
 }
 
-func (c *Conn) onSettings(f *http2.SettingsFrame) error {
+func (c *Conn[R]) onSettings(f *http2.SettingsFrame) error {
 	if err := f.ForeachSetting(validSetting); err != nil {
 		return err
 	}
@@ -351,7 +351,7 @@ func (c *Conn) onSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
-func (c *Conn) onPing(f *http2.PingFrame) error {
+func (c *Conn[R]) onPing(f *http2.PingFrame) error {
 	c.mu.Lock()
 	if len(c.pingAcks) >= maxOwedFrames {
 		c.mu.Unlock()
@@ -363,7 +363,7 @@ func (c *Conn) onPing(f *http2.PingFrame) error {
 	return nil
 }
 
-func (c *Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+func (c *Conn[R]) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if f.StreamID != 0 {
 		if err := c.checkOpened(f.StreamID, "WINDOW_UPDATE"); err != nil {
 			return err
@@ -376,7 +376,7 @@ func (c *Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 			c.mu.Unlock()
 			return connErr(http2.ErrCodeFlowControl, "connection window above 2^31-1")
 		}
-	} else if r := c.streams[f.StreamID]; r != nil {
+	} else if r, ok := c.streams[f.StreamID]; ok {
 		s := r.H2Stream()
 		if s.window += int64(f.Increment); s.window > maxWindow {
 			c.mu.Unlock()
@@ -391,8 +391,8 @@ func (c *Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 
 // onGoAway stops new streams; those above the last stream id were not
 // processed and go back to the owner as refused, those below finish here.
-func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
-	var refused []Request
+func (c *Conn[R]) onGoAway(f *http2.GoAwayFrame) {
+	var refused []R
 	c.mu.Lock()
 	c.goaway = true
 	if f.ErrCode != http2.ErrCodeNo || c.goawayCode == http2.ErrCodeNo {

@@ -1,0 +1,111 @@
+package apns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// The HTTP/2 family's half of the core: what both HTTP/2 engines (ours on
+// h2conn, the reference on x/net's Transport) do before a request is
+// written and with the answer it gets. Written once, so that the two
+// engines give the same outcome for the same answer.
+
+// validateHTTP2 checks n for the provider API: the HTTP/2 limits, and a
+// topic when token auth has no default one.
+func validateHTTP2(n *Notification, tokenAuth bool, defaultTopic string) error {
+	if err := n.Validate(HTTP2Limits); err != nil {
+		return err
+	}
+	if tokenAuth && n.Topic == "" && defaultTopic == "" {
+		return fmt.Errorf("%w: no topic, and no default topic (WithTopic)", ErrInvalidTopic)
+	}
+	return nil
+}
+
+// prepare readies d to be written: it fails d (and reports false) when
+// Close gave up, the credentials are refused, or d expired, and otherwise
+// gets it a provider token (token auth).
+func (c *core) prepare(d *delivery, tokens *tokenSource) bool {
+	if c.isAborted() {
+		c.failClosed(d)
+		return false
+	}
+	if err := c.gateErr(d); err != nil {
+		c.finish(d, err)
+		return false
+	}
+	if err := expired(d.n, c.o.now()); err != nil {
+		c.finish(d, err)
+		return false
+	}
+	if tokens != nil {
+		tok, err := tokens.token()
+		if err != nil {
+			c.finish(d, err)
+			return false
+		}
+		d.tok = tok
+	}
+	return true
+}
+
+// answered turns a complete HTTP/2 answer to d into its outcome, or a
+// retry: the one place where an answer becomes a verdict (verdict, in
+// reasons.go, says which).
+func (c *core) answered(d *delivery, status int, body []byte, apnsID string, tokens *tokenSource) {
+	class, reason, ts := verdict(status, body)
+	if class != classFault {
+		c.faultingSince.Store(0)
+	}
+	switch class {
+	case classDelivered:
+		d.apnsID = apnsID
+		c.finish(d, nil)
+	case classRejected:
+		if ctx := context.Background(); c.o.log.Enabled(ctx, slog.LevelDebug) {
+			c.o.log.LogAttrs(ctx, slog.LevelDebug, "notification rejected",
+				slog.Int("status", status), slog.String("reason", reason), slog.Any("token", d.n.Token))
+		}
+		c.finish(d, &RejectionError{HTTPStatus: status, Reason: reason, Timestamp: ts})
+	case classCredentials:
+		c.finish(d, c.closeGate(fmt.Errorf("%w: APNs answered %d %s", ErrCredentials, status, reason), true, d.tok))
+	case classRefreshToken:
+		if tokens == nil {
+			c.finish(d, c.closeGate(fmt.Errorf("%w: APNs answered %d %s to certificate auth", ErrCredentials, status, reason), true, nil))
+			return
+		}
+		if err := tokens.expired(d.tok); err != nil {
+			c.finish(d, c.closeGate(err, true, d.tok))
+			return
+		}
+		c.retry(d, &StatusError{HTTPStatus: status, Reason: reason}, false)
+	case classFault:
+		c.retry(d, c.fault(status, reason, body), true)
+	default:
+		c.retry(d, &StatusError{HTTPStatus: status, Reason: reason}, true)
+	}
+}
+
+// faultLogEvery bounds the WARN lines for answers that are not APNs': at
+// most one per period, counting those left out.
+const faultLogEvery = time.Second
+
+// fault counts and logs an answer that is not APNs' verdict and returns
+// the cause its retry carries.
+func (c *core) fault(status int, reason string, body []byte) error {
+	c.faults.add(status)
+	now := time.Now().UnixNano()
+	c.faultingSince.CompareAndSwap(0, now)
+	err := &StatusError{HTTPStatus: status, Reason: reason, NotAPNs: true, Body: bodyPrefix(body)}
+	last := c.faultLogAt.Load()
+	if now-last < int64(faultLogEvery) || !c.faultLogAt.CompareAndSwap(last, now) {
+		c.faultQuiet.Add(1)
+		return err
+	}
+	c.o.log.LogAttrs(context.Background(), slog.LevelWarn, "apns answer is not an apns verdict: retrying",
+		slog.String("addr", c.addr), slog.Int("status", status), slog.String("body", err.Body),
+		slog.Int64("not_logged_since", c.faultQuiet.Swap(0)))
+	return err
+}
