@@ -109,3 +109,7 @@ func (c *core) fault(status int, reason string, body []byte) error {
 		slog.Int64("not_logged_since", c.faultQuiet.Swap(0)))
 	return err
 }
+
+// maxAnswerBody is how much of an answer's body the HTTP/2 engines read:
+// Apple's reason may come behind padding, and the rest says nothing more.
+const maxAnswerBody = 64 << 10

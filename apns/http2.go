@@ -401,19 +401,15 @@ func (e *HTTP2Engine) dial() (*h2conn.Conn[*delivery], error) {
 		RequestTimeout:    e.o.h2.timeout,
 		PingInterval:      e.o.h2.pingInterval,
 		MaxHeaderListSize: maxHeaderListSize,
-		MaxBody:           maxResponseBody,
+		MaxBody:           maxAnswerBody,
 		KeepHeaders:       []string{apnsIDHeader: "apns-id"},
 		Logger:            e.o.log,
 	})
 }
 
-// Limits of what the engine reads of one answer: the header list size it
-// advertises (a larger one fails that request only, retried) and the
-// error body kept for its reason.
-const (
-	maxHeaderListSize = 64 << 10
-	maxResponseBody   = 64 << 10
-)
+// maxHeaderListSize is the response header list size the engine
+// advertises: a larger one fails that request only, retried.
+const maxHeaderListSize = 64 << 10
 
 // parseBaseURL checks an engine's https://host[:port] base URL and returns
 // it with the host:port to dial.
