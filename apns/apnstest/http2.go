@@ -697,6 +697,13 @@ func (s *HTTP2Server) verdict(c *h2conn, st *h2stream) h2reply {
 	if rr, ok := s.reasons[st.token]; ok {
 		return rr
 	}
+	if f := s.faults.answerFunc; f != nil {
+		if tok, err := apns.ParseToken(st.token); err == nil {
+			if a, ok := f(tok); ok && a.check() == nil && (a.Status != 0 || a.Reset) {
+				return answerReply(a)
+			}
+		}
+	}
 	if s.reasonFunc != nil {
 		if tok, err := apns.ParseToken(st.token); err == nil {
 			if status, reason, ok := s.reasonFunc(tok); ok {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/jetpush/apns-worker/apns"
 )
 
 // Hostile behaviours of HTTP2Server: what real networks, proxies and APNs
@@ -171,6 +173,23 @@ func (s *HTTP2Server) InjectAnswerFor(d time.Duration, a HTTP2Answer) {
 	s.injects = append(s.injects, h2inject{d: d, h2reply: answerReply(a)})
 }
 
+// HTTP2AnswerFunc makes the server ask f about each valid request's token
+// (after HTTP2Reason, before HTTP2ReasonFunc): when f says ok, the request
+// gets answer a (an invalid a, or a pass, is ignored). For example a
+// BadDeviceToken verdict behind 20 KB of padding for some tokens:
+//
+//	apnstest.HTTP2AnswerFunc(func(tok apns.Token) (apnstest.HTTP2Answer, bool) {
+//		return apnstest.PaddedReasonAnswer(400, "BadDeviceToken", 20<<10, true), isBad(tok)
+//	})
+//
+// f is called concurrently.
+func HTTP2AnswerFunc(f func(tok apns.Token) (HTTP2Answer, bool)) HTTP2Option {
+	return func(c *h2config) error {
+		c.faults.answerFunc = f
+		return nil
+	}
+}
+
 // h2action is what the server does with a valid request.
 type h2action int
 
@@ -189,6 +208,7 @@ type h2faults struct {
 	seen       int64  // valid requests decided
 	goAway     *h2goAwayFault
 	settings   []HTTP2SettingsFault
+	answerFunc func(tok apns.Token) (HTTP2Answer, bool)
 }
 
 type h2goAwayFault struct {

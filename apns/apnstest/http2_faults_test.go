@@ -15,6 +15,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
+
+	"github.com/jetpush/apns-worker/apns"
 )
 
 // h2raw is what a client sees of one response, read off the wire.
@@ -321,6 +323,22 @@ func TestHTTP2ServerOversized(t *testing.T) {
 	require.True(t, strings.HasPrefix(string(got[3].body), "    "), "padding before")
 	require.True(t, strings.HasPrefix(string(got[5].body), "{"), "padding after")
 	require.Empty(t, got[7].header["x-padding"])
+}
+
+func TestHTTP2ServerAnswerFunc(t *testing.T) {
+	t.Parallel()
+	s := NewHTTP2Server(HTTP2AnswerFunc(func(tok apns.Token) (HTTP2Answer, bool) {
+		return PaddedReasonAnswer(400, "BadDeviceToken", 20<<10, true), tok[0] == h2tok[0]
+	}))
+	t.Cleanup(s.Close)
+	jwt := h2jwt(t, s, time.Now())
+	w := h2dial(t, s)
+	w.settings()
+	w.post(1, jwt)
+	got := map[uint32]*h2raw{}
+	require.Equal(t, []string{"HEADERS 1 400"}, w.untilIdle(got))
+	require.Len(t, got[1].body, 20<<10+len(`{"reason":"BadDeviceToken"}`))
+	require.Zero(t, s.Accepted())
 }
 
 func TestHTTP2ServerSendSettings(t *testing.T) {
