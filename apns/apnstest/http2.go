@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -103,6 +104,7 @@ type HTTP2Server struct {
 	maxOpen       int
 	statuses      map[int]int
 	faults        h2faults
+	clientGoAways map[http2.ErrCode]int
 
 	wg        sync.WaitGroup // connection goroutines
 	serveWG   sync.WaitGroup // Serve started by NewHTTP2Server
@@ -1255,6 +1257,9 @@ func (c *h2conn) handle(typ, flags byte, sid uint32, p []byte) error {
 			c.writeFrame(h2fPing, h2flagAck, 0, p)
 		}
 	case h2fGoAway:
+		if len(p) >= 8 {
+			c.s.noteClientGoAway(binary.BigEndian.Uint32(p[4:]))
+		}
 		// The client is leaving: answer what is open, then close.
 		c.sendGoAway(c.lastStream)
 		c.maybeShutdown()

@@ -242,6 +242,28 @@ func (s *HTTP2Server) unaccept(tok string) {
 	}
 }
 
+func (s *HTTP2Server) noteClientGoAway(code uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.clientGoAways == nil {
+		s.clientGoAways = map[http2.ErrCode]int{}
+	}
+	s.clientGoAways[http2.ErrCode(code)]++
+}
+
+// ClientGoAways counts the GOAWAY frames clients sent, by error code: a
+// client refusing invalid SETTINGS sends PROTOCOL_ERROR or
+// FLOW_CONTROL_ERROR (RFC 9113 §6.5.2).
+func (s *HTTP2Server) ClientGoAways() map[http2.ErrCode]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[http2.ErrCode]int, len(s.clientGoAways))
+	for k, v := range s.clientGoAways {
+		m[k] = v
+	}
+	return m
+}
+
 // HTTP2CloseEvery makes the server close the TCP connection that carries
 // every n-th valid request, silently: no GOAWAY, no TLS close_notify, that
 // request and any later one on the connection unanswered (answers already

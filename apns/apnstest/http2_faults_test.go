@@ -373,6 +373,9 @@ func TestHTTP2ServerSendSettings(t *testing.T) {
 		require.Equal(t, []string{"HEADERS 1 200"}, w.untilIdle(nil))
 		w.post(3, jwt)
 		require.Equal(t, []string{"SETTINGS 4=2147483648 2=2 5=16777216", "HEADERS 3 200"}, w.untilIdle(nil))
+		w.write(h2fGoAway, 0, 0, []byte{0, 0, 0, 3, 0, 0, 0, byte(http2.ErrCodeFlowControl)})
+		require.Equal(t, []string{"GOAWAY 3 0", "EOF"}, w.events(5*time.Second, nil, 0))
+		require.Equal(t, map[http2.ErrCode]int{http2.ErrCodeFlowControl: 1}, s.ClientGoAways())
 	})
 }
 
