@@ -23,6 +23,7 @@
 package enginetest
 
 import (
+	"fmt"
 	"sort"
 	"testing"
 	"time"
@@ -102,29 +103,9 @@ func Run(t *testing.T, f Features, newEngine NewEngine) {
 	if f.CaseTimeout <= 0 {
 		f.CaseTimeout = 30 * time.Second
 	}
-	known := map[string]bool{}
-	var all []feature
-	for _, ft := range features() {
-		if ft.proto != "" && ft.proto != f.Protocol {
-			continue
-		}
-		all = append(all, ft)
-		if ft.run != nil {
-			known[ft.name] = true
-		}
-		for _, sc := range ft.cases {
-			known[ft.name+"/"+sc.name] = true
-		}
-	}
-	var unknown []string
-	for name := range f.Pending {
-		if !known[name] {
-			unknown = append(unknown, name)
-		}
-	}
-	sort.Strings(unknown)
-	if len(unknown) > 0 {
-		t.Fatalf("enginetest: Pending names no case of %s: %q", f.Protocol, unknown)
+	all := applicable(f.Protocol)
+	if err := checkPending(f, all); err != nil {
+		t.Fatal(err)
 	}
 	for _, ft := range all {
 		t.Run(ft.name, func(t *testing.T) {
@@ -139,6 +120,42 @@ func Run(t *testing.T, f Features, newEngine NewEngine) {
 			}
 		})
 	}
+}
+
+// applicable lists the features that apply to proto.
+func applicable(proto Protocol) []feature {
+	var all []feature
+	for _, ft := range features() {
+		if ft.proto == "" || ft.proto == proto {
+			all = append(all, ft)
+		}
+	}
+	return all
+}
+
+// checkPending reports Pending names that match no case of all: a typo
+// would leave a case skipped for no reason, or run one meant to wait.
+func checkPending(f Features, all []feature) error {
+	known := map[string]bool{}
+	for _, ft := range all {
+		if ft.run != nil {
+			known[ft.name] = true
+		}
+		for _, sc := range ft.cases {
+			known[ft.name+"/"+sc.name] = true
+		}
+	}
+	var unknown []string
+	for name := range f.Pending {
+		if !known[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	return fmt.Errorf("enginetest: Pending names no case of %s: %q", f.Protocol, unknown)
 }
 
 func runCase(t *testing.T, f Features, newEngine NewEngine, name string, run func(*testing.T, *env)) {

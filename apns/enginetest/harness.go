@@ -193,7 +193,7 @@ func (c *collector) missing(n int) string {
 	return fmt.Sprint(m)
 }
 
-// outcomes returns the one outcome of every ref in accepted, failing t for
+// exactlyOne returns the one outcome of every ref in accepted, failing t for
 // a ref with none or several, or an outcome for a ref never accepted.
 func (c *collector) exactlyOne(t *testing.T, accepted map[int]bool) map[int]apns.Outcome {
 	t.Helper()
