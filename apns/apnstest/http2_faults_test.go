@@ -102,7 +102,7 @@ func (w *h2wire) events(idle time.Duration, got map[uint32]*h2raw, max int) []st
 
 // untilIdle reads events until none comes for a short while.
 func (w *h2wire) untilIdle(got map[uint32]*h2raw) []string {
-	ev := w.events(300*time.Millisecond, got, 0)
+	ev := w.events(500*time.Millisecond, got, 0)
 	require.Equal(w.t, "TIMEOUT", ev[len(ev)-1], "%v", ev)
 	return ev[:len(ev)-1]
 }
@@ -280,8 +280,8 @@ func TestHTTP2ServerAnswerWindow(t *testing.T) {
 	t.Cleanup(s.Close)
 	cl := h2client(t, s)
 	auth := h2auth(h2jwt(t, s, time.Now()))
+	start := time.Now() // the window opens at the first request, a bit later
 	res, _ := h2do(t, cl, s, auth)
-	start := time.Now() // the window opened at the first request, a bit earlier
 	require.Equal(t, 502, res.StatusCode)
 	var statuses []int
 	require.Eventually(t, func() bool {
@@ -289,7 +289,7 @@ func TestHTTP2ServerAnswerWindow(t *testing.T) {
 		statuses = append(statuses, res.StatusCode)
 		return res.StatusCode == 200
 	}, 5*time.Second, 10*time.Millisecond)
-	require.GreaterOrEqual(t, time.Since(start), window-20*time.Millisecond)
+	require.GreaterOrEqual(t, time.Since(start), window)
 	for _, st := range statuses[:len(statuses)-1] {
 		require.Equal(t, 502, st, "502 until the window closes, then 200: %v", statuses)
 	}
