@@ -849,8 +849,9 @@ type h2stream struct {
 	padding   int    // bytes of x-padding header
 	immediate bool   // skips the latency queue
 	accepted  bool   // counted as accepted (the server's own 200)
-	respBody  []byte
-	sent      int // bytes of respBody written
+	respBody  []byte // owned buffer for the server's own error bodies
+	out       []byte // the body to send: respBody, or an injected answer's (shared, read-only)
+	sent      int    // bytes of out written
 }
 
 func (st *h2stream) get(i int) (string, bool) { return st.vals[i], st.has&(1<<i) != 0 }
@@ -1491,9 +1492,6 @@ func (c *h2conn) closeStream(st *h2stream) {
 func (c *h2conn) recycle(st *h2stream) {
 	if len(c.free) < 64 {
 		st.header = nil
-		if cap(st.respBody) > 4<<10 { // an injected big body: let it go
-			st.respBody = nil
-		}
 		c.free = append(c.free, st)
 	}
 }
@@ -1533,7 +1531,7 @@ func (c *h2conn) finish(st *h2stream) {
 	case ans != nil:
 		st.reset, st.rstCode = ans.Reset, uint32(ans.ResetCode)
 		st.ctype, st.padding, st.immediate = ans.ContentType, ans.Padding, ans.Immediate
-		st.respBody = append(st.respBody[:0], ans.Body...)
+		st.out = ans.Body // shared by every stream it answers: memory stays bounded
 	case status != 200:
 		st.ctype = "application/json"
 		st.respBody = append(st.respBody[:0], `{"reason":"`...)
@@ -1544,6 +1542,7 @@ func (c *h2conn) finish(st *h2stream) {
 			st.respBody = strconv.AppendInt(st.respBody, c.s.now().UnixMilli(), 10)
 		}
 		st.respBody = append(st.respBody, '}')
+		st.out = st.respBody
 	}
 	if lat := time.Duration(c.s.latency.Load()); lat > 0 && !st.immediate {
 		st.due = time.Now().Add(lat)
@@ -1580,11 +1579,11 @@ func (c *h2conn) respond(st *h2stream) {
 		_ = c.henc.WriteField(hpack.HeaderField{Name: "x-padding", Value: strings.Repeat("x", st.padding), Sensitive: true})
 	}
 	flags := byte(0)
-	if len(st.respBody) == 0 {
+	if len(st.out) == 0 {
 		flags |= h2flagEndStream
 	}
 	c.writeHeaderBlock(st.id, flags, c.hbuf.Bytes())
-	if len(st.respBody) == 0 {
+	if len(st.out) == 0 {
 		c.closeStream(st)
 		return
 	}
@@ -1615,8 +1614,8 @@ func (c *h2conn) writeHeaderBlock(sid uint32, flags byte, b []byte) {
 // body, in frames of at most h2maxFrame bytes; it reports whether all of
 // it is written.
 func (c *h2conn) sendBody(st *h2stream) bool {
-	for st.sent < len(st.respBody) {
-		n := int64(len(st.respBody) - st.sent)
+	for st.sent < len(st.out) {
+		n := int64(len(st.out) - st.sent)
 		n = min(n, h2maxFrame, c.connSendWindow, st.sendWindow)
 		if n <= 0 {
 			return false
@@ -1624,10 +1623,10 @@ func (c *h2conn) sendBody(st *h2stream) bool {
 		c.connSendWindow -= n
 		st.sendWindow -= n
 		var flags byte
-		if st.sent+int(n) == len(st.respBody) {
+		if st.sent+int(n) == len(st.out) {
 			flags = h2flagEndStream
 		}
-		c.writeFrame(h2fData, flags, st.id, st.respBody[st.sent:st.sent+int(n)])
+		c.writeFrame(h2fData, flags, st.id, st.out[st.sent:st.sent+int(n)])
 		st.sent += int(n)
 	}
 	c.closeStream(st)
