@@ -16,6 +16,7 @@ var http2Pending = map[string]string{
 	"SendSemantics/DoneContext":                                   "Send accepts a notification with a done ctx when not saturated (nil error for a cancelled ctx)",
 	"ExactlyOneOutcome/NonAPNs404HTML":                            "a 404 with an HTML body is a *RejectionError (36 good tokens rejected, reason = the HTML)",
 	"ExactlyOneOutcome/NonAPNs404Window":                          "a 404 with an HTML body is a *RejectionError (all 270 good tokens rejected in a 300ms window)",
+	"ExactlyOneOutcome/NonAPNs200HTML":                            "a 200 with an HTML body counts as delivered: 36 good and 4 bad tokens the server never took are reported delivered",
 	"ExactlyOneOutcome/NonAPNs400NotJSON":                         "a 400 whose body is not JSON is a *RejectionError (36 good tokens rejected, reason \"Bad Request\")",
 	"ExactlyOneOutcome/OversizedHeader20KB":                       "a 20 KB response header tears the connection down: ~200 good tokens the server took are sent and taken again",
 	"ExactlyOneOutcome/OversizedErrorBodyPaddedBefore":            "error bodies are cut at 8 KiB: BadDeviceToken behind 20 KB of padding is a rejection with an empty reason, not a bad token",
@@ -24,7 +25,7 @@ var http2Pending = map[string]string{
 	"ExactlyOneOutcome/InvalidSettingsMaxFrameSizeTooLarge":       "MAX_FRAME_SIZE=2^24 is accepted (capped), no GOAWAY PROTOCOL_ERROR",
 	"ExactlyOneOutcome/InvalidSettingsInitialWindowSize":          "INITIAL_WINDOW_SIZE=2^31 drops the connection without GOAWAY FLOW_CONTROL_ERROR",
 	"ExactlyOneOutcome/InvalidSettingsEnablePush2":                "ENABLE_PUSH=2 is accepted, no GOAWAY PROTOCOL_ERROR",
-	"CredentialsGate": "a 200 for a request sent before the 403 reopens the gate (Stats().CredentialsErr nil again)",
+	"CredentialsGate":                                             "a 200 for a request sent before the 403 reopens the gate (Stats().CredentialsErr nil again)",
 }
 
 // TestContractHTTP2 runs the engine contract suite against the HTTP/2 engine.

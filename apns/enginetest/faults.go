@@ -102,6 +102,9 @@ func runFault(t *testing.T, e *env, fc faultCase) {
 			add("bad token not rejected", i, o)
 		case !bad && fc.once && processed(srv, token(i, false)) > 1:
 			add("good token processed more than once by the server", i, o)
+		case !bad && o.Err == nil && srv.HTTP2 != nil && processed(srv, token(i, false)) == 0:
+			// HTTP/2 answers every request: delivered means APNs took it.
+			add("good token delivered but never taken by the server", i, o)
 		}
 	}
 	if fc.goAway != 0 && srv.HTTP2.ClientGoAways()[fc.goAway] == 0 {
@@ -177,6 +180,9 @@ func http2Faults() []faultCase {
 		{name: "NonAPNs404Window", faults: h2(apnstest.HTTP2InjectAnswerFor(300*time.Millisecond, apnstest.HTMLAnswer(404))), delivered: ok, badRejected: ok, once: ok},
 		{name: "NonAPNs502Proxy", faults: h2(h2after(50, 40, apnstest.ProxyAnswer(502))...), delivered: ok, badRejected: ok, once: ok},
 		{name: "NonAPNs504Proxy", faults: h2(h2after(50, 40, apnstest.ProxyAnswer(504))...), delivered: ok, badRejected: ok, once: ok},
+		// A captive portal's page with a 200 is not APNs taking the
+		// notification.
+		{name: "NonAPNs200HTML", faults: h2(h2after(50, 40, apnstest.HTMLAnswer(200))...), delivered: ok, badRejected: ok, once: ok},
 		{name: "NonAPNs400NotJSON", faults: h2(h2after(50, 40, apnstest.TextAnswer(400, "Bad Request"))...), delivered: ok, badRejected: ok, once: ok},
 		// One oversized header fails its stream only: nothing else in
 		// flight is lost and sent again.
