@@ -94,7 +94,7 @@ type gatewayConfig struct {
 	rejectFunc      func(tok []byte) (apns.Status, bool)
 	closeAfter      int64
 	closeEvery      int64
-	closeRandom     *every // guarded by the Gateway's mu
+	closeRandom     *every // used under the Gateway's mu
 	shutdownAfter   int64
 	shutdownEvery   int64
 	resetAfterError bool
@@ -456,34 +456,14 @@ func (g *Gateway) frames(c net.Conn, serial int32) (answered bool) {
 			g.answer(c, serial, apns.ErrorResponse{Status: st, ID: f.ID})
 			return true
 		}
-		n := g.accept(f.Token, serial)
-		switch {
-		case g.cfg.shutdownAfter > 0 && n == g.cfg.shutdownAfter,
-			g.cfg.shutdownEvery > 0 && n%g.cfg.shutdownEvery == 0:
-			g.mu.Lock()
-			g.stats.Shutdowns++
-			g.mu.Unlock()
+		switch g.accept(f.Token, serial) {
+		case endShutdown:
 			g.answer(c, serial, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
 			return true
-		case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
-			g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0,
-			g.closeRandomHit():
-			g.mu.Lock()
-			g.stats.SilentCloses++
-			g.mu.Unlock()
+		case endSilent:
 			return false
 		}
 	}
-}
-
-// closeRandomHit counts an accepted frame for CloseRandom.
-func (g *Gateway) closeRandomHit() bool {
-	if g.cfg.closeRandom == nil {
-		return false
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.cfg.closeRandom.hit()
 }
 
 func (g *Gateway) rejects(tok []byte) (apns.Status, bool) {
@@ -498,10 +478,22 @@ func (g *Gateway) rejects(tok []byte) (apns.Status, bool) {
 	return 0, false
 }
 
-// accept records an accepted frame and returns the gateway-wide count.
-func (g *Gateway) accept(tok []byte, serial int32) int64 {
-	n := g.accepted.Add(1)
+// connEnd says whether a connection ends after an accepted frame.
+type connEnd int
+
+const (
+	endNone     connEnd = iota
+	endShutdown         // status 10, then close
+	endSilent           // close without an answer
+)
+
+// accept records an accepted frame and decides whether the connection ends
+// after it, under one lock, so that Stats never shows the frame without
+// the close it causes.
+func (g *Gateway) accept(tok []byte, serial int32) connEnd {
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := g.accepted.Add(1)
 	g.stats.Accepted++
 	if g.counts != nil {
 		k := [32]byte(tok)
@@ -514,8 +506,18 @@ func (g *Gateway) accept(tok []byte, serial int32) int64 {
 		}
 		g.counts[k] = tokenCount{n: c.n + 1, conn: serial}
 	}
-	g.mu.Unlock()
-	return n
+	switch {
+	case g.cfg.shutdownAfter > 0 && n == g.cfg.shutdownAfter,
+		g.cfg.shutdownEvery > 0 && n%g.cfg.shutdownEvery == 0:
+		g.stats.Shutdowns++
+		return endShutdown
+	case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
+		g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0,
+		g.cfg.closeRandom != nil && g.cfg.closeRandom.hit():
+		g.stats.SilentCloses++
+		return endSilent
+	}
+	return endNone
 }
 
 // answer writes an error response, then either closes at once (the

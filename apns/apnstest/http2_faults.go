@@ -148,29 +148,28 @@ func answerReply(a HTTP2Answer) h2reply {
 // InjectAnswer queues answer a for the next n valid requests, behind
 // earlier injections (Inject, InjectAnswer). It panics on an invalid a.
 func (s *HTTP2Server) InjectAnswer(n int, a HTTP2Answer) {
-	if err := a.check(); err != nil {
-		panic(err)
+	if n > 0 {
+		s.queueAnswer(h2inject{n: n}, a)
 	}
-	if n <= 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.injects = append(s.injects, h2inject{n: n, h2reply: answerReply(a)})
 }
 
 // InjectAnswerFor queues answer a for every valid request during d; the
 // window opens at the first request it answers. It panics on an invalid a.
 func (s *HTTP2Server) InjectAnswerFor(d time.Duration, a HTTP2Answer) {
+	if d > 0 {
+		s.queueAnswer(h2inject{d: d}, a)
+	}
+}
+
+// queueAnswer queues in with answer a, panicking on an invalid a.
+func (s *HTTP2Server) queueAnswer(in h2inject, a HTTP2Answer) {
 	if err := a.check(); err != nil {
 		panic(err)
 	}
-	if d <= 0 {
-		return
-	}
+	in.h2reply = answerReply(a)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.injects = append(s.injects, h2inject{d: d, h2reply: answerReply(a)})
+	s.injects = append(s.injects, in)
 }
 
 // HTTP2AnswerFunc makes the server ask f about each valid request's token

@@ -107,13 +107,20 @@ func (w *h2wire) untilIdle(got map[uint32]*h2raw) []string {
 	return ev[:len(ev)-1]
 }
 
-func TestHTTP2ServerCloseEvery(t *testing.T) {
-	t.Parallel()
-	s := NewHTTP2Server(HTTP2CloseEvery(3))
+// h2ready starts a server with opts, connects to it with a bare client that
+// has exchanged SETTINGS, and returns a provider token it accepts.
+func h2ready(t *testing.T, opts ...HTTP2Option) (*HTTP2Server, *h2wire, string) {
+	t.Helper()
+	s := NewHTTP2Server(opts...)
 	t.Cleanup(s.Close)
-	jwt := h2jwt(t, s, time.Now())
 	w := h2dial(t, s)
 	w.settings()
+	return s, w, h2jwt(t, s, time.Now())
+}
+
+func TestHTTP2ServerCloseEvery(t *testing.T) {
+	t.Parallel()
+	s, w, jwt := h2ready(t, HTTP2CloseEvery(3))
 	w.post(1, jwt)
 	w.post(3, jwt)
 	require.Equal(t, []string{"HEADERS 1 200", "HEADERS 3 200"}, w.untilIdle(nil))
@@ -173,11 +180,7 @@ func TestHTTP2ServerGoAwayCode(t *testing.T) {
 	t.Parallel()
 	t.Run("internal error, last read", func(t *testing.T) {
 		t.Parallel()
-		s := NewHTTP2Server(HTTP2GoAwayCode(2, http2.ErrCodeInternal, GoAwayLastRead))
-		t.Cleanup(s.Close)
-		jwt := h2jwt(t, s, time.Now())
-		w := h2dial(t, s)
-		w.settings()
+		s, w, jwt := h2ready(t, HTTP2GoAwayCode(2, http2.ErrCodeInternal, GoAwayLastRead))
 		w.post(1, jwt)
 		require.Equal(t, []string{"HEADERS 1 200"}, w.untilIdle(nil))
 		w.post(3, jwt)
@@ -186,11 +189,7 @@ func TestHTTP2ServerGoAwayCode(t *testing.T) {
 	})
 	t.Run("no error, last zero", func(t *testing.T) {
 		t.Parallel()
-		s := NewHTTP2Server(HTTP2GoAwayCode(2, http2.ErrCodeNo, GoAwayLastZero), HTTP2Latency(time.Hour))
-		t.Cleanup(s.Close)
-		jwt := h2jwt(t, s, time.Now())
-		w := h2dial(t, s)
-		w.settings()
+		s, w, jwt := h2ready(t, HTTP2GoAwayCode(2, http2.ErrCodeNo, GoAwayLastZero), HTTP2Latency(time.Hour))
 		w.post(1, jwt) // waits an hour for its answer
 		w.post(3, jwt)
 		require.Equal(t, []string{"GOAWAY 0 0", "EOF"}, w.events(5*time.Second, nil, 0))
@@ -297,15 +296,11 @@ func TestHTTP2ServerAnswerWindow(t *testing.T) {
 
 func TestHTTP2ServerOversized(t *testing.T) {
 	t.Parallel()
-	s := NewHTTP2Server(
+	_, w, jwt := h2ready(t,
 		HTTP2InjectAnswer(1, PaddedAnswer(20<<10)),
 		HTTP2InjectAnswer(1, PaddedReasonAnswer(400, "BadDeviceToken", 20<<10, true)),
 		HTTP2InjectAnswer(1, PaddedReasonAnswer(400, "BadDeviceToken", 100<<10, false)),
 	)
-	t.Cleanup(s.Close)
-	jwt := h2jwt(t, s, time.Now())
-	w := h2dial(t, s)
-	w.settings()
 	for sid := uint32(1); sid <= 7; sid += 2 {
 		w.post(sid, jwt)
 	}
@@ -327,13 +322,9 @@ func TestHTTP2ServerOversized(t *testing.T) {
 
 func TestHTTP2ServerAnswerFunc(t *testing.T) {
 	t.Parallel()
-	s := NewHTTP2Server(HTTP2AnswerFunc(func(tok apns.Token) (HTTP2Answer, bool) {
+	s, w, jwt := h2ready(t, HTTP2AnswerFunc(func(tok apns.Token) (HTTP2Answer, bool) {
 		return PaddedReasonAnswer(400, "BadDeviceToken", 20<<10, true), tok[0] == h2tok[0]
 	}))
-	t.Cleanup(s.Close)
-	jwt := h2jwt(t, s, time.Now())
-	w := h2dial(t, s)
-	w.settings()
 	w.post(1, jwt)
 	got := map[uint32]*h2raw{}
 	require.Equal(t, []string{"HEADERS 1 400"}, w.untilIdle(got))
@@ -357,7 +348,7 @@ func TestHTTP2ServerSendSettings(t *testing.T) {
 	})
 	t.Run("mid-connection", func(t *testing.T) {
 		t.Parallel()
-		s := NewHTTP2Server(HTTP2SendSettings(HTTP2SettingsFault{
+		s, w, jwt := h2ready(t, HTTP2SendSettings(HTTP2SettingsFault{
 			Settings: []http2.Setting{
 				{ID: http2.SettingInitialWindowSize, Val: 1 << 31},
 				{ID: http2.SettingEnablePush, Val: 2},
@@ -365,10 +356,6 @@ func TestHTTP2ServerSendSettings(t *testing.T) {
 			},
 			AfterRequests: 2,
 		}))
-		t.Cleanup(s.Close)
-		jwt := h2jwt(t, s, time.Now())
-		w := h2dial(t, s)
-		w.settings()
 		w.post(1, jwt)
 		require.Equal(t, []string{"HEADERS 1 200"}, w.untilIdle(nil))
 		w.post(3, jwt)
@@ -383,15 +370,11 @@ func TestHTTP2ServerCredentialsPhase(t *testing.T) {
 	t.Parallel()
 	// Requests read before the phase wait for the latency; the 403s go at
 	// once, so 200s arrive after them, as from APNs with requests in flight.
-	s := NewHTTP2Server(
+	_, w, jwt := h2ready(t,
 		HTTP2Latency(100*time.Millisecond),
 		HTTP2InjectAnswer(2, HTTP2Answer{}),
 		HTTP2InjectAnswer(2, CredentialsAnswer("ExpiredProviderToken")),
 	)
-	t.Cleanup(s.Close)
-	jwt := h2jwt(t, s, time.Now())
-	w := h2dial(t, s)
-	w.settings()
 	for sid := uint32(1); sid <= 9; sid += 2 {
 		w.post(sid, jwt)
 	}
@@ -403,11 +386,7 @@ func TestHTTP2ServerCredentialsPhase(t *testing.T) {
 
 func TestHTTP2ServerStallAfter(t *testing.T) {
 	t.Parallel()
-	s := NewHTTP2Server(HTTP2StallAfter(2))
-	t.Cleanup(s.Close)
-	jwt := h2jwt(t, s, time.Now())
-	w := h2dial(t, s)
-	w.settings()
+	s, w, jwt := h2ready(t, HTTP2StallAfter(2))
 	w.post(1, jwt)
 	require.Equal(t, []string{"HEADERS 1 200"}, w.untilIdle(nil))
 	w.post(3, jwt)
