@@ -210,6 +210,10 @@ func http2Faults() []faultCase {
 		// rejection); 200s for requests in flight arrive after the 403s.
 		{name: "CredentialsRefused403", faults: h2(append(h2after(100, 20, apnstest.CredentialsAnswer("InvalidProviderToken")),
 			apnstest.HTTP2Latency(20*time.Millisecond))...), once: ok},
+		{name: "CredentialsRefused403Window", once: ok, faults: h2(
+			apnstest.HTTP2InjectAnswer(100, apnstest.HTTP2Answer{}),
+			apnstest.HTTP2InjectAnswerFor(200*time.Millisecond, apnstest.CredentialsAnswer("ExpiredProviderToken")),
+			apnstest.HTTP2Latency(20*time.Millisecond))},
 		{name: "SlowResponses", faults: h2(apnstest.HTTP2Latency(50 * time.Millisecond)), delivered: ok, badRejected: ok, once: ok},
 		{name: "StalledConnection", faults: h2(apnstest.HTTP2StallAfter(50)), opts: []apns.Option{apns.WithRequestTimeout(time.Second)},
 			delivered: ok, badRejected: ok, once: ok},
