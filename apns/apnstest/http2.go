@@ -104,6 +104,7 @@ type HTTP2Server struct {
 	maxOpen       int
 	statuses      map[int]int
 	faults        h2faults
+	faultStats    HTTP2FaultStats
 	clientGoAways map[http2.ErrCode]int
 
 	wg        sync.WaitGroup // connection goroutines
@@ -666,7 +667,7 @@ func (s *HTTP2Server) MaxOpenStreams() int {
 func (s *HTTP2Server) decide(c *h2conn, st *h2stream) (r h2reply, act h2action) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if act := s.faults.connFault(); act != h2answer {
+	if act := s.faults.connFault(&s.faultStats); act != h2answer {
 		return h2reply{}, act
 	}
 	if s.refuse > 0 {
@@ -685,6 +686,9 @@ func (s *HTTP2Server) decide(c *h2conn, st *h2stream) (r h2reply, act h2action) 
 			if r.ans == nil || !r.ans.Reset {
 				s.statuses[r.status]++
 			}
+			if r.ans != nil {
+				s.faultStats.Answers++
+			}
 			return r, h2answer
 		}
 	}
@@ -702,6 +706,7 @@ func (s *HTTP2Server) verdict(c *h2conn, st *h2stream) h2reply {
 	if f := s.faults.answerFunc; f != nil {
 		if tok, err := apns.ParseToken(st.token); err == nil {
 			if a, ok := f(tok); ok && a.check() == nil && (a.Status != 0 || a.Reset) {
+				s.faultStats.Answers++
 				return answerReply(a)
 			}
 		}

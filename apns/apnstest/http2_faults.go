@@ -218,15 +218,40 @@ type h2goAwayFault struct {
 
 // connFault counts a valid request and says whether a connection fault
 // takes it; the server's mu is held.
-func (f *h2faults) connFault() h2action {
+func (f *h2faults) connFault(st *HTTP2FaultStats) h2action {
 	f.seen++
 	switch {
 	case f.stallAfter > 0 && f.seen == f.stallAfter:
+		st.Stalls++
 		return h2stall
 	case f.close != nil && f.close.hit():
+		st.SilentCloses++
 		return h2close
 	}
 	return h2answer
+}
+
+// HTTP2FaultStats counts the hostile behaviours an HTTP2Server carried
+// out, so a test can tell its fault really happened.
+type HTTP2FaultStats struct {
+	SilentCloses int // connections closed by HTTP2CloseEvery or HTTP2CloseRandom
+	Stalls       int // connections stalled by HTTP2StallAfter
+	GoAways      int // GOAWAY frames sent by HTTP2GoAwayCode
+	Settings     int // SETTINGS frames sent by HTTP2SendSettings
+	Answers      int // requests given an injected HTTP2Answer (not passes)
+}
+
+// FaultStats returns what the server's hostile options did so far.
+func (s *HTTP2Server) FaultStats() HTTP2FaultStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faultStats
+}
+
+func (s *HTTP2Server) noteFault(f func(*HTTP2FaultStats)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.faultStats)
 }
 
 // unaccept takes back the count of an accepted request that a GOAWAY
@@ -374,6 +399,7 @@ func (c *h2conn) settingsFaults(n int) {
 			p = append(p, byte(st.ID>>8), byte(st.ID), byte(st.Val>>24), byte(st.Val>>16), byte(st.Val>>8), byte(st.Val))
 		}
 		c.writeFrame(h2fSettings, 0, 0, p)
+		c.s.noteFault(func(st *HTTP2FaultStats) { st.Settings++ })
 	}
 }
 
@@ -393,6 +419,7 @@ func (c *h2conn) requestFaults(id uint32) {
 	}
 	c.goAwaySent, c.goAwayLast = true, last
 	c.writeGoAway(last, uint32(f.code), "")
+	c.s.noteFault(func(st *HTTP2FaultStats) { st.GoAways++ })
 	for sid, st := range c.streams {
 		if sid > last {
 			if st.accepted { // read, but never processed after all

@@ -153,6 +153,7 @@ func TestHTTP2ServerCloseEvery(t *testing.T) {
 	ev := w.events(5*time.Second, nil, 0)
 	require.Equal(t, []string{"HEADERS 1 200", "HEADERS 3 200", "EOF"}, ev)
 	require.Equal(t, 4, s.Accepted())
+	require.Equal(t, HTTP2FaultStats{SilentCloses: 2}, s.FaultStats())
 }
 
 func TestHTTP2ServerCloseRandom(t *testing.T) {
@@ -202,6 +203,7 @@ func TestHTTP2ServerGoAwayCode(t *testing.T) {
 		w.post(3, jwt)
 		require.Equal(t, []string{"GOAWAY 3 2", "EOF"}, w.events(5*time.Second, nil, 0))
 		require.Equal(t, 1, s.Accepted())
+		require.Equal(t, HTTP2FaultStats{GoAways: 1}, s.FaultStats())
 	})
 	t.Run("no error, last zero", func(t *testing.T) {
 		t.Parallel()
@@ -229,6 +231,7 @@ func TestHTTP2ServerResetAnswer(t *testing.T) {
 	}
 	require.Equal(t, []string{"HEADERS 1 200", "RST 3 2", "RST 5 2", "RST 7 7", "HEADERS 9 200"}, w.take(5, nil))
 	require.Equal(t, 2, s.Accepted())
+	require.Equal(t, HTTP2FaultStats{Answers: 3}, s.FaultStats(), "passes are not faults")
 }
 
 // h2get posts a notification with net/http and returns the raw response.
@@ -362,6 +365,7 @@ func TestHTTP2ServerSendSettings(t *testing.T) {
 		w = h2dial(t, s)
 		require.Len(t, w.take(1, nil), 1) // its SETTINGS
 		require.Empty(t, w.untilIdle(nil), "the second connection is spared")
+		require.Equal(t, HTTP2FaultStats{Settings: 1}, s.FaultStats())
 	})
 	t.Run("mid-connection", func(t *testing.T) {
 		t.Parallel()
@@ -416,6 +420,7 @@ func TestHTTP2ServerStallAfter(t *testing.T) {
 	w.post(1, jwt)
 	require.Equal(t, []string{"HEADERS 1 200"}, w.take(1, nil))
 	require.Equal(t, 2, s.Accepted())
+	require.Equal(t, HTTP2FaultStats{Stalls: 1}, s.FaultStats())
 }
 
 func TestHTTP2AnswerCheck(t *testing.T) {

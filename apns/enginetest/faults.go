@@ -45,7 +45,22 @@ type faultCase struct {
 	// goAway: the engine must answer the fault with a GOAWAY of this code
 	// (HTTP/2; 0: not checked).
 	goAway http2.ErrCode
+	// happened reports how often the server carried the fault out; it
+	// must be positive, or the case proved nothing.
+	happened func(Server) int
 }
+
+// Counters of what the servers' hostile options did.
+func h2closes(s Server) int    { return s.HTTP2.FaultStats().SilentCloses }
+func h2goAways(s Server) int   { return s.HTTP2.FaultStats().GoAways }
+func h2answers(s Server) int   { return s.HTTP2.FaultStats().Answers }
+func h2settings(s Server) int  { return s.HTTP2.FaultStats().Settings }
+func h2stalls(s Server) int    { return s.HTTP2.FaultStats().Stalls }
+func h2conns(s Server) int     { return s.HTTP2.Conns() - 1 } // GOAWAY NO_ERROR: connections replaced
+func gwCloses(s Server) int    { return s.Gateway.Stats().SilentCloses }
+func gwResets(s Server) int    { return s.Gateway.Stats().Resets }
+func gwShutdowns(s Server) int { return s.Gateway.Stats().Shutdowns }
+func gwStalled(s Server) int   { return s.Gateway.Stats().Accepted - 99 } // stalls after 100
 
 // faultRetries is the retry budget of fault cases: bounded faults must not
 // exhaust it.
@@ -107,6 +122,9 @@ func runFault(t *testing.T, e *env, fc faultCase) {
 			add("good token delivered but never taken by the server", i, o)
 		}
 	}
+	if fc.happened != nil && fc.happened(srv) <= 0 {
+		add("the server never carried the fault out", -1, apns.Outcome{})
+	}
 	if fc.goAway != 0 && srv.HTTP2.ClientGoAways()[fc.goAway] == 0 {
 		add("no GOAWAY "+fc.goAway.String()+" from the engine", -1, apns.Outcome{Err: fmt.Errorf("client GOAWAYs %v", srv.HTTP2.ClientGoAways())})
 	}
@@ -165,57 +183,57 @@ func http2Faults() []faultCase {
 	const ok = true
 	return []faultCase{
 		{name: "NoFault", delivered: ok, badRejected: ok, once: ok},
-		{name: "SilentCloseEvery", faults: h2(apnstest.HTTP2CloseEvery(50)), delivered: ok, badRejected: ok},
-		{name: "SilentCloseRandom", faults: h2(apnstest.HTTP2CloseRandom(40, 1)), delivered: ok, badRejected: ok},
-		{name: "GoAwayNoError", faults: h2(apnstest.HTTP2GoAwayAfter(60)), delivered: ok, badRejected: ok, once: ok},
-		{name: "GoAwayInternalError", delivered: ok, badRejected: ok,
+		{name: "SilentCloseEvery", happened: h2closes, faults: h2(apnstest.HTTP2CloseEvery(50)), delivered: ok, badRejected: ok},
+		{name: "SilentCloseRandom", happened: h2closes, faults: h2(apnstest.HTTP2CloseRandom(40, 1)), delivered: ok, badRejected: ok},
+		{name: "GoAwayNoError", happened: h2conns, faults: h2(apnstest.HTTP2GoAwayAfter(60)), delivered: ok, badRejected: ok, once: ok},
+		{name: "GoAwayInternalError", happened: h2goAways, delivered: ok, badRejected: ok,
 			faults: h2(apnstest.HTTP2GoAwayCode(60, http2.ErrCodeInternal, apnstest.GoAwayLastRead))},
-		{name: "GoAwayLastStreamZero", delivered: ok, badRejected: ok, once: ok,
+		{name: "GoAwayLastStreamZero", happened: h2goAways, delivered: ok, badRejected: ok, once: ok,
 			faults: h2(apnstest.HTTP2GoAwayCode(60, http2.ErrCodeNo, apnstest.GoAwayLastZero))},
-		{name: "RefusedStream", faults: h2(h2after(50, 40, apnstest.ResetAnswer(http2.ErrCodeRefusedStream))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "ResetInternalError", faults: h2(h2after(50, 30, apnstest.ResetAnswer(http2.ErrCodeInternal))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "TooManyRequests429", faults: h2(h2after(50, 40, apnstest.ReasonAnswer(429, "TooManyRequests"))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "ServiceUnavailable503", faults: h2(h2after(50, 40, apnstest.ReasonAnswer(503, "ServiceUnavailable"))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "NonAPNs404HTML", faults: h2(h2after(50, 40, apnstest.HTMLAnswer(404))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "NonAPNs404Window", faults: h2(apnstest.HTTP2InjectAnswerFor(300*time.Millisecond, apnstest.HTMLAnswer(404))), delivered: ok, badRejected: ok, once: ok},
-		{name: "NonAPNs502Proxy", faults: h2(h2after(50, 40, apnstest.ProxyAnswer(502))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "NonAPNs504Proxy", faults: h2(h2after(50, 40, apnstest.ProxyAnswer(504))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "RefusedStream", happened: h2answers, faults: h2(h2after(50, 40, apnstest.ResetAnswer(http2.ErrCodeRefusedStream))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "ResetInternalError", happened: h2answers, faults: h2(h2after(50, 30, apnstest.ResetAnswer(http2.ErrCodeInternal))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "TooManyRequests429", happened: h2answers, faults: h2(h2after(50, 40, apnstest.ReasonAnswer(429, "TooManyRequests"))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "ServiceUnavailable503", happened: h2answers, faults: h2(h2after(50, 40, apnstest.ReasonAnswer(503, "ServiceUnavailable"))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "NonAPNs404HTML", happened: h2answers, faults: h2(h2after(50, 40, apnstest.HTMLAnswer(404))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "NonAPNs404Window", happened: h2answers, faults: h2(apnstest.HTTP2InjectAnswerFor(300*time.Millisecond, apnstest.HTMLAnswer(404))), delivered: ok, badRejected: ok, once: ok},
+		{name: "NonAPNs502Proxy", happened: h2answers, faults: h2(h2after(50, 40, apnstest.ProxyAnswer(502))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "NonAPNs504Proxy", happened: h2answers, faults: h2(h2after(50, 40, apnstest.ProxyAnswer(504))...), delivered: ok, badRejected: ok, once: ok},
 		// A captive portal's page with a 200 is not APNs taking the
 		// notification.
-		{name: "NonAPNs200HTML", faults: h2(h2after(50, 40, apnstest.HTMLAnswer(200))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "NonAPNs400NotJSON", faults: h2(h2after(50, 40, apnstest.TextAnswer(400, "Bad Request"))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "NonAPNs200HTML", happened: h2answers, faults: h2(h2after(50, 40, apnstest.HTMLAnswer(200))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "NonAPNs400NotJSON", happened: h2answers, faults: h2(h2after(50, 40, apnstest.TextAnswer(400, "Bad Request"))...), delivered: ok, badRejected: ok, once: ok},
 		// One oversized header fails its stream only: nothing else in
 		// flight is lost and sent again.
-		{name: "OversizedHeader20KB", faults: h2(h2after(50, 30, apnstest.PaddedAnswer(20<<10))...), delivered: ok, badRejected: ok, once: ok},
-		{name: "OversizedErrorBodyPaddedBefore", faults: padded(20<<10, true), delivered: ok, badRejected: ok, once: ok},
-		{name: "OversizedErrorBody100KB", faults: padded(100<<10, false), delivered: ok, badRejected: ok, once: ok},
+		{name: "OversizedHeader20KB", happened: h2answers, faults: h2(h2after(50, 30, apnstest.PaddedAnswer(20<<10))...), delivered: ok, badRejected: ok, once: ok},
+		{name: "OversizedErrorBodyPaddedBefore", happened: h2answers, faults: padded(20<<10, true), delivered: ok, badRejected: ok, once: ok},
+		{name: "OversizedErrorBody100KB", happened: h2answers, faults: padded(100<<10, false), delivered: ok, badRejected: ok, once: ok},
 		// Invalid SETTINGS on every connection from its start: nothing can
 		// be delivered, but every notification ends, in bounded time.
 		// The engine refuses them with GOAWAY (RFC 9113 §6.5.2).
-		{name: "InvalidSettingsMaxFrameSize0", faults: all(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0}),
+		{name: "InvalidSettingsMaxFrameSize0", happened: h2settings, faults: all(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0}),
 			k: 30, waves: 3, goAway: http2.ErrCodeProtocol},
-		{name: "InvalidSettingsMaxFrameSizeTooLarge", faults: all(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 24}),
+		{name: "InvalidSettingsMaxFrameSizeTooLarge", happened: h2settings, faults: all(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 24}),
 			k: 30, waves: 3, goAway: http2.ErrCodeProtocol},
-		{name: "InvalidSettingsInitialWindowSize", faults: all(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31}),
+		{name: "InvalidSettingsInitialWindowSize", happened: h2settings, faults: all(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31}),
 			k: 30, waves: 3, goAway: http2.ErrCodeFlowControl},
-		{name: "InvalidSettingsEnablePush2", faults: all(http2.Setting{ID: http2.SettingEnablePush, Val: 2}),
+		{name: "InvalidSettingsEnablePush2", happened: h2settings, faults: all(http2.Setting{ID: http2.SettingEnablePush, Val: 2}),
 			k: 30, waves: 3, goAway: http2.ErrCodeProtocol},
 		// Invalid SETTINGS after 10 requests on the first two connections:
 		// they are replaced, and everything is delivered.
-		{name: "InvalidSettingsMaxFrameSize0MidConnection", faults: mid(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0}),
+		{name: "InvalidSettingsMaxFrameSize0MidConnection", happened: h2settings, faults: mid(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0}),
 			waves: 3, delivered: ok, badRejected: ok},
-		{name: "InvalidSettingsInitialWindowSizeMidConnection", faults: mid(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31}),
+		{name: "InvalidSettingsInitialWindowSizeMidConnection", happened: h2settings, faults: mid(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31}),
 			waves: 3, delivered: ok, badRejected: ok},
 		// Refused credentials fail work with ErrCredentials (never a
 		// rejection); 200s for requests in flight arrive after the 403s.
-		{name: "CredentialsRefused403", faults: h2(append(h2after(100, 20, apnstest.CredentialsAnswer("InvalidProviderToken")),
+		{name: "CredentialsRefused403", happened: h2answers, faults: h2(append(h2after(100, 20, apnstest.CredentialsAnswer("InvalidProviderToken")),
 			apnstest.HTTP2Latency(20*time.Millisecond))...), once: ok},
-		{name: "CredentialsRefused403Window", once: ok, faults: h2(
+		{name: "CredentialsRefused403Window", happened: h2answers, once: ok, faults: h2(
 			apnstest.HTTP2InjectAnswer(100, apnstest.HTTP2Answer{}),
 			apnstest.HTTP2InjectAnswerFor(200*time.Millisecond, apnstest.CredentialsAnswer("ExpiredProviderToken")),
 			apnstest.HTTP2Latency(20*time.Millisecond))},
 		{name: "SlowResponses", faults: h2(apnstest.HTTP2Latency(50 * time.Millisecond)), delivered: ok, badRejected: ok, once: ok},
-		{name: "StalledConnection", faults: h2(apnstest.HTTP2StallAfter(50)), opts: []apns.Option{apns.WithRequestTimeout(time.Second)},
+		{name: "StalledConnection", happened: h2stalls, faults: h2(apnstest.HTTP2StallAfter(50)), opts: []apns.Option{apns.WithRequestTimeout(time.Second)},
 			delivered: ok, badRejected: ok, once: ok},
 	}
 }
@@ -226,12 +244,12 @@ func gw(opts ...apnstest.GatewayOption) faults { return faults{gw: opts} }
 func binaryFaults() []faultCase {
 	return []faultCase{
 		{name: "NoFault", delivered: true, badRejected: true, once: true},
-		{name: "SilentCloseEvery", faults: gw(apnstest.CloseEvery(64)), delivered: true, badRejected: true},
-		{name: "SilentCloseRandom", faults: gw(apnstest.CloseRandom(64, 1)), delivered: true, badRejected: true},
+		{name: "SilentCloseEvery", happened: gwCloses, faults: gw(apnstest.CloseEvery(64)), delivered: true, badRejected: true},
+		{name: "SilentCloseRandom", happened: gwCloses, faults: gw(apnstest.CloseRandom(64, 1)), delivered: true, badRejected: true},
 		// The reset may destroy the error response: the engine may not
 		// learn which notification was bad.
-		{name: "ResetAfterError", faults: gw(apnstest.ResetAfterError()), delivered: true, badMayDeliver: true},
-		{name: "Shutdown10", faults: gw(apnstest.ShutdownEvery(50)), delivered: true, badRejected: true, once: true},
-		{name: "StalledGateway", faults: gw(apnstest.StallAfter(100)), noBad: true},
+		{name: "ResetAfterError", happened: gwResets, faults: gw(apnstest.ResetAfterError()), delivered: true, badMayDeliver: true},
+		{name: "Shutdown10", happened: gwShutdowns, faults: gw(apnstest.ShutdownEvery(50)), delivered: true, badRejected: true, once: true},
+		{name: "StalledGateway", happened: gwStalled, faults: gw(apnstest.StallAfter(100)), noBad: true},
 	}
 }
