@@ -33,8 +33,8 @@ import (
 // does, so a client still writing hits a connection reset; DrainAfterError
 // makes it read and discard input for a while first.
 //
-// Knobs that count frames (CloseAfter, CloseEvery, ShutdownAfter,
-// StallAfter) count accepted frames over the whole gateway, all
+// Knobs that count frames (CloseAfter, CloseEvery, CloseRandom,
+// ShutdownAfter, ShutdownEvery, StallAfter) count accepted frames over the whole gateway, all
 // connections together.
 type Gateway struct {
 	// Addr is the gateway's host:port, e.g. "127.0.0.1:41234".
@@ -80,7 +80,8 @@ type GatewayStats struct {
 	Rejected      int // error responses for tokens told to Reject
 	Malformed     int // malformed frames (answered, unless OnMalformed says otherwise)
 	Shutdowns     int // status-10 error responses
-	SilentCloses  int // connections closed by CloseAfter or CloseEvery
+	SilentCloses  int // connections closed by CloseAfter, CloseEvery or CloseRandom
+	Resets        int // connections reset after an error response (ResetAfterError)
 }
 
 // GatewayOption configures a Gateway.
@@ -93,7 +94,10 @@ type gatewayConfig struct {
 	rejectFunc      func(tok []byte) (apns.Status, bool)
 	closeAfter      int64
 	closeEvery      int64
+	closeRandom     *every // used under the Gateway's mu
 	shutdownAfter   int64
+	shutdownEvery   int64
+	resetAfterError bool
 	stallAfter      int64
 	stallHandshake  bool
 	drainAfterError time.Duration
@@ -155,6 +159,29 @@ func CloseAfter(n int) GatewayOption {
 // client wrote after that frame is lost unread.
 func CloseEvery(n int) GatewayOption {
 	return func(c *gatewayConfig) { c.closeEvery = int64(n) }
+}
+
+// CloseRandom makes the gateway close connections silently, like
+// CloseEvery, at random intervals: after a number of accepted frames drawn
+// uniformly from [n/2, 3n/2] by a generator seeded with seed (the same seed
+// gives the same intervals), as idle resets and load balancers do.
+func CloseRandom(n int, seed uint64) GatewayOption {
+	return func(c *gatewayConfig) { c.closeRandom = newEvery(int64(n), true, seed) }
+}
+
+// ShutdownEvery makes the gateway answer status 10 (shutdown) after each
+// n-th accepted frame (n, 2n, …), naming that frame as the last one
+// processed, then close that connection: the phases of a gateway that
+// restarts.
+func ShutdownEvery(n int) GatewayOption {
+	return func(c *gatewayConfig) { c.shutdownEvery = int64(n) }
+}
+
+// ResetAfterError makes the gateway end a connection with a TCP reset
+// (RST, SO_LINGER 0) right after each error response instead of a close,
+// so a client may see the reset before, or instead of, the answer.
+func ResetAfterError() GatewayOption {
+	return func(c *gatewayConfig) { c.resetAfterError = true }
 }
 
 // ShutdownAfter makes the gateway answer status 10 (shutdown) after its n-th
@@ -361,7 +388,14 @@ func (g *Gateway) serve(raw net.Conn) {
 		return
 	}
 	_ = tc.SetDeadline(time.Time{})
-	g.frames(tc, g.newConn())
+	if g.frames(tc, g.newConn()) && g.cfg.resetAfterError {
+		if tcp, ok := raw.(*net.TCPConn); ok {
+			_ = tcp.SetLinger(0) // the deferred Close sends RST
+			g.mu.Lock()
+			g.stats.Resets++
+			g.mu.Unlock()
+		}
+	}
 }
 
 // newConn counts an established connection and returns its serial.
@@ -376,8 +410,9 @@ func (g *Gateway) newConn() int32 {
 	return serial
 }
 
-// frames reads and answers frames on c until the connection must end.
-func (g *Gateway) frames(c net.Conn, serial int32) {
+// frames reads and answers frames on c until the connection must end; it
+// reports whether it ended with an error response.
+func (g *Gateway) frames(c net.Conn, serial int32) (answered bool) {
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(c)
 	defer func() {
@@ -389,7 +424,7 @@ func (g *Gateway) frames(c net.Conn, serial int32) {
 	for {
 		if g.cfg.stallAfter > 0 && g.accepted.Load() >= g.cfg.stallAfter-1 {
 			<-g.done
-			return
+			return false
 		}
 		f, err := fr.ReadFrame()
 		if err != nil {
@@ -403,9 +438,10 @@ func (g *Gateway) frames(c net.Conn, serial int32) {
 					continue // the frame was read whole
 				case g.cfg.malformed != MalformedClose:
 					g.answer(c, serial, apns.ErrorResponse{Status: fe.Status, ID: fe.ID})
+					return true
 				}
 			}
-			return // io.EOF, a reset, or Close
+			return false // io.EOF, a reset, or Close
 		}
 		if f.ID <= last && last != 0 {
 			g.mu.Lock()
@@ -418,22 +454,14 @@ func (g *Gateway) frames(c net.Conn, serial int32) {
 			g.stats.Rejected++
 			g.mu.Unlock()
 			g.answer(c, serial, apns.ErrorResponse{Status: st, ID: f.ID})
-			return
+			return true
 		}
-		n := g.accept(f.Token, serial)
-		switch {
-		case g.cfg.shutdownAfter > 0 && n == g.cfg.shutdownAfter:
-			g.mu.Lock()
-			g.stats.Shutdowns++
-			g.mu.Unlock()
+		switch g.accept(f.Token, serial) {
+		case endShutdown:
 			g.answer(c, serial, apns.ErrorResponse{Status: apns.StatusShutdown, ID: f.ID})
-			return
-		case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
-			g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0:
-			g.mu.Lock()
-			g.stats.SilentCloses++
-			g.mu.Unlock()
-			return
+			return true
+		case endSilent:
+			return false
 		}
 	}
 }
@@ -450,10 +478,22 @@ func (g *Gateway) rejects(tok []byte) (apns.Status, bool) {
 	return 0, false
 }
 
-// accept records an accepted frame and returns the gateway-wide count.
-func (g *Gateway) accept(tok []byte, serial int32) int64 {
-	n := g.accepted.Add(1)
+// connEnd says whether a connection ends after an accepted frame.
+type connEnd int
+
+const (
+	endNone     connEnd = iota
+	endShutdown         // status 10, then close
+	endSilent           // close without an answer
+)
+
+// accept records an accepted frame and decides whether the connection ends
+// after it, under one lock, so that Stats never shows the frame without
+// the close it causes.
+func (g *Gateway) accept(tok []byte, serial int32) connEnd {
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := g.accepted.Add(1)
 	g.stats.Accepted++
 	if g.counts != nil {
 		k := [32]byte(tok)
@@ -466,8 +506,18 @@ func (g *Gateway) accept(tok []byte, serial int32) int64 {
 		}
 		g.counts[k] = tokenCount{n: c.n + 1, conn: serial}
 	}
-	g.mu.Unlock()
-	return n
+	switch {
+	case g.cfg.shutdownAfter > 0 && n == g.cfg.shutdownAfter,
+		g.cfg.shutdownEvery > 0 && n%g.cfg.shutdownEvery == 0:
+		g.stats.Shutdowns++
+		return endShutdown
+	case g.cfg.closeAfter > 0 && n == g.cfg.closeAfter,
+		g.cfg.closeEvery > 0 && n%g.cfg.closeEvery == 0,
+		g.cfg.closeRandom != nil && g.cfg.closeRandom.hit():
+		g.stats.SilentCloses++
+		return endSilent
+	}
+	return endNone
 }
 
 // answer writes an error response, then either closes at once (the

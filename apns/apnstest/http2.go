@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -102,6 +103,9 @@ type HTTP2Server struct {
 	refused       int
 	maxOpen       int
 	statuses      map[int]int
+	faults        h2faults
+	faultStats    HTTP2FaultStats
+	clientGoAways map[http2.ErrCode]int
 
 	wg        sync.WaitGroup // connection goroutines
 	serveWG   sync.WaitGroup // Serve started by NewHTTP2Server
@@ -123,10 +127,15 @@ type HTTP2Request struct {
 type h2reply struct {
 	status int
 	reason string
+	ans    *HTTP2Answer // the whole answer, when injected (see InjectAnswer)
 }
 
+// h2inject is a queued injection: for its next n requests, or for d from
+// the first request it answers (then end is set).
 type h2inject struct {
-	n int
+	n   int
+	d   time.Duration
+	end time.Time
 	h2reply
 }
 
@@ -152,6 +161,7 @@ type h2config struct {
 	reasonFunc  func(tok apns.Token) (status int, reason string, ok bool)
 	injects     []h2inject
 	refuse      int
+	faults      h2faults
 }
 
 // HTTP2Listen sets the listen address (default "127.0.0.1:0").
@@ -285,7 +295,7 @@ func HTTP2Reason(tok apns.Token, status int, reason string) HTTP2Option {
 		if c.reasons == nil {
 			c.reasons = map[string]h2reply{}
 		}
-		c.reasons[tok.String()] = h2reply{status, reason}
+		c.reasons[tok.String()] = h2reply{status: status, reason: reason}
 		return nil
 	}
 }
@@ -307,7 +317,7 @@ func HTTP2Inject(n, status int, reason string) HTTP2Option {
 		if n < 0 || status < 200 || status > 599 {
 			return fmt.Errorf("apnstest: HTTP2Inject(%d, %d): bad count or status", n, status)
 		}
-		c.injects = append(c.injects, h2inject{n, h2reply{status, reason}})
+		c.injects = append(c.injects, h2inject{n: n, h2reply: h2reply{status: status, reason: reason}})
 		return nil
 	}
 }
@@ -391,6 +401,7 @@ func ListenHTTP2(opts ...HTTP2Option) (*HTTP2Server, error) {
 		reasonFunc:  c.reasonFunc,
 		injects:     c.injects,
 		refuse:      c.refuse,
+		faults:      c.faults,
 		perToken:    map[string]int{},
 		mints:       map[string]struct{}{},
 		statuses:    map[int]int{},
@@ -489,7 +500,7 @@ func (s *HTTP2Server) Reason(tok apns.Token, status int, reason string) {
 		delete(s.reasons, tok.String())
 		return
 	}
-	s.reasons[tok.String()] = h2reply{status, reason}
+	s.reasons[tok.String()] = h2reply{status: status, reason: reason}
 }
 
 // Inject makes the server answer the next n otherwise valid requests (of
@@ -502,7 +513,7 @@ func (s *HTTP2Server) Inject(n, status int, reason string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.injects = append(s.injects, h2inject{n, h2reply{status, reason}})
+	s.injects = append(s.injects, h2inject{n: n, h2reply: h2reply{status: status, reason: reason}})
 }
 
 // RefuseStreams makes the server reset the next n otherwise valid requests
@@ -649,50 +660,94 @@ func (s *HTTP2Server) MaxOpenStreams() int {
 	return s.maxOpen
 }
 
-// decide consumes injections and per-token rules for a valid request, or
-// accepts it. refuse reports a REFUSED_STREAM reset.
-func (s *HTTP2Server) decide(c *h2conn, st *h2stream) (r h2reply, refuse bool) {
+// decide consumes faults, injections and per-token rules for a valid
+// request, or accepts it. act says whether to answer r, reset the stream
+// with REFUSED_STREAM, or leave it unanswered (closing or stalling the
+// connection).
+func (s *HTTP2Server) decide(c *h2conn, st *h2stream) (r h2reply, act h2action) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.refuse > 0:
+	if act := s.faults.connFault(&s.faultStats); act != h2answer {
+		return h2reply{}, act
+	}
+	if s.refuse > 0 {
 		s.refuse--
 		s.refused++
-		return h2reply{}, true
-	case len(s.injects) > 0:
-		in := &s.injects[0]
+		return h2reply{}, h2refuse
+	}
+	if in := s.nextInject(); in != nil {
 		r = in.h2reply
-		if in.n--; in.n <= 0 {
-			s.injects = s.injects[1:]
-		}
-	default:
-		if len(s.reasons) > 0 {
-			if rr, ok := s.reasons[st.token]; ok {
-				r = rr
-				break
+		if in.d == 0 {
+			if in.n--; in.n <= 0 {
+				s.injects = s.injects[1:]
 			}
 		}
-		if s.reasonFunc != nil {
-			if tok, err := apns.ParseToken(st.token); err == nil {
-				if status, reason, ok := s.reasonFunc(tok); ok {
-					r = h2reply{status, reason}
-					break
-				}
+		if r.ans == nil || r.ans.Status != 0 || r.ans.Reset { // else a pass
+			if r.ans == nil || !r.ans.Reset {
+				s.statuses[r.status]++
 			}
-		}
-		r = h2reply{status: 200}
-		s.accepted++
-		s.perToken[st.token]++
-		if s.record {
-			tok, _ := apns.ParseToken(st.token)
-			s.requests = append(s.requests, HTTP2Request{
-				Conn: c.id, Stream: st.id, Token: tok, Header: st.header,
-				Payload: bytes.Clone(st.body), ID: st.apnsID,
-			})
+			if r.ans != nil {
+				s.faultStats.Answers++
+			}
+			return r, h2answer
 		}
 	}
+	r = s.verdict(c, st)
 	s.statuses[r.status]++
-	return r, false
+	return r, h2answer
+}
+
+// verdict is the server's own answer to a valid request: a per-token rule,
+// or 200 (counted as accepted); s.mu is held.
+func (s *HTTP2Server) verdict(c *h2conn, st *h2stream) h2reply {
+	if rr, ok := s.reasons[st.token]; ok {
+		return rr
+	}
+	if f := s.faults.answerFunc; f != nil {
+		if tok, err := apns.ParseToken(st.token); err == nil {
+			if a, ok := f(tok); ok && a.check() == nil && (a.Status != 0 || a.Reset) {
+				s.faultStats.Answers++
+				return answerReply(a)
+			}
+		}
+	}
+	if s.reasonFunc != nil {
+		if tok, err := apns.ParseToken(st.token); err == nil {
+			if status, reason, ok := s.reasonFunc(tok); ok {
+				return h2reply{status: status, reason: reason}
+			}
+		}
+	}
+	s.accepted++
+	s.perToken[st.token]++
+	if s.record {
+		tok, _ := apns.ParseToken(st.token)
+		s.requests = append(s.requests, HTTP2Request{
+			Conn: c.id, Stream: st.id, Token: tok, Header: st.header,
+			Payload: bytes.Clone(st.body), ID: st.apnsID,
+		})
+	}
+	return h2reply{status: 200}
+}
+
+// nextInject returns the injection that applies now, dropping expired
+// windows; s.mu is held.
+func (s *HTTP2Server) nextInject() *h2inject {
+	for len(s.injects) > 0 {
+		in := &s.injects[0]
+		if in.d == 0 {
+			return in
+		}
+		now := time.Now()
+		if in.end.IsZero() {
+			in.end = now.Add(in.d)
+		}
+		if now.Before(in.end) {
+			return in
+		}
+		s.injects = s.injects[1:]
+	}
+	return nil
 }
 
 func (s *HTTP2Server) noteOpen(n int) {
@@ -791,10 +846,17 @@ type h2stream struct {
 	due        time.Time
 
 	// response
-	refuse   bool
-	status   int
-	apnsID   string
-	respBody []byte
+	reset     bool   // answer with RST_STREAM rstCode
+	rstCode   uint32 // with reset
+	status    int
+	apnsID    string
+	ctype     string // content-type, if any
+	padding   int    // bytes of x-padding header
+	immediate bool   // skips the latency queue
+	accepted  bool   // counted as accepted (the server's own 200)
+	respBody  []byte // owned buffer for the server's own error bodies
+	out       []byte // the body to send: respBody, or an injected answer's (shared, read-only)
+	sent      int    // bytes of out written
 }
 
 func (st *h2stream) get(i int) (string, bool) { return st.vals[i], st.has&(1<<i) != 0 }
@@ -898,6 +960,9 @@ type h2conn struct {
 	delayed        []*h2stream
 	rnd            *mrand.PCG
 	free           []*h2stream
+	silentClose    bool // a fault: close the TCP connection now, no GOAWAY
+	abort          bool // a fault's GOAWAY with an error code was sent: close now
+	stalled        bool // a fault: read and discard everything, answer nothing
 }
 
 func newH2Conn(s *HTTP2Server, nc net.Conn, id int) *h2conn {
@@ -956,6 +1021,7 @@ func (c *h2conn) serve() {
 	c.connWindow = int64(max(h2connWindow, c.s.window))
 	c.connRecv = c.connWindow
 	c.writeWindowUpdate(0, uint32(c.connWindow-65535))
+	c.settingsFaults(0)
 	c.ready = true
 	c.flush()
 	c.mu.Unlock()
@@ -973,8 +1039,19 @@ func (c *h2conn) serve() {
 			return
 		}
 		c.mu.Lock()
-		if !c.writeClosed {
+		if !c.writeClosed && !c.stalled {
 			err = c.handle(typ, flags, sid, p)
+		}
+		if c.silentClose {
+			c.flush() // what was answered leaves; the rest is lost
+			c.mu.Unlock()
+			return
+		}
+		if c.abort {
+			c.flush()
+			c.mu.Unlock()
+			c.linger()
+			return
 		}
 		if err == nil && c.br.Buffered() == 0 {
 			c.flush()
@@ -1186,6 +1263,9 @@ func (c *h2conn) handle(typ, flags byte, sid uint32, p []byte) error {
 			c.writeFrame(h2fPing, h2flagAck, 0, p)
 		}
 	case h2fGoAway:
+		if len(p) >= 8 {
+			c.s.noteClientGoAway(binary.BigEndian.Uint32(p[4:]))
+		}
 		// The client is leaving: answer what is open, then close.
 		c.sendGoAway(c.lastStream)
 		c.maybeShutdown()
@@ -1309,7 +1389,8 @@ func (c *h2conn) onHeaders(id uint32, flags byte, block []byte) error {
 	if n := c.s.goAwayAfter.Load(); n > 0 && int64(c.nreq) >= n && !c.goAwaySent {
 		c.sendGoAway(id)
 	}
-	if end {
+	c.requestFaults(id)
+	if end && !st.done {
 		c.finish(st)
 	}
 	return nil
@@ -1421,7 +1502,7 @@ func (c *h2conn) recycle(st *h2stream) {
 }
 
 // finish checks a fully read request and answers it, now or after the
-// configured latency.
+// configured latency, unless a fault leaves it unanswered.
 func (c *h2conn) finish(st *h2stream) {
 	st.ended = true
 	status, reason := c.check(st)
@@ -1430,19 +1511,34 @@ func (c *h2conn) finish(st *h2stream) {
 	} else {
 		st.apnsID = c.newUUID()
 	}
+	var ans *HTTP2Answer
 	if status == 0 {
-		r, refuse := c.s.decide(c, st)
-		if refuse {
-			st.refuse = true
+		r, act := c.s.decide(c, st)
+		switch act {
+		case h2refuse:
+			st.reset, st.rstCode = true, h2errRefusedStream
+		case h2close:
+			c.silentClose = true
+			return
+		case h2stall:
+			c.stalled = true
+			return
 		}
-		status, reason = r.status, r.reason
+		status, reason, ans = r.status, r.reason, r.ans
+		st.accepted = act == h2answer && ans == nil && status == 200
 	} else {
 		c.s.mu.Lock()
 		c.s.statuses[status]++
 		c.s.mu.Unlock()
 	}
 	st.status = status
-	if status != 200 {
+	switch {
+	case ans != nil:
+		st.reset, st.rstCode = ans.Reset, uint32(ans.ResetCode)
+		st.ctype, st.padding, st.immediate = ans.ContentType, ans.Padding, ans.Immediate
+		st.out = ans.Body // shared by every stream it answers: memory stays bounded
+	case status != 200:
+		st.ctype = "application/json"
 		st.respBody = append(st.respBody[:0], `{"reason":"`...)
 		st.respBody = append(st.respBody, reason...)
 		st.respBody = append(st.respBody, '"')
@@ -1451,8 +1547,9 @@ func (c *h2conn) finish(st *h2stream) {
 			st.respBody = strconv.AppendInt(st.respBody, c.s.now().UnixMilli(), 10)
 		}
 		st.respBody = append(st.respBody, '}')
+		st.out = st.respBody
 	}
-	if lat := time.Duration(c.s.latency.Load()); lat > 0 {
+	if lat := time.Duration(c.s.latency.Load()); lat > 0 && !st.immediate {
 		st.due = time.Now().Add(lat)
 		c.delayed = append(c.delayed, st)
 		if len(c.delayed) == 1 { // else the delayer's timer is set for the head
@@ -1469,26 +1566,29 @@ func (c *h2conn) finish(st *h2stream) {
 // respond writes st's answer: a reset, or HEADERS and, window permitting,
 // DATA.
 func (c *h2conn) respond(st *h2stream) {
-	if st.done {
+	if st.done || c.stalled {
 		return
 	}
-	if st.refuse {
-		c.writeRST(st.id, h2errRefusedStream)
+	if st.reset {
+		c.writeRST(st.id, st.rstCode)
 		c.closeStream(st)
 		return
 	}
 	c.hbuf.Reset()
 	_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: h2StatusText(st.status)})
 	_ = c.henc.WriteField(hpack.HeaderField{Name: "apns-id", Value: st.apnsID, Sensitive: true})
-	if len(st.respBody) > 0 {
-		_ = c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/json"})
+	if st.ctype != "" {
+		_ = c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: st.ctype})
 	}
-	flags := byte(h2flagEndHeaders)
-	if len(st.respBody) == 0 {
+	if st.padding > 0 {
+		_ = c.henc.WriteField(hpack.HeaderField{Name: "x-padding", Value: strings.Repeat("x", st.padding), Sensitive: true})
+	}
+	flags := byte(0)
+	if len(st.out) == 0 {
 		flags |= h2flagEndStream
 	}
-	c.writeFrame(h2fHeaders, flags, st.id, c.hbuf.Bytes())
-	if len(st.respBody) == 0 {
+	c.writeHeaderBlock(st.id, flags, c.hbuf.Bytes())
+	if len(st.out) == 0 {
 		c.closeStream(st)
 		return
 	}
@@ -1497,15 +1597,43 @@ func (c *h2conn) respond(st *h2stream) {
 	}
 }
 
-// sendBody writes st's response body if the flow-control windows allow.
-func (c *h2conn) sendBody(st *h2stream) bool {
-	n := int64(len(st.respBody))
-	if n > c.connSendWindow || n > st.sendWindow {
-		return false
+// writeHeaderBlock writes a header block as HEADERS and, when it is larger
+// than a frame, CONTINUATION frames.
+func (c *h2conn) writeHeaderBlock(sid uint32, flags byte, b []byte) {
+	typ := byte(h2fHeaders)
+	for {
+		n := min(len(b), h2maxFrame)
+		f := flags
+		if n == len(b) {
+			f |= h2flagEndHeaders
+		}
+		c.writeFrame(typ, f, sid, b[:n])
+		if b = b[n:]; len(b) == 0 {
+			return
+		}
+		typ, flags = h2fContinuation, 0
 	}
-	c.connSendWindow -= n
-	st.sendWindow -= n
-	c.writeFrame(h2fData, h2flagEndStream, st.id, st.respBody)
+}
+
+// sendBody writes what the flow-control windows allow of st's response
+// body, in frames of at most h2maxFrame bytes; it reports whether all of
+// it is written.
+func (c *h2conn) sendBody(st *h2stream) bool {
+	for st.sent < len(st.out) {
+		n := int64(len(st.out) - st.sent)
+		n = min(n, h2maxFrame, c.connSendWindow, st.sendWindow)
+		if n <= 0 {
+			return false
+		}
+		c.connSendWindow -= n
+		st.sendWindow -= n
+		var flags byte
+		if st.sent+int(n) == len(st.out) {
+			flags = h2flagEndStream
+		}
+		c.writeFrame(h2fData, flags, st.id, st.out[st.sent:st.sent+int(n)])
+		st.sent += int(n)
+	}
 	c.closeStream(st)
 	return true
 }
