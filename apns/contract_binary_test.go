@@ -12,11 +12,7 @@ import (
 
 // binaryPending lists the contract cases the binary engine fails today
 // (issue 10), with what is wrong: delete a line to run its case.
-var binaryPending = map[string]string{
-	"SilentCloseBoundedResends/Every1000": "10 869 sends for 4 000 notifications (2.7x), 647 failed with retries exhausted",
-	"SilentCloseBoundedResends/Every2000": "27 524 sends for 8 000 notifications (3.4x), 2 300 failed with retries exhausted",
-	"SilentCloseBoundedResends/Every5000": "passes on a quiet machine; under load 59 209 sends for 20 000 (3.0x), 2 735 failed with retries exhausted",
-}
+var binaryPending = map[string]string{}
 
 // TestContractBinary runs the engine contract suite against the binary engine.
 func TestContractBinary(t *testing.T) {

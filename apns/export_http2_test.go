@@ -16,3 +16,6 @@ func VerdictForTest(status int, body []byte) (class, reason string) {
 
 // SetCredentialsProbeForTest sets how often refused credentials are probed.
 func SetCredentialsProbeForTest(e *HTTP2Engine, d time.Duration) { e.c.gate.setInterval(d) }
+
+// SetStdCredentialsProbeForTest sets how often refused credentials are probed.
+func SetStdCredentialsProbeForTest(e *StdEngine, d time.Duration) { e.c.gate.setInterval(d) }

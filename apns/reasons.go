@@ -119,11 +119,16 @@ var appleStatuses, knownReasons = func() (map[int]bool, map[string]bool) {
 }()
 
 // verdict classifies one HTTP/2 answer: the one place that decides what an
-// answer means. A 200 is delivered whatever its body. Anything else is
-// Apple's verdict only when its body is Apple's JSON with a non-empty
-// string reason (classify); otherwise it is an engine fault.
+// answer means. A 200 is delivered, unless it has a body that is not JSON.
+// Anything else is Apple's verdict only when its body is Apple's JSON with
+// a non-empty string reason (classify); otherwise it is an engine fault.
 func verdict(status int, body []byte) (c outcomeClass, reason string, ts time.Time) {
 	if status == 200 {
+		// APNs' 200 has no body. One with a body that is not even JSON
+		// (a captive portal's login page) did not come from APNs.
+		if len(body) > 0 && !json.Valid(body) {
+			return classFault, "", time.Time{}
+		}
 		return classDelivered, "", time.Time{}
 	}
 	reason, ts, ok := parseResponse(body)

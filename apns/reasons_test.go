@@ -137,7 +137,7 @@ func TestHTTP2Verdicts(t *testing.T) {
 		reason string
 	}{
 		{"200 without body", 200, "", "delivered", ""},
-		{"200 with HTML", 200, "<html>ok</html>", "delivered", ""},
+		{"200 with HTML: a portal, not APNs", 200, "<html>ok</html>", "fault", ""},
 		{"200 with a reason", 200, `{"reason":"BadDeviceToken"}`, "delivered", ""},
 		{"400 Apple JSON", 400, `{"reason":"BadDeviceToken"}`, "rejected", "BadDeviceToken"},
 		{"400 reason after padding", 400, `{"pad":"` + strings.Repeat("x", 20000) + `","reason":"BadTopic"}`, "rejected", "BadTopic"},
