@@ -244,11 +244,12 @@ type Conn[R Request] struct {
 	mu         sync.Mutex
 	streams    map[uint32]R
 	nextID     uint32
-	maxStreams uint32 // min(peer's limit, ours)
-	initWindow int64  // peer's SETTINGS_INITIAL_WINDOW_SIZE
-	connWindow int64  // what we may still send on the connection
-	maxFrame   int    // peer's SETTINGS_MAX_FRAME_SIZE, capped
-	goaway     bool   // no new streams: peer's GOAWAY or ids used up
+	lastOpened atomic.Uint32 // nextID-2, for the reader without mu
+	maxStreams uint32        // min(peer's limit, ours)
+	initWindow int64         // peer's SETTINGS_INITIAL_WINDOW_SIZE
+	connWindow int64         // what we may still send on the connection
+	maxFrame   int           // peer's SETTINGS_MAX_FRAME_SIZE, capped
+	goaway     bool          // no new streams: peer's GOAWAY or ids used up
 	goawayCode http2.ErrCode
 	dead       error    // set by the reader on failure
 	blocked    []uint32 // streams whose payload waits for window, in order
@@ -533,6 +534,7 @@ func (c *Conn[R]) writeRequest(r R, deadline int64) bool {
 	s := r.H2Stream()
 	id := c.nextID
 	c.nextID += 2
+	c.lastOpened.Store(id)
 	s.id, s.deadline, s.sent, s.window, s.recv = id, deadline, 0, c.initWindow, 0
 	s.Status, s.keep, s.Body = 0, [maxKeep]string{}, s.Body[:0]
 	c.streams[id] = r

@@ -86,10 +86,7 @@ func (c *Conn[R]) read() error {
 // checkOpened fails the connection for a frame on a stream this client
 // never opened (even ids are the server's, which it may not open either).
 func (c *Conn[R]) checkOpened(id uint32, what string) error {
-	c.mu.Lock()
-	next := c.nextID
-	c.mu.Unlock()
-	if id%2 == 0 || id >= next {
+	if id%2 == 0 || id > c.lastOpened.Load() {
 		return connErr(http2.ErrCodeProtocol, "%s on stream %d, never opened", what, id)
 	}
 	return nil
