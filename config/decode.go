@@ -2,8 +2,6 @@ package config
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/jetpush/apns-worker/apns"
 )
 
 // Defaults that depend on the mode.
@@ -328,8 +328,8 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 	}
 	d.checkCA("APNS_CA_FILE", a.CAFile)
 	if b, ok := d.readFile("APNS_P8_FILE", a.P8File); ok {
-		if err := checkP8(b); err != nil {
-			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, err)
+		if _, err := apns.ParseP8(b); err != nil {
+			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, strings.TrimPrefix(err.Error(), "apns: .p8 key: "))
 		}
 	}
 
@@ -431,23 +431,6 @@ func pemKey(b []byte) *pem.Block {
 			return blk
 		}
 	}
-}
-
-// checkP8 checks that b is Apple's token-auth key: PEM PKCS#8, EC P-256.
-func checkP8(b []byte) error {
-	blk := pemKey(b)
-	if blk == nil {
-		return errors.New("no PEM PRIVATE KEY block (want the .p8 file from Apple)")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return fmt.Errorf("not a PKCS#8 key: %w", err)
-	}
-	ec, ok := k.(*ecdsa.PrivateKey)
-	if !ok || ec.Curve != elliptic.P256() {
-		return fmt.Errorf("a %T, want an EC P-256 key (ES256)", k)
-	}
-	return nil
 }
 
 // readFile reads path, if set, failing v when it cannot.
