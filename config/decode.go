@@ -81,6 +81,7 @@ func (d *decoder) decode(s *spec) *Config {
 	n.TLSCAFile = d.str("NATS_TLS_CA", s.NATS.TlsCa)
 	n.TLSCertFile = d.str("NATS_TLS_CERT", s.NATS.TlsCert)
 	n.TLSKeyFile = d.str("NATS_TLS_KEY", s.NATS.TlsKey)
+	n.ConnectTimeout = d.duration("NATS_CONNECT_TIMEOUT", s.NATS.ConnectTimeout, true)
 	n.ReconnectWait = d.duration("NATS_RECONNECT_WAIT", s.NATS.ReconnectWait, false)
 	n.Name = d.str("NATS_NAME", s.NATS.Name)
 
@@ -345,13 +346,10 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 		}
 	}
 
-	// The ack wait must outlast the engine's wait for an outcome.
-	j := &c.Jobs
-	if a.Mode != ModeHTTP2 && d.ok("JOBS_ACK_WAIT", "APNS_ASSUMED_DELIVERED") && j.AckWait <= a.AssumedDelivered {
-		d.failf("JOBS_ACK_WAIT", "%v must be longer than %s (%v)", j.AckWait, fullName("APNS_ASSUMED_DELIVERED"), a.AssumedDelivered)
-	}
-	if a.Mode != ModeBinary && d.ok("JOBS_ACK_WAIT", "APNS_REQUEST_TIMEOUT") && j.AckWait <= a.RequestTimeout {
-		d.failf("JOBS_ACK_WAIT", "%v must be longer than %s (%v)", j.AckWait, fullName("APNS_REQUEST_TIMEOUT"), a.RequestTimeout)
+	// No rule ties the ack wait to the engine's wait for an outcome: the
+	// consumer sends InProgress for every job it holds, in the engine too.
+	if j := c.Jobs; d.ok("JOBS_ACK_WAIT") && j.AckWait < time.Second {
+		d.failf("JOBS_ACK_WAIT", "%v is below 1s: the worker's InProgress keep-alive needs at least 1s", j.AckWait)
 	}
 }
 
