@@ -176,6 +176,7 @@ func TestNATSStartupRetry(t *testing.T) {
 	out := w.log.String()
 	require.Contains(t, out, `"var":"APNS_WORKER_JOBS_ACKWAIT","did_you_mean":"APNS_WORKER_JOBS_ACK_WAIT"`)
 	require.NotContains(t, out, "nats disconnected")
+	require.NotContains(t, out, `"msg":"job"`, "no per-job line at info")
 	last := lastLine(out)
 	require.Contains(t, last, `"level":"INFO","msg":"stopped"`)
 	require.Contains(t, last, fmt.Sprintf(`"jobs_delivered":%d`, n))
@@ -280,4 +281,42 @@ func httpGet(tb testing.TB, addr, path string) (int, string) {
 func lastLine(out string) string {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestDebugJobLine: at APNS_WORKER_LOG_LEVEL=debug the worker logs one
+// line per job outcome with its id, token prefix, outcome, attempts and
+// latency.
+func TestDebugJobLine(t *testing.T) {
+	listen := freeAddr(t)
+	w := startWorker(t, "debug-line", map[string]string{
+		"APNS_WORKER_EMBEDDED_LISTEN":   listen,
+		"APNS_WORKER_EMBEDDED_DATA_DIR": t.TempDir(),
+		"APNS_WORKER_LOG_LEVEL":         "debug",
+	})
+	_, js := connect(t, "nats://"+listen)
+	jobs := publishJobs(t, js, "debug", 2, func(i int) apns.Token {
+		tk := token(0x2d, i)
+		if i == 1 {
+			tk[0], tk[1] = 0xba, 0xd0 // the mock gateway rejects it
+		}
+		return tk
+	})
+	waitDrained(t, js, 30*time.Second)
+	require.Equal(t, 0, w.stop(30*time.Second))
+	out := w.log.String()
+	for i, want := range []string{`"outcome":"delivered"`, `"outcome":"rejected"`} {
+		j := jobs[i]
+		line := ""
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, `"msg":"job"`) && strings.Contains(l, `"job_id":"`+j.ID+`"`) {
+				line = l
+			}
+		}
+		require.NotEmpty(t, line, "no job line for %s in:\n%s", j.ID, out)
+		require.Contains(t, line, `"level":"DEBUG"`)
+		require.Contains(t, line, `"token_prefix":"`+j.Token.String()[:8]+`"`)
+		require.Contains(t, line, want)
+		require.Contains(t, line, `"attempts":1`)
+		require.Contains(t, line, `"latency":"`)
+	}
 }
