@@ -267,7 +267,7 @@ func TestExternalAPNs(t *testing.T) {
 			}
 
 			r, _, _ := runBench(t, "-apns-addr", si.Addr, "-protocol", proto, "-n", fmt.Sprint(n),
-				"-rejected", fmt.Sprint(share), "-window", "200ms")
+				"-rejected", fmt.Sprint(share), "-window", "2s") // a rejection answered after the window counts as delivered: leave room on a loaded machine
 			require.Equal(t, "in-process, external APNs", r.Mode)
 			require.Zero(t, r.Lost)
 			require.Equal(t, 20, r.Rejections)
