@@ -38,6 +38,7 @@ func TestStartupDeadEnds(t *testing.T) {
 	t.Cleanup(func() { busy.Close() })
 	unreachable := freeAddr(t)
 	tokenNATS := startNATSWith(t, freeAddr(t), func(o *server.Options) { o.Authorization = "right-token" })
+	plainNATS := startNATSWith(t, freeAddr(t), func(o *server.Options) { o.JetStream = false })
 
 	tests := []struct {
 		name     string
@@ -59,6 +60,8 @@ func TestStartupDeadEnds(t *testing.T) {
 			"APNS_WORKER_NATS_URL", "nats://" + unreachable, "no NATS server reachable within 1s (APNS_WORKER_NATS_CONNECT_TIMEOUT)", time.Second},
 		{"nats refuses the token", map[string]string{"APNS_WORKER_NATS_URL": tokenNATS.ClientURL(), "APNS_WORKER_NATS_TOKEN": "wrong-token"},
 			"APNS_WORKER_NATS_TOKEN", "[redacted]", "refused the connection", 0},
+		{"nats without jetstream", map[string]string{"APNS_WORKER_NATS_URL": plainNATS.ClientURL()},
+			"APNS_WORKER_NATS_URL", plainNATS.ClientURL(), "has no JetStream", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -93,6 +93,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
+	if err := checkJetStream(ctx, js, nc.ConnectedUrlRedacted()); err != nil {
+		return err
+	}
 	live.setPhase("creating the streams and the consumer")
 	start := time.Now()
 	w, err := newConsumer(ctx, js, consumer.Options{

@@ -139,3 +139,29 @@ func probeAPNs(ctx context.Context, a config.APNs, log *slog.Logger) {
 	c.Close()
 	stepDone(log, "apns reachable", "APNS_WORKER_APNS_ADDR", a.Addr, start)
 }
+
+// checkJetStream fails with a DeadEnd when the NATS server keeps saying it
+// has no JetStream for 3 s (a server started without -js; a cluster still
+// electing its leader answers within that time). Other errors are left to
+// the streams' set-up, which reports them.
+func checkJetStream(ctx context.Context, js jetstream.JetStream, url string) error {
+	giveUp := time.Now().Add(3 * time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.AccountInfo(actx)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, jetstream.ErrJetStreamNotEnabled) && !errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+			return nil
+		case time.Now().After(giveUp):
+			return deadEnd("APNS_WORKER_NATS_URL", url, fmt.Errorf("the NATS server has no JetStream for this account (%w): start nats-server with -js, or enable JetStream for the account", err))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped while waiting for JetStream: %w", context.Cause(ctx))
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
