@@ -61,9 +61,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return shutdownEnd
 	}
 	natsReserve := min(cfg.ShutdownGrace/6, 5*time.Second)
-	started := time.Now()
+	started, running := time.Now(), false
 
 	reg := prometheus.NewRegistry()
+	// Registered first, so it runs last: once NATS is drained.
+	defer func() {
+		if running {
+			logSummary(log, reg, started)
+		}
+	}()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := consumer.NewMetrics(reg)
 	if err != nil {
@@ -153,7 +159,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		slog.String("jobs_subject", cfg.Jobs.Subject),
 		slog.String("events", cfg.Events.Subject+".>"),
 		slog.String("apns_mode", string(cfg.APNs.Mode)))
-	defer func() { logSummary(log, reg, started) }()
+	running = true
 	runErr := w.Run(ctx, eng)
 
 	end := fixShutdownEnd()
