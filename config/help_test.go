@@ -2,6 +2,8 @@ package config
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -43,4 +45,16 @@ func TestUnknownVars(t *testing.T) {
 	}, got)
 	require.Equal(t, 3, levenshtein("kitten", "sitting"))
 	require.Equal(t, 0, levenshtein("", ""))
+}
+
+// TestLogAbsolutePaths: the logged config names files by absolute path,
+// whatever the working directory.
+func TestLogAbsolutePaths(t *testing.T) {
+	setEnv(t, map[string]string{"EMBEDDED_DATA_DIR": "./data/nats"})
+	c, err := Load()
+	require.NoError(t, err)
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	require.Contains(t, c.String(), "embedded.data_dir="+filepath.Join(wd, "data", "nats"))
+	require.Equal(t, "./data/nats", c.Embedded.DataDir, "the setting itself is kept as given")
 }
