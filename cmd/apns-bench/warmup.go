@@ -15,7 +15,7 @@ import (
 // minSteadyRun is the shortest measured run whose rate the bench trusts:
 // shorter runs are mostly start-up and drain, and buffers (the pull
 // buffer, the engine's window) make them look faster than a sustained load.
-const minSteadyRun = 10 * time.Second
+const minSteadyRun = 3 * time.Second
 
 // warmPrefix starts the tokens of warm-up jobs: the bench's servers accept
 // them and count them apart from the measured jobs' 0x7e57 and 0xbad0.
