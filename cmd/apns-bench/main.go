@@ -88,7 +88,7 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 	fs.SetOutput(stderr)
 	fs.IntVar(&c.n, "n", 200_000, "jobs to publish")
 	fs.StringVar(&c.protocol, "protocol", "http2", "APNs protocol: binary or http2")
-	fs.IntVar(&c.workers, "workers", 1, "workers sharing the durable consumer (1 to 3)")
+	fs.IntVar(&c.workers, "workers", 1, "workers sharing the durable consumer (1 to 16)")
 	fs.Float64Var(&c.rejected, "rejected", 0.01, "share of jobs whose token the APNs server rejects")
 	fs.Float64Var(&c.rate, "rate", 0, "publish at this many jobs/s; 0: as fast as JetStream takes them")
 	fs.IntVar(&c.payload, "payload", 128, "payload bytes (at least 20)")
@@ -126,12 +126,16 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: apns-bench [flags]\n\nflags:\n")
 		fs.PrintDefaults()
-		fmt.Fprintf(fs.Output(), "\nEnvironment: the worker's APNS_WORKER_* variables reach the bench's workers as the\n"+
-			"worker reads them (apns-worker -h lists them); %s set the defaults of\n"+
-			"-conns, -max-in-flight, -window and -confirm-after; those naming NATS, the APNs\n"+
-			"address and mode, HTTP and logging are refused (use the flags), and so are the\n"+
-			"APNs credentials unless -apns-addr is given.\n",
-			"APNS_WORKER_APNS_CONNS, _MAX_IN_FLIGHT, _APNS_ASSUMED_DELIVERED and _APNS_CONFIRM_AFTER")
+		fmt.Fprint(fs.Output(), `
+Environment: the worker's APNS_WORKER_* variables reach the bench's workers
+as the worker reads them (apns-worker -h lists them).
+APNS_WORKER_APNS_CONNS, APNS_WORKER_MAX_IN_FLIGHT,
+APNS_WORKER_APNS_ASSUMED_DELIVERED and APNS_WORKER_APNS_CONFIRM_AFTER set
+the defaults of -conns, -max-in-flight, -window and -confirm-after. Those
+naming NATS, the APNs address and mode, the embedded server, HTTP and
+logging are refused (use the flags), and so are the APNs credentials
+unless -apns-addr is given. Unknown names are refused.
+`)
 	}
 	if err := applyEnvFlags(fs, environ); err != nil {
 		return nil, err
