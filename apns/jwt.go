@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,25 +74,41 @@ func printable(s string) bool {
 	return s != ""
 }
 
-// ParseP8 decodes the PEM of a .p8 key file from Apple (a PKCS#8 P-256
-// ECDSA key) for TokenAuth.
+// ParseP8 decodes the PEM of a .p8 key file from Apple for TokenAuth: an
+// ECDSA P-256 key in a PKCS#8 "PRIVATE KEY" block (what Apple issues) or a
+// SEC 1 "EC PRIVATE KEY" block (what some tools write). It is the one .p8
+// parser: the config check and the engine both use it. Any other key (RSA,
+// P-384, Ed25519) is refused with an error that says what it is.
 func ParseP8(pemBytes []byte) (*ecdsa.PrivateKey, error) {
-	block, _ := pem.Decode(pemBytes)
-	if block == nil {
-		return nil, errors.New("apns: .p8 key: no PEM block")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		// Some tools write SEC 1 "EC PRIVATE KEY" blocks instead.
-		ek, err2 := x509.ParseECPrivateKey(block.Bytes)
-		if err2 != nil {
-			return nil, fmt.Errorf("apns: .p8 key: %w", err)
+	var block *pem.Block
+	for rest := pemBytes; ; {
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("apns: .p8 key: no PEM PRIVATE KEY block (want the .p8 file from Apple)")
 		}
-		k = ek
+		if strings.HasSuffix(block.Type, "PRIVATE KEY") {
+			break
+		}
+	}
+	var k any
+	var err error
+	if block.Type == "EC PRIVATE KEY" {
+		k, err = x509.ParseECPrivateKey(block.Bytes)
+	} else if k, err = x509.ParsePKCS8PrivateKey(block.Bytes); err != nil {
+		// A SEC 1 key under a "PRIVATE KEY" header.
+		if ek, err2 := x509.ParseECPrivateKey(block.Bytes); err2 == nil {
+			k, err = ek, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apns: .p8 key: %s block: %w", block.Type, err)
 	}
 	ek, ok := k.(*ecdsa.PrivateKey)
-	if !ok || ek.Curve != elliptic.P256() {
-		return nil, errors.New("apns: .p8 key: not a P-256 ECDSA key")
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("apns: .p8 key: a %T, want an EC P-256 key (ES256)", k)
+	case ek.Curve != elliptic.P256():
+		return nil, fmt.Errorf("apns: .p8 key: an EC %s key, want an EC P-256 key (ES256)", ek.Curve.Params().Name)
 	}
 	return ek, nil
 }

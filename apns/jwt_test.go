@@ -149,21 +149,23 @@ func TestParseP8(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      []byte
-		wantErr bool
+		wantErr string // "" for a key that parses
 	}{
-		{"apple .p8 (PKCS#8)", pemOfKey("PRIVATE KEY", pkcs8), false},
-		{"SEC 1", pemOfKey("EC PRIVATE KEY", sec1), false},
-		{"P-384", pemOfKey("PRIVATE KEY", p384der), true},
-		{"RSA", pemOfKey("PRIVATE KEY", rsader), true},
-		{"not PEM", []byte("MIGTAgEAMBMGByqGSM49AgEG"), true},
-		{"garbage DER", pemOfKey("PRIVATE KEY", []byte{1, 2, 3}), true},
+		{"apple .p8 (PKCS#8)", pemOfKey("PRIVATE KEY", pkcs8), ""},
+		{"SEC 1", pemOfKey("EC PRIVATE KEY", sec1), ""},
+		{"SEC 1 under a PKCS#8 header", pemOfKey("PRIVATE KEY", sec1), ""},
+		{"SEC 1 after a certificate", append(pemOfKey("CERTIFICATE", []byte{1}), pemOfKey("EC PRIVATE KEY", sec1)...), ""},
+		{"P-384", pemOfKey("PRIVATE KEY", p384der), "an EC P-384 key, want an EC P-256 key"},
+		{"RSA", pemOfKey("PRIVATE KEY", rsader), "*rsa.PrivateKey, want an EC P-256 key"},
+		{"not PEM", []byte("MIGTAgEAMBMGByqGSM49AgEG"), "no PEM PRIVATE KEY block"},
+		{"garbage DER", pemOfKey("PRIVATE KEY", []byte{1, 2, 3}), "PRIVATE KEY block"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			k, err := apns.ParseP8(tt.in)
-			if tt.wantErr {
-				require.Error(t, err)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
 				return
 			}
 			require.NoError(t, err)

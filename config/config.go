@@ -77,8 +77,13 @@ type NATS struct {
 	// both or neither.
 	TLSCertFile string
 	TLSKeyFile  string
-	// ReconnectWait is the pause between reconnect attempts; the worker
-	// reconnects forever (APNS_WORKER_NATS_RECONNECT_WAIT, default 2s).
+	// ConnectTimeout bounds the first connection at start-up: the worker
+	// retries with back-off for this long, then exits 2 naming the URL
+	// (APNS_WORKER_NATS_CONNECT_TIMEOUT, default 30s; 0 tries once).
+	ConnectTimeout time.Duration
+	// ReconnectWait is the pause between reconnect attempts once connected;
+	// the worker reconnects forever (APNS_WORKER_NATS_RECONNECT_WAIT,
+	// default 2s).
 	ReconnectWait time.Duration
 	// Name is the connection name servers show in monitoring
 	// (APNS_WORKER_NATS_NAME, default apns-worker).
@@ -110,9 +115,10 @@ type Jobs struct {
 	// default apns-worker). Workers with the same name share the jobs.
 	Consumer string
 	// AckWait is how long JetStream waits for an ack before redelivering
-	// (APNS_WORKER_JOBS_ACK_WAIT, default 60s). It exceeds the engine's
-	// wait for an outcome: APNs.AssumedDelivered (binary, mock) or
-	// APNs.RequestTimeout (http2, mock).
+	// (APNS_WORKER_JOBS_ACK_WAIT, default 10s, at least 1s). A running
+	// worker keeps every job it holds with InProgress (every AckWait/3), so
+	// jobs may wait longer than this in the engine; a crashed worker's jobs
+	// go to another worker after about AckWait.
 	AckWait time.Duration
 	// MaxDeliver is how many times a job is tried before it goes to the
 	// dead-letter subject (APNS_WORKER_JOBS_MAX_DELIVER, default 10).
@@ -292,67 +298,68 @@ const (
 // which config_test checks.
 type spec struct {
 	NATS struct {
-		URL           string `split_words:"true"`
-		Creds         string `split_words:"true"`
-		Nkey          string `split_words:"true"`
-		User          string `split_words:"true"`
-		Password      string `split_words:"true"`
-		Token         string `split_words:"true"`
-		TlsCa         string `split_words:"true"`
-		TlsCert       string `split_words:"true"`
-		TlsKey        string `split_words:"true"`
-		ReconnectWait string `split_words:"true" default:"2s"`
-		Name          string `split_words:"true" default:"apns-worker"`
+		URL            string `split_words:"true" desc:"NATS servers, comma-separated (nats://host:4222); empty starts an embedded nats-server"`
+		Creds          string `split_words:"true" desc:"NATS credentials file (user JWT and NKey seed)"`
+		Nkey           string `split_words:"true" desc:"file holding an NKey user seed"`
+		User           string `split_words:"true" desc:"NATS user name (with NATS_PASSWORD)"`
+		Password       string `split_words:"true" desc:"NATS password (secret)"`
+		Token          string `split_words:"true" desc:"NATS token (secret)"`
+		TlsCa          string `split_words:"true" desc:"PEM CA certificates that verify the NATS servers (default: system roots)"`
+		TlsCert        string `split_words:"true" desc:"PEM client certificate for TLS to NATS (with NATS_TLS_KEY)"`
+		TlsKey         string `split_words:"true" desc:"PEM key of NATS_TLS_CERT"`
+		ConnectTimeout string `split_words:"true" default:"30s" desc:"how long start-up retries an unreachable NATS before exit 2; 0 tries once"`
+		ReconnectWait  string `split_words:"true" default:"2s" desc:"pause between reconnect attempts once connected (forever)"`
+		Name           string `split_words:"true" default:"apns-worker" desc:"connection name shown in NATS monitoring"`
 	} `split_words:"true"`
 	Embedded struct {
-		DataDir string `split_words:"true" default:"./data/nats"`
-		Listen  string `split_words:"true" default:"127.0.0.1:4222"`
+		DataDir string `split_words:"true" default:"./data/nats" desc:"embedded nats-server: JetStream storage directory (locked: one process)"`
+		Listen  string `split_words:"true" default:"127.0.0.1:4222" desc:"embedded nats-server: host:port producers connect to (no auth, no TLS)"`
 	} `split_words:"true"`
 	Jobs struct {
-		Stream     string `split_words:"true" default:"APNS_JOBS"`
-		Subject    string `split_words:"true" default:"apns.jobs"`
-		Consumer   string `split_words:"true" default:"apns-worker"`
-		AckWait    string `split_words:"true" default:"60s"`
-		MaxDeliver string `split_words:"true" default:"10"`
-		Backoff    string `split_words:"true" default:"1s,5s,30s,2m,5m"`
+		Stream     string `split_words:"true" default:"APNS_JOBS" desc:"jobs stream name (work-queue retention)"`
+		Subject    string `split_words:"true" default:"apns.jobs" desc:"subject producers publish jobs to (and below it)"`
+		Consumer   string `split_words:"true" default:"apns-worker" desc:"durable consumer name the workers share"`
+		AckWait    string `split_words:"true" default:"10s" desc:"redelivery delay of an unacked job: how soon a crashed worker's jobs are resent (held jobs get InProgress)"`
+		MaxDeliver string `split_words:"true" default:"10" desc:"attempts before a job is dead-lettered"`
+		Backoff    string `split_words:"true" default:"1s,5s,30s,2m,5m" desc:"retry delays after failures, comma-separated, the last repeating"`
 	} `split_words:"true"`
 	Events struct {
-		Stream   string `split_words:"true" default:"APNS_EVENTS"`
-		MaxAge   string `split_words:"true" default:"168h"`
-		Subject  string `split_words:"true" default:"apns.events"`
-		Receipts string `split_words:"true" default:"false"`
+		Stream   string `split_words:"true" default:"APNS_EVENTS" desc:"events stream name"`
+		MaxAge   string `split_words:"true" default:"168h" desc:"how long events are kept; 0: until other limits"`
+		Subject  string `split_words:"true" default:"apns.events" desc:"prefix of the event subjects (.rejected, .badtokens, .deadletter, .delivered)"`
+		Receipts string `split_words:"true" default:"false" desc:"publish a .delivered event per delivered job"`
 	} `split_words:"true"`
 	APNS struct {
-		Mode             string `split_words:"true"` // no default: Load tells unset from mock
-		Environment      string `split_words:"true" default:"production"`
-		Addr             string `split_words:"true"`
-		CaFile           string `split_words:"true"`
-		CertFile         string `split_words:"true"`
-		CertPassword     string `split_words:"true"`
-		KeyFile          string `split_words:"true"`
-		P8File           string `split_words:"true"`
-		KeyID            string `split_words:"true"`
-		TeamID           string `split_words:"true"`
-		Topic            string `split_words:"true"`
-		Conns            string `split_words:"true" default:"4"`
-		AssumedDelivered string `split_words:"true" default:"5s"`
-		ConfirmAfter     string `split_words:"true"` // default by mode: Load
-		IdleTimeout      string `split_words:"true" default:"5m"`
-		MaxPayload       string `split_words:"true"`
-		RequestTimeout   string `split_words:"true" default:"10s"`
+		Mode             string `split_words:"true" desc:"mock (default: in-process gateway, reaches no device), binary or http2"` // no default: Load tells unset from mock
+		Environment      string `split_words:"true" default:"production" desc:"production or sandbox: chooses Apple's hosts"`
+		Addr             string `split_words:"true" desc:"APNs address (binary host:port, http2 https://host[:port]); default Apple's"`
+		CaFile           string `split_words:"true" desc:"PEM CA bundle that verifies the APNs server instead of the system roots"`
+		CertFile         string `split_words:"true" desc:"client certificate, .p12 or PEM (binary; http2 certificate auth)"`
+		CertPassword     string `split_words:"true" desc:"password of a .p12 APNS_CERT_FILE (secret)"`
+		KeyFile          string `split_words:"true" desc:"PEM key of a PEM APNS_CERT_FILE without one"`
+		P8File           string `split_words:"true" desc:"http2 token auth: the .p8 key from Apple (PKCS#8 or SEC 1, EC P-256)"`
+		KeyID            string `split_words:"true" desc:"http2 token auth: the 10-character key id"`
+		TeamID           string `split_words:"true" desc:"http2 token auth: the 10-character team id"`
+		Topic            string `split_words:"true" desc:"default apns-topic (bundle id); required with token auth"`
+		Conns            string `split_words:"true" default:"4" desc:"connections to APNs"`
+		AssumedDelivered string `split_words:"true" default:"5s" desc:"binary: wait for an error response before a notification counts as delivered"`
+		ConfirmAfter     string `split_words:"true" desc:"binary: confirm with a marker frame after this wait; 0 off (mock: 50ms)"` // default by mode: Load
+		IdleTimeout      string `split_words:"true" default:"5m" desc:"idle connection closed (binary) or pinged (http2) after this; 0 never"`
+		MaxPayload       string `split_words:"true" desc:"largest payload in bytes (default 2048 binary and mock, 4096 http2)"`
+		RequestTimeout   string `split_words:"true" default:"10s" desc:"http2: bound of one request"`
 	} `split_words:"true"`
 	Feedback struct {
-		Addr     string `split_words:"true"`
-		Interval string `split_words:"true" default:"1h"`
+		Addr     string `split_words:"true" desc:"binary: feedback service host:port (default Apple's with Apple's gateway)"`
+		Interval string `split_words:"true" default:"1h" desc:"binary: pause between feedback polls; 0 off"`
 	} `split_words:"true"`
-	Replicas    string `split_words:"true" default:"1"`
-	MaxInFlight string `split_words:"true"`
-	HTTPAddr    string `split_words:"true" default:"127.0.0.1:8080"`
+	Replicas    string `split_words:"true" default:"1" desc:"replicas of the streams and the consumer, 1-5 (more needs a cluster)"`
+	MaxInFlight string `split_words:"true" desc:"jobs held between JetStream and their outcome (default 200000 binary and mock, 10000 http2)"`
+	HTTPAddr    string `split_words:"true" default:"127.0.0.1:8080" desc:"where /healthz, /readyz and /metrics listen; empty: off"`
 	Log         struct {
-		Level  string `split_words:"true" default:"info"`
-		Format string `split_words:"true" default:"auto"`
+		Level  string `split_words:"true" default:"info" desc:"debug (one line per job), info, warn or error"`
+		Format string `split_words:"true" default:"auto" desc:"auto (text on a terminal, else json), text or json"`
 	} `split_words:"true"`
-	ShutdownGrace string `split_words:"true" default:"30s"`
+	ShutdownGrace string `split_words:"true" default:"30s" desc:"bound of a graceful stop after SIGTERM or SIGINT"`
 }
 
 // Load reads the environment and validates it. The error, if any, joins an

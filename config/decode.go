@@ -2,8 +2,6 @@ package config
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/jetpush/apns-worker/apns"
 )
 
 // Defaults that depend on the mode.
@@ -81,6 +81,7 @@ func (d *decoder) decode(s *spec) *Config {
 	n.TLSCAFile = d.str("NATS_TLS_CA", s.NATS.TlsCa)
 	n.TLSCertFile = d.str("NATS_TLS_CERT", s.NATS.TlsCert)
 	n.TLSKeyFile = d.str("NATS_TLS_KEY", s.NATS.TlsKey)
+	n.ConnectTimeout = d.duration("NATS_CONNECT_TIMEOUT", s.NATS.ConnectTimeout, true)
 	n.ReconnectWait = d.duration("NATS_RECONNECT_WAIT", s.NATS.ReconnectWait, false)
 	n.Name = d.str("NATS_NAME", s.NATS.Name)
 
@@ -328,8 +329,8 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 	}
 	d.checkCA("APNS_CA_FILE", a.CAFile)
 	if b, ok := d.readFile("APNS_P8_FILE", a.P8File); ok {
-		if err := checkP8(b); err != nil {
-			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, err)
+		if _, err := apns.ParseP8(b); err != nil {
+			d.failf("APNS_P8_FILE", "%s: %v", a.P8File, strings.TrimPrefix(err.Error(), "apns: .p8 key: "))
 		}
 	}
 
@@ -345,13 +346,10 @@ func (d *decoder) checkAPNs(c *Config, modeSet bool) {
 		}
 	}
 
-	// The ack wait must outlast the engine's wait for an outcome.
-	j := &c.Jobs
-	if a.Mode != ModeHTTP2 && d.ok("JOBS_ACK_WAIT", "APNS_ASSUMED_DELIVERED") && j.AckWait <= a.AssumedDelivered {
-		d.failf("JOBS_ACK_WAIT", "%v must be longer than %s (%v)", j.AckWait, fullName("APNS_ASSUMED_DELIVERED"), a.AssumedDelivered)
-	}
-	if a.Mode != ModeBinary && d.ok("JOBS_ACK_WAIT", "APNS_REQUEST_TIMEOUT") && j.AckWait <= a.RequestTimeout {
-		d.failf("JOBS_ACK_WAIT", "%v must be longer than %s (%v)", j.AckWait, fullName("APNS_REQUEST_TIMEOUT"), a.RequestTimeout)
+	// No rule ties the ack wait to the engine's wait for an outcome: the
+	// consumer sends InProgress for every job it holds, in the engine too.
+	if j := c.Jobs; d.ok("JOBS_ACK_WAIT") && j.AckWait < time.Second {
+		d.failf("JOBS_ACK_WAIT", "%v is below 1s: the worker's InProgress keep-alive needs at least 1s", j.AckWait)
 	}
 }
 
@@ -431,23 +429,6 @@ func pemKey(b []byte) *pem.Block {
 			return blk
 		}
 	}
-}
-
-// checkP8 checks that b is Apple's token-auth key: PEM PKCS#8, EC P-256.
-func checkP8(b []byte) error {
-	blk := pemKey(b)
-	if blk == nil {
-		return errors.New("no PEM PRIVATE KEY block (want the .p8 file from Apple)")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return fmt.Errorf("not a PKCS#8 key: %w", err)
-	}
-	ec, ok := k.(*ecdsa.PrivateKey)
-	if !ok || ec.Curve != elliptic.P256() {
-		return fmt.Errorf("a %T, want an EC P-256 key (ES256)", k)
-	}
-	return nil
 }
 
 // readFile reads path, if set, failing v when it cannot.

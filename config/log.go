@@ -3,12 +3,13 @@ package config
 import (
 	"context"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"time"
 )
 
 // LogValue implements slog.LogValuer: every setting, with secrets and the
-// user information of URLs redacted.
+// user information of URLs redacted, and file paths absolute.
 func (c Config) LogValue() slog.Value {
 	n, a := c.NATS, c.APNs
 	urls := make([]string, len(n.URLs))
@@ -18,20 +19,21 @@ func (c Config) LogValue() slog.Value {
 	attrs := []slog.Attr{
 		slog.Group("nats",
 			slog.Any("urls", urls),
-			slog.String("creds", n.CredsFile),
-			slog.String("nkey", n.NKeyFile),
+			slog.String("creds", absPath(n.CredsFile)),
+			slog.String("nkey", absPath(n.NKeyFile)),
 			slog.String("user", n.User),
 			slog.Any("password", n.Password),
 			slog.Any("token", n.Token),
-			slog.String("tls_ca", n.TLSCAFile),
-			slog.String("tls_cert", n.TLSCertFile),
-			slog.String("tls_key", n.TLSKeyFile),
+			slog.String("tls_ca", absPath(n.TLSCAFile)),
+			slog.String("tls_cert", absPath(n.TLSCertFile)),
+			slog.String("tls_key", absPath(n.TLSKeyFile)),
+			dur("connect_timeout", n.ConnectTimeout),
 			dur("reconnect_wait", n.ReconnectWait),
 			slog.String("name", n.Name)),
 	}
 	if len(n.URLs) == 0 {
 		attrs = append(attrs, slog.Group("embedded",
-			slog.String("data_dir", c.Embedded.DataDir),
+			slog.String("data_dir", absPath(c.Embedded.DataDir)),
 			slog.String("listen", c.Embedded.Listen)))
 	}
 	attrs = append(attrs,
@@ -51,10 +53,11 @@ func (c Config) LogValue() slog.Value {
 			slog.String("mode", string(a.Mode)),
 			slog.String("environment", string(a.Environment)),
 			slog.String("addr", logURL(a.Addr)),
-			slog.String("cert_file", a.CertFile),
+			slog.String("ca_file", absPath(a.CAFile)),
+			slog.String("cert_file", absPath(a.CertFile)),
 			slog.Any("cert_password", a.CertPassword),
-			slog.String("key_file", a.KeyFile),
-			slog.String("p8_file", a.P8File),
+			slog.String("key_file", absPath(a.KeyFile)),
+			slog.String("p8_file", absPath(a.P8File)),
 			slog.String("key_id", a.KeyID),
 			slog.String("team_id", a.TeamID),
 			slog.String("topic", a.Topic),
@@ -98,6 +101,18 @@ func (c Config) String() string {
 // logURL hides a URL's user information, which may hold a password or a
 // token.
 func logURL(s string) string { return redactURL(s) }
+
+// absPath makes a set path absolute, so the log says which file the
+// worker reads whatever its working directory.
+func absPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
 
 func durations(ds []time.Duration) []string {
 	out := make([]string, len(ds))

@@ -600,6 +600,7 @@ func (w *Worker) HandleOutcome(o apns.Outcome) {
 	if !o.Accepted.IsZero() {
 		w.m.latency.Observe(time.Since(o.Accepted).Seconds())
 	}
+	w.logJob(it, o)
 	var token apns.Token
 	if o.Notification != nil {
 		token = o.Notification.Token

@@ -28,8 +28,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -63,15 +66,29 @@ type benchConfig struct {
 	runWorker   bool
 	progress    bool
 	verbose     bool
+	// env holds the APNS_WORKER_* variables of the bench's environment
+	// that go to its workers as they are (see env.go).
+	env map[string]string
+	// rejectedTokens are the tokens of -rejected-tokens FILE.
+	rejectedTokens []string
+	rejectedFile   string
+	warmup         int
 }
 
+// parseFlags parses args with no APNS_WORKER_* variable set.
 func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
+	return parseFlagsEnv(args, nil, stderr)
+}
+
+// parseFlagsEnv parses args, with the APNS_WORKER_* variables of environ
+// applied as the worker reads them (env.go).
+func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, error) {
 	c := &benchConfig{}
 	fs := flag.NewFlagSet("apns-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&c.n, "n", 200_000, "jobs to publish")
 	fs.StringVar(&c.protocol, "protocol", "http2", "APNs protocol: binary or http2")
-	fs.IntVar(&c.workers, "workers", 1, "workers sharing the durable consumer (1 to 3)")
+	fs.IntVar(&c.workers, "workers", 1, "workers sharing the durable consumer (1 to 16)")
 	fs.Float64Var(&c.rejected, "rejected", 0.01, "share of jobs whose token the APNs server rejects")
 	fs.Float64Var(&c.rate, "rate", 0, "publish at this many jobs/s; 0: as fast as JetStream takes them")
 	fs.IntVar(&c.payload, "payload", 128, "payload bytes (at least 20)")
@@ -103,6 +120,26 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 		"run one worker, wired as in-process runs wire it, from APNS_WORKER_* until SIGINT/SIGTERM (what -spawn-worker self starts)")
 	fs.BoolVar(&c.progress, "progress", true, "draw a progress bar on stderr")
 	fs.BoolVar(&c.verbose, "v", false, "worker logs at info level (default: errors only)")
+	fs.IntVar(&c.warmup, "warmup", 2000, "jobs published and finished before the measured ones, not counted (warm connections and caches); 0: none")
+	fs.StringVar(&c.rejectedFile, "rejected-tokens", "",
+		"with -apns-addr or -nats: hex device tokens, one a line, that the APNs server rejects (e.g. of apps since uninstalled); the rejected share cycles through them instead of bad0… tokens, which only the bench's own servers reject")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: apns-bench [flags]\n\nflags:\n")
+		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), `
+Environment: the worker's APNS_WORKER_* variables reach the bench's workers
+as the worker reads them (apns-worker -h lists them).
+APNS_WORKER_APNS_CONNS, APNS_WORKER_MAX_IN_FLIGHT,
+APNS_WORKER_APNS_ASSUMED_DELIVERED and APNS_WORKER_APNS_CONFIRM_AFTER set
+the defaults of -conns, -max-in-flight, -window and -confirm-after. Those
+naming NATS, the APNs address and mode, the embedded server, HTTP and
+logging are refused (use the flags), and so are the APNs credentials
+unless -apns-addr is given. Unknown names are refused.
+`)
+	}
+	if err := applyEnvFlags(fs, environ); err != nil {
+		return nil, err
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -115,11 +152,30 @@ func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	}
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if !c.runWorker { // a -run-worker child reads its environment as the worker does
+		var envErrs []error
+		c.env, envErrs = workerEnvFrom(environ, c.apnsAddr != "")
+		errs = append(errs, envErrs...)
+	}
+	if c.rejectedFile != "" {
+		var err error
+		switch {
+		case c.apnsAddr == "" && (c.natsURL == "" || c.spawnWorker != ""):
+			bad("-rejected-tokens names tokens another APNs server rejects: use it with -apns-addr, or -nats with a worker running elsewhere (the bench's own servers reject bad0… tokens)")
+		default:
+			if c.rejectedTokens, err = readTokenList(c.rejectedFile); err != nil {
+				bad("-rejected-tokens: %v", err)
+			}
+		}
+	}
 	if c.protocol != "binary" && c.protocol != "http2" {
 		bad("-protocol %q: want binary or http2", c.protocol)
 	}
 	if c.n < 1 {
 		bad("-n %d < 1", c.n)
+	}
+	if c.warmup < 0 {
+		bad("-warmup %d < 0", c.warmup)
 	}
 	if c.workers < 1 || c.workers > 16 {
 		bad("-workers %d: want 1 to 16", c.workers)
@@ -160,13 +216,16 @@ func main() {
 }
 
 func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c, err := parseFlags(args, stderr)
+	c, err := parseFlagsEnv(args, os.Environ(), stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "apns-bench:", err)
 		return 2
+	}
+	if len(c.env) > 0 && !c.runWorker {
+		fmt.Fprintf(stderr, "apns-bench: the workers also get, from the environment: %s\n", strings.Join(slices.Sorted(maps.Keys(c.env)), " "))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

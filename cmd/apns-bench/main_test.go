@@ -34,7 +34,9 @@ func TestTinyRun(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r, b, stdout := runBench(t, "-n", "2000", "-protocol", tt.proto, "-rejected", "0.01",
-				"-window", "200ms", "-confirm-after", tt.confirm, "-msg-id="+strconv.FormatBool(tt.msgID))
+				// A rejection answered after the window counts as delivered
+				// (binary's assumption): 1 s leaves room on a loaded machine.
+				"-window", "1s", "-confirm-after", tt.confirm, "-msg-id="+strconv.FormatBool(tt.msgID))
 			require.Contains(t, stdout, "jobs/s")
 
 			var m map[string]any
@@ -265,10 +267,9 @@ func TestExternalAPNs(t *testing.T) {
 				t.Setenv("APNS_WORKER_APNS_CERT_FILE", filepath.Join(dir, clientCertFile))
 				t.Setenv("APNS_WORKER_APNS_KEY_FILE", filepath.Join(dir, clientKeyFile))
 			}
-			t.Setenv("APNS_WORKER_APNS_MODE", "mock") // the flags decide mode and address
 
 			r, _, _ := runBench(t, "-apns-addr", si.Addr, "-protocol", proto, "-n", fmt.Sprint(n),
-				"-rejected", fmt.Sprint(share), "-window", "200ms")
+				"-rejected", fmt.Sprint(share), "-window", "2s") // a rejection answered after the window counts as delivered: leave room on a loaded machine
 			require.Equal(t, "in-process, external APNs", r.Mode)
 			require.Zero(t, r.Lost)
 			require.Equal(t, 20, r.Rejections)
@@ -277,7 +278,7 @@ func TestExternalAPNs(t *testing.T) {
 
 			st, err := srv.stats()
 			require.NoError(t, err)
-			require.Equal(t, n-20, st.Accepted)
+			require.Equal(t, n-20+r.Warmup, st.Accepted, "the measured jobs and the warm-up")
 			require.Equal(t, 20, st.Rejected)
 			require.Zero(t, st.Duplicates)
 			require.Zero(t, st.Missing)

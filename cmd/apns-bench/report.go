@@ -28,6 +28,9 @@ type result struct {
 	Mode       string  `json:"mode"`   // in-process, spawn-worker, external
 	GoVersion  string  `json:"go_version"`
 	LoadBefore string  `json:"load_before"` // /proc/loadavg at the start
+	Warmup     int     `json:"warmup"`      // jobs finished before the measured ones, not counted
+	// Warnings say why the figures may mislead (e.g. a run too short).
+	Warnings []string `json:"warnings,omitempty"`
 
 	JobsPerSec       float64 `json:"jobs_per_sec"`        // finished jobs / (last ack - first publish)
 	SteadyJobsPerSec float64 `json:"steady_jobs_per_sec"` // jobs finished between the 10% and 90% marks / that time
@@ -164,6 +167,9 @@ func (r *result) writeTable(w io.Writer) {
 	row("naks / dead letters / left in stream", "%d / %d / %d", r.NakCount, r.DeadLetters, r.StreamLeft)
 	_ = tw.Flush()
 	fmt.Fprintf(w, "(RSS and CPU: %s)\n", r.Scope)
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warn)
+	}
 }
 
 func (r *result) writeJSON(path string) error {
@@ -174,10 +180,27 @@ func (r *result) writeJSON(path string) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
 // startProgress draws a one-line progress bar on w until stop is called.
+// Off a terminal (a log file, CI) it writes no carriage returns: a plain
+// line every 10 s instead, and the last one.
 func startProgress(w io.Writer, t *tracker, on bool) (stop func()) {
 	if !on {
 		return func() {}
+	}
+	tty := isTerminal(w)
+	every := 250 * time.Millisecond
+	if !tty {
+		every = 10 * time.Second
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -187,19 +210,26 @@ func startProgress(w io.Writer, t *tracker, on bool) (stop func()) {
 		const width = 30
 		k := int(fin * width / int64(max(t.n, 1)))
 		el := time.Since(t.start)
+		if !tty {
+			fmt.Fprintf(w, "progress: %3d%%  finished %d/%d  published %d  %.0f jobs/s  %.1fs\n", fin*100/int64(max(t.n, 1)),
+				fin, t.n, pub, float64(fin)/max(el.Seconds(), 1e-9), el.Seconds())
+			return
+		}
 		fmt.Fprintf(w, "\r[%s%s] %3d%%  finished %d/%d  published %d  %.0f jobs/s  %.1fs ",
 			strings.Repeat("=", k), strings.Repeat(" ", width-k), fin*100/int64(max(t.n, 1)),
 			fin, t.n, pub, float64(fin)/max(el.Seconds(), 1e-9), el.Seconds())
 	}
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(250 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
 			select {
 			case <-done:
 				draw()
-				fmt.Fprintln(w)
+				if tty {
+					fmt.Fprintln(w)
+				}
 				return
 			case <-tick.C:
 				draw()

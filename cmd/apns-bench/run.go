@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 )
 
@@ -84,7 +86,8 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	case c.apnsAddr != "":
 		env = externalAPNsEnv(c, natsURL, os.Environ())
 	default:
-		env = map[string]string{"APNS_WORKER_NATS_URL": natsURL}
+		env = maps.Clone(c.env)
+		env["APNS_WORKER_NATS_URL"] = natsURL
 	}
 	wcfg, err := loadConfig(env) // names of streams and subjects; the in-process workers' config
 	if err != nil {
@@ -156,11 +159,20 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	if err != nil {
 		return nil, err
 	}
+	if c.warmup > 0 {
+		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, wcfg.Jobs.Stream, wcfg.Jobs.Consumer, c.warmup, makePayload(c.payload), 60*time.Second+time.Duration(c.warmup)*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
 	onc, err := nats.Connect(natsURL, nats.Name("apns-bench observer"))
 	if err != nil {
 		return nil, err
 	}
 	t := newTracker(c.n, wcfg.Jobs.Stream, base)
+	for _, s := range c.rejectedTokens {
+		tok, _ := apns.ParseToken(s) // checked by parseFlags
+		t.rejectedTokens = append(t.rejectedTokens, tok)
+	}
 	if _, err := t.subscribe(onc, wcfg.Events.Subject); err != nil {
 		onc.Close()
 		return nil, err
@@ -246,6 +258,10 @@ wait:
 	// After the run: what is left in the stream, what the server saw, RSS.
 	left := streamLeft(ctx, js, wcfg.Jobs.Stream, o.lost == 0)
 	res = newResult(c, o, load)
+	res.Warmup = c.warmup
+	if res.ElapsedS < minSteadyRun.Seconds() {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("the measured run took %.1fs, under %s: its rates are mostly start-up and buffers, not a sustained load; use a larger -n", res.ElapsedS, minSteadyRun))
+	}
 	res.StreamLeft = left
 	res.NakCount = int(t.naks.Load())
 	res.DeadLetters = int(t.deadLetters.Load())
@@ -288,7 +304,7 @@ wait:
 		if err != nil {
 			return res, err
 		}
-		res.Duplicates, res.APNsAccepted, res.APNsRejected = st.Duplicates, st.Accepted, st.Rejected
+		res.Duplicates, res.APNsAccepted, res.APNsRejected = st.Duplicates, st.Accepted-c.warmup, st.Rejected
 		res.MissingAtAPNs, res.APNsConns = st.Missing, st.Conns
 	}
 	return res, errors.Join(pubErr, waitErr)

@@ -37,6 +37,12 @@ func isRejected(i int, share float64) bool {
 	return int64(float64(i+1)*share) != int64(float64(i)*share)
 }
 
+// rejectedIndex numbers the rejected jobs 0, 1, 2…: job i is the
+// rejectedIndex(i)-th (when isRejected(i, share)).
+func rejectedIndex(i int, share float64) int {
+	return int(int64(float64(i+1)*share)) - 1
+}
+
 func tokenFor(i int, share float64) apns.Token {
 	tok := make(apns.Token, 32)
 	p := goodPrefix

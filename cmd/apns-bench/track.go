@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/consumer"
 )
 
@@ -37,10 +38,13 @@ const (
 // tracker records when each job was published and when its final ack
 // passed through the server.
 type tracker struct {
-	n      int
-	start  time.Time
-	base   uint64 // stream sequence before the first job
-	stream string
+	// rejectedTokens, if any, replace the bad0… tokens of the rejected
+	// share, in turn (-rejected-tokens).
+	rejectedTokens []apns.Token
+	n              int
+	start          time.Time
+	base           uint64 // stream sequence before the first job
+	stream         string
 
 	pubAt     []int64  // ns since start, by job index; publisher goroutine
 	seqOf     []uint64 // stream sequence by job index; collector goroutine
@@ -250,7 +254,11 @@ func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subjec
 			pubErr = ctx.Err()
 			break
 		}
-		job := consumer.NewJob(tokenFor(i, share), payload)
+		tok := tokenFor(i, share)
+		if len(t.rejectedTokens) > 0 && isRejected(i, share) {
+			tok = t.rejectedTokens[rejectedIndex(i, share)%len(t.rejectedTokens)]
+		}
+		job := consumer.NewJob(tok, payload)
 		m := jobMsg(subject, job, payload, msgID)
 		t.pubAt[i] = t.now()
 		var (

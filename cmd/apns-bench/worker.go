@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,7 +61,11 @@ func externalAPNsEnv(c *benchConfig, natsURL string, environ []string) map[strin
 // NATS, mode and address, the bench's connection, window and marker
 // flags, no HTTP listener, and quiet JSON logs.
 func runEnv(c *benchConfig, natsURL, protocol, addr string) map[string]string {
-	env := map[string]string{
+	env := maps.Clone(c.env) // the user's other APNS_WORKER_* variables
+	if env == nil {
+		env = map[string]string{}
+	}
+	maps.Copy(env, map[string]string{
 		"APNS_WORKER_NATS_URL":               natsURL,
 		"APNS_WORKER_APNS_MODE":              protocol,
 		"APNS_WORKER_APNS_ADDR":              addr,
@@ -69,7 +74,7 @@ func runEnv(c *benchConfig, natsURL, protocol, addr string) map[string]string {
 		"APNS_WORKER_HTTP_ADDR":              "",
 		"APNS_WORKER_LOG_FORMAT":             "json",
 		"APNS_WORKER_LOG_LEVEL":              "error",
-	}
+	})
 	if protocol == "binary" {
 		env["APNS_WORKER_APNS_CONFIRM_AFTER"] = c.confirm.String()
 	}
@@ -82,14 +87,24 @@ func runEnv(c *benchConfig, natsURL, protocol, addr string) map[string]string {
 	return env
 }
 
-// loadConfig runs config.Load on env alone (any APNS_WORKER_* variable of
-// this process is unset first).
+// loadConfig runs config.Load on env alone: any APNS_WORKER_* variable of
+// this process is unset meanwhile, and the environment is restored after.
 func loadConfig(env map[string]string) (*config.Config, error) {
+	saved := map[string]string{}
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, config.Prefix+"_") {
+		if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, config.Prefix+"_") {
+			saved[k] = v
 			_ = os.Unsetenv(k)
 		}
 	}
+	defer func() {
+		for k := range env {
+			_ = os.Unsetenv(k)
+		}
+		for k, v := range saved {
+			_ = os.Setenv(k, v)
+		}
+	}()
 	for k, v := range env {
 		if err := os.Setenv(k, v); err != nil {
 			return nil, err

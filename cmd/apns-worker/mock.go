@@ -33,6 +33,19 @@ func runMockAPNs(ctx context.Context, args []string) error {
 	keyID := fs.String("key-id", "", "HTTP/2 token auth key id, 10 characters A-Z 0-9 (default: random); with -team-id")
 	teamID := fs.String("team-id", "", "HTTP/2 token auth team id, 10 characters A-Z 0-9 (default: random); with -key-id")
 	httpAddr := fs.String("http", "", "serve GET /healthz here once the credentials are written (the image's HEALTHCHECK)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `usage: apns-worker mock-apns [flags]
+
+Serves mock APNs endpoints (binary gateway, feedback service, HTTP/2
+provider API) for the docker compose demo and writes, into -dir, the
+credentials and an env file with every APNS_WORKER_* variable a worker
+needs to use them. It reads no environment variable. Nothing reaches Apple.
+Tokens starting with hex bad0 are rejected (BadDeviceToken, status 8).
+
+flags:
+`)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -70,7 +83,11 @@ func runMockAPNs(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return err
 	}
-	env := fmt.Sprintf("APNS_WORKER_APNS_KEY_ID=%s\nAPNS_WORKER_APNS_TEAM_ID=%s\n", h2.KeyID, h2.TeamID)
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	env := mockEnv(abs, h2.URL, gw.Addr, h2.KeyID, h2.TeamID)
 	for name, b := range map[string][]byte{
 		"ca.pem":         pki.CAPEM,
 		"client.pem":     pki.ClientCertPEM,
@@ -94,6 +111,27 @@ func runMockAPNs(ctx context.Context, args []string) error {
 		slog.String("credentials", *dir), slog.String("key_id", h2.KeyID), slog.String("team_id", h2.TeamID))
 	<-ctx.Done()
 	return nil
+}
+
+// mockEnv is the env file mock-apns writes: every variable a worker needs
+// to send to the mock's HTTP/2 server (`set -a; . DIR/env; set +a`), and,
+// commented out, the binary gateway's instead.
+func mockEnv(dir, h2URL, binaryAddr, keyID, teamID string) string {
+	return fmt.Sprintf(`# apns-worker settings for the mock APNs servers (nothing reaches Apple).
+# Load them with: set -a; . %[1]s/env; set +a
+APNS_WORKER_APNS_MODE=http2
+APNS_WORKER_APNS_ADDR=%[2]s
+APNS_WORKER_APNS_CA_FILE=%[1]s/ca.pem
+APNS_WORKER_APNS_P8_FILE=%[1]s/AuthKey.p8
+APNS_WORKER_APNS_KEY_ID=%[4]s
+APNS_WORKER_APNS_TEAM_ID=%[5]s
+APNS_WORKER_APNS_TOPIC=com.example.app
+# Binary protocol instead (unset the four token-auth lines above):
+# APNS_WORKER_APNS_MODE=binary
+# APNS_WORKER_APNS_ADDR=%[3]s
+# APNS_WORKER_APNS_CERT_FILE=%[1]s/client.pem
+# APNS_WORKER_APNS_KEY_FILE=%[1]s/client-key.pem
+`, dir, h2URL, binaryAddr, keyID, teamID)
 }
 
 // serveMockHealth answers GET /healthz on addr, so that the container's

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -53,11 +54,11 @@ func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger)
 	if a.CAFile != "" {
 		pem, err := os.ReadFile(a.CAFile)
 		if err != nil {
-			return nil, creds, closeMock, fmt.Errorf("APNS_WORKER_APNS_CA_FILE: %w", err)
+			return nil, creds, closeMock, deadEnd("APNS_WORKER_APNS_CA_FILE", a.CAFile, err)
 		}
 		creds.roots = x509.NewCertPool()
 		if !creds.roots.AppendCertsFromPEM(pem) {
-			return nil, creds, closeMock, fmt.Errorf("APNS_WORKER_APNS_CA_FILE: %s: no certificate", a.CAFile)
+			return nil, creds, closeMock, deadEnd("APNS_WORKER_APNS_CA_FILE", a.CAFile, errors.New("no PEM certificate"))
 		}
 		opts = append(opts, apns.WithRootCAs(creds.roots))
 	}
@@ -100,11 +101,11 @@ func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger)
 		if a.TokenAuth() {
 			pem, err := os.ReadFile(a.P8File)
 			if err != nil {
-				return nil, creds, closeMock, fmt.Errorf("APNS_WORKER_APNS_P8_FILE: %w", err)
+				return nil, creds, closeMock, deadEnd("APNS_WORKER_APNS_P8_FILE", a.P8File, err)
 			}
 			key, err := apns.ParseP8(pem)
 			if err != nil {
-				return nil, creds, closeMock, fmt.Errorf("APNS_WORKER_APNS_P8_FILE: %w", err)
+				return nil, creds, closeMock, deadEnd("APNS_WORKER_APNS_P8_FILE", a.P8File, err)
 			}
 			auth = apns.TokenAuth(key, a.KeyID, a.TeamID)
 		} else {
@@ -130,13 +131,13 @@ func loadCert(a config.APNs) (tls.Certificate, error) {
 	if a.KeyFile != "" {
 		c, err := apns.LoadPEMCertificate(a.CertFile, a.KeyFile)
 		if err != nil {
-			return c, fmt.Errorf("APNS_WORKER_APNS_CERT_FILE: %w", err)
+			return c, deadEnd("APNS_WORKER_APNS_CERT_FILE", a.CertFile, err)
 		}
 		return c, nil
 	}
 	c, err := apns.LoadCertificate(a.CertFile, a.CertPassword.Reveal())
 	if err != nil {
-		return c, fmt.Errorf("APNS_WORKER_APNS_CERT_FILE: %w", err)
+		return c, deadEnd("APNS_WORKER_APNS_CERT_FILE", a.CertFile, err)
 	}
 	return c, nil
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,10 +17,48 @@ import (
 	"github.com/jetpush/apns-worker/apns"
 )
 
-// serveHTTP serves /healthz (the process is up), /readyz (NATS connected,
-// credentials not refused, an APNs connection up while work is in flight) and /metrics on addr;
-// an empty addr serves nothing.
-func serveHTTP(addr string, reg *prometheus.Registry, nc *nats.Conn, eng apns.Engine, log *slog.Logger) (stop func(), err error) {
+// readiness is what /readyz reports: the start-up phase until set gives
+// it the NATS connection and the engine, their state after.
+type readiness struct {
+	phase atomic.Pointer[string]
+	live  atomic.Pointer[liveParts]
+}
+
+type liveParts struct {
+	nc  *nats.Conn
+	eng apns.Engine
+}
+
+func (r *readiness) setPhase(p string)                  { r.phase.Store(&p) }
+func (r *readiness) set(nc *nats.Conn, eng apns.Engine) { r.live.Store(&liveParts{nc, eng}) }
+
+// problems lists why the worker is not ready; none means ready.
+func (r *readiness) problems() (problems []string, ok string) {
+	l := r.live.Load()
+	if l == nil {
+		phase := "starting"
+		if p := r.phase.Load(); p != nil {
+			phase = "starting: " + *p
+		}
+		return []string{phase}, ""
+	}
+	st := l.eng.Stats()
+	if !l.nc.IsConnected() {
+		problems = append(problems, "nats: "+l.nc.Status().String())
+	}
+	if st.Connected == 0 && st.InFlight > 0 { // engines dial lazily and drop idle connections
+		problems = append(problems, fmt.Sprintf("apns: no connection up, %d in flight", st.InFlight))
+	}
+	if st.CredentialsErr != nil {
+		problems = append(problems, st.CredentialsErr.Error())
+	}
+	return problems, fmt.Sprintf("ok: apns %d/%d connections, %d in flight", st.Connected, st.Conns, st.InFlight)
+}
+
+// serveHTTP serves /healthz (the process is up), /readyz (started, NATS
+// connected, credentials not refused, an APNs connection up while work is
+// in flight) and /metrics on addr; an empty addr serves nothing.
+func serveHTTP(addr string, reg *prometheus.Registry, ready func() ([]string, string), log *slog.Logger) (stop func(), err error) {
 	if addr == "" {
 		return func() {}, nil
 	}
@@ -28,17 +67,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, nc *nats.Conn, eng apns.En
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		st := eng.Stats()
-		var problems []string
-		if !nc.IsConnected() {
-			problems = append(problems, "nats: "+nc.Status().String())
-		}
-		if st.Connected == 0 && st.InFlight > 0 { // engines dial lazily and drop idle connections
-			problems = append(problems, fmt.Sprintf("apns: no connection up, %d in flight", st.InFlight))
-		}
-		if st.CredentialsErr != nil {
-			problems = append(problems, st.CredentialsErr.Error())
-		}
+		problems, ok := ready()
 		if len(problems) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			for _, p := range problems {
@@ -46,13 +75,13 @@ func serveHTTP(addr string, reg *prometheus.Registry, nc *nats.Conn, eng apns.En
 			}
 			return
 		}
-		fmt.Fprintf(w, "ok: apns %d/%d connections, %d in flight\n", st.Connected, st.Conns, st.InFlight)
+		fmt.Fprintln(w, ok)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("APNS_WORKER_HTTP_ADDR: %w", err)
+		return nil, deadEnd("APNS_WORKER_HTTP_ADDR", addr, err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

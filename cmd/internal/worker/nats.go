@@ -1,12 +1,16 @@
 package worker
 
 import (
+	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -17,15 +21,21 @@ import (
 
 // connectNATS connects to the configured servers, or, with no URL set,
 // starts an embedded nats-server with JetStream and connects to it. The
-// returned close drains the connection within timeout, then stops the
-// embedded server.
-func connectNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, func(timeout time.Duration) error, error) {
+// first connection is retried with back-off for NATS.ConnectTimeout; every
+// dead end is a *DeadEnd naming its variable, and ctx ends the wait at
+// once. The returned close drains the connection within timeout, then
+// stops the embedded server and releases its data dir.
+func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats.Conn, func(timeout time.Duration) error, error) {
 	n := cfg.NATS
+	var closing atomic.Bool
 	opts := []nats.Option{
 		nats.Name(n.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(n.ReconnectWait),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if closing.Load() || err == nil {
+				return // our own drain or close: not news
+			}
 			log.Warn("nats disconnected", slog.Any("error", err))
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
@@ -39,35 +49,92 @@ func connectNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, func(timeout
 			log.Warn("nats async error", slog.String("subject", subj), slog.Any("error", err))
 		}),
 	}
-	var ns *server.Server
+	stopEmbedded := func() {}
 	url := strings.Join(n.URLs, ",")
+	timeout := n.ConnectTimeout
 	if url == "" {
-		var err error
-		if ns, err = startEmbedded(cfg.Embedded); err != nil {
+		ns, stop, err := startEmbedded(ctx, cfg.Embedded, log)
+		if err != nil {
 			return nil, nil, err
 		}
+		stopEmbedded = stop
 		url = ns.ClientURL()
-		log.Warn("no APNS_WORKER_NATS_URL: running an embedded nats-server with JetStream; producers publish to it",
-			slog.String("url", url), slog.String("data_dir", cfg.Embedded.DataDir))
+		timeout = 5 * time.Second // our own server, already ready
 	} else {
 		opts = append(opts, authOptions(n)...)
 	}
-	nc, err := nats.Connect(url, opts...)
+	start := time.Now()
+	nc, err := connectRetry(ctx, url, n, timeout, opts, log)
 	if err != nil {
-		if ns != nil {
-			ns.Shutdown()
-		}
-		return nil, nil, fmt.Errorf("nats: connect %s: %w", url, err)
+		stopEmbedded()
+		return nil, nil, err
 	}
-	log.Info("nats connected", slog.String("url", nc.ConnectedUrlRedacted()))
+	stepDone(log, "nats connected", "APNS_WORKER_NATS_URL", nc.ConnectedUrlRedacted(), start)
 	return nc, func(timeout time.Duration) error {
+		closing.Store(true)
 		err := DrainNATS(nc, timeout)
-		if ns != nil {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		}
+		stopEmbedded()
 		return err
 	}, nil
+}
+
+// connectRetry connects to url, retrying with back-off (100 ms doubling to
+// 2 s) while the servers are unreachable, for timeout at most. Refused
+// credentials and certificates are dead ends at once: retrying cannot cure
+// them.
+func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.Duration, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+	deadline := time.Now().Add(timeout)
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		dial := min(2*time.Second, max(time.Until(deadline), 500*time.Millisecond))
+		nc, err := nats.Connect(url, append(opts, nats.Timeout(dial))...)
+		if err == nil {
+			return nc, nil
+		}
+		if v, val, ok := refusedBy(err, n); ok {
+			return nil, deadEnd(v, val, fmt.Errorf("nats server at %s refused the connection: %w", url, err))
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return nil, deadEnd("APNS_WORKER_NATS_URL", url, fmt.Errorf("no NATS server reachable within %s (APNS_WORKER_NATS_CONNECT_TIMEOUT), %d attempts: %w", timeout, attempt, err))
+		}
+		log.Warn("nats not reachable yet, retrying", slog.String("var", "APNS_WORKER_NATS_URL"), slog.String("value", url),
+			slog.Int("attempt", attempt), slog.String("retry_in", wait.String()),
+			slog.String("gives_up_in", time.Until(deadline).Round(time.Second).String()), slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("nats: stopped while connecting to %s: %w", url, context.Cause(ctx))
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// refusedBy tells a refusal (credentials, certificates) from an
+// unreachable server, and names the variable that holds what was refused.
+func refusedBy(err error, n config.NATS) (v, value string, refused bool) {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		invalid   x509.CertificateInvalidError
+		host      x509.HostnameError
+	)
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired),
+		errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAccountAuthExpired):
+		switch {
+		case n.CredsFile != "":
+			return "APNS_WORKER_NATS_CREDS", n.CredsFile, true
+		case n.NKeyFile != "":
+			return "APNS_WORKER_NATS_NKEY", n.NKeyFile, true
+		case n.User != "":
+			return "APNS_WORKER_NATS_USER", n.User, true
+		case n.Token != "":
+			return "APNS_WORKER_NATS_TOKEN", "[redacted]", true
+		}
+		return "APNS_WORKER_NATS_URL", strings.Join(n.URLs, ","), true
+	case errors.As(err, &unknownCA), errors.As(err, &invalid), errors.As(err, &host):
+		return "APNS_WORKER_NATS_TLS_CA", n.TLSCAFile, true
+	}
+	return "", "", false
 }
 
 func authOptions(n config.NATS) []nats.Option {
@@ -113,37 +180,79 @@ func DrainNATS(nc *nats.Conn, timeout time.Duration) error {
 	}
 }
 
-// startEmbedded runs a single nats-server with JetStream on e.Listen.
-func startEmbedded(e config.Embedded) (*server.Server, error) {
+// startEmbedded runs a single nats-server with JetStream on e.Listen, in
+// e.DataDir (made absolute), which it checks and locks first. stop shuts
+// the server down and releases the data dir.
+func startEmbedded(ctx context.Context, e config.Embedded, log *slog.Logger) (ns *server.Server, stop func(), err error) {
+	const listenVar = "APNS_WORKER_EMBEDDED_LISTEN"
+	start := time.Now()
+	dir, err := filepath.Abs(e.DataDir)
+	if err != nil {
+		return nil, nil, deadEnd(dataDirVar, e.DataDir, err)
+	}
+	unlock, err := prepareDataDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	stepDone(log, "embedded data dir ready and locked", dataDirVar, dir, start)
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
+
 	host, portStr, err := net.SplitHostPort(e.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("embedded nats-server: %s: %w", e.Listen, err)
+		return nil, nil, deadEnd(listenVar, e.Listen, err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return nil, fmt.Errorf("embedded nats-server: port %q: %w", portStr, err)
+		return nil, nil, deadEnd(listenVar, e.Listen, fmt.Errorf("port %q: %w", portStr, err))
 	}
 	// Fail clearly when the port is taken, rather than inside the server.
-	if ln, err := net.Listen("tcp", e.Listen); err != nil {
-		return nil, fmt.Errorf("embedded nats-server: %w (set APNS_WORKER_EMBEDDED_LISTEN, or APNS_WORKER_NATS_URL for an existing server)", err)
-	} else {
-		ln.Close()
+	ln, err := net.Listen("tcp", e.Listen)
+	if err != nil {
+		return nil, nil, deadEnd(listenVar, e.Listen, fmt.Errorf("%w (or set APNS_WORKER_NATS_URL for an existing server)", err))
 	}
-	ns, err := server.NewServer(&server.Options{
+	ln.Close()
+	ns, err = server.NewServer(&server.Options{
 		ServerName: "apns-worker-embedded",
 		Host:       host,
 		Port:       port,
 		JetStream:  true,
-		StoreDir:   e.DataDir,
+		StoreDir:   dir,
 		NoSigs:     true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("embedded nats-server: %w", err)
+		return nil, nil, deadEnd(dataDirVar, dir, fmt.Errorf("embedded nats-server: %w", err))
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		return nil, errors.New("embedded nats-server: not ready after 30s")
+	// Recovering a large store takes a while; SIGTERM still ends the wait.
+	for ready := time.Now().Add(60 * time.Second); !ns.ReadyForConnections(100 * time.Millisecond); {
+		if ctx.Err() != nil || time.Now().After(ready) {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			if ctx.Err() != nil {
+				return nil, nil, fmt.Errorf("embedded nats-server: stopped while starting: %w", context.Cause(ctx))
+			}
+			return nil, nil, deadEnd(dataDirVar, dir, errors.New("embedded nats-server not ready after 60s"))
+		}
 	}
-	return ns, nil
+	if !ns.JetStreamEnabled() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, nil, deadEnd(dataDirVar, dir, errors.New("embedded nats-server started without JetStream (see its log)"))
+	}
+	log.Warn("no APNS_WORKER_NATS_URL: running an embedded nats-server with JetStream; producers publish to it",
+		slog.String("url", ns.ClientURL()), slog.String("listen", e.Listen), slog.String("data_dir", dir))
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		log.Warn("EMBEDDED NATS LISTENS BEYOND THIS HOST WITHOUT AUTHENTICATION OR TLS: anyone who reaches it can publish jobs and read events; set APNS_WORKER_EMBEDDED_LISTEN=127.0.0.1:4222, or APNS_WORKER_NATS_URL for a secured server",
+			slog.String("var", listenVar), slog.String("value", e.Listen))
+	}
+	stepDone(log, "embedded nats-server ready", listenVar, e.Listen, start)
+	return ns, func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		unlock()
+	}, nil
 }

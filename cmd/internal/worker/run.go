@@ -61,8 +61,31 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return shutdownEnd
 	}
 	natsReserve := min(cfg.ShutdownGrace/6, 5*time.Second)
+	started, running := time.Now(), false
 
-	nc, closeNATS, err := connectNATS(cfg, log)
+	reg := prometheus.NewRegistry()
+	// Registered first, so it runs last: once NATS is drained.
+	defer func() {
+		if running {
+			logSummary(log, reg, started)
+		}
+	}()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := consumer.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	// /readyz answers from the start: not ready until NATS and the engine
+	// are up.
+	var live readiness
+	stopHTTP, err := serveHTTP(cfg.HTTPAddr, reg, live.problems, log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+
+	live.setPhase("connecting to NATS")
+	nc, closeNATS, err := connectNATS(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -76,13 +99,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := consumer.NewMetrics(reg)
-	if err != nil {
+	if err := checkJetStream(ctx, js, nc.ConnectedUrlRedacted()); err != nil {
 		return err
 	}
-	w, err := consumer.New(js, consumer.Options{
+	live.setPhase("creating the streams and the consumer")
+	start := time.Now()
+	w, err := newConsumer(ctx, js, consumer.Options{
 		JobsStream:    cfg.Jobs.Stream,
 		JobsSubject:   cfg.Jobs.Subject,
 		Durable:       cfg.Jobs.Consumer,
@@ -103,6 +125,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return err
 	}
+	stepDone(log, "jetstream streams and consumer ready", "APNS_WORKER_JOBS_STREAM", cfg.Jobs.Stream, start)
 
 	onOutcome := w.HandleOutcome
 	if o.observe != nil {
@@ -111,24 +134,23 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 			w.HandleOutcome(out)
 		}
 	}
+	live.setPhase("loading the APNs credentials")
+	start = time.Now()
 	eng, creds, closeMock, err := newEngine(cfg, onOutcome, log)
 	if err != nil {
+		_ = w.Shutdown(context.Background(), nil)
 		return err
 	}
 	defer closeMock()
+	stepDone(log, "apns engine ready", "APNS_WORKER_APNS_MODE", string(cfg.APNs.Mode), start)
 	reg.MustRegister(consumer.NewEngineCollector(eng))
-
-	stopHTTP, err := serveHTTP(cfg.HTTPAddr, reg, nc, eng, log)
-	if err != nil {
-		_ = eng.Close(context.Background())
-		return err
-	}
-	defer stopHTTP()
+	probeAPNs(ctx, cfg.APNs, log)
+	live.set(nc, eng)
 
 	stopFeedback := func(time.Time) {}
 	if cfg.APNs.Mode == config.ModeBinary && cfg.Feedback.Addr != "" && cfg.Feedback.Interval > 0 {
 		if stopFeedback, err = startFeedback(ctx, cfg, creds, w, log); err != nil {
-			_ = eng.Close(context.Background())
+			_ = w.Shutdown(context.Background(), eng)
 			return err
 		}
 	}
@@ -137,6 +159,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		slog.String("jobs_subject", cfg.Jobs.Subject),
 		slog.String("events", cfg.Events.Subject+".>"),
 		slog.String("apns_mode", string(cfg.APNs.Mode)))
+	running = true
 	runErr := w.Run(ctx, eng)
 
 	end := fixShutdownEnd()

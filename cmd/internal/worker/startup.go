@@ -1,0 +1,167 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpush/apns-worker/config"
+	"github.com/jetpush/apns-worker/consumer"
+)
+
+// DeadEnd is a start-up failure that waiting will not cure: a variable's
+// value is wrong for this machine (a data dir that cannot be written, a
+// port in use, credentials that do not load, NATS unreachable for the whole
+// connect timeout). The command exits 2 on one, as for a bad variable.
+type DeadEnd struct {
+	Var   string // the variable at fault, e.g. APNS_WORKER_EMBEDDED_DATA_DIR
+	Value string // its value (never a secret)
+	Err   error
+}
+
+func (e *DeadEnd) Error() string {
+	return fmt.Sprintf("%s=%s: %v", e.Var, e.Value, e.Err)
+}
+
+func (e *DeadEnd) Unwrap() error { return e.Err }
+
+func deadEnd(v, value string, err error) *DeadEnd { return &DeadEnd{Var: v, Value: value, Err: err} }
+
+// stepDone logs a start-up step that succeeded, with the variable it
+// checked and how long it took.
+func stepDone(log *slog.Logger, msg, v, value string, start time.Time) {
+	log.Info(msg, slog.String("var", v), slog.String("value", value),
+		slog.String("took", time.Since(start).Round(time.Microsecond).String()))
+}
+
+const dataDirVar = "APNS_WORKER_EMBEDDED_DATA_DIR"
+
+// lockFileName is the lock file in the embedded data dir; it holds the
+// PID of the process that holds the lock.
+const lockFileName = "apns-worker.lock"
+
+// prepareDataDir makes dir (absolute) usable by the embedded nats-server:
+// it exists or is created, is a directory, is writable, and no other
+// process holds it. The returned unlock releases the lock. Every failure is
+// a DeadEnd naming the variable and the directory; none of it waits.
+func prepareDataDir(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, deadEnd(dataDirVar, dir, fmt.Errorf("cannot create it: %w", unwrapPath(err)))
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, deadEnd(dataDirVar, dir, unwrapPath(err))
+	}
+	if !fi.IsDir() {
+		return nil, deadEnd(dataDirVar, dir, errors.New("not a directory"))
+	}
+	probe, err := os.CreateTemp(dir, ".write-check-*")
+	if err != nil {
+		return nil, deadEnd(dataDirVar, dir, fmt.Errorf("not writable by this process (uid %d): %w", os.Getuid(), unwrapPath(err)))
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	unlock, err = lockDir(filepath.Join(dir, lockFileName))
+	if err != nil {
+		return nil, deadEnd(dataDirVar, dir, err)
+	}
+	return unlock, nil
+}
+
+// unwrapPath drops the *fs.PathError's path, which the DeadEnd names.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %w", pe.Op, pe.Err)
+	}
+	return err
+}
+
+// newConsumer is consumer.New, given up on when ctx ends (SIGTERM while
+// JetStream is slow to answer); a worker it still makes is shut down.
+func newConsumer(ctx context.Context, js jetstream.JetStream, opts consumer.Options) (*consumer.Worker, error) {
+	type result struct {
+		w   *consumer.Worker
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		w, err := consumer.New(js, opts)
+		done <- result{w, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("jetstream setup (APNS_WORKER_JOBS_STREAM=%s, APNS_WORKER_EVENTS_STREAM=%s): %w", opts.JobsStream, opts.EventsStream, r.err)
+		}
+		return r.w, nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.w != nil {
+				_ = r.w.Shutdown(context.Background(), nil)
+			}
+		}()
+		return nil, fmt.Errorf("stopped while creating the streams and the consumer: %w", context.Cause(ctx))
+	}
+}
+
+// probeAPNs dials the APNs address once (3 s at most) and logs whether it
+// answers. A failure is not a dead end: APNs or the network may come back,
+// and the engine keeps trying; the log names the variable to check.
+func probeAPNs(ctx context.Context, a config.APNs, log *slog.Logger) {
+	if a.Mode == config.ModeMock || a.Addr == "" {
+		return
+	}
+	hostPort := a.Addr
+	if u, err := url.Parse(a.Addr); err == nil && u.Scheme == "https" {
+		hostPort = u.Host
+		if u.Port() == "" {
+			hostPort = net.JoinHostPort(u.Hostname(), "443")
+		}
+	}
+	start := time.Now()
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(dctx, "tcp", hostPort)
+	if err != nil {
+		log.Warn("apns not reachable yet; the engine keeps trying", slog.String("var", "APNS_WORKER_APNS_ADDR"),
+			slog.String("value", a.Addr), slog.Any("error", err))
+		return
+	}
+	c.Close()
+	stepDone(log, "apns reachable", "APNS_WORKER_APNS_ADDR", a.Addr, start)
+}
+
+// checkJetStream fails with a DeadEnd when the NATS server keeps saying it
+// has no JetStream for 3 s (a server started without -js; a cluster still
+// electing its leader answers within that time). Other errors are left to
+// the streams' set-up, which reports them.
+func checkJetStream(ctx context.Context, js jetstream.JetStream, url string) error {
+	giveUp := time.Now().Add(3 * time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.AccountInfo(actx)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, jetstream.ErrJetStreamNotEnabled) && !errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+			return nil
+		case time.Now().After(giveUp):
+			return deadEnd("APNS_WORKER_NATS_URL", url, fmt.Errorf("the NATS server has no JetStream for this account (%w): start nats-server with -js, or enable JetStream for the account", err))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped while waiting for JetStream: %w", context.Cause(ctx))
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

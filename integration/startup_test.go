@@ -1,0 +1,325 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/apnstest"
+	"github.com/jetpush/apns-worker/config"
+)
+
+// deadEndWithin bounds how long the worker may take to give up on a dead
+// end at start-up.
+const deadEndWithin = 5 * time.Second
+
+// TestStartupDeadEnds: each unusable dependency ends start-up with exit
+// code 2 within 5 s, and the last log line names the variable and its
+// value.
+func TestStartupDeadEnds(t *testing.T) {
+	dir := t.TempDir()
+	aFile := filepath.Join(dir, "a-file")
+	require.NoError(t, os.WriteFile(aFile, []byte("x"), 0o600))
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { busy.Close() })
+	unreachable := freeAddr(t)
+	tokenNATS := startNATSWith(t, freeAddr(t), func(o *server.Options) { o.Authorization = "right-token" })
+	plainNATS := startNATSWith(t, freeAddr(t), func(o *server.Options) { o.JetStream = false })
+
+	tests := []struct {
+		name     string
+		env      map[string]string
+		variable string
+		value    string // in the message
+		msg      string // in the message
+		extra    time.Duration
+	}{
+		{"data dir is a file", map[string]string{"APNS_WORKER_EMBEDDED_DATA_DIR": aFile},
+			"APNS_WORKER_EMBEDDED_DATA_DIR", aFile, "not a directory", 0},
+		{"data dir under a file", map[string]string{"APNS_WORKER_EMBEDDED_DATA_DIR": filepath.Join(aFile, "nats")},
+			"APNS_WORKER_EMBEDDED_DATA_DIR", filepath.Join(aFile, "nats"), "cannot create it", 0},
+		{"embedded port in use", map[string]string{"APNS_WORKER_EMBEDDED_LISTEN": busy.Addr().String()},
+			"APNS_WORKER_EMBEDDED_LISTEN", busy.Addr().String(), "address already in use", 0},
+		{"http port in use", map[string]string{"APNS_WORKER_HTTP_ADDR": busy.Addr().String()},
+			"APNS_WORKER_HTTP_ADDR", busy.Addr().String(), "address already in use", 0},
+		{"nats unreachable", map[string]string{"APNS_WORKER_NATS_URL": "nats://" + unreachable, "APNS_WORKER_NATS_CONNECT_TIMEOUT": "1s"},
+			"APNS_WORKER_NATS_URL", "nats://" + unreachable, "no NATS server reachable within 1s (APNS_WORKER_NATS_CONNECT_TIMEOUT)", time.Second},
+		{"nats refuses the token", map[string]string{"APNS_WORKER_NATS_URL": tokenNATS.ClientURL(), "APNS_WORKER_NATS_TOKEN": "wrong-token"},
+			"APNS_WORKER_NATS_TOKEN", "[redacted]", "refused the connection", 0},
+		{"nats without jetstream", map[string]string{"APNS_WORKER_NATS_URL": plainNATS.ClientURL()},
+			"APNS_WORKER_NATS_URL", plainNATS.ClientURL(), "has no JetStream", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{
+				"APNS_WORKER_EMBEDDED_DATA_DIR": t.TempDir(),
+				"APNS_WORKER_EMBEDDED_LISTEN":   freeAddr(t),
+			}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			start := time.Now()
+			w := spawnWorker(t, tt.name, env)
+			code := w.wait(deadEndWithin + tt.extra + 5*time.Second)
+			took := time.Since(start)
+			out := w.log.String()
+			require.Equal(t, 2, code, "exit code; log:\n%s", out)
+			require.Less(t, took, deadEndWithin+tt.extra, "took too long to give up; log:\n%s", out)
+			last := lastLine(out)
+			require.Contains(t, last, `"msg":"cannot start"`)
+			require.Contains(t, last, `"var":"`+tt.variable+`"`)
+			require.Contains(t, last, tt.value)
+			require.Contains(t, last, tt.msg)
+			require.NotContains(t, out, "wrong-token")
+			t.Logf("exit 2 after %s: %s", took.Round(time.Millisecond), last)
+		})
+	}
+}
+
+// TestStartupSIGTERMWhileConnecting: SIGTERM while the worker waits for
+// NATS ends it at once with exit code 0.
+func TestStartupSIGTERMWhileConnecting(t *testing.T) {
+	w := spawnWorker(t, "sigterm-connecting", map[string]string{
+		"APNS_WORKER_NATS_URL":             "nats://" + freeAddr(t),
+		"APNS_WORKER_NATS_CONNECT_TIMEOUT": "2m",
+	})
+	waitFor(t, 10*time.Second, "a connect retry", func() bool { return strings.Contains(w.log.String(), "nats not reachable yet, retrying") })
+	start := time.Now()
+	code := w.stop(10 * time.Second)
+	took := time.Since(start)
+	require.Equal(t, 0, code, "log:\n%s", w.log.String())
+	require.Less(t, took, 2*time.Second)
+	require.Contains(t, lastLine(w.log.String()), "stopped during start-up")
+}
+
+// TestDataDirLock: a second worker on the same embedded data dir fails at
+// once, naming the first one's PID; the lock goes with the process, even
+// when it is killed.
+func TestDataDirLock(t *testing.T) {
+	dataDir := t.TempDir()
+	w1 := startWorker(t, "lock-1", map[string]string{
+		"APNS_WORKER_EMBEDDED_DATA_DIR": dataDir,
+		"APNS_WORKER_EMBEDDED_LISTEN":   freeAddr(t),
+	})
+	start := time.Now()
+	w2 := spawnWorker(t, "lock-2", map[string]string{
+		"APNS_WORKER_EMBEDDED_DATA_DIR": dataDir,
+		"APNS_WORKER_EMBEDDED_LISTEN":   freeAddr(t),
+	})
+	require.Equal(t, 2, w2.wait(deadEndWithin+5*time.Second), "log:\n%s", w2.log.String())
+	require.Less(t, time.Since(start), deadEndWithin)
+	last := lastLine(w2.log.String())
+	require.Contains(t, last, "APNS_WORKER_EMBEDDED_DATA_DIR")
+	require.Contains(t, last, fmt.Sprintf("in use by another process (PID %d", w1.cmd.Process.Pid))
+
+	require.NoError(t, w1.cmd.Process.Signal(syscall.SIGKILL))
+	require.NotZero(t, w1.wait(10*time.Second))
+	w3 := startWorker(t, "lock-3", map[string]string{
+		"APNS_WORKER_EMBEDDED_DATA_DIR": dataDir,
+		"APNS_WORKER_EMBEDDED_LISTEN":   freeAddr(t),
+	})
+	b, err := os.ReadFile(filepath.Join(dataDir, "apns-worker.lock"))
+	require.NoError(t, err)
+	require.Equal(t, strconv.Itoa(w3.cmd.Process.Pid), strings.TrimSpace(string(b)))
+	require.Equal(t, 0, w3.stop(30*time.Second))
+}
+
+// TestNATSStartupRetry: the worker starts 5 s before NATS (as in compose
+// or Kubernetes): /readyz fails meanwhile, then it connects, delivers every
+// job, and a clean stop logs a summary at INFO and no disconnect warning.
+// A misspelt variable is warned about with the nearest valid name.
+func TestNATSStartupRetry(t *testing.T) {
+	const n = 500
+	natsAddr := freeAddr(t)
+	httpAddr := freeAddr(t)
+	gw := startGateway(t)
+	env := binaryEnv(t, "nats://"+natsAddr, gw, 200*time.Millisecond)
+	env["APNS_WORKER_HTTP_ADDR"] = httpAddr
+	env["APNS_WORKER_JOBS_ACKWAIT"] = "5s" // misspelt
+	w := spawnWorker(t, "nats-later", env)
+
+	waitFor(t, 10*time.Second, "a connect retry", func() bool { return strings.Contains(w.log.String(), "nats not reachable yet, retrying") })
+	code, body := httpGet(t, httpAddr, "/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "starting: connecting to NATS")
+	code, _ = httpGet(t, httpAddr, "/healthz")
+	require.Equal(t, http.StatusOK, code, "the process is alive while it waits")
+
+	<-time.After(5 * time.Second) // the scenario: NATS comes up 5 s after the worker
+	ns := startNATSWith(t, natsAddr, nil)
+	select {
+	case <-w.log.running:
+	case <-w.done:
+		t.Fatalf("worker exited: %s", w.log.tail())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("worker not running 30s after NATS started: %s", w.log.tail())
+	}
+	_, js := connect(t, ns.ClientURL())
+	jobs := publishJobs(t, js, "later", n, func(i int) apns.Token { return token(0x1a, i) })
+	waitDrained(t, js, 60*time.Second)
+	requireAllDelivered(t, gw, jobs, nil)
+	code, body = httpGet(t, httpAddr, "/readyz")
+	require.Equal(t, http.StatusOK, code, body)
+
+	require.Equal(t, 0, w.stop(30*time.Second))
+	out := w.log.String()
+	require.Contains(t, out, `"var":"APNS_WORKER_JOBS_ACKWAIT","did_you_mean":"APNS_WORKER_JOBS_ACK_WAIT"`)
+	require.NotContains(t, out, "nats disconnected")
+	require.NotContains(t, out, `"msg":"job"`, "no per-job line at info")
+	last := lastLine(out)
+	require.Contains(t, last, `"level":"INFO","msg":"stopped"`)
+	require.Contains(t, last, fmt.Sprintf(`"jobs_delivered":%d`, n))
+	require.Contains(t, last, `"jobs_rejected":0`)
+	require.Contains(t, last, `"uptime":`)
+}
+
+// TestSIGKILLRecovery: a worker holding jobs (its gateway stalled, its
+// assumed-delivered window 30 s) is SIGKILLed; a second worker on a healthy
+// gateway gets every one of them back within about the default ACK_WAIT
+// (10 s), not the old 60 s. ACK_WAIT shorter than the window is fine: the
+// worker keeps the jobs it holds with InProgress.
+func TestSIGKILLRecovery(t *testing.T) {
+	const n, stallAt = 2000, 500
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	stalled := startGateway(t, apnstest.StallAfter(stallAt))
+	env := binaryEnv(t, ns.ClientURL(), stalled, 30*time.Second) // JOBS_ACK_WAIT: the default
+	w1 := startWorker(t, "recovery-1", env)
+	jobs := publishJobs(t, js, "recovery", n, func(i int) apns.Token { return token(0x4e, i) })
+	waitFor(t, 30*time.Second, "the gateway to stall", func() bool { return stalled.Stats().Accepted >= stallAt })
+	// Past two InProgress ticks (AckWait/6 each), so the test covers a
+	// worker that extended its jobs' deadline before it died.
+	<-time.After(4 * time.Second)
+
+	require.NoError(t, w1.cmd.Process.Signal(syscall.SIGKILL))
+	killed := time.Now()
+	require.NotZero(t, w1.wait(10*time.Second))
+	healthy := startGateway(t)
+	w2 := startWorker(t, "recovery-2", binaryEnv(t, ns.ClientURL(), healthy, 200*time.Millisecond))
+	waitDrained(t, js, 60*time.Second)
+	took := time.Since(killed)
+	var missing int
+	for _, j := range jobs {
+		if healthy.Count(j.Token) == 0 && stalled.Count(j.Token) == 0 {
+			missing++
+		}
+	}
+	require.Zero(t, missing, "jobs never read by either gateway")
+	t.Logf("SIGKILL recovery: every held job delivered by the second worker %s after the kill (default ACK_WAIT 10s)", took.Round(100*time.Millisecond))
+	require.Less(t, took, 20*time.Second, "a killed worker's jobs came back too late")
+	require.Equal(t, 0, w2.stop(30*time.Second))
+}
+
+// TestHelpListsEveryVariable: -h lists every variable with its default;
+// each command answers -h with exit code 0.
+func TestHelpListsEveryVariable(t *testing.T) {
+	out, err := exec.Command(workerBin, "-h").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	for _, name := range config.Names() {
+		require.Regexp(t, `(?m)^  `+name+` `, string(out))
+	}
+	require.Regexp(t, `(?m)^  APNS_WORKER_NATS_CONNECT_TIMEOUT +30s +\S`, string(out))
+	for _, args := range [][]string{{"healthcheck", "-h"}, {"mock-apns", "-h"}, {"help"}} {
+		out, err := exec.Command(workerBin, args...).CombinedOutput()
+		require.NoError(t, err, "%v: %s", args, out)
+		require.Contains(t, string(out), "usage: apns-worker", "%v", args)
+	}
+	out, err = exec.Command(workerBin, "nonsense").CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, 2, ee.ExitCode())
+	require.Contains(t, string(out), `unknown command "nonsense"`)
+}
+
+// startNATSWith starts a nats-server with JetStream on addr, adjusted by
+// adjust (may be nil); it is shut down at cleanup.
+func startNATSWith(tb testing.TB, addr string, adjust func(*server.Options)) *server.Server {
+	tb.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	require.NoError(tb, err)
+	p, err := strconv.Atoi(port)
+	require.NoError(tb, err)
+	o := &server.Options{JetStream: true, StoreDir: tb.TempDir(), Host: host, Port: p, NoLog: true, NoSigs: true}
+	if adjust != nil {
+		adjust(o)
+	}
+	s, err := server.NewServer(o)
+	require.NoError(tb, err)
+	go s.Start()
+	tb.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	require.True(tb, s.ReadyForConnections(30*time.Second), "nats-server not ready")
+	return s
+}
+
+// httpGet returns the status and body of GET http://addr+path.
+func httpGet(tb testing.TB, addr, path string) (int, string) {
+	tb.Helper()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + addr + path)
+	require.NoError(tb, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(tb, err)
+	return resp.StatusCode, string(b)
+}
+
+// lastLine returns the last non-empty line of a process's output.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestDebugJobLine: at APNS_WORKER_LOG_LEVEL=debug the worker logs one
+// line per job outcome with its id, token prefix, outcome, attempts and
+// latency.
+func TestDebugJobLine(t *testing.T) {
+	listen := freeAddr(t)
+	w := startWorker(t, "debug-line", map[string]string{
+		"APNS_WORKER_EMBEDDED_LISTEN":   listen,
+		"APNS_WORKER_EMBEDDED_DATA_DIR": t.TempDir(),
+		"APNS_WORKER_LOG_LEVEL":         "debug",
+	})
+	_, js := connect(t, "nats://"+listen)
+	jobs := publishJobs(t, js, "debug", 2, func(i int) apns.Token {
+		tk := token(0x2d, i)
+		if i == 1 {
+			tk[0], tk[1] = 0xba, 0xd0 // the mock gateway rejects it
+		}
+		return tk
+	})
+	waitDrained(t, js, 30*time.Second)
+	require.Equal(t, 0, w.stop(30*time.Second))
+	out := w.log.String()
+	for i, want := range []string{`"outcome":"delivered"`, `"outcome":"rejected"`} {
+		j := jobs[i]
+		line := ""
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, `"msg":"job"`) && strings.Contains(l, `"job_id":"`+j.ID+`"`) {
+				line = l
+			}
+		}
+		require.NotEmpty(t, line, "no job line for %s in:\n%s", j.ID, out)
+		require.Contains(t, line, `"level":"DEBUG"`)
+		require.Contains(t, line, `"token_prefix":"`+j.Token.String()[:8]+`"`)
+		require.Contains(t, line, want)
+		require.Contains(t, line, `"attempts":1`)
+		require.Contains(t, line, `"latency":"`)
+	}
+}
