@@ -174,6 +174,19 @@ const (
 	ModeHTTP2 Mode = "http2"
 )
 
+// Engine is which HTTP/2 engine sends in http2 mode.
+type Engine string
+
+// The HTTP/2 engines.
+const (
+	// EngineH2 is the worker's own HTTP/2 engine (apns.HTTP2Engine): the
+	// default, the fastest.
+	EngineH2 Engine = "h2"
+	// EngineStd is the reference engine on golang.org/x/net/http2's
+	// Transport (apns.StdEngine): a fallback with the same outcomes.
+	EngineStd Engine = "std"
+)
+
 // Environment chooses Apple's hosts.
 type Environment string
 
@@ -197,6 +210,9 @@ type APNs struct {
 	// Environment is production or sandbox and chooses Apple's hosts
 	// (APNS_WORKER_APNS_ENVIRONMENT, default production).
 	Environment Environment
+	// Engine is the HTTP/2 engine in http2 mode: h2 (default) or std, the
+	// reference on x/net's Transport (APNS_WORKER_APNS_ENGINE).
+	Engine Engine
 	// Addr is where the engine connects: host:port in binary mode, a base
 	// URL (https://host[:port]) in http2 mode (APNS_WORKER_APNS_ADDR).
 	// By default Apple's host for the mode and Environment:
@@ -332,6 +348,7 @@ type spec struct {
 	APNS struct {
 		Mode             string `split_words:"true" desc:"mock (default: in-process gateway, reaches no device), binary or http2"` // no default: Load tells unset from mock
 		Environment      string `split_words:"true" default:"production" desc:"production or sandbox: chooses Apple's hosts"`
+		Engine           string `split_words:"true" default:"h2" desc:"http2: h2 (the worker's own engine) or std (the reference on x/net's Transport, a fallback)"`
 		Addr             string `split_words:"true" desc:"APNs address (binary host:port, http2 https://host[:port]); default Apple's"`
 		CaFile           string `split_words:"true" desc:"PEM CA bundle that verifies the APNs server instead of the system roots"`
 		CertFile         string `split_words:"true" desc:"client certificate, .p12 or PEM (binary; http2 certificate auth)"`

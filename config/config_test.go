@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 49)
+	require.Len(t, read, 50)
 }
 
 func TestDefaults(t *testing.T) {
@@ -214,6 +214,7 @@ func TestDefaults(t *testing.T) {
 		APNs: APNs{
 			Mode:             ModeMock,
 			Environment:      Production,
+			Engine:           EngineH2,
 			Conns:            4,
 			AssumedDelivered: 5 * time.Second,
 			ConfirmAfter:     50 * time.Millisecond, // mock mode's default
@@ -289,6 +290,7 @@ func TestValidHTTP2TokenAuth(t *testing.T) {
 	require.Equal(t, APNs{
 		Mode:             ModeHTTP2,
 		Environment:      Sandbox,
+		Engine:           EngineH2,
 		Addr:             "https://api.sandbox.push.apple.com",
 		P8File:           f.p8,
 		KeyID:            "ABCDE12345",
@@ -460,6 +462,8 @@ func TestBadVariable(t *testing.T) {
 		{"key file not a key", binary, map[string]string{"APNS_CERT_FILE": f.certPEM, "APNS_KEY_FILE": f.caPEM}, "APNS_KEY_FILE", "no PEM PRIVATE KEY block"},
 		{"key file with p12", binary, map[string]string{"APNS_KEY_FILE": f.keyPEM}, "APNS_KEY_FILE", "holds its key"},
 		{"http2 no credentials", nil, map[string]string{"APNS_MODE": "http2"}, "APNS_P8_FILE", "needs credentials"},
+		{"engine unknown", token, map[string]string{"APNS_ENGINE": "nghttp2"}, "APNS_ENGINE", "nghttp2"},
+		{"engine outside http2", binary, map[string]string{"APNS_ENGINE": "std"}, "APNS_ENGINE", "HTTP/2 engine"},
 		{"http2 both credentials", token, map[string]string{"APNS_CERT_FILE": f.combined}, "APNS_CERT_FILE", "certificate auth or token auth"},
 		{"p8 not pem", token, map[string]string{"APNS_P8_FILE": f.garbage}, "APNS_P8_FILE", "no PEM PRIVATE KEY block"},
 		{"p8 not ec", token, map[string]string{"APNS_P8_FILE": f.p8Ed25519}, "APNS_P8_FILE", "EC P-256"},
@@ -611,4 +615,13 @@ func TestErrorsUnwrap(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 	require.Len(t, Errors(err), 1)
 	require.Nil(t, Errors(nil))
+}
+
+// TestEngineStd: APNS_ENGINE=std chooses the reference HTTP/2 engine.
+func TestEngineStd(t *testing.T) {
+	f := newFiles(t)
+	setEnv(t, merge(tokenAuth(f), map[string]string{"APNS_ENGINE": "std"}))
+	c, err := Load()
+	require.NoError(t, err)
+	require.Equal(t, EngineStd, c.APNs.Engine)
 }

@@ -106,6 +106,10 @@ func (d *decoder) decode(s *spec) *Config {
 	modeSet := strings.TrimSpace(s.APNS.Mode) != ""
 	a.Mode = Mode(d.oneOf("APNS_MODE", s.APNS.Mode, string(ModeMock), string(ModeMock), string(ModeBinary), string(ModeHTTP2)))
 	a.Environment = Environment(d.oneOf("APNS_ENVIRONMENT", s.APNS.Environment, string(Production), string(Production), string(Sandbox)))
+	a.Engine = Engine(d.oneOf("APNS_ENGINE", s.APNS.Engine, string(EngineH2), string(EngineH2), string(EngineStd)))
+	if a.Engine != EngineH2 && a.Mode != ModeHTTP2 && d.ok("APNS_ENGINE") {
+		d.failf("APNS_ENGINE", "%s is an HTTP/2 engine, but %s is %s; unset it", a.Engine, fullName("APNS_MODE"), a.Mode)
+	}
 	a.Addr = d.str("APNS_ADDR", s.APNS.Addr)
 	a.CAFile = d.str("APNS_CA_FILE", s.APNS.CaFile)
 	a.CertFile = d.str("APNS_CERT_FILE", s.APNS.CertFile)

@@ -27,8 +27,15 @@ import (
 // server's .p8 key, key id, team id and topic) against the HTTP/2 test
 // server: jobs are delivered; 410 Unregistered and 400 BadDeviceToken reach
 // the rejected and the bad-tokens subjects; 400 DeviceTokenNotForTopic is a
-// rejection but not a bad token.
+// rejection but not a bad token. It runs with both HTTP/2 engines
+// (APNS_WORKER_APNS_ENGINE h2 and std): the same jobs, the same events.
 func TestHTTP2Mode(t *testing.T) {
+	for _, engine := range []string{"h2", "std"} {
+		t.Run(engine, func(t *testing.T) { testHTTP2Mode(t, engine) })
+	}
+}
+
+func testHTTP2Mode(t *testing.T, engine string) {
 	const n = 500
 	tok := func(i int) apns.Token { return token(0xc0, i) }
 	type reject struct {
@@ -50,7 +57,8 @@ func TestHTTP2Mode(t *testing.T) {
 	_, js := connect(t, ns.ClientURL())
 	env := http2Env(t, ns.ClientURL(), h2)
 	env["APNS_WORKER_EVENTS_RECEIPTS"] = "true"
-	w := startWorker(t, "http2", env)
+	env["APNS_WORKER_APNS_ENGINE"] = engine
+	w := startWorker(t, "http2-"+engine, env)
 	jobs := publishJobs(t, js, "h2", n, tok)
 	waitDrained(t, js, 90*time.Second)
 

@@ -121,6 +121,10 @@ func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger)
 		if a.IdleTimeout > 0 {
 			opts = append(opts, apns.WithPingInterval(a.IdleTimeout))
 		}
+		if a.Engine == config.EngineStd {
+			eng, err := apns.NewStdEngine(a.Addr, auth, opts...)
+			return eng, creds, closeMock, err
+		}
 		eng, err := apns.NewHTTP2Engine(a.Addr, auth, opts...)
 		return eng, creds, closeMock, err
 	}
