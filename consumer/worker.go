@@ -2,10 +2,10 @@ package consumer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/jsonscan"
 )
 
 // Worker moves jobs from the jobs stream to an apns.Engine and turns each
@@ -29,7 +30,9 @@ import (
 type Worker struct {
 	js   jetstream.JetStream
 	opts Options
-	log  *slog.Logger
+	// limits are the protocol's checks validate applies.
+	limits apns.Limits
+	log    *slog.Logger
 	m    *Metrics
 	cons jetstream.Consumer
 
@@ -118,6 +121,7 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 	w := &Worker{
 		js:      js,
 		opts:    o,
+		limits:  protocolLimits(o.Protocol),
 		log:     o.Logger,
 		m:       o.Metrics,
 		pending: make(chan *pendingEvents, 4096),
@@ -423,13 +427,8 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 	it := &item{w: w, msg: msg}
 	// Decoded before the job is tracked: once tracked, it can be finished
 	// (nakAll at shutdown), which reads it.id.
-	job, err := DecodeJob(msg.Data())
-	if err == nil {
-		it.id = job.ID
-		it.n, err = job.Notification()
-	} else {
-		it.id = malformedJobID(msg.Data())
-	}
+	job, n, err := w.checkJob(msg.Data())
+	it.id, it.n = job.ID, n
 	if it.id == "" && len(msg.Headers()) > 0 {
 		// Producers that only set Nats-Msg-Id (nats pub -H) still get
 		// de-duplicated events naming their id.
@@ -689,46 +688,100 @@ func (w *Worker) malformed(it *item, token string, cause error) {
 	seq, _ := w.meta(it)
 	w.log.Warn("malformed job", slog.String("job_id", it.id), slog.Uint64("seq", seq),
 		slog.String("reason", reason), slog.Any("error", cause))
-	ev := RejectionEvent{
-		JobID: it.id, Seq: seq, Token: token, Protocol: w.opts.Protocol, Reason: reason,
-		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
-	}
-	ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
+	ev := malformedEvent(it.id, seq, token, w.opts.Protocol, cause, it.msg.Data())
 	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
 }
 
-// malformedJobID returns the "id" of a job that did not decode (another
-// member had a wrong type, say), so that its rejection event still names
-// it; "" if it has none or the data is not a JSON object.
-func malformedJobID(data []byte) string {
-	var j struct {
-		ID string `json:"id"`
+// malformedEvent is the rejection event of a job refused before it
+// reached APNs, carrying the job's bytes.
+func malformedEvent(id string, seq uint64, token, protocol string, cause error, data []byte) RejectionEvent {
+	if len(token) > 2*apns.MaxTokenLen {
+		token = "" // not a token: the job's bytes hold it
 	}
-	if json.Unmarshal(data, &j) != nil {
-		return ""
+	ev := RejectionEvent{
+		JobID: id, Seq: seq, Token: token, Protocol: protocol, Reason: malformedReason(cause),
+		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
 	}
-	return j.ID
+	ev.EventJob = eventJob(data, MaxEventJob)
+	return ev
 }
 
-func malformedReason(err error) string {
-	for _, r := range []struct {
-		err    error
-		reason string
-	}{
-		{ErrMalformedJob, ReasonMalformedJob},
-		{apns.ErrInvalidToken, "InvalidToken"},
-		{apns.ErrNoAPS, "MissingAps"},
-		{apns.ErrInvalidPayload, "InvalidPayload"},
-		{apns.ErrPayloadTooLarge, "PayloadTooLarge"},
-		{apns.ErrInvalidPriority, "InvalidPriority"},
-		{apns.ErrInvalidPushType, "InvalidPushType"},
-		{apns.ErrInvalidCollapseID, "InvalidCollapseId"},
-		{apns.ErrInvalidID, "InvalidId"},
-		{apns.ErrInvalidTopic, "InvalidTopic"},
-	} {
-		if errors.Is(err, r.err) {
-			return r.reason
+// checkJob decodes a job message and checks it against the contract
+// (README, "Job format") and the limits of the engine's protocol. With an
+// error it returns what it could read of the job (its id, its token).
+func (w *Worker) checkJob(data []byte) (Job, *apns.Notification, error) {
+	job, err := decodeJob(data)
+	if err != nil {
+		if job.ID == "" {
+			job.ID = malformedJobID(data)
 		}
+		return job, nil, err
+	}
+	n, err := job.Notification()
+	if err == nil {
+		err = w.validate(n)
+	}
+	if err != nil {
+		return job, nil, err
+	}
+	return job, n, nil
+}
+
+// validate checks n against the contract and the limits of the engine's
+// protocol, before it is queued for the engine: a job the engine would
+// refuse never takes a place in its queue. A job without a topic is checked
+// against Options.DefaultTopic, if set, for its push type's suffix.
+func (w *Worker) validate(n *apns.Notification) error {
+	if err := n.Validate(w.limits); err != nil {
+		return err
+	}
+	if n.Topic == "" && w.opts.DefaultTopic != "" {
+		return apns.CheckTopic(n.PushType, w.opts.DefaultTopic)
+	}
+	return nil
+}
+
+// protocolLimits are the checks validate applies for Options.Protocol. The
+// binary engine's payload limit is its own option: the engine checks it.
+func protocolLimits(protocol string) apns.Limits {
+	switch protocol {
+	case ProtocolBinary, ProtocolMock:
+		l := apns.BinaryLimits
+		l.MaxPayload = math.MaxUint16
+		return l
+	}
+	return apns.HTTP2Limits
+}
+
+// malformedJobID returns the first string "id" member of a job that did not
+// decode (a later member had a wrong type, say), so that its rejection
+// event still names it; "" if it has none or data is not a JSON object.
+func malformedJobID(data []byte) string {
+	if !jsonscan.Valid(data) {
+		return ""
+	}
+	i := jsonscan.SkipSpace(data, 0)
+	if data[i] != '{' || !jsonscan.ValidUnicode(data) {
+		return ""
+	}
+	var id string
+	jsonscan.Members(data, i, func(name, val []byte) bool {
+		if string(jsonscan.Unquote(name)) == "id" && val[0] == '"' {
+			id = string(jsonscan.Unquote(val))
+			return false
+		}
+		return true
+	})
+	return id
+}
+
+// malformedReason names why a job was refused before it reached APNs.
+func malformedReason(err error) string {
+	if r := apns.ReasonOf(err); r != "" {
+		return r
+	}
+	if errors.Is(err, ErrMalformedJob) {
+		return ReasonMalformedJob
 	}
 	return ReasonInvalidNotification
 }
