@@ -33,8 +33,8 @@ type Worker struct {
 	// limits are the protocol's checks validate applies.
 	limits apns.Limits
 	log    *slog.Logger
-	m    *Metrics
-	cons jetstream.Consumer
+	m      *Metrics
+	cons   jetstream.Consumer
 
 	// Jobs received and not yet finished, oldest first: what InProgress
 	// keeps alive and what Shutdown waits for.
