@@ -6,9 +6,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -149,30 +151,47 @@ func TestJobContract(t *testing.T) {
 }
 
 // checkMalformedEvent: a refused job's event names a reason and carries
-// the job's bytes ("job" when valid JSON, else "job_raw").
+// the job's bytes ("job" when valid JSON, else "job_raw"). Failures are
+// reported short: the fuzzer's inputs can be large.
 func checkMalformedEvent(t *testing.T, data []byte, cause error) {
+	t.Helper()
 	ev := malformedEvent("id", 1, "", ProtocolHTTP2, cause, data)
-	require.NotEmpty(t, ev.Reason)
+	if ev.Reason == "" {
+		t.Fatalf("no reason for %v", cause)
+	}
 	b, err := json.Marshal(ev)
-	require.NoError(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var got map[string]json.RawMessage
-	require.NoError(t, json.Unmarshal(b, &got), "%s", b)
-	require.Equal(t, `"http2"`, string(got["protocol"]))
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("event is not JSON: %v", err)
+	}
+	if string(got["protocol"]) != `"http2"` {
+		t.Fatalf("protocol %s", got["protocol"])
+	}
 	if len(data) > MaxEventJob {
-		require.Equal(t, strconv.Itoa(len(data)), string(got["job_size"]))
+		if string(got["job_size"]) != strconv.Itoa(len(data)) {
+			t.Fatalf("job_size %s, want %d", got["job_size"], len(data))
+		}
 		return
 	}
 	if raw, ok := got["job"]; ok {
 		// The job as JSON: the same value (the encoder compacts it).
-		require.Equal(t, jsonValue(t, data), jsonValue(t, raw))
-		require.True(t, jsonscan.ValidUnicode(data), "only UTF-8 goes in job")
+		if !jsonscan.ValidUnicode(data) {
+			t.Fatalf("job %.100q is not UTF-8 but went in job", data)
+		}
+		if !reflect.DeepEqual(jsonValue(t, data), jsonValue(t, raw)) {
+			t.Fatalf("event job %.200s, want %.200s", raw, data)
+		}
 		return
 	}
 	var raw []byte
-	require.NoError(t, json.Unmarshal(got["job_raw"], &raw), "%s", b)
-	require.Equal(t, data, append([]byte{}, raw...))
-	if len(data) == 0 {
-		require.Equal(t, "0", string(got["job_size"]), "%s", b)
+	if err := json.Unmarshal(got["job_raw"], &raw); err != nil || !bytes.Equal(data, raw) {
+		t.Fatalf("job_raw %.200s, want %.200q (%v)", got["job_raw"], data, err)
+	}
+	if len(data) == 0 && string(got["job_size"]) != "0" {
+		t.Fatalf("empty job: job_size %s", got["job_size"])
 	}
 }
 
@@ -180,16 +199,30 @@ func checkMalformedEvent(t *testing.T, data []byte, cause error) {
 // for byte, its aps is an object, and no name repeats in the job, the
 // payload or aps (as encoding/json reads them).
 func checkAccepted(t *testing.T, data []byte, n *apns.Notification) {
-	require.NotNil(t, n)
+	t.Helper()
+	if n == nil {
+		t.Fatal("accepted without a notification")
+	}
 	job, err := uniqueMembers(data)
-	require.NoError(t, err)
-	require.Equal(t, string(job["payload"]), string(n.Payload), "sent byte for byte")
+	if err != nil {
+		t.Fatalf("accepted job %.200q: %v", data, err)
+	}
+	if !bytes.Equal(job["payload"], n.Payload) {
+		t.Fatalf("sent payload %.200q, the job carried %.200q", n.Payload, job["payload"])
+	}
 	pl, err := uniqueMembers(n.Payload)
-	require.NoError(t, err)
-	require.Equal(t, byte('{'), pl["aps"][0], "aps is an object")
-	_, err = uniqueMembers(pl["aps"])
-	require.NoError(t, err)
-	require.True(t, jsonscan.ValidUnicode(data))
+	if err != nil {
+		t.Fatalf("accepted payload %.200q: %v", n.Payload, err)
+	}
+	if aps := pl["aps"]; len(aps) == 0 || aps[0] != '{' {
+		t.Fatalf("accepted aps %.100q is not an object", aps)
+	}
+	if _, err := uniqueMembers(pl["aps"]); err != nil {
+		t.Fatalf("accepted aps %.200q: %v", pl["aps"], err)
+	}
+	if !utf8.Valid(data) || !jsonscan.ValidUnicode(data) {
+		t.Fatalf("accepted job %.200q is not UTF-8", data)
+	}
 }
 
 // uniqueMembers reads a JSON object's members through encoding/json and
@@ -237,9 +270,9 @@ func FuzzJob(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		_, n, err := w.checkJob(data)
 		if err != nil {
-			require.Nil(t, n)
-			require.True(t, errors.Is(err, ErrMalformedJob) || errors.Is(err, apns.ErrInvalidNotification),
-				"a refusal is a malformed job or an invalid notification: %v", err)
+			if n != nil || !errors.Is(err, ErrMalformedJob) && !errors.Is(err, apns.ErrInvalidNotification) {
+				t.Fatalf("a refusal is a malformed job or an invalid notification: %.300v", err)
+			}
 			checkMalformedEvent(t, data, err)
 			return
 		}
@@ -271,9 +304,12 @@ func TestWriteFuzzSeeds(t *testing.T) {
 
 // jsonValue decodes b, numbers kept as written.
 func jsonValue(t *testing.T, b []byte) any {
+	t.Helper()
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	var v any
-	require.NoError(t, d.Decode(&v))
+	if err := d.Decode(&v); err != nil {
+		t.Fatalf("%.100q: %v", b, err)
+	}
 	return v
 }
