@@ -122,6 +122,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics (default: collectors that are not registered anywhere).
 	Metrics *Metrics
+
+	// eventRetryBase is the first wait before an event is published again
+	// (default 100 ms; tests shorten it).
+	eventRetryBase time.Duration
 }
 
 var defaultBackoff = []time.Duration{
@@ -159,6 +163,7 @@ func (o Options) withDefaults() (Options, error) {
 	defDur(&o.DrainTimeout, 10*time.Second)
 	defDur(&o.EventTimeout, 10*time.Second)
 	defDur(&o.SetupTimeout, 10*time.Second)
+	defDur(&o.eventRetryBase, 100*time.Millisecond)
 	defDur(&o.CredentialsProbeInterval, 30*time.Second)
 	defInt(&o.Replicas, 1)
 	defInt(&o.MaxDeliver, 10)

@@ -258,14 +258,18 @@ func TestRejected(t *testing.T) {
 
 func TestRejectionEventNotDoubledOnRedelivery(t *testing.T) {
 	js, _ := startJS(t)
-	// The first PubAck is "lost": the worker naks the job, it comes back,
-	// is rejected again and publishes the same event again.
-	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 1}
+	// Every PubAck of the first attempt is "lost" (the event is stored):
+	// the worker publishes it again maxEventRetries times, then naks the
+	// job; it comes back, is rejected again and publishes the same event
+	// again. The Nats-Msg-Id keeps it one event.
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 2 * (1 + maxEventRetries)} // two events an attempt
 	close(gjs.gate)
 	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
 		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadDeviceToken"}, false
 	})
-	startWorker(t, gjs, testOptions(), eng)
+	opts := testOptions()
+	opts.eventRetryBase = time.Millisecond
+	startWorker(t, gjs, opts, eng)
 	publishJobs(t, js, 1, tokHex)
 
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
@@ -273,6 +277,28 @@ func TestRejectionEventNotDoubledOnRedelivery(t *testing.T) {
 	require.Equal(t, 2, eng.sent(tokHex(0)), "the job was redelivered once")
 	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
 	require.Len(t, events[BadTokenEvent](t, js, "apns.events.badtokens"), 1)
+}
+
+// TestLostPubAckPublishedAgain: a lost PubAck (a leader election, say) is
+// retried by the worker itself: the job is not naked, the engine sees it
+// once, and the event is stored once.
+func TestLostPubAckPublishedAgain(t *testing.T) {
+	js, _ := startJS(t)
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: maxEventRetries}
+	close(gjs.gate)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadTopic"}, false
+	})
+	opts := testOptions()
+	opts.eventRetryBase = time.Millisecond
+	startWorker(t, gjs, opts, eng)
+	publishJobs(t, js, 1, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1, eng.sent(tokHex(0)), "not naked")
+	require.Equal(t, uint64(1), consumerInfo(t, js).Delivered.Consumer)
+	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
 }
 
 func TestFailedThenRetried(t *testing.T) {
