@@ -194,3 +194,33 @@ func BenchmarkDecodeJob(b *testing.B) {
 		}
 	}
 }
+
+// Every reason job.schema.json names is one of apns/reason.go's.
+func TestSchemaReasons(t *testing.T) {
+	b, err := os.ReadFile("job.schema.json")
+	require.NoError(t, err)
+	list, err := os.ReadFile("../apns/reason.go")
+	require.NoError(t, err)
+	var walk func(v any)
+	n := 0
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if r, ok := v["x-reason"].(string); ok {
+				require.Contains(t, string(list), `"`+r+`"`, "x-reason %s", r)
+				n++
+			}
+			for _, e := range v {
+				walk(e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	var schema any
+	require.NoError(t, json.Unmarshal(b, &schema))
+	walk(schema)
+	require.GreaterOrEqual(t, n, 8)
+}
