@@ -324,16 +324,8 @@ func scanPayload(p []byte) (apsMembers, error) {
 	if !jsonscan.ValidUnicode(p) {
 		return aps, fmt.Errorf("%w: payload", ErrInvalidUTF8)
 	}
-	var (
-		top    jsonscan.Names
-		apsVal []byte
-		dup    []byte
-	)
-	jsonscan.Members(p, i, func(name, value []byte) bool {
-		if top.Seen(name) {
-			dup = name
-			return false
-		}
+	var apsVal []byte
+	dup := jsonscan.UniqueMembers(p, i, func(name, value []byte) bool {
 		if string(name) == `"aps"` || bytes.IndexByte(name, '\\') >= 0 && string(jsonscan.Unquote(name)) == "aps" {
 			apsVal = value
 		}
@@ -347,12 +339,7 @@ func scanPayload(p []byte) (apsMembers, error) {
 	case apsVal[0] != '{':
 		return aps, fmt.Errorf("%w: it is %.20s", ErrApsNotObject, apsVal)
 	}
-	var in jsonscan.Names
-	jsonscan.Members(apsVal, 0, func(name, value []byte) bool {
-		if in.Seen(name) {
-			dup = name
-			return false
-		}
+	dup = jsonscan.UniqueMembers(apsVal, 0, func(name, value []byte) bool {
 		if bytes.IndexByte(name, '\\') >= 0 {
 			name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
 		}

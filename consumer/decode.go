@@ -32,18 +32,13 @@ func decodeJob(data []byte) (Job, error) {
 	if !jsonscan.ValidUnicode(data) {
 		return j, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
 	}
-	var (
-		names jsonscan.Names
-		err   error
-	)
-	jsonscan.Members(data, i, func(name, val []byte) bool {
-		if names.Seen(name) {
-			err = fmt.Errorf("%w: %w: member %.64s", ErrMalformedJob, apns.ErrDuplicateKey, name)
-			return false
-		}
+	var err error
+	if dup := jsonscan.UniqueMembers(data, i, func(name, val []byte) bool {
 		err = j.member(jsonscan.Unquote(name), val)
 		return err == nil
-	})
+	}); dup != nil {
+		return j, fmt.Errorf("%w: %w: member %.64s", ErrMalformedJob, apns.ErrDuplicateKey, dup)
+	}
 	return j, err
 }
 
