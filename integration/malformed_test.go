@@ -35,13 +35,17 @@ func hostileKinds() []hostileKind {
 	return []hostileKind{
 		{"empty message", apns.ReasonMalformedJob, 0, func(string, apns.Token) string { return "" }},
 		{"broken JSON", apns.ReasonMalformedJob, 0, func(id string, tok apns.Token) string { return head(id, tok) + `,"payload":{"aps":` }},
-		{"BOM", apns.ReasonMalformedJob, 0, func(id string, tok apns.Token) string { return "\xef\xbb\xbf" + with(`"payload":`+helloPayload)(id, tok) }},
+		{"BOM", apns.ReasonMalformedJob, 0, func(id string, tok apns.Token) string {
+			return "\xef\xbb\xbf" + with(`"payload":`+helloPayload)(id, tok)
+		}},
 		{"trailing garbage", apns.ReasonMalformedJob, 0, func(id string, tok apns.Token) string { return with(`"payload":`+helloPayload)(id, tok) + `{}` }},
 		{"job an array", apns.ReasonMalformedJob, 0, func(id string, tok apns.Token) string { return "[" + with(`"payload":`+helloPayload)(id, tok) + "]" }},
 		{"NaN", apns.ReasonMalformedJob, 0, with(`"payload":{"aps":{"badge":NaN}}`)},
 		{"invalid escape", apns.ReasonMalformedJob, 0, with(`"payload":{"aps":{"alert":"\x41"}}`)},
 		{"deep nesting", apns.ReasonMalformedJob, 0, with(`"payload":{"aps":{},"x":` + strings.Repeat("[", 1500) + strings.Repeat("]", 1500) + `}`)},
-		{"token a number", apns.ReasonMalformedJob, 0, func(id string, _ apns.Token) string { return `{"id":"` + id + `","token":12,"payload":` + helloPayload + `}` }},
+		{"token a number", apns.ReasonMalformedJob, 0, func(id string, _ apns.Token) string {
+			return `{"id":"` + id + `","token":12,"payload":` + helloPayload + `}`
+		}},
 		{"aps a string", apns.ReasonApsNotObject, 0, with(`"payload":{"aps":"hi"}`)},
 		{"aps a number", apns.ReasonApsNotObject, 0, with(`"payload":{"aps":1e308}`)},
 		{"aps a boolean", apns.ReasonApsNotObject, 0, with(`"payload":{"aps":true}`)},
