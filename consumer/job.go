@@ -29,8 +29,9 @@ var ErrMalformedJob = errors.New("consumer: malformed job")
 //	 "push_type":"alert","priority":10,"expiration":"2026-12-01T00:00:00Z",
 //	 "collapse_id":"news"}
 //
-// Only token and payload are required. Unknown members are ignored; members
-// of the wrong JSON type are rejected.
+// Only token and payload are required. Member names are case-sensitive and
+// may not repeat; unknown members are ignored; members of the wrong JSON
+// type are rejected (README, "The validation contract").
 type Job struct {
 	// ID identifies the job: it is the jobs stream's Nats-Msg-Id (so a
 	// repeated publish is dropped), it names the job in events, and, when it

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpush/apns-worker/apns"
-	"github.com/jetpush/apns-worker/apns/jsonscan"
 )
 
 // Worker moves jobs from the jobs stream to an apns.Engine and turns each
@@ -705,100 +703,6 @@ func (w *Worker) malformed(it *item, token string, cause error) {
 		slog.String("reason", reason), slog.Any("error", cause))
 	ev := malformedEvent(it.id, seq, token, w.opts.Protocol, cause, it.msg.Data())
 	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
-}
-
-// malformedEvent is the rejection event of a job refused before it
-// reached APNs, carrying the job's bytes.
-func malformedEvent(id string, seq uint64, token, protocol string, cause error, data []byte) RejectionEvent {
-	if len(token) > 2*apns.MaxTokenLen {
-		token = "" // not a token: the job's bytes hold it
-	}
-	ev := RejectionEvent{
-		JobID: id, Seq: seq, Token: token, Protocol: protocol, Reason: malformedReason(cause),
-		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
-	}
-	ev.EventJob = eventJob(data, MaxEventJob)
-	return ev
-}
-
-// checkJob decodes a job message and checks it against the contract
-// (README, "Job format") and the limits of the engine's protocol. With an
-// error it returns what it could read of the job (its id, its token).
-func (w *Worker) checkJob(data []byte) (Job, *apns.Notification, error) {
-	job, err := decodeJob(data)
-	if err != nil {
-		if job.ID == "" {
-			job.ID = malformedJobID(data)
-		}
-		return job, nil, err
-	}
-	n, err := job.Notification()
-	if err == nil {
-		err = w.validate(n)
-	}
-	if err != nil {
-		return job, nil, err
-	}
-	return job, n, nil
-}
-
-// validate checks n against the contract and the limits of the engine's
-// protocol, before it is queued for the engine: a job the engine would
-// refuse never takes a place in its queue. A job without a topic is checked
-// against Options.DefaultTopic, if set, for its push type's suffix.
-func (w *Worker) validate(n *apns.Notification) error {
-	if err := n.Validate(w.limits); err != nil {
-		return err
-	}
-	if n.Topic == "" && w.opts.DefaultTopic != "" {
-		return apns.CheckTopic(n.PushType, w.opts.DefaultTopic)
-	}
-	return nil
-}
-
-// protocolLimits are the checks validate applies for Options.Protocol. The
-// binary engine's payload limit is its own option: the engine checks it.
-func protocolLimits(protocol string) apns.Limits {
-	switch protocol {
-	case ProtocolBinary, ProtocolMock:
-		l := apns.BinaryLimits
-		l.MaxPayload = math.MaxUint16
-		return l
-	}
-	return apns.HTTP2Limits
-}
-
-// malformedJobID returns the first string "id" member of a job that did not
-// decode (a later member had a wrong type, say), so that its rejection
-// event still names it; "" if it has none or data is not a JSON object.
-func malformedJobID(data []byte) string {
-	if !jsonscan.Valid(data) {
-		return ""
-	}
-	i := jsonscan.SkipSpace(data, 0)
-	if data[i] != '{' || !jsonscan.ValidUnicode(data) {
-		return ""
-	}
-	var id string
-	jsonscan.Members(data, i, func(name, val []byte) bool {
-		if string(jsonscan.Unquote(name)) == "id" && val[0] == '"' {
-			id = string(jsonscan.Unquote(val))
-			return false
-		}
-		return true
-	})
-	return id
-}
-
-// malformedReason names why a job was refused before it reached APNs.
-func malformedReason(err error) string {
-	if r := apns.ReasonOf(err); r != "" {
-		return r
-	}
-	if errors.Is(err, ErrMalformedJob) {
-		return ReasonMalformedJob
-	}
-	return ReasonInvalidNotification
 }
 
 // receipt publishes a delivered receipt, then acks. A receipt that cannot
