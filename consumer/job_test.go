@@ -224,3 +224,17 @@ func TestSchemaReasons(t *testing.T) {
 	walk(schema)
 	require.GreaterOrEqual(t, n, 8)
 }
+
+// BenchmarkCheckJob is the whole check a job passes before the engine:
+// decode, build, and validate against the contract (HTTP/2 limits).
+func BenchmarkCheckJob(b *testing.B) {
+	data := []byte(`{"id":"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10","token":"` + tok32 + `","payload":{"aps":{"alert":{"title":"Hello","body":"World"},"badge":1}},"topic":"com.example.app","push_type":"alert","priority":10,"expiration":1796083200}`)
+	w := &Worker{limits: protocolLimits(ProtocolHTTP2), opts: Options{DefaultTopic: "com.example.app"}}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, _, err := w.checkJob(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
