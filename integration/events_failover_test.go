@@ -129,6 +129,18 @@ func eventsLeaderLoss(t *testing.T, onWorkerNode bool) {
 	require.Equal(t, 0, w.stop(60*time.Second), "exit code")
 	log := w.log.String()
 	require.NotContains(t, log, "could not create it again", "the stream was never missing")
+	causes := map[string]int{} // why event publishes were retried
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `"msg":"events stream`) {
+			t.Logf("worker: %s", line)
+		}
+		if _, after, ok := strings.Cut(line, `publishing it again"`); ok {
+			if _, cause, ok := strings.Cut(after, `"error":`); ok {
+				causes[strings.TrimSuffix(cause, "}")]++
+			}
+		}
+	}
+	t.Logf("retried publishes by cause: %v", causes)
 	t.Logf("stopped %s (events stream leader%s) at %d of %d events; %d event publishes retried, %d jobs naked for their event; %d good jobs, %d duplicates",
 		victim.Name(), map[bool]string{true: ", the worker's node", false: ""}[onWorkerNode], stored.Load(), len(malformed),
 		strings.Count(log, "publishing it again"), strings.Count(log, `"msg":"event not stored"`), len(good), dups)
