@@ -131,7 +131,7 @@ func (n *Notification) Validate(l Limits) error {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrInvalidToken, len(n.Token), l.TokenLen)
 	}
 	if !n.PushType.Valid() {
-		return fmt.Errorf("%w: %q", ErrInvalidPushType, n.PushType)
+		return fmt.Errorf("%w: %.40q", ErrInvalidPushType, n.PushType)
 	}
 	if l.Binary && n.PushType == PushTypeLiveActivity {
 		return fmt.Errorf("%w: push type %s needs HTTP/2", ErrUnsupportedByProtocol, n.PushType)
@@ -160,11 +160,11 @@ func (n *Notification) Validate(l Limits) error {
 		return fmt.Errorf("%w: %d bytes", ErrInvalidCollapseID, len(n.CollapseID))
 	}
 	if n.ID != "" && !IsUUID(n.ID) {
-		return fmt.Errorf("%w: %q", ErrInvalidID, n.ID)
+		return fmt.Errorf("%w: %.40q", ErrInvalidID, n.ID)
 	}
 	for i := 0; i < len(n.Topic); i++ {
 		if c := n.Topic[i]; c <= ' ' || c >= 0x7f {
-			return fmt.Errorf("%w: %q", ErrInvalidTopic, n.Topic)
+			return fmt.Errorf("%w: %.64q", ErrInvalidTopic, n.Topic)
 		}
 	}
 	if n.Topic != "" {
@@ -208,7 +208,7 @@ func CheckTopic(p PushType, topic string) error {
 		return nil
 	}
 	if len(topic) <= len(suffix) || topic[len(topic)-len(suffix):] != suffix {
-		return fmt.Errorf("%w: push type %s needs a topic ending in %s, not %q", ErrTopicDisallowed, p, suffix, topic)
+		return fmt.Errorf("%w: push type %s needs a topic ending in %s, not %.64q", ErrTopicDisallowed, p, suffix, topic)
 	}
 	return nil
 }
@@ -221,7 +221,7 @@ func checkPushType(n *Notification, aps *apsMembers) error {
 			return fmt.Errorf("%w: background pushes must use priority 5, not %d", ErrInvalidPriority, n.Priority)
 		}
 		if string(aps.contentAvailable) != "1" {
-			return fmt.Errorf(`%w: aps.content-available is %q`, ErrMissingContentAvail, aps.contentAvailable)
+			return fmt.Errorf(`%w: aps.content-available is %.20q`, ErrMissingContentAvail, aps.contentAvailable)
 		}
 	case PushTypeLocation, PushTypePushToTalk:
 		if n.Priority != 0 && n.Priority != PriorityImmediate {

@@ -100,8 +100,25 @@ func malformedEvent(id string, seq uint64, token, protocol string, cause error, 
 	}
 	ev := RejectionEvent{
 		JobID: id, Seq: seq, Token: token, Protocol: protocol, Reason: malformedReason(cause),
-		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
+		Time: time.Now().UTC(), Error: clip(cause.Error(), maxEventError), Malformed: true,
 	}
 	ev.EventJob = eventJob(data, MaxEventJob)
 	return ev
+}
+
+// MaxEventJobID is how many bytes of a job's id events and logs carry: a
+// longer id (a hostile one) is cut, so that an event always fits the
+// server's max_payload. Its events' Nats-Msg-Ids stay distinct: they carry
+// the job's stream sequence.
+const MaxEventJobID = 256
+
+// maxEventError bounds an event's error text.
+const maxEventError = 1024
+
+// clip cuts s to at most n bytes.
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }

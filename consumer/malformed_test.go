@@ -99,6 +99,9 @@ func malformedCases() []malformedCase {
 		{"complication bare topic", job(`"push_type":"complication","topic":"com.example.app","payload":` + payload), apns.ReasonTopicDisallowed},
 		{"fileprovider bare topic", job(`"push_type":"fileprovider","topic":"com.example.app","payload":` + payload), apns.ReasonTopicDisallowed},
 		{"location at priority 5", job(`"push_type":"location","topic":"com.example.app.location-query","priority":5,"payload":` + payload), apns.ReasonInvalidPriority},
+		{"huge topic", job(`"push_type":"voip","topic":"` + strings.Repeat("t", 700<<10) + `","payload":` + payload), apns.ReasonTopicDisallowed},
+		{"huge push type", job(`"push_type":"` + strings.Repeat("p", 700<<10) + `","payload":` + payload), apns.ReasonInvalidPushType},
+		{"huge content-available", job(`"push_type":"background","priority":5,"payload":{"aps":{"content-available":"` + strings.Repeat("c", 3000) + `"}}`), apns.ReasonContentAvailable},
 		{"pushtotalk bare topic", job(`"push_type":"pushtotalk","topic":"com.example.app","payload":` + payload), apns.ReasonTopicDisallowed},
 	}
 }
@@ -162,6 +165,9 @@ func checkMalformedEvent(t *testing.T, data []byte, cause error) {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if limit := MaxEventJob*4/3 + 4<<10; len(b) > limit { // job bytes in base64, and the rest
+		t.Fatalf("event of %d bytes, more than %d", len(b), limit)
 	}
 	var got map[string]json.RawMessage
 	if err := json.Unmarshal(b, &got); err != nil {

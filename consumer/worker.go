@@ -447,6 +447,7 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 		// de-duplicated events naming their id.
 		it.id = msg.Headers().Get(jetstream.MsgIDHeader)
 	}
+	it.id = clip(it.id, MaxEventJobID)
 	if err != nil {
 		// The sender reports it, in order with the jobs before it.
 		it.bad, it.badToken, it.n = err, job.Token, nil

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -365,7 +366,8 @@ func TestMalformedJobs(t *testing.T) {
 	tests := malformedCases()
 	tests = append(tests,
 		malformedCase{"id kept", `{"id":"p-str","token":"` + tokHex(7) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
-		malformedCase{"id after the error kept", `{"token":7,"id":"late","payload":` + payload + `}`, ReasonMalformedJob})
+		malformedCase{"id after the error kept", `{"token":7,"id":"late","payload":` + payload + `}`, ReasonMalformedJob},
+		malformedCase{"huge id", `{"id":"` + strings.Repeat("i", 800<<10) + `","token":"` + tokHex(8) + `","payload":{"aps":"x"}}`, apns.ReasonApsNotObject})
 	ctx := ctxT(t)
 	good := 0
 	for i, tt := range tests {
@@ -416,6 +418,8 @@ func TestMalformedJobs(t *testing.T) {
 				require.Equal(t, "p-str", e.JobID)
 			case "id after the error kept":
 				require.Equal(t, "late", e.JobID)
+			case "huge id": // cut, so that the event fits
+				require.Equal(t, strings.Repeat("i", MaxEventJobID), e.JobID)
 			}
 			switch {
 			case len(tt.data) > MaxEventJob:
