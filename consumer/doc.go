@@ -18,7 +18,7 @@
 //	     malformed  → .rejected with the raw job and the rule's reason, then
 //	                  Term; checked before Send (checkJob: decode by the
 //	                  README's contract, apns.Notification.Validate with the
-//	                  protocol's limits), so it never takes an engine slot
+//	                  protocol's limits), so it never reaches the engine
 //	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter;
 //	                  while eng.Stats().CredentialsErr is set the sender holds
 //	                  its jobs (InProgress) and takes no new ones, passing one
