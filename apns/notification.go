@@ -3,7 +3,6 @@ package apns
 import (
 	"bytes"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -107,22 +106,35 @@ type Limits struct {
 	MaxPayload     int  // bytes
 	MaxPayloadVoIP int  // bytes for push type voip; 0: MaxPayload
 	AllowLowPrio   bool // priority 1 allowed (HTTP/2)
+	// Binary refuses what only HTTP/2 can send: push type liveactivity
+	// (ErrUnsupportedByProtocol).
+	Binary bool
 }
 
 // Limits of the two protocols.
 var (
-	BinaryLimits = Limits{TokenLen: 32, MaxPayload: 2048}
+	BinaryLimits = Limits{TokenLen: 32, MaxPayload: 2048, Binary: true}
 	HTTP2Limits  = Limits{MaxPayload: 4096, MaxPayloadVoIP: 5120, AllowLowPrio: true}
 )
 
-// Validate checks n against l. Every error wraps ErrInvalidNotification and
-// one of the specific validation errors.
+// Validate checks n against l and the rules Apple enforces (README, "Job
+// format"): the payload is a JSON object of valid UTF-8 with an object
+// "aps" and no member name twice at its top level or in "aps" (RFC 7493),
+// and the push type's topic suffix, priority and payload members hold.
+// Every error wraps ErrInvalidNotification and one of the specific
+// validation errors; ReasonOf names it.
 func (n *Notification) Validate(l Limits) error {
 	switch {
 	case len(n.Token) == 0 || len(n.Token) > MaxTokenLen:
 		return fmt.Errorf("%w: %d bytes", ErrInvalidToken, len(n.Token))
 	case l.TokenLen != 0 && len(n.Token) != l.TokenLen:
 		return fmt.Errorf("%w: %d bytes, want %d", ErrInvalidToken, len(n.Token), l.TokenLen)
+	}
+	if !n.PushType.Valid() {
+		return fmt.Errorf("%w: %.40q", ErrInvalidPushType, n.PushType)
+	}
+	if l.Binary && n.PushType == PushTypeLiveActivity {
+		return fmt.Errorf("%w: push type %s needs HTTP/2", ErrUnsupportedByProtocol, n.PushType)
 	}
 	max := l.MaxPayload
 	if n.PushType == PushTypeVoIP && l.MaxPayloadVoIP != 0 {
@@ -131,7 +143,8 @@ func (n *Notification) Validate(l Limits) error {
 	if len(n.Payload) > max {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(n.Payload), max)
 	}
-	if err := checkPayload(n.Payload); err != nil {
+	aps, err := scanPayload(n.Payload)
+	if err != nil {
 		return err
 	}
 	switch n.Priority {
@@ -143,24 +156,128 @@ func (n *Notification) Validate(l Limits) error {
 	default:
 		return fmt.Errorf("%w: %d, want 10, 5 or 1", ErrInvalidPriority, n.Priority)
 	}
-	if !n.PushType.Valid() {
-		return fmt.Errorf("%w: %q", ErrInvalidPushType, n.PushType)
-	}
-	if n.PushType == PushTypeBackground && n.Priority == PriorityImmediate {
-		return fmt.Errorf("%w: background pushes must use priority 5", ErrInvalidPriority)
-	}
 	if len(n.CollapseID) > 64 {
 		return fmt.Errorf("%w: %d bytes", ErrInvalidCollapseID, len(n.CollapseID))
 	}
 	if n.ID != "" && !IsUUID(n.ID) {
-		return fmt.Errorf("%w: %q", ErrInvalidID, n.ID)
+		return fmt.Errorf("%w: %.40q", ErrInvalidID, n.ID)
 	}
 	for i := 0; i < len(n.Topic); i++ {
 		if c := n.Topic[i]; c <= ' ' || c >= 0x7f {
-			return fmt.Errorf("%w: %q", ErrInvalidTopic, n.Topic)
+			return fmt.Errorf("%w: %.64q", ErrInvalidTopic, n.Topic)
+		}
+	}
+	if n.Topic != "" {
+		if err := CheckTopic(n.PushType, n.Topic); err != nil {
+			return err
+		}
+	}
+	return checkPushType(n, &aps)
+}
+
+// TopicSuffix returns the suffix Apple requires of the topic of push type
+// p ("" if none).
+func TopicSuffix(p PushType) string {
+	switch p {
+	case PushTypeVoIP:
+		return ".voip"
+	case PushTypeComplication:
+		return ".complication"
+	case PushTypeFileProvider:
+		return ".pushkit.fileprovider"
+	case PushTypeLiveActivity:
+		return ".push-type.liveactivity"
+	case PushTypeLocation:
+		return ".location-query"
+	case PushTypePushToTalk:
+		return ".voip-ptt"
+	case PushTypeWidgets:
+		return ".push-type.widgets"
+	case PushTypeControls:
+		return ".push-type.controls"
+	}
+	return ""
+}
+
+// CheckTopic checks that topic, the one a notification of push type p is
+// sent with (its own or the engine's default), has the suffix p needs
+// (ErrTopicDisallowed), and that it is not the suffix alone.
+func CheckTopic(p PushType, topic string) error {
+	suffix := TopicSuffix(p)
+	if suffix == "" {
+		return nil
+	}
+	if len(topic) <= len(suffix) || topic[len(topic)-len(suffix):] != suffix {
+		return fmt.Errorf("%w: push type %s needs a topic ending in %s, not %.64q", ErrTopicDisallowed, p, suffix, topic)
+	}
+	return nil
+}
+
+// checkPushType applies the push type's rules on priority and aps members.
+func checkPushType(n *Notification, aps *apsMembers) error {
+	switch n.PushType {
+	case PushTypeBackground:
+		if n.Priority != PriorityConserve {
+			return fmt.Errorf("%w: background pushes must use priority 5, not %d", ErrInvalidPriority, n.Priority)
+		}
+		if string(aps.contentAvailable) != "1" {
+			return fmt.Errorf(`%w: aps.content-available is %.20q`, ErrMissingContentAvail, aps.contentAvailable)
+		}
+	case PushTypeLocation, PushTypePushToTalk:
+		if n.Priority != 0 && n.Priority != PriorityImmediate {
+			return fmt.Errorf("%w: %s pushes must use priority 10, not %d", ErrInvalidPriority, n.PushType, n.Priority)
+		}
+	case PushTypeLiveActivity:
+		if n.Priority == PriorityLow {
+			return fmt.Errorf("%w: liveactivity pushes use priority 10 or 5, not 1", ErrInvalidPriority)
+		}
+		return checkLiveActivity(aps)
+	}
+	return nil
+}
+
+// checkLiveActivity applies BROADCAST.md §5-6 to a device Live Activity's aps.
+func checkLiveActivity(aps *apsMembers) error {
+	var event string
+	switch string(aps.event) {
+	case `"start"`, `"update"`, `"end"`:
+		event = string(aps.event[1 : len(aps.event)-1])
+	case "":
+		return fmt.Errorf(`%w: no aps.event`, ErrBadLiveActivity)
+	default:
+		return fmt.Errorf(`%w: aps.event %.40s, want "start", "update" or "end"`, ErrBadLiveActivity, aps.event)
+	}
+	if !wholeSeconds(aps.timestamp) {
+		return fmt.Errorf(`%w: aps.timestamp %.40q, want whole UNIX seconds`, ErrBadLiveActivity, aps.timestamp)
+	}
+	if aps.contentState != nil && aps.contentState[0] != '{' {
+		return fmt.Errorf(`%w: aps.content-state is not an object`, ErrBadLiveActivity)
+	}
+	if event == "start" {
+		switch {
+		case aps.attributesType == nil || aps.attributesType[0] != '"':
+			return fmt.Errorf(`%w: start without a string aps.attributes-type`, ErrBadLiveActivity)
+		case aps.attributes == nil || aps.attributes[0] != '{':
+			return fmt.Errorf(`%w: start without an object aps.attributes`, ErrBadLiveActivity)
+		case aps.alert == nil:
+			return fmt.Errorf(`%w: start without aps.alert`, ErrBadLiveActivity)
 		}
 	}
 	return nil
+}
+
+// wholeSeconds reports whether the JSON number b is a positive integer of
+// UNIX seconds (at most 11 digits: larger values look like milliseconds).
+func wholeSeconds(b []byte) bool {
+	if len(b) == 0 || len(b) > 11 || b[0] == '0' {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // IsUUID reports whether s is a UUID in canonical lowercase form
@@ -185,38 +302,67 @@ func IsUUID(s string) bool {
 	return true
 }
 
-// checkPayload reports whether p is a JSON object with a top-level "aps"
-// member, without allocating.
-func checkPayload(p []byte) error {
-	if !jsonscan.Valid(p) && !json.Valid(p) { // json.Valid decides what jsonscan refuses
-		return ErrInvalidPayload
-	}
-	i := jsonscan.SkipSpace(p, 0)
-	if i >= len(p) || p[i] != '{' {
-		return ErrInvalidPayload
-	}
-	i++
-	for {
-		i = jsonscan.SkipSpace(p, i)
-		if i >= len(p) || p[i] == '}' {
-			return ErrNoAPS
-		}
-		if p[i] == ',' {
-			i = jsonscan.SkipSpace(p, i+1)
-		}
-		// p[i] is the opening quote of a key (p is valid JSON).
-		end := jsonscan.SkipString(p, i)
-		if key := p[i:end]; string(key) == `"aps"` || bytes.IndexByte(key, '\\') >= 0 && unquote(key) == "aps" {
-			return nil
-		}
-		i = jsonscan.SkipSpace(p, end)
-		i = jsonscan.SkipValue(p, jsonscan.SkipSpace(p, i+1)) // past ':' and the value
-	}
+// apsMembers are the values (raw JSON) of the aps members the push-type
+// rules read; nil when absent.
+type apsMembers struct {
+	contentAvailable, event, timestamp, contentState, attributesType, attributes, alert []byte
 }
 
-// unquote decodes an escaped JSON key (rare: the fast path compares bytes).
-func unquote(key []byte) string {
-	var s string
-	_ = json.Unmarshal(key, &s)
-	return s
+// scanPayload checks that p is a JSON object of valid UTF-8 with an object
+// "aps", and no member name twice at its top level or in "aps"; it returns
+// the aps members the push-type rules need. It allocates only for escaped
+// or many member names.
+func scanPayload(p []byte) (apsMembers, error) {
+	var aps apsMembers
+	if !jsonscan.Valid(p) {
+		return aps, fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
+	}
+	i := jsonscan.SkipSpace(p, 0)
+	if p[i] != '{' {
+		return aps, ErrInvalidPayload
+	}
+	if !jsonscan.ValidUnicode(p) {
+		return aps, fmt.Errorf("%w: payload", ErrInvalidUTF8)
+	}
+	var apsVal []byte
+	dup := jsonscan.UniqueMembers(p, i, func(name, value []byte) bool {
+		if string(name) == `"aps"` || bytes.IndexByte(name, '\\') >= 0 && string(jsonscan.Unquote(name)) == "aps" {
+			apsVal = value
+		}
+		return true
+	})
+	switch {
+	case dup != nil:
+		return aps, fmt.Errorf("%w: payload member %.64s", ErrDuplicateKey, dup)
+	case apsVal == nil:
+		return aps, ErrNoAPS
+	case apsVal[0] != '{':
+		return aps, fmt.Errorf("%w: it is %.20s", ErrApsNotObject, apsVal)
+	}
+	dup = jsonscan.UniqueMembers(apsVal, 0, func(name, value []byte) bool {
+		if bytes.IndexByte(name, '\\') >= 0 {
+			name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
+		}
+		switch string(name) {
+		case `"content-available"`:
+			aps.contentAvailable = value
+		case `"event"`:
+			aps.event = value
+		case `"timestamp"`:
+			aps.timestamp = value
+		case `"content-state"`:
+			aps.contentState = value
+		case `"attributes-type"`:
+			aps.attributesType = value
+		case `"attributes"`:
+			aps.attributes = value
+		case `"alert"`:
+			aps.alert = value
+		}
+		return true
+	})
+	if dup != nil {
+		return aps, fmt.Errorf("%w: aps member %.64s", ErrDuplicateKey, dup)
+	}
+	return aps, nil
 }

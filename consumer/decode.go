@@ -1,122 +1,136 @@
 package consumer
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"strconv"
-	"unicode/utf8"
+	"time"
 
+	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/apns/jsonscan"
 )
 
-// jobFields are Job's JSON members, for the fast decoder.
-var jobFields = []string{"id", "token", "payload", "topic", "push_type", "priority", "expiration", "collapse_id"}
-
-// decodeFast decodes the usual job (a valid JSON object whose member names
-// are exactly Job's, or plainly unrelated) into j without reflection. It
-// reports ok=false when the input needs encoding/json's rules (invalid
-// JSON, escaped or case-folded member names, escaped strings), and then
-// DecodeJob falls back to json.Unmarshal, so both give the same result
-// (FuzzDecodeJob checks it).
-func decodeFast(data []byte, j *Job) (ok bool, err error) {
-	if !jsonscan.Valid(data) {
-		return false, nil // invalid, or too deep for jsonscan: encoding/json says which
+// decodeJob decodes a job message by the contract in the README ("Job
+// format"), without reflection: the message is one JSON object (RFC 8259,
+// nesting at most jsonscan.MaxDepth, nothing after it) of valid UTF-8 with
+// no escaped lone surrogate and no member name twice (RFC 7493); member
+// names match Job's exactly (case-sensitive); unknown members are ignored.
+// On error it returns the members it read so far (ID, Token) for the
+// rejection event. Every error wraps ErrMalformedJob, and, for the rules
+// with their own reason, the apns validation error (apns.ReasonOf).
+func decodeJob(data []byte) (Job, error) {
+	var j Job
+	switch {
+	case len(data) == 0:
+		return j, fmt.Errorf("%w: empty message", ErrMalformedJob)
+	case !jsonscan.Valid(data):
+		return j, fmt.Errorf("%w: not one JSON value (or nested deeper than %d)", ErrMalformedJob, jsonscan.MaxDepth)
 	}
 	i := jsonscan.SkipSpace(data, 0)
 	if data[i] != '{' {
-		return false, nil
+		return j, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
 	}
-	i++
-	var firstErr error
-	for {
-		i = jsonscan.SkipSpace(data, i)
-		if data[i] == '}' {
-			return true, firstErr
-		}
-		if data[i] == ',' {
-			i = jsonscan.SkipSpace(data, i+1)
-		}
-		kEnd := jsonscan.SkipString(data, i)
-		key := data[i+1 : kEnd-1]
-		i = jsonscan.SkipSpace(data, kEnd)
-		i = jsonscan.SkipSpace(data, i+1) // ':'
-		vEnd := jsonscan.SkipValue(data, i)
-		val := data[i:vEnd]
-		i = vEnd
-		if bytes.IndexByte(key, '\\') >= 0 {
-			return false, nil
-		}
-		var err error
-		switch string(key) {
-		case "id":
-			err = fastString(val, &j.ID)
-		case "token":
-			err = fastString(val, &j.Token)
-		case "topic":
-			err = fastString(val, &j.Topic)
-		case "push_type":
-			err = fastString(val, &j.PushType)
-		case "collapse_id":
-			err = fastString(val, &j.CollapseID)
-		case "payload":
-			j.Payload = append(json.RawMessage(nil), val...)
-		case "priority":
-			err = fastInt(val, &j.Priority)
-		case "expiration":
-			if err = j.Expiration.UnmarshalJSON(val); err != nil {
-				return true, err // encoding/json stops at an Unmarshaler's error
-			}
-		default:
-			for _, f := range jobFields {
-				if bytes.EqualFold(key, []byte(f)) {
-					return false, nil // encoding/json matches names without case
-				}
-			}
-			if !ascii(key) {
-				return false, nil // and folds some non-ASCII letters (K, ſ)
-			}
-		}
-		if err == errSlow {
-			return false, nil
-		}
-		if err != nil && firstErr == nil {
-			firstErr = fmt.Errorf("member %q: %w", key, err)
-		}
+	if !jsonscan.ValidUnicode(data) {
+		return j, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
 	}
+	var err error
+	if dup := jsonscan.UniqueMembers(data, i, func(name, val []byte) bool {
+		err = j.member(jsonscan.Unquote(name), val)
+		return err == nil
+	}); dup != nil {
+		return j, fmt.Errorf("%w: %w: member %.64s", ErrMalformedJob, apns.ErrDuplicateKey, dup)
+	}
+	return j, err
 }
 
-// errSlow asks for the encoding/json fallback.
-var errSlow = fmt.Errorf("consumer: needs encoding/json")
+// member decodes one member of a job.
+func (j *Job) member(name, val []byte) error {
+	var err error
+	switch string(name) {
+	case "id":
+		err = str(val, &j.ID)
+	case "token":
+		err = str(val, &j.Token)
+	case "topic":
+		err = str(val, &j.Topic)
+	case "push_type":
+		err = str(val, &j.PushType)
+	case "collapse_id":
+		err = str(val, &j.CollapseID)
+	case "payload":
+		j.Payload = val // a subslice of the message: sent byte for byte
+	case "priority":
+		err = priority(val, &j.Priority)
+	case "expiration":
+		err = j.Expiration.decode(val)
+	default:
+		return nil // unknown members are ignored
+	}
+	if err != nil {
+		return fmt.Errorf("%w: member %q: %w", ErrMalformedJob, name, err)
+	}
+	return nil
+}
 
-func fastString(val []byte, dst *string) error {
+// str decodes a string member; null leaves it empty.
+func str(val []byte, dst *string) error {
 	switch val[0] {
 	case '"':
-		s := val[1 : len(val)-1]
-		if bytes.IndexByte(s, '\\') >= 0 || !utf8.Valid(s) {
-			return errSlow
-		}
-		*dst = string(s)
+		*dst = string(jsonscan.Unquote(val))
 		return nil
-	case 'n': // null: no change
-		return nil
-	}
-	return fmt.Errorf("json: cannot unmarshal %s into a string", kind(val))
-}
-
-func fastInt(val []byte, dst *int) error {
-	switch val[0] {
 	case 'n':
 		return nil
-	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-		n, err := strconv.ParseInt(string(val), 10, 64)
+	}
+	return fmt.Errorf("a %s, want a string", kind(val))
+}
+
+// priority decodes the priority: a plain integer (no fraction, exponent or
+// sign) or null. Its value is checked by Notification.
+func priority(val []byte, dst *int) error {
+	switch c := val[0]; {
+	case c == 'n':
+		return nil
+	case c == '-' || c >= '0' && c <= '9':
+		n, err := strconv.ParseUint(string(val), 10, 8)
 		if err != nil {
-			return fmt.Errorf("json: cannot unmarshal number %s into an integer", val)
+			return fmt.Errorf("%w: %.24s, want 10, 5 or 1", apns.ErrInvalidPriority, val)
 		}
 		*dst = int(n)
 		return nil
 	}
-	return fmt.Errorf("json: cannot unmarshal %s into an integer", kind(val))
+	return fmt.Errorf("a %s, want an integer", kind(val))
+}
+
+// decode reads an expiration: an RFC 3339 string, whole UNIX seconds from
+// 0 (try once) to 2^32-1, or null (none).
+func (e *Expiration) decode(val []byte) error {
+	switch c := val[0]; {
+	case c == 'n':
+		*e = Expiration{}
+		return nil
+	case c == '"':
+		s := jsonscan.Unquote(val)
+		t, err := time.Parse(time.RFC3339, string(s))
+		if err != nil {
+			return fmt.Errorf("%w: %.40q is not RFC 3339", apns.ErrInvalidExpiration, s)
+		}
+		if t.Unix() <= 0 {
+			t = apns.ExpireNow
+		}
+		*e = Expiration(t)
+		return nil
+	case c == '-' || c >= '0' && c <= '9':
+		n, err := strconv.ParseUint(string(val), 10, 32)
+		if err != nil {
+			return fmt.Errorf("%w: %.24s, want whole UNIX seconds from 0 to 4294967295", apns.ErrInvalidExpiration, val)
+		}
+		if n == 0 {
+			*e = Expiration(apns.ExpireNow)
+		} else {
+			*e = Expiration(time.Unix(int64(n), 0))
+		}
+		return nil
+	}
+	return fmt.Errorf("a %s, want an RFC 3339 string or UNIX seconds", kind(val))
 }
 
 func kind(val []byte) string {
@@ -131,13 +145,4 @@ func kind(val []byte) string {
 		return "bool"
 	}
 	return "number"
-}
-
-func ascii(b []byte) bool {
-	for _, c := range b {
-		if c >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
 }

@@ -15,7 +15,10 @@
 //	     rejected   → <EventsSubject>.rejected (+ .badtokens), PubAck, then Ack
 //	     failed     → NakWithDelay(Backoff); at MaxDeliver .deadletter, then Term
 //	     expired    → .deadletter (reason Expired) at once, then Term
-//	     malformed  → .rejected with the raw job, then Term
+//	     malformed  → .rejected with the raw job and the rule's reason, then
+//	                  Term; checked before Send (checkJob: decode by the
+//	                  README's contract, apns.Notification.Validate with the
+//	                  protocol's limits), so it never reaches the engine
 //	     credentials→ NakWithDelay(last Backoff), logged loudly, no dead letter;
 //	                  while eng.Stats().CredentialsErr is set the sender holds
 //	                  its jobs (InProgress) and takes no new ones, passing one
@@ -25,8 +28,11 @@
 // "<kind>:<job id>:<stream seq>" (or "<kind>:seq:<stream seq>" for jobs
 // without an id), so a redelivered job never doubles its event, while a
 // job id a producer reuses for a new job (a new stream sequence) still
-// gets its own events; a job is finished only once its events are stored,
-// and naked for a retry if they are not.
+// gets its own events; a job is finished only once its events are stored.
+// An event not stored for a transient cause (no PubAck in time, no
+// responders while the events stream elects a leader, a connection being
+// replaced) is published again by the worker, up to 6 times with back-off;
+// the job is naked for a retry only if it still is not.
 //
 // # Shutdown
 //

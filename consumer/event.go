@@ -10,6 +10,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/jsonscan"
 )
 
 // Event kinds; each has its own subject below Options.EventsSubject and is
@@ -27,11 +30,11 @@ const (
 	SourceFeedback  = "feedback"
 )
 
-// Reasons of rejection events for malformed jobs (APNs rejections carry
-// APNs' own reason, e.g. "BadDeviceToken" or "InvalidToken").
+// Reasons of rejection events for malformed jobs; apns/reason.go lists
+// every reason (APNs rejections carry APNs' own, e.g. "BadDeviceToken").
 const (
-	ReasonMalformedJob        = "MalformedJob"        // not a job: bad JSON or a wrong type
-	ReasonInvalidNotification = "InvalidNotification" // a job the engine refused before sending
+	ReasonMalformedJob        = apns.ReasonMalformedJob        // not a job: bad JSON or a wrong type
+	ReasonInvalidNotification = apns.ReasonInvalidNotification // a job the engine refused before sending
 )
 
 // RejectionEvent is published on <events>.rejected when APNs refuses a job
@@ -41,9 +44,9 @@ type RejectionEvent struct {
 	JobID      string    `json:"job_id,omitempty"`
 	Seq        uint64    `json:"seq"`                   // jobs stream sequence
 	Token      string    `json:"token,omitempty"`       // hex, if the job had a readable one
-	Protocol   string    `json:"protocol"`              // "binary" or "http2"
+	Protocol   string    `json:"protocol"`              // Options.Protocol: "http2", "binary" or "mock"
 	Status     int       `json:"status,omitempty"`      // binary status code
-	Reason     string    `json:"reason"`                // APNs reason, or MalformedJob / InvalidNotification
+	Reason     string    `json:"reason"`                // one of apns/reason.go's
 	HTTPStatus int       `json:"http_status,omitempty"` // HTTP/2 status
 	Timestamp  time.Time `json:"timestamp,omitzero"`    // HTTP/2 410: token invalid since
 	Time       time.Time `json:"time"`                  // when the worker saw the outcome
@@ -117,10 +120,42 @@ type EventJob struct {
 	JobTruncated bool            `json:"job_truncated,omitempty"`
 }
 
+// emptyJob reports whether ej is an empty message's: no bytes, not cut.
+func (ej *EventJob) emptyJob() bool {
+	return ej.Job == nil && ej.JobRaw == nil && !ej.JobTruncated
+}
+
+// MarshalJSON writes the event; an empty job message says so with
+// "job_raw":"" and "job_size":0.
+func (e RejectionEvent) MarshalJSON() ([]byte, error) {
+	type plain RejectionEvent
+	b, err := json.Marshal(plain(e))
+	return withEmptyJob(b, err, &e.EventJob)
+}
+
+// MarshalJSON writes the event; an empty job message says so with
+// "job_raw":"" and "job_size":0.
+func (e DeadLetterEvent) MarshalJSON() ([]byte, error) {
+	type plain DeadLetterEvent
+	b, err := json.Marshal(plain(e))
+	return withEmptyJob(b, err, &e.EventJob)
+}
+
+// withEmptyJob adds an empty job's members to the encoded event b.
+func withEmptyJob(b []byte, err error, ej *EventJob) ([]byte, error) {
+	if err != nil || !ej.emptyJob() {
+		return b, err
+	}
+	return append(b[:len(b)-1], `,"job_raw":"","job_size":0}`...), nil
+}
+
 // eventJob embeds a job's bytes, at most limit of them.
 func eventJob(data []byte, limit int) EventJob {
+	if len(data) == 0 {
+		return EventJob{} // written as "job_raw":"","job_size":0
+	}
 	if len(data) <= limit {
-		if json.Valid(data) {
+		if jsonscan.Valid(data) && jsonscan.ValidUnicode(data) { // else its bytes, in base64
 			return EventJob{Job: json.RawMessage(data)}
 		}
 		return EventJob{JobRaw: data}

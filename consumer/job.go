@@ -29,8 +29,9 @@ var ErrMalformedJob = errors.New("consumer: malformed job")
 //	 "push_type":"alert","priority":10,"expiration":"2026-12-01T00:00:00Z",
 //	 "collapse_id":"news"}
 //
-// Only token and payload are required. Unknown members are ignored; members
-// of the wrong JSON type are rejected.
+// Only token and payload are required. Member names are case-sensitive and
+// may not repeat; unknown members are ignored; members of the wrong JSON
+// type are rejected (README, "The validation contract").
 type Job struct {
 	// ID identifies the job: it is the jobs stream's Nats-Msg-Id (so a
 	// repeated publish is dropped), it names the job in events, and, when it
@@ -75,71 +76,27 @@ func (e Expiration) MarshalJSON() ([]byte, error) {
 	return strconv.AppendInt(nil, t.Unix(), 10), nil
 }
 
-// UnmarshalJSON accepts an RFC 3339 string, whole UNIX seconds (0: try
-// once) or null (none).
+// UnmarshalJSON accepts an RFC 3339 string, whole UNIX seconds from 0 (try
+// once) to 2^32-1, or null (none); the job decoder's rule.
 func (e *Expiration) UnmarshalJSON(b []byte) error {
-	switch {
-	case string(b) == "null":
-		*e = Expiration{}
-		return nil
-	case len(b) > 0 && b[0] == '"':
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		t, err := time.Parse(time.RFC3339, s)
-		if err != nil {
-			return fmt.Errorf("expiration %q is not RFC 3339: %w", s, err)
-		}
-		if t.Unix() <= 0 {
-			t = apns.ExpireNow
-		}
-		*e = Expiration(t)
-		return nil
-	case len(b) > 0 && (b[0] == '-' || '0' <= b[0] && b[0] <= '9'):
-		n, err := strconv.ParseInt(string(b), 10, 64)
-		if err != nil || n < 0 || n > 1<<32-1 {
-			return fmt.Errorf("expiration %s: want whole UNIX seconds from 0 to 4294967295", b)
-		}
-		if n == 0 {
-			*e = Expiration(apns.ExpireNow)
-		} else {
-			*e = Expiration(time.Unix(n, 0))
-		}
-		return nil
+	if len(b) == 0 {
+		return fmt.Errorf("%w: empty", apns.ErrInvalidExpiration)
 	}
-	return fmt.Errorf("expiration %.20s: want an RFC 3339 string or UNIX seconds", b)
+	return e.decode(b)
 }
 
-// DecodeJob decodes a job message. It checks JSON types only; Notification
-// checks the values. Every error wraps ErrMalformedJob.
+// DecodeJob decodes a job message by the contract in the README ("Job
+// format"): one JSON object of valid UTF-8, no member name twice, members
+// of the right JSON types. The values are checked by Notification and
+// apns.Notification.Validate. Every error wraps ErrMalformedJob, and for
+// the rules with their own reason also the apns validation error
+// (apns.ReasonOf names it).
 func DecodeJob(data []byte) (Job, error) {
-	var j Job
-	if p := bytes.TrimLeft(data, " \t\r\n"); len(p) == 0 || p[0] != '{' {
-		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
+	j, err := decodeJob(data)
+	if err != nil {
+		return Job{}, err
 	}
-	if ok, err := decodeFast(data, &j); ok {
-		if err != nil {
-			return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
-		}
-		return j, nil
-	}
-	j = Job{}
-	if err := json.Unmarshal(data, &j); err != nil {
-		return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
-	}
-	return j, nil
-}
-
-// decodeStd is DecodeJob through encoding/json only (tests compare).
-func decodeStd(data []byte) (Job, error) {
-	var j Job
-	if p := bytes.TrimLeft(data, " \t\r\n"); len(p) == 0 || p[0] != '{' {
-		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
-	}
-	if err := json.Unmarshal(data, &j); err != nil {
-		return Job{}, fmt.Errorf("%w: %v", ErrMalformedJob, err)
-	}
+	j.Payload = append(json.RawMessage(nil), j.Payload...) // not an alias of data
 	return j, nil
 }
 

@@ -1,7 +1,6 @@
 package consumer
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"strings"
@@ -46,15 +45,45 @@ func TestDecodeJob(t *testing.T) {
 		{"priority is fractional", `{"token":"ab","payload":{},"priority":10.5}`, Job{}, ErrMalformedJob},
 		{"expiration fractional", `{"token":"ab","payload":{},"expiration":1.5}`, Job{}, ErrMalformedJob},
 		{"expiration negative", `{"token":"ab","payload":{},"expiration":-1}`, Job{}, ErrMalformedJob},
-		{"expiration not RFC 3339", `{"token":"ab","payload":{},"expiration":"tomorrow"}`, Job{}, ErrMalformedJob},
+		{"expiration not RFC 3339", `{"token":"ab","payload":{},"expiration":"tomorrow"}`, Job{}, apns.ErrInvalidExpiration},
 		{"expiration a bool", `{"token":"ab","payload":{},"expiration":true}`, Job{}, ErrMalformedJob},
 		{"id is a number", `{"id":1,"token":"ab","payload":{}}`, Job{}, ErrMalformedJob},
+		// The I-JSON rules and the hostile producer's jobs.
+		{"two tokens", `{"token":"ab","payload":{},"token":"cd"}`, Job{}, apns.ErrDuplicateKey},
+		{"two payloads", `{"token":"ab","payload":{"aps":{}},"payload":{}}`, Job{}, apns.ErrDuplicateKey},
+		{"escaped repeat", `{"token":"ab","payload":{},"\u0074oken":"cd"}`, Job{}, apns.ErrDuplicateKey},
+		{"unknown member twice", `{"token":"ab","payload":{},"x":1,"x":1}`, Job{}, apns.ErrDuplicateKey},
+		{"names are case-sensitive", `{"Token":"cd","token":"ab","PAYLOAD":1,"payload":{}}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`)}, nil},
+		{"escaped name", `{"\u0074oken":"ab","payload":{}}`, Job{Token: "ab", Payload: json.RawMessage(`{}`)}, nil},
+		{"escaped value", `{"token":"a\u0062","payload":{},"topic":"com.\u00e9"}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`), Topic: "com.é"}, nil},
+		{"nulls", `{"id":null,"token":null,"payload":null,"topic":null,"push_type":null,"priority":null,"expiration":null,"collapse_id":null}`,
+			Job{Payload: json.RawMessage(`null`)}, nil},
+		{"invalid UTF-8", "{\"token\":\"ab\",\"payload\":{},\"topic\":\"\xff\"}", Job{}, apns.ErrInvalidUTF8},
+		{"lone surrogate", `{"token":"ab","payload":{},"topic":"\ud800"}`, Job{}, apns.ErrInvalidUTF8},
+		{"BOM", "\xef\xbb\xbf{\"token\":\"ab\",\"payload\":{}}", Job{}, ErrMalformedJob},
+		{"trailing garbage", `{"token":"ab","payload":{}}x`, Job{}, ErrMalformedJob},
+		{"two objects", `{"token":"ab","payload":{}}{}`, Job{}, ErrMalformedJob},
+		{"invalid escape", `{"token":"a\x","payload":{}}`, Job{}, ErrMalformedJob},
+		{"NaN", `{"token":"ab","payload":{},"priority":NaN}`, Job{}, ErrMalformedJob},
+		{"deep nesting", `{"token":"ab","payload":{},"x":` + strings.Repeat("[", 1100) + strings.Repeat("]", 1100) + `}`, Job{}, ErrMalformedJob},
+		{"priority with exponent", `{"token":"ab","payload":{},"priority":1e1}`, Job{}, apns.ErrInvalidPriority},
+		{"priority 10.0", `{"token":"ab","payload":{},"priority":10.0}`, Job{}, apns.ErrInvalidPriority},
+		{"priority negative", `{"token":"ab","payload":{},"priority":-10}`, Job{}, apns.ErrInvalidPriority},
+		{"priority huge", `{"token":"ab","payload":{},"priority":18446744073709551626}`, Job{}, apns.ErrInvalidPriority},
+		{"expiration huge", `{"token":"ab","payload":{},"expiration":4294967296}`, Job{}, apns.ErrInvalidExpiration},
+		{"expiration exponent", `{"token":"ab","payload":{},"expiration":1e9}`, Job{}, apns.ErrInvalidExpiration},
+		{"expiration negative string", `{"token":"ab","payload":{},"expiration":"-1"}`, Job{}, apns.ErrInvalidExpiration},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			got, err := DecodeJob([]byte(tt.in))
 			require.ErrorIs(t, err, tt.wantErr)
+			if err != nil {
+				require.ErrorIs(t, err, ErrMalformedJob)
+			}
 			require.Equal(t, tt.want, got)
 		})
 	}
@@ -151,55 +180,6 @@ func TestSchemaExample(t *testing.T) {
 	}
 }
 
-func FuzzDecodeJob(f *testing.F) {
-	f.Add([]byte(`{"id":"a","token":"` + tok32 + `","payload":{"aps":{"alert":"x"}},"topic":"com.x","push_type":"alert","priority":5,"expiration":"2026-12-01T00:00:00Z","collapse_id":"c"}`))
-	f.Add([]byte(`{"token":"ab","payload":{},"expiration":0}`))
-	f.Add([]byte(`{"token":"ab","payload":{},"expiration":4294967295}`))
-	f.Add([]byte(`{"token":12,"payload":"x","priority":"10"}`))
-	f.Add([]byte(`{"token":"ab"`))
-	f.Add([]byte(`null`))
-	f.Add([]byte(`{"Token":"ab","payload":{"aps":{}}}`))
-	f.Add([]byte(`{"token":"a\u0062","payload":{"aps":{}},"expiration":null,"priority":null}`))
-	f.Add([]byte(`{"token":"ab","payload":{},"\u0074oken":"cd","priority":1,"priority":5}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		j, err := DecodeJob(b)
-		// The fast decoder agrees with encoding/json.
-		std, stdErr := decodeStd(b)
-		require.Equal(t, stdErr == nil, err == nil, "fast %v, encoding/json %v", err, stdErr)
-		require.Equal(t, std, j)
-		if err != nil {
-			require.ErrorIs(t, err, ErrMalformedJob)
-			return // errors are fine; panics and hangs are not
-		}
-		n, err := j.Notification()
-		if err != nil {
-			require.ErrorIs(t, err, apns.ErrInvalidNotification)
-		} else {
-			require.Equal(t, []byte(j.Payload), n.Payload)
-		}
-		// What decodes encodes and decodes to the same job.
-		out, err := j.encode()
-		if err != nil {
-			return // e.g. an RFC 3339 time before 1970 cannot be written as seconds
-		}
-		j2, err := DecodeJob(out)
-		require.NoError(t, err, "%s", out)
-		require.True(t, time.Time(j.Expiration).Equal(time.Time(j2.Expiration)))
-		j.Expiration, j2.Expiration = Expiration{}, Expiration{}
-		// Encoding compacts the payload; its meaning is kept.
-		var p1, p2 bytes.Buffer
-		if j.Payload != nil {
-			require.NoError(t, json.Compact(&p1, j.Payload))
-		} else {
-			p1.WriteString("null")
-		}
-		require.NoError(t, json.Compact(&p2, j2.Payload))
-		require.Equal(t, p1.String(), p2.String())
-		j.Payload, j2.Payload = nil, nil
-		require.Equal(t, j, j2)
-	})
-}
-
 func BenchmarkDecodeJob(b *testing.B) {
 	data := []byte(`{"id":"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10","token":"` + tok32 + `","payload":{"aps":{"alert":{"title":"Hello","body":"World"},"badge":1}},"topic":"com.example.app","push_type":"alert","priority":10,"expiration":1796083200}`)
 	b.ReportAllocs()
@@ -210,6 +190,50 @@ func BenchmarkDecodeJob(b *testing.B) {
 			b.Fatal(err)
 		}
 		if _, err := j.Notification(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Every reason job.schema.json names is one of apns/reason.go's.
+func TestSchemaReasons(t *testing.T) {
+	b, err := os.ReadFile("job.schema.json")
+	require.NoError(t, err)
+	list, err := os.ReadFile("../apns/reason.go")
+	require.NoError(t, err)
+	var walk func(v any)
+	n := 0
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if r, ok := v["x-reason"].(string); ok {
+				require.Contains(t, string(list), `"`+r+`"`, "x-reason %s", r)
+				n++
+			}
+			for _, e := range v {
+				walk(e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	var schema any
+	require.NoError(t, json.Unmarshal(b, &schema))
+	walk(schema)
+	require.GreaterOrEqual(t, n, 8)
+}
+
+// BenchmarkCheckJob is the whole check a job passes before the engine:
+// decode, build, and validate against the contract (HTTP/2 limits).
+func BenchmarkCheckJob(b *testing.B) {
+	data := []byte(`{"id":"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10","token":"` + tok32 + `","payload":{"aps":{"alert":{"title":"Hello","body":"World"},"badge":1}},"topic":"com.example.app","push_type":"alert","priority":10,"expiration":1796083200}`)
+	w := &Worker{limits: protocolLimits(ProtocolHTTP2), opts: Options{DefaultTopic: "com.example.app"}}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, _, err := w.checkJob(data); err != nil {
 			b.Fatal(err)
 		}
 	}

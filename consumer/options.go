@@ -8,6 +8,13 @@ import (
 	"time"
 )
 
+// Protocols of Options.Protocol.
+const (
+	ProtocolHTTP2  = "http2"
+	ProtocolBinary = "binary"
+	ProtocolMock   = "mock"
+)
+
 // ErrInvalidOption reports a bad Options field.
 var ErrInvalidOption = errors.New("consumer: invalid option")
 
@@ -79,8 +86,18 @@ type Options struct {
 
 	// Receipts turns on a ReceiptEvent for each delivered job (default off).
 	Receipts bool
-	// Protocol names the engine's protocol in events ("binary" or "http2").
+	// Protocol names the engine's protocol in events: ProtocolHTTP2,
+	// ProtocolBinary or ProtocolMock (the binary engine against the
+	// in-process mock gateway). It also chooses the limits jobs are checked
+	// against before they reach the engine (apns.HTTP2Limits, or
+	// apns.BinaryLimits for binary and mock, whose payload limit the
+	// engine checks).
 	Protocol string
+	// DefaultTopic is the engine's default topic, if it has one: a job
+	// without a topic is checked against it for its push type's suffix
+	// (apns.CheckTopic). Empty: such jobs are checked for everything but
+	// the suffix, which APNs then judges.
+	DefaultTopic string
 
 	// DrainTimeout bounds how long, once Run's ctx is done, buffered jobs
 	// may wait for the engine to accept them; after it they are naked
@@ -105,6 +122,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics (default: collectors that are not registered anywhere).
 	Metrics *Metrics
+
+	// eventRetryBase is the first wait before an event is published again
+	// (default 100 ms; tests shorten it).
+	eventRetryBase time.Duration
 }
 
 var defaultBackoff = []time.Duration{
@@ -142,6 +163,7 @@ func (o Options) withDefaults() (Options, error) {
 	defDur(&o.DrainTimeout, 10*time.Second)
 	defDur(&o.EventTimeout, 10*time.Second)
 	defDur(&o.SetupTimeout, 10*time.Second)
+	defDur(&o.eventRetryBase, 100*time.Millisecond)
 	defDur(&o.CredentialsProbeInterval, 30*time.Second)
 	defInt(&o.Replicas, 1)
 	defInt(&o.MaxDeliver, 10)

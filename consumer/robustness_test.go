@@ -258,12 +258,15 @@ func TestEventOverMaxPayloadTerminates(t *testing.T) {
 // It used to be terminated with an event without its bytes: the job lost.
 func TestEventLostAtMaxDeliverRetried(t *testing.T) {
 	js, _ := startJS(t)
-	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 4} // MaxDeliver + 1
+	// MaxDeliver + 1 attempts, each publishing 1 + maxEventRetries times.
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 4 * (1 + maxEventRetries)}
 	close(gjs.gate)
 	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
 		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadTopic"}, false
 	})
-	startWorker(t, gjs, testOptions(), eng)
+	opts := testOptions()
+	opts.eventRetryBase = time.Millisecond
+	startWorker(t, gjs, opts, eng)
 	publishJobs(t, js, 1, tokHex)
 
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },

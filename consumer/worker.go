@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,9 +28,11 @@ import (
 type Worker struct {
 	js   jetstream.JetStream
 	opts Options
-	log  *slog.Logger
-	m    *Metrics
-	cons jetstream.Consumer
+	// limits are the protocol's checks validate applies.
+	limits apns.Limits
+	log    *slog.Logger
+	m      *Metrics
+	cons   jetstream.Consumer
 
 	// Jobs received and not yet finished, oldest first: what InProgress
 	// keeps alive and what Shutdown waits for.
@@ -118,6 +119,7 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 	w := &Worker{
 		js:      js,
 		opts:    o,
+		limits:  protocolLimits(o.Protocol),
 		log:     o.Logger,
 		m:       o.Metrics,
 		pending: make(chan *pendingEvents, 4096),
@@ -203,9 +205,12 @@ func (w *Worker) ensureEvents(ctx context.Context) error {
 	return nil
 }
 
-// healEvents runs ensureEvents in the background, at most every 5 s: an
-// event publish found no stream (an operator deleted the events stream),
-// and the jobs naked meanwhile would otherwise cycle until a restart.
+// healEvents looks for the events stream in the background, at most every
+// 5 s, after an event publish found no responders. A stream that exists
+// (its leader moved, or is being elected) is left alone: the publish is
+// retried. Only a stream the server reports missing (an operator deleted
+// it) is created again; otherwise the jobs naked meanwhile would cycle
+// until a restart.
 func (w *Worker) healEvents() {
 	now, last := time.Now().UnixNano(), w.lastHeal.Load()
 	if now-last < int64(5*time.Second) || !w.lastHeal.CompareAndSwap(last, now) {
@@ -221,11 +226,23 @@ func (w *Worker) healEvents() {
 			case <-ctx.Done():
 			}
 		}()
+		_, err := w.js.Stream(ctx, w.opts.EventsStream)
+		switch {
+		case err == nil:
+			w.log.Info("events stream found after a publish found no responders; publishing again",
+				slog.String("stream", w.opts.EventsStream))
+			return
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			// No leader yet, or the connection is being replaced: not
+			// missing. Creating it now could only conflict.
+			w.log.Info("events stream not reachable; publishing again", slog.String("stream", w.opts.EventsStream), slog.Any("error", err))
+			return
+		}
 		if err := w.ensureEvents(ctx); err != nil {
 			w.log.Warn("events stream: could not create it again", slog.Any("error", err))
 			return
 		}
-		w.log.Info("events stream checked after a publish found no stream", slog.String("stream", w.opts.EventsStream))
+		w.log.Info("events stream created again after it was found missing", slog.String("stream", w.opts.EventsStream))
 	})
 }
 
@@ -423,18 +440,14 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 	it := &item{w: w, msg: msg}
 	// Decoded before the job is tracked: once tracked, it can be finished
 	// (nakAll at shutdown), which reads it.id.
-	job, err := DecodeJob(msg.Data())
-	if err == nil {
-		it.id = job.ID
-		it.n, err = job.Notification()
-	} else {
-		it.id = malformedJobID(msg.Data())
-	}
+	job, n, err := w.checkJob(msg.Data())
+	it.id, it.n = job.ID, n
 	if it.id == "" && len(msg.Headers()) > 0 {
 		// Producers that only set Nats-Msg-Id (nats pub -H) still get
 		// de-duplicated events naming their id.
 		it.id = msg.Headers().Get(jetstream.MsgIDHeader)
 	}
+	it.id = clip(it.id, MaxEventJobID)
 	if err != nil {
 		// The sender reports it, in order with the jobs before it.
 		it.bad, it.badToken, it.n = err, job.Token, nil
@@ -690,48 +703,8 @@ func (w *Worker) malformed(it *item, token string, cause error) {
 	seq, _ := w.meta(it)
 	w.log.Warn("malformed job", slog.String("job_id", it.id), slog.Uint64("seq", seq),
 		slog.String("reason", reason), slog.Any("error", cause))
-	ev := RejectionEvent{
-		JobID: it.id, Seq: seq, Token: token, Protocol: w.opts.Protocol, Reason: reason,
-		Time: time.Now().UTC(), Error: cause.Error(), Malformed: true,
-	}
-	ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
+	ev := malformedEvent(it.id, seq, token, w.opts.Protocol, cause, it.msg.Data())
 	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
-}
-
-// malformedJobID returns the "id" of a job that did not decode (another
-// member had a wrong type, say), so that its rejection event still names
-// it; "" if it has none or the data is not a JSON object.
-func malformedJobID(data []byte) string {
-	var j struct {
-		ID string `json:"id"`
-	}
-	if json.Unmarshal(data, &j) != nil {
-		return ""
-	}
-	return j.ID
-}
-
-func malformedReason(err error) string {
-	for _, r := range []struct {
-		err    error
-		reason string
-	}{
-		{ErrMalformedJob, ReasonMalformedJob},
-		{apns.ErrInvalidToken, "InvalidToken"},
-		{apns.ErrNoAPS, "MissingAps"},
-		{apns.ErrInvalidPayload, "InvalidPayload"},
-		{apns.ErrPayloadTooLarge, "PayloadTooLarge"},
-		{apns.ErrInvalidPriority, "InvalidPriority"},
-		{apns.ErrInvalidPushType, "InvalidPushType"},
-		{apns.ErrInvalidCollapseID, "InvalidCollapseId"},
-		{apns.ErrInvalidID, "InvalidId"},
-		{apns.ErrInvalidTopic, "InvalidTopic"},
-	} {
-		if errors.Is(err, r.err) {
-			return r.reason
-		}
-	}
-	return ReasonInvalidNotification
 }
 
 // receipt publishes a delivered receipt, then acks. A receipt that cannot
@@ -959,6 +932,7 @@ type pendingEvents struct {
 	onOK     action
 	ackOnErr bool // receipts: ack even if the event is lost
 	minimal  bool // the last try: the events without the job's bytes
+	retries  int  // publishes again after a transient failure
 	evs      []event
 	futs     []jetstream.PubAckFuture
 	deadline time.Time
@@ -975,7 +949,7 @@ func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, evs 
 	select {
 	case w.pending <- pe:
 	case <-w.stop:
-		w.eventFailed(pe, errors.New("consumer: worker stopped"))
+		w.eventFailed(pe, errWorkerStopped)
 	}
 }
 
@@ -998,33 +972,84 @@ func (w *Worker) sendEvents(pe *pendingEvents) error {
 	return nil
 }
 
-// eventFailed finishes a job whose events were not stored: nak for a retry
-// (the events' Msg-Ids keep a retry from doubling those that were). Only if
-// the failure is for good (an event over the server's max_payload or the
-// stream's maximum message size) are the events published once more
-// without the job's bytes, and the job then terminated. A transient
-// failure (a PubAck timeout during a leader election, a lost connection)
-// is naked with back-off even at MaxDeliver: the job is safe in the stream
-// and its next attempt publishes the full event.
+// eventFailed handles events that were not stored. A transient failure (no
+// PubAck in time, no responders while the events stream elects a leader,
+// a connection being replaced) is retried by the worker, up to
+// maxEventRetries times with back-off, publishing the same events again:
+// their Nats-Msg-Ids keep a retry from storing one twice. If they still
+// fail the job is naked for a retry with the job's back-off, even at
+// MaxDeliver: the job is safe in the stream and its next attempt publishes
+// the full event. Only if the failure is for good (an event over the
+// server's max_payload or the stream's maximum message size) are the
+// events published once more without the job's bytes, and the job then
+// terminated. A job is never acked or terminated without its events
+// stored (receipts excepted: see receipt).
 func (w *Worker) eventFailed(pe *pendingEvents, err error) {
 	w.m.eventErrors.WithLabelValues(pe.kind).Inc()
-	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id),
-		slog.Bool("minimal", pe.minimal), slog.Any("error", err))
-	if errors.Is(err, jetstream.ErrNoStreamResponse) {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 		w.healEvents()
 	}
 	if pe.ackOnErr {
+		w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id), slog.Any("error", err))
 		w.finish(pe.it, actAck, 0)
 		return
 	}
+	permanent := permanentEventError(err)
+	if !permanent && pe.retries < maxEventRetries && !errors.Is(err, errWorkerStopped) {
+		pe.retries++
+		retry := pe.retries
+		if w.goUnlessStopped(func() { w.retryEvents(pe, retry) }) {
+			w.log.Debug("event not stored; publishing it again", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id),
+				slog.Int("retry", retry), slog.Any("error", err))
+			return
+		}
+	}
+	w.log.Warn("event not stored", slog.String("kind", pe.kind), slog.String("job_id", pe.it.id),
+		slog.Bool("minimal", pe.minimal), slog.Int("retries", pe.retries), slog.Any("error", err))
 	_, deliveries := w.meta(pe.it)
 	// Not on the caller's goroutine: confirmEvents must keep reading
 	// w.pending. Once the worker is stopping, the job is naked instead and
 	// retried after the restart.
-	if !pe.minimal && permanentEventError(err) && w.goUnlessStopped(func() { w.publishMinimal(pe) }) {
+	if !pe.minimal && permanent && w.goUnlessStopped(func() { w.publishMinimal(pe) }) {
 		return
 	}
 	w.finish(pe.it, actNakDelay, w.opts.backoff(deliveries))
+}
+
+// maxEventRetries bounds how often the worker publishes a job's events
+// again after a transient failure before it naks the job; with
+// eventRetryDelay it outlasts a JetStream leader election (a few seconds).
+const maxEventRetries = 6
+
+// eventRetryDelay is the wait before retry n (1-based): base (100 ms)
+// doubling, at most 20 × base (2 s; 5.1 s over the six retries).
+func eventRetryDelay(base time.Duration, n int) time.Duration {
+	return min(base<<(n-1), 20*base)
+}
+
+// errWorkerStopped fails events still awaited when the worker stops.
+var errWorkerStopped = errors.New("consumer: worker stopped")
+
+// retryEvents publishes pe's events again after a back-off and finishes the
+// job once they are stored; it runs on a goroutine Shutdown waits for.
+func (w *Worker) retryEvents(pe *pendingEvents, retry int) {
+	t := time.NewTimer(eventRetryDelay(w.opts.eventRetryBase, retry))
+	select {
+	case <-t.C:
+	case <-w.stop:
+		t.Stop()
+		w.eventFailed(pe, errWorkerStopped)
+		return
+	}
+	err := w.sendEvents(pe)
+	if err == nil {
+		err = w.awaitEvents(pe, t)
+	}
+	if err != nil {
+		w.eventFailed(pe, err)
+		return
+	}
+	w.finish(pe.it, pe.onOK, 0)
 }
 
 // goUnlessStopped runs f on a goroutine Shutdown waits for, unless the
@@ -1117,7 +1142,7 @@ func (w *Worker) awaitEvents(pe *pendingEvents, timer *time.Timer) error {
 		case <-timer.C:
 			return fmt.Errorf("no PubAck within %s", w.opts.EventTimeout)
 		case <-w.stop:
-			return errors.New("consumer: worker stopped")
+			return errWorkerStopped
 		}
 	}
 	return nil

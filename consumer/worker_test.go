@@ -259,14 +259,18 @@ func TestRejected(t *testing.T) {
 
 func TestRejectionEventNotDoubledOnRedelivery(t *testing.T) {
 	js, _ := startJS(t)
-	// The first PubAck is "lost": the worker naks the job, it comes back,
-	// is rejected again and publishes the same event again.
-	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 1}
+	// Every PubAck of the first attempt is "lost" (the event is stored):
+	// the worker publishes it again maxEventRetries times, then naks the
+	// job; it comes back, is rejected again and publishes the same event
+	// again. The Nats-Msg-Id keeps it one event.
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: 2 * (1 + maxEventRetries)} // two events an attempt
 	close(gjs.gate)
 	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
 		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadDeviceToken"}, false
 	})
-	startWorker(t, gjs, testOptions(), eng)
+	opts := testOptions()
+	opts.eventRetryBase = time.Millisecond
+	startWorker(t, gjs, opts, eng)
 	publishJobs(t, js, 1, tokHex)
 
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
@@ -274,6 +278,28 @@ func TestRejectionEventNotDoubledOnRedelivery(t *testing.T) {
 	require.Equal(t, 2, eng.sent(tokHex(0)), "the job was redelivered once")
 	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
 	require.Len(t, events[BadTokenEvent](t, js, "apns.events.badtokens"), 1)
+}
+
+// TestLostPubAckPublishedAgain: a lost PubAck (a leader election, say) is
+// retried by the worker itself: the job is not naked, the engine sees it
+// once, and the event is stored once.
+func TestLostPubAckPublishedAgain(t *testing.T) {
+	js, _ := startJS(t)
+	gjs := &gatedJS{JetStream: js, gate: make(chan struct{}), failNext: maxEventRetries}
+	close(gjs.gate)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadTopic"}, false
+	})
+	opts := testOptions()
+	opts.eventRetryBase = time.Millisecond
+	startWorker(t, gjs, opts, eng)
+	publishJobs(t, js, 1, tokHex)
+
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1, eng.sent(tokHex(0)), "not naked")
+	require.Equal(t, uint64(1), consumerInfo(t, js).Delivered.Consumer)
+	require.Len(t, events[RejectionEvent](t, js, "apns.events.rejected"), 1)
 }
 
 func TestFailedThenRetried(t *testing.T) {
@@ -326,65 +352,84 @@ func TestCredentialsErrorDoesNotDeadLetter(t *testing.T) {
 	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""))
 }
 
+// TestMalformedJobs: every job of the contract's table and the hostile
+// producer's, published between good jobs, gets exactly one rejection
+// event with its reason and bytes, none reaches the engine, and the good
+// jobs around them are delivered once.
 func TestMalformedJobs(t *testing.T) {
 	js, _ := startJS(t)
 	eng := newFakeEngine(nil)
-	startWorker(t, js, testOptions(), eng)
+	opts := testOptions()
+	opts.DefaultTopic = "com.example.app"
+	startWorker(t, js, opts, eng)
 
-	big := `{"aps":{"alert":"` + strings.Repeat("x", 10*1024) + `"}}`
-	tests := []struct {
-		name   string
-		data   string
-		reason string
-	}{
-		{"broken json", `{"token":"ab`, ReasonMalformedJob},
-		{"not json", "\xff\xfe binary", ReasonMalformedJob},
-		{"bad token hex", `{"id":"bad-hex","token":"zz","payload":` + payload + `}`, "InvalidToken"},
-		{"10 KB payload", `{"id":"big","token":"` + tokHex(1) + `","payload":` + big + `}`, "PayloadTooLarge"},
-		{"missing aps", `{"id":"no-aps","token":"` + tokHex(2) + `","payload":{"alert":"hi"}}`, "MissingAps"},
-		{"token is a number", `{"token":123,"payload":` + payload + `}`, ReasonMalformedJob},
-		{"payload is a string", `{"token":"` + tokHex(3) + `","payload":"hi"}`, "InvalidPayload"},
-		{"priority is a string", `{"token":"` + tokHex(4) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
-		{"expiration is a bool", `{"token":"` + tokHex(5) + `","payload":` + payload + `,"expiration":true}`, ReasonMalformedJob},
-		{"bad priority", `{"token":"` + tokHex(6) + `","payload":` + payload + `,"priority":7}`, "InvalidPriority"},
-		{"id kept", `{"id":"p-str","token":"` + tokHex(7) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
-	}
+	tests := malformedCases()
+	tests = append(tests,
+		malformedCase{"id kept", `{"id":"p-str","token":"` + tokHex(7) + `","payload":` + payload + `,"priority":"10"}`, ReasonMalformedJob},
+		malformedCase{"id after the error kept", `{"token":7,"id":"late","payload":` + payload + `}`, ReasonMalformedJob},
+		malformedCase{"huge id", `{"id":"` + strings.Repeat("i", 800<<10) + `","token":"` + tokHex(8) + `","payload":{"aps":"x"}}`, apns.ReasonApsNotObject})
 	ctx := ctxT(t)
+	good := 0
 	for i, tt := range tests {
 		m := &nats.Msg{Subject: "apns.jobs", Data: []byte(tt.data)}
-		if i == 0 { // an id in the header only names the job in its event
+		if i == 2 { // an id in the header only names the job in its event
 			m.Header = nats.Header{jetstream.MsgIDHeader: []string{"hdr-id"}}
 		}
 		_, err := js.PublishMsg(ctx, m)
 		require.NoError(t, err, tt.name)
+		if i%10 == 0 { // good jobs around them are delivered once
+			_, err := PublishJob(ctx, js, "apns.jobs", Job{ID: fmt.Sprintf("good-%d", i), Token: tokHex(1000 + i), Payload: json.RawMessage(payload)})
+			require.NoError(t, err)
+			good++
+		}
 	}
-	// The worker keeps running: a good job after them is delivered.
-	_, err := PublishJob(ctx, js, "apns.jobs", Job{ID: "good", Token: tokHex(9), Payload: json.RawMessage(payload)})
-	require.NoError(t, err)
 
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
-		10*time.Second, 10*time.Millisecond)
-	require.Equal(t, 1, eng.sent(tokHex(9)))
+		20*time.Second, 10*time.Millisecond)
+	require.Equal(t, good, eng.sentTotal(), "only the good jobs reached the engine")
+	for i := range tests {
+		if i%10 == 0 {
+			require.Equal(t, 1, eng.sent(tokHex(1000+i)))
+		}
+	}
 	evs := events[RejectionEvent](t, js, "apns.events.rejected")
-	require.Len(t, evs, len(tests))
+	require.Len(t, evs, len(tests), "one event per malformed job")
+	bySeq := map[uint64]RejectionEvent{}
+	for _, e := range evs {
+		bySeq[e.Seq] = e
+	}
+	seq := uint64(0)
 	for i, tt := range tests {
+		seq++
+		e, ok := bySeq[seq]
+		require.True(t, ok, "%s: no event for seq %d", tt.name, seq)
+		if i%10 == 0 {
+			seq++ // the good job after it
+		}
 		t.Run(tt.name, func(t *testing.T) {
-			e := evs[i] // published in order by one consume goroutine
 			require.True(t, e.Malformed)
-			require.Equal(t, tt.reason, e.Reason)
+			require.Equal(t, tt.reason, e.Reason, e.Error)
+			require.Equal(t, "http2", e.Protocol)
 			require.NotEmpty(t, e.Error)
-			require.Equal(t, uint64(i+1), e.Seq)
 			switch tt.name {
 			case "broken json":
 				require.Equal(t, "hdr-id", e.JobID)
 			case "id kept": // the job did not decode, its id did
 				require.Equal(t, "p-str", e.JobID)
+			case "id after the error kept":
+				require.Equal(t, "late", e.JobID)
+			case "huge id": // cut, so that the event fits
+				require.Equal(t, strings.Repeat("i", MaxEventJobID), e.JobID)
 			}
-			raw := []byte(e.Job)
-			if raw == nil {
-				raw = e.JobRaw
+			switch {
+			case len(tt.data) > MaxEventJob:
+				require.True(t, e.JobTruncated)
+				require.Equal(t, len(tt.data), e.JobSize)
+			case e.Job != nil:
+				require.Equal(t, jsonValue(t, []byte(tt.data)), jsonValue(t, e.Job), "the event carries the job")
+			default:
+				require.Equal(t, tt.data, string(e.JobRaw), "the event carries the raw job")
 			}
-			require.Equal(t, tt.data, string(raw), "the event carries the raw job")
 		})
 	}
 }
