@@ -246,7 +246,7 @@ func NewBinaryEngine(addr string, cert tls.Certificate, opts ...Option) (*Binary
 		tlsc:   tlsc,
 		o:      o,
 		b:      o.binary,
-		limits: Limits{TokenLen: BinaryLimits.TokenLen, MaxPayload: o.binary.maxPayload},
+		limits: Limits{TokenLen: BinaryLimits.TokenLen, MaxPayload: o.binary.maxPayload, Binary: true},
 		epoch:  time.Now(),
 		conns:  make(map[net.Conn]struct{}),
 

@@ -1,6 +1,8 @@
 package consumer
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -73,9 +75,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 //	apns_engine_in_flight            notifications waiting for their outcome
 //	apns_engine_reconnects_total     connections replaced since start
 //	apns_engine_credentials_ok       0 once APNs refused the credentials
+//	apns_engine_faults_total{status} answers that were not APNs' verdicts
 type EngineCollector struct {
-	stats                                           func() apns.Stats
-	conns, connected, inFlight, reconnects, credsOK *prometheus.Desc
+	stats                                                   func() apns.Stats
+	conns, connected, inFlight, reconnects, credsOK, faults *prometheus.Desc
 }
 
 // NewEngineCollector returns a collector reading eng.Stats at each scrape.
@@ -90,6 +93,8 @@ func NewEngineCollector(eng apns.Engine) *EngineCollector {
 		inFlight:   d("in_flight", "Notifications accepted and waiting for their outcome."),
 		reconnects: d("reconnects_total", "Connections replaced since start."),
 		credsOK:    d("credentials_ok", "0 once APNs refused the provider credentials, else 1."),
+		faults: prometheus.NewDesc("apns_engine_faults_total",
+			"Answers that were not APNs' verdicts (HTML, proxies' errors), by HTTP status; each was retried.", []string{"status"}, nil),
 	}
 }
 
@@ -100,6 +105,7 @@ func (c *EngineCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inFlight
 	ch <- c.reconnects
 	ch <- c.credsOK
+	ch <- c.faults
 }
 
 // Collect implements prometheus.Collector.
@@ -114,4 +120,7 @@ func (c *EngineCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(s.InFlight))
 	ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(s.Reconnects))
 	ch <- prometheus.MustNewConstMetric(c.credsOK, prometheus.GaugeValue, ok)
+	for status, n := range s.Faults {
+		ch <- prometheus.MustNewConstMetric(c.faults, prometheus.CounterValue, float64(n), strconv.Itoa(status))
+	}
 }

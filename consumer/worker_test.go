@@ -604,3 +604,29 @@ func TestDrainNaksWhatTheEngineDoesNotTake(t *testing.T) {
 		require.Equal(t, 1, eng2.sent(tokHex(i)), i)
 	}
 }
+
+// faultyEngine reports answers that were not APNs' verdicts.
+type faultyEngine struct{ *fakeEngine }
+
+func (faultyEngine) Stats() apns.Stats {
+	return apns.Stats{Conns: 1, Connected: 1, Faults: map[int]uint64{404: 3, 502: 1}}
+}
+
+func TestEngineCollectorFaults(t *testing.T) {
+	eng := newFakeEngine(nil)
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	reg := prometheus.NewRegistry()
+	require.NoError(t, reg.Register(NewEngineCollector(faultyEngine{eng})))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "apns_engine_faults_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	require.Equal(t, map[string]float64{"404": 3, "502": 1}, got)
+}

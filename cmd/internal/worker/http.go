@@ -52,12 +52,20 @@ func (r *readiness) problems() (problems []string, ok string) {
 	if st.CredentialsErr != nil {
 		problems = append(problems, st.CredentialsErr.Error())
 	}
+	if since := st.FaultingSince; !since.IsZero() && time.Since(since) > faultsPersist {
+		problems = append(problems, fmt.Sprintf("apns: answers are not APNs verdicts since %s (a proxy, a portal or a wrong APNS_WORKER_APNS_ADDR?); faults by status %v",
+			since.UTC().Format(time.RFC3339), st.Faults))
+	}
 	return problems, fmt.Sprintf("ok: apns %d/%d connections, %d in flight", st.Connected, st.Conns, st.InFlight)
 }
 
+// faultsPersist is how long the answers may fail to be APNs' verdicts
+// (apns.ErrNotAPNs: HTML 404s, proxies' 502s) before /readyz fails.
+const faultsPersist = 30 * time.Second
+
 // serveHTTP serves /healthz (the process is up), /readyz (started, NATS
 // connected, credentials not refused, an APNs connection up while work is
-// in flight) and /metrics on addr; an empty addr serves nothing.
+// in flight, APNs' answers its verdicts) and /metrics on addr; an empty addr serves nothing.
 func serveHTTP(addr string, reg *prometheus.Registry, ready func() ([]string, string), log *slog.Logger) (stop func(), err error) {
 	if addr == "" {
 		return func() {}, nil

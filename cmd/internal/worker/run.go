@@ -118,6 +118,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		MaxInFlight:   cfg.MaxInFlight,
 		Receipts:      cfg.Events.Receipts,
 		Protocol:      protocolName(cfg.APNs.Mode),
+		DefaultTopic:  cfg.APNs.Topic,
 		DrainTimeout:  max(cfg.ShutdownGrace/4, time.Second),
 		Logger:        log.With(slog.String("component", "consumer")),
 		Metrics:       metrics,
@@ -181,10 +182,13 @@ func eventsMaxAge(d time.Duration) time.Duration {
 }
 
 func protocolName(m config.Mode) string {
-	if m == config.ModeHTTP2 {
-		return "http2"
+	switch m {
+	case config.ModeHTTP2:
+		return consumer.ProtocolHTTP2
+	case config.ModeMock:
+		return consumer.ProtocolMock // the binary engine against the in-process gateway
 	}
-	return "binary" // mock mode runs the binary engine
+	return consumer.ProtocolBinary
 }
 
 // startFeedback polls the feedback service and publishes its bad tokens.
