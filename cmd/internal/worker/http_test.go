@@ -16,8 +16,8 @@ import (
 type statsEngine struct{ st apns.Stats }
 
 func (e statsEngine) Send(context.Context, *apns.Notification, any) error { return apns.ErrClosed }
-func (e statsEngine) Close(context.Context) error                          { return nil }
-func (e statsEngine) Stats() apns.Stats                                    { return e.st }
+func (e statsEngine) Close(context.Context) error                         { return nil }
+func (e statsEngine) Stats() apns.Stats                                   { return e.st }
 
 // TestReadyzFaults: answers that are not APNs' verdicts fail /readyz once
 // they have lasted faultsPersist, not before.
