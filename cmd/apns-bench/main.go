@@ -73,6 +73,7 @@ type benchConfig struct {
 	rejectedTokens []string
 	rejectedFile   string
 	warmup         int
+	silentClose    int
 }
 
 // parseFlags parses args with no APNS_WORKER_* variable set.
@@ -120,6 +121,8 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 		"run one worker, wired as in-process runs wire it, from APNS_WORKER_* until SIGINT/SIGTERM (what -spawn-worker self starts)")
 	fs.BoolVar(&c.progress, "progress", true, "draw a progress bar on stderr")
 	fs.BoolVar(&c.verbose, "v", false, "worker logs at info level (default: errors only)")
+	fs.IntVar(&c.silentClose, "silent-close", 0,
+		"the bench's APNs server closes a connection silently (binary: no error response; http2: no GOAWAY) at every N-th notification it takes, as a load balancer may; shows the resend bound (writes per job); 0: never")
 	fs.IntVar(&c.warmup, "warmup", 2000, "jobs published and finished before the measured ones, not counted (warm connections and caches); 0: none")
 	fs.StringVar(&c.rejectedFile, "rejected-tokens", "",
 		"with -apns-addr or -nats: hex device tokens, one a line, that the APNs server rejects (e.g. of apps since uninstalled); the rejected share cycles through them instead of bad0… tokens, which only the bench's own servers reject")

@@ -253,7 +253,7 @@ func TestExternalAPNs(t *testing.T) {
 			const n, share = 2000, 0.01
 			clearWorkerEnv(t) // runs before this one left their workers' settings (loadConfig)
 			dir := t.TempDir()
-			srv, err := startLocalServer(proto, "", dir, n, share)
+			srv, err := startLocalServer(proto, "", dir, n, share, 0)
 			require.NoError(t, err)
 			t.Cleanup(srv.close)
 			si := srv.info()
@@ -329,4 +329,22 @@ func runBench(t *testing.T, args ...string) (result, []byte, string) {
 	var r result
 	require.NoError(t, json.Unmarshal(b, &r))
 	return r, b, stdout.String()
+}
+
+// TestSilentCloseFlag: -silent-close makes the bench's server close
+// connections silently; the report shows it and the writes per job, which
+// the engines keep under 2 (the binary engine's connection budget).
+func TestSilentCloseFlag(t *testing.T) {
+	for _, proto := range []string{"binary", "http2"} {
+		t.Run(proto, func(t *testing.T) {
+			r, _, stdout := runBench(t, "-n", "4000", "-warmup", "0", "-protocol", proto, "-rejected", "0",
+				"-window", "1s", "-confirm-after", "0", "-silent-close", "1000")
+			require.Contains(t, stdout, "silent closes / writes per job")
+			require.Positive(t, r.SilentCloses)
+			require.Zero(t, r.Lost)
+			require.Equal(t, 4000, r.Delivered)
+			require.Greater(t, r.WritesPerJob, 1.0, "a silent close resends what was in flight")
+			require.LessOrEqual(t, r.WritesPerJob, 2.0)
+		})
+	}
 }

@@ -69,6 +69,11 @@ type result struct {
 	// beyond 1; binary: those after a rejected one); in-process only, -1
 	// otherwise.
 	Resends int `json:"resends"`
+	// SilentCloses counts connections the bench's APNs server closed
+	// silently (-silent-close); WritesPerJob is then what the resend bound
+	// is about: 1 + Resends per job (in-process only, -1 otherwise).
+	SilentCloses int     `json:"apns_silent_closes"`
+	WritesPerJob float64 `json:"writes_per_job"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -164,6 +169,9 @@ func (r *result) writeTable(w io.Writer) {
 	row("acked but never at APNs", "%d", r.MissingAtAPNs)
 	row("APNs server accepted / rejected", "%d / %d", r.APNsAccepted, r.APNsRejected)
 	row("APNs server connections / resends", "%d / %d", r.APNsConns, r.Resends)
+	if r.SilentCloses > 0 {
+		row("APNs server silent closes / writes per job", "%d / %.2f", r.SilentCloses, r.WritesPerJob)
+	}
 	row("naks / dead letters / left in stream", "%d / %d / %d", r.NakCount, r.DeadLetters, r.StreamLeft)
 	_ = tw.Flush()
 	fmt.Fprintf(w, "(RSS and CPU: %s)\n", r.Scope)

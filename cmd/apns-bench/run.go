@@ -72,7 +72,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		}
 		srv = cs
 	default:
-		ls, err := startLocalServer(c.protocol, "", filepath.Join(dir, "creds"), c.n, c.rejected)
+		ls, err := startLocalServer(c.protocol, "", filepath.Join(dir, "creds"), c.n, c.rejected, c.silentClose)
 		if err != nil {
 			return nil, err
 		}
@@ -294,9 +294,10 @@ wait:
 	if err := stopWorkers(); err != nil {
 		waitErr = errors.Join(waitErr, fmt.Errorf("stopping workers: %w", err))
 	}
-	res.Resends = -1
+	res.Resends, res.WritesPerJob = -1, -1
 	if !external && !c.baseline && len(pids) == 0 {
 		res.Resends = int(resends.Load())
+		res.WritesPerJob = 1 + float64(res.Resends)/float64(c.n)
 	}
 	res.Duplicates, res.MissingAtAPNs, res.APNsAccepted, res.APNsRejected, res.APNsConns = -1, -1, -1, -1, -1
 	if srv != nil {
@@ -305,7 +306,7 @@ wait:
 			return res, err
 		}
 		res.Duplicates, res.APNsAccepted, res.APNsRejected = st.Duplicates, st.Accepted-c.warmup, st.Rejected
-		res.MissingAtAPNs, res.APNsConns = st.Missing, st.Conns
+		res.MissingAtAPNs, res.APNsConns, res.SilentCloses = st.Missing, st.Conns, st.SilentCloses
 	}
 	return res, errors.Join(pubErr, waitErr)
 }

@@ -76,8 +76,9 @@ type serverStats struct {
 	// Missing counts jobs 0..n-1 with a good token the server never
 	// accepted: once every job is finished, ones the worker acked as
 	// delivered although they never reached APNs.
-	Missing int `json:"missing"`
-	Conns   int `json:"conns"` // connections accepted
+	Missing      int `json:"missing"`
+	Conns        int `json:"conns"`         // connections accepted
+	SilentCloses int `json:"silent_closes"` // connections it closed silently (-silent-close)
 }
 
 // apnsServer is an APNs test server, in this process or in a child.
@@ -107,7 +108,10 @@ type localServer struct {
 // its credentials to dir. HTTP/2 rejects tokens 0..n-1 of the rejected
 // share with 400 BadDeviceToken; the binary gateway rejects every 0xbad0
 // token with status 8. Both count per token, so duplicates are exact.
-func startLocalServer(protocol, listen, dir string, n int, share float64) (*localServer, error) {
+//
+// silentClose > 0 makes it close a connection without an error response or
+// GOAWAY at every silentClose-th notification it takes.
+func startLocalServer(protocol, listen, dir string, n int, share float64, silentClose int) (*localServer, error) {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
@@ -115,7 +119,11 @@ func startLocalServer(protocol, listen, dir string, n int, share float64) (*loca
 	files := map[string][]byte{}
 	switch protocol {
 	case "binary":
-		gw, err := apnstest.ListenGateway(apnstest.GatewayAddr(listen), apnstest.RejectFunc(rejectBadPrefix))
+		opts := []apnstest.GatewayOption{apnstest.GatewayAddr(listen), apnstest.RejectFunc(rejectBadPrefix)}
+		if silentClose > 0 {
+			opts = append(opts, apnstest.CloseEvery(silentClose))
+		}
+		gw, err := apnstest.ListenGateway(opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +131,11 @@ func startLocalServer(protocol, listen, dir string, n int, share float64) (*loca
 		p := gw.PKI()
 		files[caFile], files[clientCertFile], files[clientKeyFile] = p.CAPEM, p.ClientCertPEM, p.ClientKeyPEM
 	case "http2":
-		h2, err := apnstest.ListenHTTP2(apnstest.HTTP2Listen(listen))
+		opts := []apnstest.HTTP2Option{apnstest.HTTP2Listen(listen)}
+		if silentClose > 0 {
+			opts = append(opts, apnstest.HTTP2CloseEvery(silentClose))
+		}
+		h2, err := apnstest.ListenHTTP2(opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -159,10 +171,10 @@ func (s *localServer) stats() (serverStats, error) {
 	count := func(tok apns.Token) int { return s.gw.Count(tok) }
 	if s.gw != nil {
 		gs := s.gw.Stats()
-		st = serverStats{Accepted: gs.Accepted, Rejected: gs.Rejected, Duplicates: gs.Duplicates, Conns: gs.Conns}
+		st = serverStats{Accepted: gs.Accepted, Rejected: gs.Rejected, Duplicates: gs.Duplicates, Conns: gs.Conns, SilentCloses: gs.SilentCloses}
 	} else {
 		count = s.h2.AcceptedFor
-		st.Accepted, st.Conns = s.h2.Accepted(), s.h2.Conns()
+		st.Accepted, st.Conns, st.SilentCloses = s.h2.Accepted(), s.h2.Conns(), s.h2.FaultStats().SilentCloses
 		for code, k := range s.h2.Statuses() {
 			if code != 200 {
 				st.Rejected += k
@@ -200,7 +212,7 @@ func serve(ctx context.Context, c *benchConfig, stdin io.Reader, stdout io.Write
 	if c.creds == "" {
 		return errors.New("-serve needs -creds DIR")
 	}
-	s, err := startLocalServer(c.serve, c.listen, c.creds, c.n, c.rejected)
+	s, err := startLocalServer(c.serve, c.listen, c.creds, c.n, c.rejected, c.silentClose)
 	if err != nil {
 		return err
 	}
