@@ -128,7 +128,7 @@ func (e *RejectionError) BadToken() bool {
 		return true
 	}
 	switch e.Reason {
-	case "BadDeviceToken", "Unregistered", "ExpiredToken":
+	case ReasonBadDeviceToken, ReasonUnregistered, ReasonExpiredToken:
 		return true
 	}
 	return false

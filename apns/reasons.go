@@ -64,46 +64,46 @@ type statusReason struct {
 var reasonClasses = map[statusReason]outcomeClass{
 	{200, ""}: classDelivered,
 
-	{400, "BadCollapseId"}:          classRejected,
-	{400, "BadDeviceToken"}:         classRejected, // bad token
-	{400, "BadExpirationDate"}:      classRejected,
-	{400, "BadMessageId"}:           classRejected,
-	{400, "BadPriority"}:            classRejected,
-	{400, "BadTopic"}:               classRejected,
-	{400, "DeviceTokenNotForTopic"}: classRejected,
-	{400, "DuplicateHeaders"}:       classRejected,
-	{400, "IdleTimeout"}:            classTemporary,
-	{400, "InvalidPushType"}:        classRejected,
-	{400, "MissingDeviceToken"}:     classRejected,
-	{400, "MissingTopic"}:           classRejected,
-	{400, "PayloadEmpty"}:           classRejected,
-	{400, "TopicDisallowed"}:        classRejected,
+	{400, ReasonBadCollapseID}:          classRejected,
+	{400, ReasonBadDeviceToken}:         classRejected, // bad token
+	{400, ReasonBadExpirationDate}:      classRejected,
+	{400, ReasonBadMessageID}:           classRejected,
+	{400, ReasonBadPriority}:            classRejected,
+	{400, ReasonBadTopic}:               classRejected,
+	{400, ReasonDeviceTokenNotForTopic}: classRejected,
+	{400, ReasonDuplicateHeaders}:       classRejected,
+	{400, ReasonIdleTimeout}:            classTemporary,
+	{400, ReasonInvalidPushType}:        classRejected,
+	{400, ReasonMissingDeviceToken}:     classRejected,
+	{400, ReasonMissingTopic}:           classRejected,
+	{400, ReasonPayloadEmpty}:           classRejected,
+	{400, ReasonTopicDisallowed}:        classRejected,
 
-	{403, "BadCertificate"}:             classCredentials,
-	{403, "BadCertificateEnvironment"}:  classCredentials,
-	{403, "ExpiredProviderToken"}:       classRefreshToken,
-	{403, "Forbidden"}:                  classRejected,
-	{403, "InvalidProviderToken"}:       classCredentials,
-	{403, "MissingProviderToken"}:       classCredentials,
-	{403, "UnrelatedKeyIdInToken"}:      classCredentials,
-	{403, "BadEnvironmentKeyIdInToken"}: classCredentials,
+	{403, ReasonBadCertificate}:             classCredentials,
+	{403, ReasonBadCertificateEnvironment}:  classCredentials,
+	{403, ReasonExpiredProviderToken}:       classRefreshToken,
+	{403, ReasonForbidden}:                  classRejected,
+	{403, ReasonInvalidProviderToken}:       classCredentials,
+	{403, ReasonMissingProviderToken}:       classCredentials,
+	{403, ReasonUnrelatedKeyIDInToken}:      classCredentials,
+	{403, ReasonBadEnvironmentKeyIDInToken}: classCredentials,
 
-	{404, "BadPath"}: classRejected,
+	{404, ReasonBadPath}: classRejected,
 
-	{405, "MethodNotAllowed"}: classRejected,
+	{405, ReasonMethodNotAllowed}: classRejected,
 
-	{410, "ExpiredToken"}: classRejected, // bad token
-	{410, "Unregistered"}: classRejected, // bad token
+	{410, ReasonExpiredToken}: classRejected, // bad token
+	{410, ReasonUnregistered}: classRejected, // bad token
 
-	{413, "PayloadTooLarge"}: classRejected,
+	{413, ReasonPayloadTooLarge}: classRejected,
 
-	{429, "TooManyProviderTokenUpdates"}: classTemporary, // and do not mint again
-	{429, "TooManyRequests"}:             classTemporary,
+	{429, ReasonTooManyProviderTokenUpdates}: classTemporary, // and do not mint again
+	{429, ReasonTooManyRequests}:             classTemporary,
 
-	{500, "InternalServerError"}: classTemporary,
+	{500, ReasonInternalServerError}: classTemporary,
 
-	{503, "ServiceUnavailable"}: classTemporary,
-	{503, "Shutdown"}:           classTemporary,
+	{503, ReasonServiceUnavailable}: classTemporary,
+	{503, ReasonShutdown}:           classTemporary,
 }
 
 // appleStatuses are the error statuses of Apple's table; knownReasons its
