@@ -568,7 +568,7 @@ func (s *binSession) full() bool {
 	if b := s.e.budget.Load(); b > 0 && s.nextID > b {
 		return true
 	}
-	return s.nextID >= math.MaxUint32
+	return s.nextID == math.MaxUint32 // never reuse an identifier
 }
 
 // read waits for the error response (or the end of the connection).

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 The reference engine is built on x/net's http2.Transport on purpose: x/net points its users to net/http's, whose bundled copy behaves differently on stalled connections (it keeps sending on one until its ping interval).
+
 package apns
 
 import (
