@@ -74,8 +74,11 @@ func NewStdEngine(baseURL string, auth Auth, opts ...Option) (*StdEngine, error)
 	}
 	e.tokens = tokens
 	e.tr = &http2.Transport{
-		TLSClientConfig:   tlsConf,
-		ReadIdleTimeout:   e.o.h2.pingInterval,
+		TLSClientConfig: tlsConf,
+		// A stalled connection is probed once a request could have timed
+		// out on it (HTTP2Engine probes after a timeout), else it would
+		// be used until the ping interval.
+		ReadIdleTimeout:   min(e.o.h2.pingInterval, e.o.h2.timeout),
 		PingTimeout:       e.o.h2.timeout,
 		MaxHeaderListSize: maxHeaderListSize,
 		DialTLSContext:    e.dial,
