@@ -36,9 +36,11 @@ func (c *core) prepare(d *delivery, tokens *tokenSource) bool {
 		c.finish(d, err)
 		return false
 	}
-	if err := expired(d.n, c.o.now()); err != nil {
-		c.finish(d, err)
-		return false
+	if !d.n.Expiration.IsZero() {
+		if err := expired(d.n, c.o.now()); err != nil {
+			c.finish(d, err)
+			return false
+		}
 	}
 	if tokens != nil {
 		tok, err := tokens.token()
