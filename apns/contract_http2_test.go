@@ -12,10 +12,7 @@ import (
 
 // http2Pending lists the contract cases the HTTP/2 engine fails today
 // (issue 10), with what is wrong: delete a line to run its case.
-var http2Pending = map[string]string{
-	"ExactlyOneOutcome/OversizedHeader20KB":                       "the harness counts a 200 with a 20 KB header as not taken, but 20 KB is within the 64 KiB header list the engine advertises: it is a 200, delivered",
-	"ExactlyOneOutcome/InvalidSettingsMaxFrameSize0MidConnection": "flaky harness: the server does not always carry the mid-connection SETTINGS out before the notifications are answered",
-}
+var http2Pending = map[string]string{}
 
 // TestContractHTTP2 runs the engine contract suite against the HTTP/2 engine.
 func TestContractHTTP2(t *testing.T) {

@@ -14,12 +14,10 @@ import (
 // what is wrong: delete a line to run its case. Where x/net's Transport
 // itself behaves otherwise, the case stays pending: the reference is x/net.
 var stdPending = map[string]string{
-	"ExactlyOneOutcome/InvalidSettingsMaxFrameSize0":              xnetNoGoAway,
-	"ExactlyOneOutcome/InvalidSettingsMaxFrameSizeTooLarge":       xnetNoGoAway,
-	"ExactlyOneOutcome/InvalidSettingsInitialWindowSize":          xnetNoGoAway,
-	"ExactlyOneOutcome/InvalidSettingsEnablePush2":                xnetNoGoAway,
-	"ExactlyOneOutcome/OversizedHeader20KB":                       http2Pending["ExactlyOneOutcome/OversizedHeader20KB"],
-	"ExactlyOneOutcome/InvalidSettingsMaxFrameSize0MidConnection": http2Pending["ExactlyOneOutcome/InvalidSettingsMaxFrameSize0MidConnection"],
+	"ExactlyOneOutcome/InvalidSettingsMaxFrameSize0":        xnetNoGoAway,
+	"ExactlyOneOutcome/InvalidSettingsMaxFrameSizeTooLarge": xnetNoGoAway,
+	"ExactlyOneOutcome/InvalidSettingsInitialWindowSize":    xnetNoGoAway,
+	"ExactlyOneOutcome/InvalidSettingsEnablePush2":          xnetNoGoAway,
 }
 
 const xnetNoGoAway = "x/net's Transport ends the connection on an invalid SETTINGS but does not always send GOAWAY with the code first (every notification still ends once)"

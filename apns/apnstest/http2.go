@@ -688,6 +688,9 @@ func (s *HTTP2Server) decide(c *h2conn, st *h2stream) (r h2reply, act h2action) 
 			}
 			if r.ans != nil {
 				s.faultStats.Answers++
+				if r.ans.Taken {
+					s.take(c, st)
+				}
 			}
 			return r, h2answer
 		}
@@ -718,6 +721,12 @@ func (s *HTTP2Server) verdict(c *h2conn, st *h2stream) h2reply {
 			}
 		}
 	}
+	s.take(c, st)
+	return h2reply{status: 200}
+}
+
+// take counts st's notification as accepted; s.mu is held.
+func (s *HTTP2Server) take(c *h2conn, st *h2stream) {
 	s.accepted++
 	s.perToken[st.token]++
 	if s.record {
@@ -727,7 +736,6 @@ func (s *HTTP2Server) verdict(c *h2conn, st *h2stream) h2reply {
 			Payload: bytes.Clone(st.body), ID: st.apnsID,
 		})
 	}
-	return h2reply{status: 200}
 }
 
 // nextInject returns the injection that applies now, dropping expired
@@ -1525,7 +1533,7 @@ func (c *h2conn) finish(st *h2stream) {
 			return
 		}
 		status, reason, ans = r.status, r.reason, r.ans
-		st.accepted = act == h2answer && ans == nil && status == 200
+		st.accepted = act == h2answer && status == 200 && (ans == nil || ans.Taken)
 	} else {
 		c.s.mu.Lock()
 		c.s.statuses[status]++

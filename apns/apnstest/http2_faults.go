@@ -36,6 +36,10 @@ type HTTP2Answer struct {
 	// Immediate sends the answer at once, skipping the latency queue: with
 	// HTTP2Latency, answers to earlier requests (200s) then arrive after it.
 	Immediate bool
+	// Taken counts the request as accepted (Accepted, AcceptedFor), as
+	// for APNs' own 200 that merely carries something odd (PaddedAnswer);
+	// a foreign answer (HTMLAnswer(200)) leaves it false.
+	Taken bool
 }
 
 // ReasonAnswer is an Apple-style error: status with {"reason":reason}.
@@ -80,8 +84,8 @@ func TextAnswer(status int, body string) HTTP2Answer {
 }
 
 // PaddedAnswer is the server's usual 200 with an x-padding header of pad
-// bytes (status 200, no body).
-func PaddedAnswer(pad int) HTTP2Answer { return HTTP2Answer{Status: 200, Padding: pad} }
+// bytes (status 200, no body): the notification is taken.
+func PaddedAnswer(pad int) HTTP2Answer { return HTTP2Answer{Status: 200, Padding: pad, Taken: true} }
 
 // ResetAnswer resets the stream with code instead of answering.
 func ResetAnswer(code http2.ErrCode) HTTP2Answer {
@@ -207,6 +211,7 @@ type h2faults struct {
 	seen       int64  // valid requests decided
 	goAway     *h2goAwayFault
 	settings   []HTTP2SettingsFault
+	settingsN  []int // per settings fault: connections it was sent on
 	answerFunc func(tok apns.Token) (HTTP2Answer, bool)
 }
 
@@ -369,8 +374,9 @@ type HTTP2SettingsFault struct {
 	// requests; 0 sends it at connection start, right after the
 	// server's first SETTINGS.
 	AfterRequests int
-	// Conns limits it to the first Conns connections (0: every one), so
-	// that a client that replaces the connection gets a good one.
+	// Conns limits it to the first Conns connections that reach
+	// AfterRequests (0: every one), so that a client that replaces the
+	// connection gets a good one.
 	Conns int
 }
 
@@ -383,6 +389,7 @@ func HTTP2SendSettings(f HTTP2SettingsFault) HTTP2Option {
 		}
 		f.Settings = append([]http2.Setting(nil), f.Settings...)
 		c.faults.settings = append(c.faults.settings, f)
+		c.faults.settingsN = append(c.faults.settingsN, 0)
 		return nil
 	}
 }
@@ -390,8 +397,8 @@ func HTTP2SendSettings(f HTTP2SettingsFault) HTTP2Option {
 // settingsFaults writes the settings faults due after the connection's
 // n-th request (0: at its start); c.mu is held.
 func (c *h2conn) settingsFaults(n int) {
-	for _, f := range c.s.faults.settings {
-		if f.AfterRequests != n || f.Conns > 0 && c.id > f.Conns {
+	for i, f := range c.s.faults.settings {
+		if f.AfterRequests != n || !c.s.claimSettingsFault(i) {
 			continue
 		}
 		p := make([]byte, 0, 6*len(f.Settings))
@@ -399,8 +406,20 @@ func (c *h2conn) settingsFaults(n int) {
 			p = append(p, byte(st.ID>>8), byte(st.ID), byte(st.Val>>24), byte(st.Val>>16), byte(st.Val>>8), byte(st.Val))
 		}
 		c.writeFrame(h2fSettings, 0, 0, p)
-		c.s.noteFault(func(st *HTTP2FaultStats) { st.Settings++ })
 	}
+}
+
+// claimSettingsFault reports whether settings fault i may be sent on one
+// more connection, and counts it.
+func (s *HTTP2Server) claimSettingsFault(i int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.faults.settings[i]; f.Conns > 0 && s.faults.settingsN[i] >= f.Conns {
+		return false
+	}
+	s.faults.settingsN[i]++
+	s.faultStats.Settings++
+	return true
 }
 
 // requestFaults applies the per-connection faults due once the connection

@@ -315,7 +315,7 @@ func TestHTTP2ServerAnswerWindow(t *testing.T) {
 
 func TestHTTP2ServerOversized(t *testing.T) {
 	t.Parallel()
-	_, w, jwt := h2ready(t,
+	s, w, jwt := h2ready(t,
 		HTTP2InjectAnswer(1, PaddedAnswer(20<<10)),
 		HTTP2InjectAnswer(1, PaddedReasonAnswer(400, "BadDeviceToken", 20<<10, true)),
 		HTTP2InjectAnswer(1, PaddedReasonAnswer(400, "BadDeviceToken", 100<<10, false)),
@@ -328,6 +328,7 @@ func TestHTTP2ServerOversized(t *testing.T) {
 	require.ElementsMatch(t, []string{"HEADERS 1 200", "HEADERS 3 400", "HEADERS 5 400", "HEADERS 7 200"}, w.take(4, got))
 
 	require.Equal(t, 20<<10, len(got[1].header["x-padding"]))
+	require.Equal(t, 2, s.Accepted(), "a padded 200 is APNs taking the notification")
 	require.Equal(t, 2, got[1].frames, "a 20 KB block takes HEADERS and CONTINUATION")
 	for sid, n := range map[uint32]int{3: 20 << 10, 5: 100 << 10} {
 		var j struct{ Reason string }
@@ -369,14 +370,22 @@ func TestHTTP2ServerSendSettings(t *testing.T) {
 	})
 	t.Run("mid-connection", func(t *testing.T) {
 		t.Parallel()
-		s, w, jwt := h2ready(t, HTTP2SendSettings(HTTP2SettingsFault{
+		s := NewHTTP2Server(HTTP2SendSettings(HTTP2SettingsFault{
 			Settings: []http2.Setting{
 				{ID: http2.SettingInitialWindowSize, Val: 1 << 31},
 				{ID: http2.SettingEnablePush, Val: 2},
 				{ID: http2.SettingMaxFrameSize, Val: 1 << 24},
 			},
 			AfterRequests: 2,
+			Conns:         1, // the first connection to read 2 requests
 		}))
+		t.Cleanup(s.Close)
+		jwt := h2jwt(t, s, time.Now())
+		idle := h2dial(t, s) // the first connection opened never gets there
+		idle.settings()
+		w := h2dial(t, s)
+		w.settings()
+		require.Eventually(t, func() bool { return s.Conns() == 2 }, 5*time.Second, time.Millisecond)
 		w.post(1, jwt)
 		require.Equal(t, []string{"HEADERS 1 200"}, w.take(1, nil))
 		w.post(3, jwt)
@@ -384,6 +393,7 @@ func TestHTTP2ServerSendSettings(t *testing.T) {
 		w.write(h2fGoAway, 0, 0, []byte{0, 0, 0, 3, 0, 0, 0, byte(http2.ErrCodeFlowControl)})
 		require.Equal(t, []string{"GOAWAY 3 0", "EOF"}, w.events(5*time.Second, nil, 0))
 		require.Equal(t, map[http2.ErrCode]int{http2.ErrCodeFlowControl: 1}, s.ClientGoAways())
+		require.Empty(t, idle.untilIdle(nil), "the idle connection got nothing")
 	})
 }
 
