@@ -10,8 +10,8 @@ import (
 	"github.com/jetpush/apns-worker/apns/enginetest"
 )
 
-// http2Pending lists the contract cases the HTTP/2 engine fails today
-// (issue 10), with what is wrong: delete a line to run its case.
+// http2Pending lists the contract cases the HTTP/2 engine fails, with what
+// is wrong: none.
 var http2Pending = map[string]string{}
 
 // TestContractHTTP2 runs the engine contract suite against the HTTP/2 engine.
