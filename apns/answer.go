@@ -2,8 +2,10 @@ package apns
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 )
 
@@ -11,6 +13,46 @@ import (
 // h2conn, the reference on x/net's Transport) do before a request is
 // written and with the answer it gets. Written once, so that the two
 // engines give the same outcome for the same answer.
+
+// http2Setup is what both HTTP/2 engines make of their arguments.
+type http2Setup struct {
+	core    *core
+	u       *url.URL
+	addr    string // host:port to dial
+	tlsConf *tls.Config
+	tokens  *tokenSource // nil with certificate auth
+}
+
+// setupHTTP2 fills o, the options of an HTTP/2 engine of this kind, from
+// opts and checks the arguments of its constructor; it starts the core on o.
+func setupHTTP2(o *options, kind engineKind, baseURL string, auth Auth, opts []Option) (*http2Setup, error) {
+	*o = defaultOptions()
+	o.h2 = defaultHTTP2Options()
+	if err := applyOptions(o, opts); err != nil {
+		return nil, err
+	}
+	if err := o.checkFor(kind); err != nil {
+		return nil, err
+	}
+	if err := auth.validate(); err != nil {
+		return nil, err
+	}
+	u, addr, err := parseBaseURL(baseURL)
+	if err != nil {
+		return nil, err
+	}
+	if o.maxInFlight == 0 {
+		o.maxInFlight = o.conns * int(min(o.h2.maxStreams, 1000))
+	}
+	s := &http2Setup{u: u, addr: addr}
+	if s.tlsConf, s.tokens, err = http2Credentials(u, addr, auth, o); err != nil {
+		return nil, err
+	}
+	tokenAuth, topic := s.tokens != nil, o.h2.topic
+	s.core = newCore(o, addr, func(n *Notification) error { return validateHTTP2(n, tokenAuth, topic) })
+	s.core.retryBackoff = Backoff{Min: o.h2.backoffMin, Max: o.h2.backoffMax}
+	return s, nil
+}
 
 // validateHTTP2 checks n for the provider API: the HTTP/2 limits, and a
 // topic when token auth has no default one.

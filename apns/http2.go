@@ -209,37 +209,14 @@ var _ Engine = (*HTTP2Engine)(nil)
 // credentials. Connections are dialled in the background; Send queues
 // until one is up.
 func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, error) {
-	o := defaultOptions()
-	o.h2 = defaultHTTP2Options()
-	if err := applyOptions(&o, opts); err != nil {
-		return nil, err
-	}
-	if err := o.checkFor(http2Engine); err != nil {
-		return nil, err
-	}
-	if err := auth.validate(); err != nil {
-		return nil, err
-	}
-	u, addr, err := parseBaseURL(baseURL)
+	e := &HTTP2Engine{stop: make(chan struct{})}
+	s, err := setupHTTP2(&e.o, http2Engine, baseURL, auth, opts)
 	if err != nil {
 		return nil, err
 	}
-	if o.maxInFlight == 0 {
-		o.maxInFlight = o.conns * int(min(o.h2.maxStreams, 1000))
-	}
-	e := &HTTP2Engine{
-		o:         o,
-		addr:      addr,
-		authority: u.Host,
-		stop:      make(chan struct{}),
-	}
-	if e.tlsConf, e.tokens, err = http2Credentials(u, addr, auth, &e.o); err != nil {
-		return nil, err
-	}
-	e.c = newCore(&e.o, addr, func(n *Notification) error { return validateHTTP2(n, e.tokens != nil, e.o.h2.topic) })
-	e.c.retryBackoff = Backoff{Min: o.h2.backoffMin, Max: o.h2.backoffMax}
+	e.c, e.addr, e.authority, e.tlsConf, e.tokens = s.core, s.addr, s.u.Host, s.tlsConf, s.tokens
 	e.ctx, e.halt = context.WithCancel(context.Background())
-	for range o.conns {
+	for range e.o.conns {
 		e.wg.Add(1)
 		go e.runConn()
 	}

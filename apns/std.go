@@ -49,32 +49,14 @@ var _ Engine = (*StdEngine)(nil)
 // NewStdEngine starts the reference engine for the provider API at
 // baseURL (HostProduction, HostSandbox, or a test server's URL).
 func NewStdEngine(baseURL string, auth Auth, opts ...Option) (*StdEngine, error) {
-	e := &StdEngine{o: defaultOptions()}
-	e.o.h2 = defaultHTTP2Options()
-	if err := applyOptions(&e.o, opts); err != nil {
-		return nil, err
-	}
-	if err := e.o.checkFor(stdEngine); err != nil {
-		return nil, err
-	}
-	if err := auth.validate(); err != nil {
-		return nil, err
-	}
-	u, addr, err := parseBaseURL(baseURL)
+	e := &StdEngine{}
+	s, err := setupHTTP2(&e.o, stdEngine, baseURL, auth, opts)
 	if err != nil {
 		return nil, err
 	}
-	e.base, e.addr = "https://"+u.Host, addr
-	if e.o.maxInFlight == 0 {
-		e.o.maxInFlight = e.o.conns * 1000
-	}
-	tlsConf, tokens, err := http2Credentials(u, addr, auth, &e.o)
-	if err != nil {
-		return nil, err
-	}
-	e.tokens = tokens
+	e.c, e.base, e.addr, e.tokens = s.core, "https://"+s.u.Host, s.addr, s.tokens
 	e.tr = &http2.Transport{
-		TLSClientConfig: tlsConf,
+		TLSClientConfig: s.tlsConf,
 		// A stalled connection is probed once a request could have timed
 		// out on it (HTTP2Engine probes after a timeout), else it would
 		// be used until the ping interval.
@@ -83,8 +65,6 @@ func NewStdEngine(baseURL string, auth Auth, opts ...Option) (*StdEngine, error)
 		MaxHeaderListSize: maxHeaderListSize,
 		DialTLSContext:    e.dial,
 	}
-	e.c = newCore(&e.o, addr, func(n *Notification) error { return validateHTTP2(n, e.tokens != nil, e.o.h2.topic) })
-	e.c.retryBackoff = Backoff{Min: e.o.h2.backoffMin, Max: e.o.h2.backoffMax}
 	e.ctx, e.halt = context.WithCancel(context.Background())
 	e.c.abortWires = e.halt
 	e.wg.Add(1)
