@@ -1,7 +1,6 @@
 package apns
 
 import (
-	"bytes"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -313,56 +312,75 @@ type apsMembers struct {
 // the aps members the push-type rules need. It allocates only for escaped
 // or many member names.
 func scanPayload(p []byte) (apsMembers, error) {
-	var aps apsMembers
-	if !jsonscan.Valid(p) {
-		return aps, fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
-	}
-	i := jsonscan.SkipSpace(p, 0)
-	if p[i] != '{' {
-		return aps, ErrInvalidPayload
-	}
-	if !jsonscan.ValidUnicode(p) {
-		return aps, fmt.Errorf("%w: payload", ErrInvalidUTF8)
-	}
-	var apsVal []byte
-	dup := jsonscan.UniqueMembers(p, i, func(name, value []byte) bool {
-		if string(name) == `"aps"` || bytes.IndexByte(name, '\\') >= 0 && string(jsonscan.Unquote(name)) == "aps" {
-			apsVal = value
+	var (
+		aps         apsMembers
+		top, inAps  jsonscan.Names
+		apsVal, dup []byte
+		where       string
+	)
+	// One pass validates p and walks its members and those of its objects:
+	// an aps object's members come before the aps member itself, so a
+	// second aps shows as members met while the first is already known.
+	valid := jsonscan.ValidMembers(p, func(parent, name, value []byte) {
+		switch {
+		case dup != nil:
+		case parent == nil && top.Seen(name):
+			dup, where = name, "payload"
+		case parent == nil:
+			if isAps(name) {
+				apsVal = value
+			}
+		case !isAps(parent):
+		case apsVal != nil: // the members of a second aps
+			dup, where = parent, "payload"
+		case inAps.Seen(name):
+			dup, where = name, "aps"
+		default:
+			aps.set(name, value)
 		}
-		return true
 	})
+	i := jsonscan.SkipSpace(p, 0)
 	switch {
+	case !valid:
+		return aps, fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
+	case p[i] != '{':
+		return aps, ErrInvalidPayload
+	case !jsonscan.ValidUnicode(p):
+		return aps, fmt.Errorf("%w: payload", ErrInvalidUTF8)
 	case dup != nil:
-		return aps, fmt.Errorf("%w: payload member %.64s", ErrDuplicateKey, dup)
+		return aps, fmt.Errorf("%w: %s member %.64s", ErrDuplicateKey, where, dup)
 	case apsVal == nil:
 		return aps, ErrNoAPS
 	case apsVal[0] != '{':
 		return aps, fmt.Errorf("%w: it is %.20s", ErrApsNotObject, apsVal)
 	}
-	dup = jsonscan.UniqueMembers(apsVal, 0, func(name, value []byte) bool {
-		if bytes.IndexByte(name, '\\') >= 0 {
-			name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
-		}
-		switch string(name) {
-		case `"content-available"`:
-			aps.contentAvailable = value
-		case `"event"`:
-			aps.event = value
-		case `"timestamp"`:
-			aps.timestamp = value
-		case `"content-state"`:
-			aps.contentState = value
-		case `"attributes-type"`:
-			aps.attributesType = value
-		case `"attributes"`:
-			aps.attributes = value
-		case `"alert"`:
-			aps.alert = value
-		}
-		return true
-	})
-	if dup != nil {
-		return aps, fmt.Errorf("%w: aps member %.64s", ErrDuplicateKey, dup)
-	}
 	return aps, nil
+}
+
+// isAps reports whether the quoted member name is "aps".
+func isAps(name []byte) bool {
+	return string(name) == `"aps"` || jsonscan.Backslash(name) >= 0 && string(jsonscan.Unquote(name)) == "aps"
+}
+
+// set keeps an aps member the push-type rules need.
+func (a *apsMembers) set(name, value []byte) {
+	if jsonscan.Backslash(name) >= 0 {
+		name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
+	}
+	switch string(name) {
+	case `"content-available"`:
+		a.contentAvailable = value
+	case `"event"`:
+		a.event = value
+	case `"timestamp"`:
+		a.timestamp = value
+	case `"content-state"`:
+		a.contentState = value
+	case `"attributes-type"`:
+		a.attributesType = value
+	case `"attributes"`:
+		a.attributes = value
+	case `"alert"`:
+		a.alert = value
+	}
 }

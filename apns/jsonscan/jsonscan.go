@@ -21,6 +21,72 @@ func Valid(data []byte) bool {
 	return v.i == len(v.b)
 }
 
+// ValidMembers is Valid for an object that also reports, in the same pass,
+// its members and those of the objects that are its members' values: for
+// each, once its value is validated, fn gets the name of the outer member
+// it belongs to (nil for the outer object's own), its name and its value
+// (names quoted, as in data; values raw). Deeper members are not reported.
+// The members of an outer member's object come before that member. It
+// reports false for anything Valid refuses, and for a value that is not an
+// object; fn may have been called by then.
+func ValidMembers(data []byte, fn func(parent, name, value []byte)) bool {
+	v := validator{b: data}
+	v.ws()
+	if v.i >= len(v.b) || v.b[v.i] != '{' || !v.members(1, nil, fn) {
+		return false
+	}
+	v.ws()
+	return v.i == len(v.b)
+}
+
+// members is object, reporting the members to fn as ValidMembers says.
+func (v *validator) members(depth int, parent []byte, fn func(parent, name, value []byte)) bool {
+	v.i++ // '{'
+	v.ws()
+	if v.i < len(v.b) && v.b[v.i] == '}' {
+		v.i++
+		return true
+	}
+	for {
+		ns := v.i
+		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
+			return false
+		}
+		name := v.b[ns:v.i]
+		v.ws()
+		if v.i >= len(v.b) || v.b[v.i] != ':' {
+			return false
+		}
+		v.i++
+		v.ws()
+		vs := v.i
+		var ok bool
+		if depth == 1 && v.i < len(v.b) && v.b[v.i] == '{' {
+			ok = v.members(2, name, fn)
+		} else {
+			ok = v.value(depth)
+		}
+		if !ok {
+			return false
+		}
+		fn(parent, name, v.b[vs:v.i])
+		v.ws()
+		if v.i >= len(v.b) {
+			return false
+		}
+		switch v.b[v.i] {
+		case ',':
+			v.i++
+			v.ws()
+		case '}':
+			v.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
 // MaxDepth bounds the nesting Valid accepts (encoding/json allows 10 000).
 const MaxDepth = 1000
 

@@ -2,6 +2,7 @@ package jsonscan
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -78,6 +79,54 @@ func BenchmarkValid(b *testing.B) {
 		b.SetBytes(int64(len(job)))
 		for b.Loop() {
 			json.Valid(job)
+		}
+	})
+}
+
+// TestValidMembers: the outer object's members and its objects' members
+// are reported once validated, inner ones first; deeper ones and anything
+// but a valid object are not.
+func TestValidMembers(t *testing.T) {
+	type member struct{ parent, name, value string }
+	tests := []struct {
+		in   string
+		ok   bool
+		want []member
+	}{
+		{`{}`, true, nil},
+		{` {"a":1, "b":{"c":[{"d":2}],"e":{"f":3}}} `, true, []member{
+			{"", `"a"`, `1`}, {`"b"`, `"c"`, `[{"d":2}]`}, {`"b"`, `"e"`, `{"f":3}`}, {"", `"b"`, `{"c":[{"d":2}],"e":{"f":3}}`}}},
+		{`[{"a":1}]`, false, nil},
+		{`"x"`, false, nil},
+		{`{"a":1`, false, []member{{"", `"a"`, `1`}}},
+		{`{"a":1}x`, false, []member{{"", `"a"`, `1`}}},
+		{`{"a":{"b":tru}}`, false, nil},
+	}
+	for _, tt := range tests {
+		var got []member
+		ok := ValidMembers([]byte(tt.in), func(parent, name, value []byte) {
+			got = append(got, member{string(parent), string(name), string(value)})
+		})
+		if ok != tt.ok || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s: got %v %v, want %v %v", tt.in, ok, got, tt.ok, tt.want)
+		}
+		if ok && !Valid([]byte(tt.in)) {
+			t.Errorf("%s: ValidMembers accepts what Valid refuses", tt.in)
+		}
+	}
+}
+
+// FuzzValidMembers: ValidMembers accepts exactly the valid objects.
+func FuzzValidMembers(f *testing.F) {
+	for _, c := range validCases {
+		f.Add([]byte(c))
+	}
+	f.Add([]byte(`{"aps":{"alert":"hi","x":{"y":[1,{"z":2}]}},"a":[]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s := strings.TrimLeft(string(b), " \t\r\n")
+		want := Valid(b) && strings.HasPrefix(s, "{")
+		if got := ValidMembers(b, func(_, _, _ []byte) {}); got != want {
+			t.Fatalf("%q: ValidMembers %v, want %v", b, got, want)
 		}
 	})
 }
