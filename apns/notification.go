@@ -321,7 +321,7 @@ func scanPayload(p []byte) (apsMembers, error) {
 	// One pass validates p and walks its members and those of its objects:
 	// an aps object's members come before the aps member itself, so a
 	// second aps shows as members met while the first is already known.
-	valid, unicode := jsonscan.ValidMembers(p, func(parent, name, value []byte) {
+	valid := jsonscan.ValidMembers(p, func(parent, name, value []byte) {
 		switch {
 		case dup != nil:
 		case parent == nil && top.Seen(name):
@@ -345,7 +345,7 @@ func scanPayload(p []byte) (apsMembers, error) {
 		return aps, fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
 	case p[i] != '{':
 		return aps, ErrInvalidPayload
-	case unicode && !jsonscan.ValidUnicode(p):
+	case !jsonscan.ValidUnicode(p):
 		return aps, fmt.Errorf("%w: payload", ErrInvalidUTF8)
 	case dup != nil:
 		return aps, fmt.Errorf("%w: %s member %.64s", ErrDuplicateKey, where, dup)

@@ -28,17 +28,15 @@ func Valid(data []byte) bool {
 // (names quoted, as in data; values raw). Deeper members are not reported.
 // The members of an outer member's object come before that member. It
 // reports false for anything Valid refuses, and for a value that is not an
-// object; fn may have been called by then. unicode is false when no string
-// holds a byte above 0x7f or a \u escape: then ValidUnicode has nothing to
-// check.
-func ValidMembers(data []byte, fn func(parent, name, value []byte)) (ok, unicode bool) {
+// object; fn may have been called by then.
+func ValidMembers(data []byte, fn func(parent, name, value []byte)) bool {
 	v := validator{b: data}
 	v.ws()
 	if v.i >= len(v.b) || v.b[v.i] != '{' || !v.members(1, nil, fn) {
-		return false, v.unicode
+		return false
 	}
 	v.ws()
-	return v.i == len(v.b), v.unicode
+	return v.i == len(v.b)
 }
 
 // members is object, reporting the members to fn as ValidMembers says.
@@ -95,9 +93,6 @@ const MaxDepth = 1000
 type validator struct {
 	b []byte
 	i int
-	// unicode is set by a string with a byte above 0x7f or a \u escape:
-	// only such input can be bad UTF-8 or hold a lone surrogate.
-	unicode bool
 }
 
 func (v *validator) ws() {
@@ -228,16 +223,12 @@ func (v *validator) str() bool {
 				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
 					return false
 				}
-				v.unicode = true
 				i += 6
 			default:
 				return false
 			}
 		case c < 0x20:
 			return false
-		case c >= 0x80:
-			v.unicode = true
-			i++
 		default:
 			i++
 		}
