@@ -39,7 +39,8 @@ func ValidMembers(data []byte, fn func(parent, name, value []byte)) bool {
 	return v.i == len(v.b)
 }
 
-// members is object, reporting the members to fn as ValidMembers says.
+// members validates the object at v.i, at depth; with fn, it reports the
+// members to fn as ValidMembers says.
 func (v *validator) members(depth int, parent []byte, fn func(parent, name, value []byte)) bool {
 	v.i++ // '{'
 	v.ws()
@@ -61,7 +62,7 @@ func (v *validator) members(depth int, parent []byte, fn func(parent, name, valu
 		v.ws()
 		vs := v.i
 		var ok bool
-		if depth == 1 && v.i < len(v.b) && v.b[v.i] == '{' {
+		if fn != nil && depth == 1 && v.i < len(v.b) && v.b[v.i] == '{' {
 			ok = v.members(2, name, fn)
 		} else {
 			ok = v.value(depth)
@@ -69,7 +70,9 @@ func (v *validator) members(depth int, parent []byte, fn func(parent, name, valu
 		if !ok {
 			return false
 		}
-		fn(parent, name, v.b[vs:v.i])
+		if fn != nil {
+			fn(parent, name, v.b[vs:v.i])
+		}
 		v.ws()
 		if v.i >= len(v.b) {
 			return false
@@ -137,42 +140,7 @@ func (v *validator) lit(s string) bool {
 	return true
 }
 
-func (v *validator) object(depth int) bool {
-	v.i++ // '{'
-	v.ws()
-	if v.i < len(v.b) && v.b[v.i] == '}' {
-		v.i++
-		return true
-	}
-	for {
-		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
-			return false
-		}
-		v.ws()
-		if v.i >= len(v.b) || v.b[v.i] != ':' {
-			return false
-		}
-		v.i++
-		v.ws()
-		if !v.value(depth) {
-			return false
-		}
-		v.ws()
-		if v.i >= len(v.b) {
-			return false
-		}
-		switch v.b[v.i] {
-		case ',':
-			v.i++
-			v.ws()
-		case '}':
-			v.i++
-			return true
-		default:
-			return false
-		}
-	}
-}
+func (v *validator) object(depth int) bool { return v.members(depth, nil, nil) }
 
 func (v *validator) array(depth int) bool {
 	v.i++ // '['
