@@ -111,6 +111,13 @@ const h2Topic = "com.example.app"
 
 // newH2Engine starts a h2Token-auth engine against s, closed at cleanup.
 func newH2Engine(t testing.TB, s *apnstest.HTTP2Server, opts ...apns.Option) *apns.HTTP2Engine {
+	return newTokenEngine(t, s, apns.NewHTTP2Engine, opts...)
+}
+
+// newTokenEngine starts an HTTP/2 engine of either kind with s's token
+// auth, topic h2Topic and quick retries, closed at cleanup.
+func newTokenEngine[E apns.Engine](t testing.TB, s *apnstest.HTTP2Server,
+	newEngine func(string, apns.Auth, ...apns.Option) (E, error), opts ...apns.Option) E {
 	t.Helper()
 	key, err := apns.ParseP8(s.P8())
 	require.NoError(t, err)
@@ -119,9 +126,13 @@ func newH2Engine(t testing.TB, s *apnstest.HTTP2Server, opts ...apns.Option) *ap
 		apns.WithTopic(h2Topic),
 		apns.WithRetryBackoff(time.Millisecond, 10*time.Millisecond),
 	}, opts...)
-	e, err := apns.NewHTTP2Engine(s.URL, apns.TokenAuth(key, s.KeyID, s.TeamID), opts...)
+	e, err := newEngine(s.URL, apns.TokenAuth(key, s.KeyID, s.TeamID), opts...)
 	require.NoError(t, err)
-	t.Cleanup(func() { closeH2Engine(t, e) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, e.Close(ctx))
+	})
 	return e
 }
 

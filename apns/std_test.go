@@ -16,22 +16,7 @@ import (
 // newRefEngine starts a token-auth reference engine against s, closed at
 // cleanup.
 func newRefEngine(t testing.TB, s *apnstest.HTTP2Server, opts ...apns.Option) *apns.StdEngine {
-	t.Helper()
-	key, err := apns.ParseP8(s.P8())
-	require.NoError(t, err)
-	opts = append([]apns.Option{
-		apns.WithRootCAs(s.RootCAs()),
-		apns.WithTopic(h2Topic),
-		apns.WithRetryBackoff(time.Millisecond, 10*time.Millisecond),
-	}, opts...)
-	e, err := apns.NewStdEngine(s.URL, apns.TokenAuth(key, s.KeyID, s.TeamID), opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		require.NoError(t, e.Close(ctx))
-	})
-	return e
+	return newTokenEngine(t, s, apns.NewStdEngine, opts...)
 }
 
 func TestStdEngineDelivers(t *testing.T) {
