@@ -65,7 +65,7 @@ func testCredentialsGate(t *testing.T, e *env) {
 			require.ErrorIs(t, err, apns.ErrCredentials, "Send while the gate is closed")
 			continue
 		}
-		col.wait(t, e.ctx, col.count()+1)
+		col.waitRef(t, e.ctx, ref)
 		switch o := col.only(t, ref); {
 		case o.Err == nil:
 			delivered = ref
@@ -77,8 +77,26 @@ func testCredentialsGate(t *testing.T, e *env) {
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	require.NoError(t, eng.Send(ctx, note(next, false), next))
-	col.wait(t, e.ctx, col.count()+1)
+	col.waitRef(t, e.ctx, next)
 	require.NoError(t, col.only(t, next).Err, "work flows again")
+}
+
+// waitRef blocks until ref has an outcome or ctx ends (then it fails t).
+func (c *collector) waitRef(t *testing.T, ctx context.Context, ref int) {
+	t.Helper()
+	for {
+		c.mu.Lock()
+		n := len(c.byRef[ref])
+		c.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		select {
+		case <-c.more:
+		case <-ctx.Done():
+			t.Fatalf("no outcome for ref %d before the case's deadline", ref)
+		}
+	}
 }
 
 // only returns ref's single outcome, failing t if it has none or several.
