@@ -213,3 +213,34 @@ func TestParseStatsLine(t *testing.T) {
 		}
 	}
 }
+
+// TestCompareTable: the table has a column a phase, "n/a" where /proc did
+// not tell, and the ratios only when both the worker and the consumer ran.
+func TestCompareTable(t *testing.T) {
+	v := 2.5
+	r := &compareResult{Protocol: "http2", Rate: 1000, DurationS: 10, Jobs: 10_000, ClockTickMS: 10, Phases: []phaseResult{
+		{Name: phaseConsumer, CPUUsPerJob: 20, P99MS: 1, SyscallsPerJob: &v, CtxSwitchesPerJob: &v, APNsAccepted: -1, APNsRejected: -1},
+		{Name: phaseDirect, CPUUsPerJob: 25},
+		{Name: phaseWorker, CPUUsPerJob: 50, P99MS: 1.5},
+	}}
+	r.setRatios()
+	require.InDelta(t, 2.5, r.WorkerOverConsumerCPU, 1e-9)
+	require.InDelta(t, 0.5, r.WorkerMinusConsumerP99MS, 1e-9)
+	var b bytes.Buffer
+	r.writeTable(&b)
+	out := b.String()
+	require.Regexp(t, `consumer\s+direct\s+worker`, out)
+	require.Regexp(t, `syscalls/job \(syscr\+syscw\)\s+2\.5\s+n/a\s+n/a`, out)
+	require.Contains(t, out, "n/a / n/a")
+	require.Contains(t, out, "worker ÷ consumer, CPU per job: 2.50 (target ≤ 1.5)")
+	require.Contains(t, out, "worker p99 − consumer p99: +0.50 ms")
+	require.Contains(t, out, "±1.00 µs/job at 10000 jobs")
+
+	r.Phases = r.Phases[:2] // stopped before the worker
+	r.WorkerOverConsumerCPU, r.WorkerMinusConsumerP99MS = 0, 0
+	r.setRatios()
+	require.Zero(t, r.WorkerOverConsumerCPU)
+	b.Reset()
+	r.writeTable(&b)
+	require.NotContains(t, b.String(), "worker ÷ consumer")
+}

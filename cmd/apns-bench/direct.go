@@ -224,6 +224,9 @@ func newDirectEngine(cfg *config.Config, log *slog.Logger) (apns.Engine, error) 
 		if a.ConfirmAfter > 0 {
 			opts = append(opts, apns.WithConfirmMarkers(a.ConfirmAfter))
 		}
+		if a.IdleTimeout > 0 {
+			opts = append(opts, apns.WithIdleTimeout(a.IdleTimeout))
+		}
 		return apns.NewBinaryEngine(a.Addr, cert, opts...)
 	case config.ModeHTTP2:
 		pem, err := os.ReadFile(a.P8File)
@@ -235,6 +238,9 @@ func newDirectEngine(cfg *config.Config, log *slog.Logger) (apns.Engine, error) 
 			return nil, err
 		}
 		opts = append(opts, apns.WithRequestTimeout(a.RequestTimeout), apns.WithTopic(a.Topic))
+		if a.IdleTimeout > 0 {
+			opts = append(opts, apns.WithPingInterval(a.IdleTimeout))
+		}
 		auth := apns.TokenAuth(key, a.KeyID, a.TeamID)
 		if a.Engine == config.EngineStd {
 			return apns.NewStdEngine(a.Addr, auth, opts...)
