@@ -53,7 +53,10 @@ func TestCompare(t *testing.T) {
 				require.Zero(t, p.Failed, name)
 				require.Equal(t, jobs, p.Delivered+p.Rejected, name)
 				require.Equal(t, float64(rate), p.OfferedPerSec, name)
-				require.InEpsilon(t, rate, p.PublishPerSec, 0.2, "%s: the pacer offers the rate", name)
+				// Job i is published no earlier than i/rate: never faster
+				// than offered, and a loaded machine only slows it.
+				require.LessOrEqual(t, p.PublishPerSec, rate*1.01, "%s: the pacer offers no more than the rate", name)
+				require.GreaterOrEqual(t, p.PublishPerSec, rate*0.7, name)
 				require.Positive(t, p.JobsPerSec, name)
 				require.Positive(t, p.CPUUsPerJob, name)
 				require.InDelta(t, p.UserUsPerJob+p.SysUsPerJob, p.CPUUsPerJob, 1e-9, name)
@@ -84,7 +87,7 @@ func TestCompare(t *testing.T) {
 			require.Contains(t, stdout, "worker ÷ consumer, CPU per job")
 			require.Contains(t, stdout, "10 ms ticks")
 			if tt.name == "binary" {
-				require.Greater(t, r.Phases[1].P50MS, 50.0, "binary outcomes wait for a confirm marker (100 ms)")
+				require.Greater(t, r.Phases[1].P50MS, 10.0, "binary outcomes wait for a confirm marker (every 100 ms)")
 			}
 		})
 	}
