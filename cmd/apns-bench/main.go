@@ -17,6 +17,11 @@
 //	apns-bench -serve binary|http2 -listen ADDR -creds DIR
 //	                                         run only an APNs test server, writing
 //	                                         its credentials and an env file to DIR
+//	apns-bench -compare -rate N -duration D -spawn-worker PATH|self
+//	                                         the paced comparison: a bare JetStream
+//	                                         consumer, a direct send without NATS
+//	                                         and the worker, one after the other,
+//	                                         each in its own process (compare.go)
 //
 // It prints a table on stdout, a progress bar on stderr, writes -json FILE,
 // and exits 3 if a job was lost.
@@ -33,6 +38,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -74,6 +80,12 @@ type benchConfig struct {
 	rejectedFile   string
 	warmup         int
 	silentClose    int
+	// -compare and its child processes (compare.go, direct.go).
+	compare     bool
+	duration    time.Duration
+	runBaseline bool
+	runDirect   bool
+	tokenBase   int
 }
 
 // parseFlags parses args with no APNS_WORKER_* variable set.
@@ -123,7 +135,13 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 	fs.BoolVar(&c.verbose, "v", false, "worker logs at info level (default: errors only)")
 	fs.IntVar(&c.silentClose, "silent-close", 0,
 		"the bench's APNs server closes a connection silently (binary: no error response; http2: no GOAWAY) at every N-th notification it takes, as a load balancer may; shows the resend bound (writes per job); 0: never")
-	fs.IntVar(&c.warmup, "warmup", 2000, "jobs published and finished before the measured ones, not counted (warm connections and caches); 0: none")
+	fs.IntVar(&c.warmup, "warmup", 2000, "jobs published and finished before the measured ones, not counted (warm connections and caches), at -rate if set; 0: none; -compare's default: 1 s of -rate, at least 2000")
+	fs.BoolVar(&c.compare, "compare", false,
+		"the paced comparison: at -rate for -duration, a bare JetStream consumer, a direct send to the APNs server without NATS, and the worker of -spawn-worker, one after the other, each in its own process; one table of their CPU per job, latency, syscalls and context switches")
+	fs.DurationVar(&c.duration, "duration", 0, "with -rate: publish for this long (-n jobs at most); -compare's default: 10s a phase")
+	fs.BoolVar(&c.runBaseline, "run-baseline", false, "run -compare's bare consumer from APNS_WORKER_* until SIGINT/SIGTERM (what -compare starts)")
+	fs.BoolVar(&c.runDirect, "run-direct", false, "run -compare's direct phase from APNS_WORKER_*, writing its result to -json FILE (what -compare starts)")
+	fs.IntVar(&c.tokenBase, "token-base", 0, "-run-direct: number the jobs' tokens from this")
 	fs.StringVar(&c.rejectedFile, "rejected-tokens", "",
 		"with -apns-addr or -nats: hex device tokens, one a line, that the APNs server rejects (e.g. of apps since uninstalled); the rejected share cycles through them instead of bad0… tokens, which only the bench's own servers reject")
 	fs.Usage = func() {
@@ -146,7 +164,9 @@ unless -apns-addr is given. Unknown names are refused.
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	fs.Visit(func(f *flag.Flag) { c.protocolSet = c.protocolSet || f.Name == "protocol" })
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	c.protocolSet = set["protocol"]
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
@@ -155,7 +175,8 @@ unless -apns-addr is given. Unknown names are refused.
 	}
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if !c.runWorker { // a -run-worker child reads its environment as the worker does
+	child := c.runWorker || c.runBaseline || c.runDirect
+	if !child { // a child reads its environment as the worker does
 		var envErrs []error
 		c.env, envErrs = workerEnvFrom(environ, c.apnsAddr != "")
 		errs = append(errs, envErrs...)
@@ -208,8 +229,33 @@ unless -apns-addr is given. Unknown names are refused.
 	if c.baseline && (c.spawnWorker != "" || c.natsURL != "" || c.serve != "") {
 		bad("-baseline runs its own consumer on the embedded nats-server: not with -spawn-worker, -nats or -serve")
 	}
+	if c.compare {
+		if c.duration == 0 {
+			c.duration = 10 * time.Second
+		}
+		if !set["warmup"] {
+			c.warmup = max(c.warmup, int(c.rate))
+		}
+		switch {
+		case c.rate <= 0:
+			bad("-compare needs -rate N jobs/s")
+		case c.spawnWorker == "":
+			bad("-compare needs -spawn-worker PATH (an apns-worker binary) or self")
+		case c.baseline || c.natsURL != "" || c.apnsAddr != "" || c.serve != "" || c.workers != 1 || c.msgID || c.silentClose != 0 || c.rejectedFile != "":
+			bad("-compare runs one worker against its own nats-server and APNs server: not with -baseline, -nats, -apns-addr, -serve, -workers, -msg-id, -silent-close or -rejected-tokens")
+		}
+	}
+	if c.duration < 0 || (c.duration > 0 && c.rate <= 0) {
+		bad("-duration %s: needs -rate, and must be > 0", c.duration)
+	}
+	if c.duration > 0 && c.rate > 0 {
+		n := int(c.rate * c.duration.Seconds())
+		if !set["n"] || n < c.n {
+			c.n = max(n, 1)
+		}
+	}
 	if c.timeout == 0 {
-		c.timeout = 60*time.Second + time.Duration(c.n)*time.Millisecond
+		c.timeout = 60*time.Second + time.Duration(c.n)*time.Millisecond + c.duration
 	}
 	return c, errors.Join(errs...)
 }
@@ -219,6 +265,9 @@ func main() {
 }
 
 func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if _, ok := stderr.(*os.File); !ok { // children's output is copied to it by goroutines of their own
+		stderr = &syncWriter{w: stderr}
+	}
 	c, err := parseFlagsEnv(args, os.Environ(), stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -232,12 +281,24 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if c.runWorker {
-		if err := runOneWorker(ctx, c, stderr); err != nil {
+	var child func() error // the modes -spawn-worker and -compare start
+	switch {
+	case c.runWorker:
+		child = func() error { return runOneWorker(ctx, c, stderr) }
+	case c.runBaseline:
+		child = func() error { return runBaselineChild(ctx) }
+	case c.runDirect:
+		child = func() error { return runDirect(ctx, c, stderr) }
+	}
+	if child != nil {
+		if err := child(); err != nil {
 			fmt.Fprintln(stderr, "apns-bench:", err)
 			return 1
 		}
 		return 0
+	}
+	if c.compare {
+		return compareMain(ctx, c, stdout, stderr)
 	}
 	if c.serve != "" {
 		if err := serve(ctx, c, stdin, stdout); err != nil {
@@ -266,4 +327,38 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// compareMain runs -compare and reports it; it exits 3 if a job was lost.
+func compareMain(ctx context.Context, c *benchConfig, stdout, stderr io.Writer) int {
+	res, err := runCompare(ctx, c, stderr)
+	if res != nil {
+		res.writeTable(stdout)
+		if c.jsonFile != "" {
+			err = errors.Join(err, res.writeJSON(c.jsonFile))
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "apns-bench:", err)
+	}
+	switch {
+	case res != nil && res.lost() > 0:
+		fmt.Fprintf(stderr, "apns-bench: %d jobs lost\n", res.lost())
+		return 3
+	case err != nil:
+		return 1
+	}
+	return 0
+}
+
+// syncWriter serializes the writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

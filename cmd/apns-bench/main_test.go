@@ -276,7 +276,7 @@ func TestExternalAPNs(t *testing.T) {
 			require.Equal(t, n-20, r.Delivered)
 			require.Equal(t, -1, r.APNsAccepted, "the bench cannot see another's server")
 
-			st, err := srv.stats()
+			st, err := srv.stats(0, n)
 			require.NoError(t, err)
 			require.Equal(t, n-20+r.Warmup, st.Accepted, "the measured jobs and the warm-up")
 			require.Equal(t, 20, st.Rejected)

@@ -180,8 +180,11 @@ func (r *result) writeTable(w io.Writer) {
 	}
 }
 
-func (r *result) writeJSON(path string) error {
-	b, err := json.MarshalIndent(r, "", "  ")
+func (r *result) writeJSON(path string) error { return writeJSONFile(path, r) }
+
+// writeJSONFile writes v to path as indented JSON.
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}

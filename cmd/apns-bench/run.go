@@ -27,35 +27,22 @@ import (
 // server (in this process, or a child with -spawn-worker, or none with
 // -nats alone), the workers, then the jobs, measured until the last ack.
 func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, err error) {
-	dir, err := os.MkdirTemp("", "apns-bench-")
+	sc, err := newScratch()
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	var cleanups []func() error
-	defer func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			err = errors.Join(err, cleanups[i]())
-		}
-	}()
+	defer func() { err = errors.Join(err, sc.close()) }()
+	dir := sc.dir
 	load := loadAvg()
 
 	natsURL := c.natsURL
 	if natsURL == "" {
-		ns, err := server.NewServer(&server.Options{
-			ServerName: "apns-bench", Host: "127.0.0.1", Port: -1,
-			JetStream: true, StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true,
-		})
+		url, stop, err := startNATS(filepath.Join(dir, "nats"))
 		if err != nil {
 			return nil, err
 		}
-		go ns.Start()
-		if !ns.ReadyForConnections(30 * time.Second) {
-			ns.Shutdown()
-			return nil, errors.New("embedded nats-server: not ready after 30s")
-		}
-		cleanups = append(cleanups, func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil })
-		natsURL = ns.ClientURL()
+		sc.onClose(stop)
+		natsURL = url
 	}
 
 	// The APNs test server and the workers.
@@ -81,7 +68,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	var env map[string]string
 	switch {
 	case srv != nil:
-		cleanups = append(cleanups, func() error { srv.close(); return nil })
+		sc.onClose(func() error { srv.close(); return nil })
 		env = workerEnv(c, natsURL, srv.info())
 	case c.apnsAddr != "":
 		env = externalAPNsEnv(c, natsURL, os.Environ())
@@ -104,13 +91,13 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		workers = nil
 		return errors.Join(errs...)
 	}
-	cleanups = append(cleanups, stopWorkers)
+	sc.onClose(stopWorkers)
 	if c.baseline {
 		bnc, err := nats.Connect(natsURL, nats.Name("apns-bench baseline consumer"))
 		if err != nil {
 			return nil, err
 		}
-		cleanups = append(cleanups, func() error { bnc.Close(); return nil })
+		sc.onClose(func() error { bnc.Close(); return nil })
 		bjs, err := jetstream.New(bnc)
 		if err != nil {
 			return nil, err
@@ -150,7 +137,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	if err != nil {
 		return nil, err
 	}
-	cleanups = append(cleanups, func() error { pnc.Close(); return nil })
+	sc.onClose(func() error { pnc.Close(); return nil })
 	js, err := jetstream.New(pnc, jetstream.WithPublishAsyncMaxPending(c.maxPending))
 	if err != nil {
 		return nil, err
@@ -160,7 +147,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		return nil, err
 	}
 	if c.warmup > 0 {
-		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, wcfg.Jobs.Stream, wcfg.Jobs.Consumer, c.warmup, makePayload(c.payload), 60*time.Second+time.Duration(c.warmup)*time.Millisecond); err != nil {
+		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, wcfg.Jobs.Stream, wcfg.Jobs.Consumer, c.warmup, makePayload(c.payload), c.rate, 0); err != nil {
 			return nil, err
 		}
 	}
@@ -211,44 +198,22 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 			return nil, err
 		}
 	}
-	rctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	t.start = time.Now()
 	stopProgress := startProgress(stderr, t, c.progress)
-	pubDone := make(chan error, 1)
-	go func() {
-		pubDone <- t.publishAll(rctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending, c.msgID)
-	}()
-	var pubErr, waitErr error
-	pubCh := pubDone
-wait:
-	for {
-		select {
-		case <-t.done:
-			break wait
-		case pubErr = <-pubCh:
-			pubCh = nil
-			if pubErr != nil {
-				break wait
+	var cpu1, childCPU1, srvCPU1 time.Duration
+	pubErr, waitErr := t.runJobs(ctx, c.timeout, func(ctx context.Context) error {
+		return t.publishAll(ctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending, c.msgID)
+	}, func() {
+		cpu1, childCPU1, srvCPU1 = selfCPU(), procCPU(pids), procCPU(srvPIDs)
+		if c.cpuProfile != "" {
+			pprof.StopCPUProfile()
+		}
+		if c.memProfile != "" {
+			if err := writeHeapProfile(c.memProfile); err != nil {
+				fmt.Fprintf(stderr, "apns-bench: %v\n", err)
 			}
-		case <-rctx.Done():
-			waitErr = fmt.Errorf("stopped before every job was finished: %w", rctx.Err())
-			break wait
 		}
-	}
-	cpu1, childCPU1, srvCPU1 := selfCPU(), procCPU(pids), procCPU(srvPIDs)
-	if c.cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
-	if c.memProfile != "" {
-		if err := writeHeapProfile(c.memProfile); err != nil {
-			fmt.Fprintf(stderr, "apns-bench: %v\n", err)
-		}
-	}
-	cancel()
-	if pubCh != nil {
-		pubErr = <-pubCh
-	}
+	})
 	stopProgress()
 	if err := worker.DrainNATS(onc, 30*time.Second); err != nil { // every observed ack handled
 		return nil, err
@@ -301,7 +266,7 @@ wait:
 	}
 	res.Duplicates, res.MissingAtAPNs, res.APNsAccepted, res.APNsRejected, res.APNsConns = -1, -1, -1, -1, -1
 	if srv != nil {
-		st, err := srv.stats()
+		st, err := srv.stats(0, c.n)
 		if err != nil {
 			return res, err
 		}
@@ -309,6 +274,80 @@ wait:
 		res.MissingAtAPNs, res.APNsConns, res.SilentCloses = st.Missing, st.Conns, st.SilentCloses
 	}
 	return res, errors.Join(pubErr, waitErr)
+}
+
+// scratch is a run's temporary directory and what to undo when it ends.
+type scratch struct {
+	dir  string
+	undo []func() error
+}
+
+func newScratch() (*scratch, error) {
+	dir, err := os.MkdirTemp("", "apns-bench-")
+	return &scratch{dir: dir}, err
+}
+
+// onClose adds f to what close runs, last added first.
+func (s *scratch) onClose(f func() error) { s.undo = append(s.undo, f) }
+
+// close runs the undo functions, last added first, then removes the
+// directory.
+func (s *scratch) close() error {
+	var err error
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		err = errors.Join(err, s.undo[i]())
+	}
+	return errors.Join(err, os.RemoveAll(s.dir))
+}
+
+// startNATS starts an embedded nats-server with JetStream storing in dir,
+// on a free loopback port; stop shuts it down.
+func startNATS(dir string) (url string, stop func() error, err error) {
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "apns-bench", Host: "127.0.0.1", Port: -1,
+		JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return "", nil, errors.New("embedded nats-server: not ready after 30s")
+	}
+	return ns.ClientURL(), func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil }, nil
+}
+
+// runJobs publishes t's jobs with publish and waits until every one is
+// finished, publish fails, or timeout passes; atEnd runs as soon as the
+// wait ends (the last ack), before the publisher is stopped. Set t.start
+// first.
+func (t *tracker) runJobs(ctx context.Context, timeout time.Duration, publish func(context.Context) error, atEnd func()) (pubErr, waitErr error) {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pubCh := make(chan error, 1)
+	go func() { pubCh <- publish(rctx) }()
+wait:
+	for {
+		select {
+		case <-t.done:
+			break wait
+		case pubErr = <-pubCh:
+			pubCh = nil
+			if pubErr != nil {
+				break wait
+			}
+		case <-rctx.Done():
+			waitErr = fmt.Errorf("stopped before every job was finished: %w", rctx.Err())
+			break wait
+		}
+	}
+	atEnd()
+	cancel()
+	if pubCh != nil {
+		pubErr = <-pubCh
+	}
+	return pubErr, waitErr
 }
 
 // waitReady waits until the jobs stream and its durable exist and, when

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -84,7 +85,9 @@ type serverStats struct {
 // apnsServer is an APNs test server, in this process or in a child.
 type apnsServer interface {
 	info() serverInfo
-	stats() (serverStats, error)
+	// stats counts Missing (and, HTTP/2, Duplicates) over the tokens of
+	// jobs from..from+n-1.
+	stats(from, n int) (serverStats, error)
 	close()
 }
 
@@ -166,7 +169,7 @@ func startLocalServer(protocol, listen, dir string, n int, share float64, silent
 
 func (s *localServer) info() serverInfo { return s.si }
 
-func (s *localServer) stats() (serverStats, error) {
+func (s *localServer) stats(from, n int) (serverStats, error) {
 	var st serverStats
 	count := func(tok apns.Token) int { return s.gw.Count(tok) }
 	if s.gw != nil {
@@ -181,7 +184,7 @@ func (s *localServer) stats() (serverStats, error) {
 			}
 		}
 	}
-	for i := range s.n {
+	for i := from; i < from+n; i++ {
 		if isRejected(i, s.share) {
 			continue
 		}
@@ -207,7 +210,8 @@ func (s *localServer) close() {
 // serve is `apns-bench -serve`: an APNs test server alone in its process,
 // so that a worker's CPU can be measured apart from it. It prints its
 // serverInfo as one JSON line, then answers each "stats" line on stdin with
-// a serverStats line, until ctx is done (SIGINT, SIGTERM).
+// a serverStats line (of jobs 0..n-1, or "stats FROM N": of jobs
+// FROM..FROM+N-1), until ctx is done (SIGINT, SIGTERM).
 func serve(ctx context.Context, c *benchConfig, stdin io.Reader, stdout io.Writer) error {
 	if c.creds == "" {
 		return errors.New("-serve needs -creds DIR")
@@ -253,15 +257,31 @@ func serve(ctx context.Context, c *benchConfig, stdin io.Reader, stdout io.Write
 		case <-ctx.Done():
 			return nil
 		case l := <-lines:
-			if strings.TrimSpace(l) != "stats" {
+			from, n, ok := parseStatsLine(l, c.n)
+			if !ok {
 				continue
 			}
-			st, _ := s.stats()
+			st, _ := s.stats(from, n)
 			if err := enc.Encode(st); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// parseStatsLine parses a "stats" or "stats FROM N" line of serve's stdin;
+// plain "stats" is of jobs 0..n-1.
+func parseStatsLine(l string, n int) (from, count int, ok bool) {
+	f := strings.Fields(l)
+	switch {
+	case len(f) == 1 && f[0] == "stats":
+		return 0, n, true
+	case len(f) == 3 && f[0] == "stats":
+		a, err1 := strconv.Atoi(f[1])
+		b, err2 := strconv.Atoi(f[2])
+		return a, b, err1 == nil && err2 == nil && a >= 0 && b >= 0
+	}
+	return 0, 0, false
 }
 
 // childServer is `apns-bench -serve` run as a child of this process.
@@ -326,9 +346,9 @@ func (c *childServer) readLine(d time.Duration) ([]byte, error) {
 
 func (c *childServer) info() serverInfo { return c.si }
 
-func (c *childServer) stats() (serverStats, error) {
+func (c *childServer) stats(from, n int) (serverStats, error) {
 	var st serverStats
-	if _, err := io.WriteString(c.stdin, "stats\n"); err != nil {
+	if _, err := fmt.Fprintf(c.stdin, "stats %d %d\n", from, n); err != nil {
 		return st, err
 	}
 	line, err := c.readLine(30 * time.Second)

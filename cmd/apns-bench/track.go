@@ -42,9 +42,13 @@ type tracker struct {
 	// share, in turn (-rejected-tokens).
 	rejectedTokens []apns.Token
 	n              int
-	start          time.Time
-	base           uint64 // stream sequence before the first job
-	stream         string
+	// tokenBase numbers the jobs' tokens from it: job i gets
+	// tokenFor(tokenBase+i), so runs against one APNs server do not
+	// overlap (-compare).
+	tokenBase int
+	start     time.Time
+	base      uint64 // stream sequence before the first job
+	stream    string
 
 	pubAt     []int64  // ns since start, by job index; publisher goroutine
 	seqOf     []uint64 // stream sequence by job index; collector goroutine
@@ -205,7 +209,7 @@ func (t *tracker) subscribe(nc *nats.Conn, eventsSubject string) ([]*nats.Subscr
 }
 
 // publishAll publishes the n jobs with PublishMsgAsync (at most maxPending
-// unconfirmed), at rate jobs/s if rate > 0, recording each job's publish
+// unconfirmed), paced at rate jobs/s if rate > 0 (see pacer), recording each job's publish
 // time; a collector goroutine records each job's stream sequence from its
 // PubAck and republishes on an error. With msgID the republish carries the
 // same Nats-Msg-Id, so the stream never stores a job twice; without it, a
@@ -238,23 +242,14 @@ func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subjec
 	}()
 
 	var pubErr error
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
+	pace := newPacer(rate, t.start)
+	defer pace.stop()
 	for i := range t.n {
-		if rate > 0 {
-			if d := time.Duration(float64(i)/rate*1e9) - time.Since(t.start); d > 0 {
-				timer.Reset(d)
-				select {
-				case <-timer.C:
-				case <-ctx.Done():
-				}
-			}
-		}
-		if ctx.Err() != nil {
+		if !pace.wait(ctx, i) {
 			pubErr = ctx.Err()
 			break
 		}
-		tok := tokenFor(i, share)
+		tok := tokenFor(t.tokenBase+i, share)
 		if len(t.rejectedTokens) > 0 && isRejected(i, share) {
 			tok = t.rejectedTokens[rejectedIndex(i, share)%len(t.rejectedTokens)]
 		}

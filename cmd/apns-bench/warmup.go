@@ -23,15 +23,21 @@ var warmPrefix = [2]byte{0x3a, 0x3a}
 
 // warmUp publishes n jobs that the run does not count and waits until the
 // workers finished them, so that the measured jobs meet connections,
-// streams and caches already warm. It returns the jobs stream's last
-// sequence, the measured run's base.
-func warmUp(ctx context.Context, js jetstream.JetStream, subject, stream, durable string, n int, payload []byte, within time.Duration) (uint64, error) {
+// streams and caches already warm. With rate > 0 it publishes them paced at
+// that rate, as the measured jobs will be. Job i's token ends in
+// tokenBase+i. It returns the jobs stream's last sequence, the measured
+// run's base.
+func warmUp(ctx context.Context, js jetstream.JetStream, subject, stream, durable string, n int, payload []byte, rate float64, tokenBase int) (uint64, error) {
+	within := warmUpWithin(n, rate)
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
+	pace := newPacer(rate, time.Now())
+	defer pace.stop()
 	for i := range n {
-		tok := make(apns.Token, 32)
-		copy(tok, warmPrefix[:])
-		binary.BigEndian.PutUint64(tok[24:], uint64(i))
+		if !pace.wait(ctx, i) {
+			return 0, fmt.Errorf("warm-up: %d of %d jobs published within %s", i, n, within)
+		}
+		tok := warmToken(tokenBase + i)
 		if _, err := js.PublishMsgAsync(jobMsg(subject, consumer.NewJob(tok, payload), payload, false)); err != nil {
 			return 0, fmt.Errorf("warm-up publish: %w", err)
 		}
@@ -64,4 +70,22 @@ func warmUp(ctx context.Context, js jetstream.JetStream, subject, stream, durabl
 		case <-tick.C:
 		}
 	}
+}
+
+// warmToken is the token of warm-up job i.
+func warmToken(i int) apns.Token {
+	tok := make(apns.Token, 32)
+	copy(tok, warmPrefix[:])
+	binary.BigEndian.PutUint64(tok[24:], uint64(i))
+	return tok
+}
+
+// warmUpWithin bounds a warm-up of n jobs at rate (0: at once): a minute,
+// a millisecond a job, and the time the rate takes to offer them.
+func warmUpWithin(n int, rate float64) time.Duration {
+	d := 60*time.Second + time.Duration(n)*time.Millisecond
+	if rate > 0 {
+		d += time.Duration(float64(n) / rate * float64(time.Second))
+	}
+	return d
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -173,15 +175,13 @@ func startChildWorker(path, prof string, env map[string]string, stderr io.Writer
 			args = append(args, "-cpuprofile", prof)
 		}
 	}
+	return startChild(path, args, env, stderr)
+}
+
+// startChild starts path with args and the environment childEnv(env).
+func startChild(path string, args []string, env map[string]string, stderr io.Writer) (*childWorker, error) {
 	cmd := exec.Command(path, args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, config.Prefix+"_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
+	cmd.Env = childEnv(env)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -190,6 +190,21 @@ func startChildWorker(path, prof string, env map[string]string, stderr io.Writer
 	cw := &childWorker{cmd: cmd, done: make(chan error, 1)}
 	go func() { cw.done <- cmd.Wait() }()
 	return cw, nil
+}
+
+// childEnv is this process's environment without its APNS_WORKER_*
+// variables, and env.
+func childEnv(env map[string]string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, config.Prefix+"_") {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
 }
 
 func (cw *childWorker) pid() int { return cw.cmd.Process.Pid }
@@ -255,8 +270,9 @@ type baselineConsumer struct {
 }
 
 // startBaseline creates the jobs stream and durable as a worker would
-// (work-queue retention, file storage, explicit acks) and consumes it.
-func startBaseline(ctx context.Context, js jetstream.JetStream, cfg *config.Config) (*baselineConsumer, error) {
+// (work-queue retention, file storage, explicit acks) and consumes it with
+// a pull buffer of baselinePull and opts.
+func startBaseline(ctx context.Context, js jetstream.JetStream, cfg *config.Config, opts ...jetstream.PullConsumeOpt) (*baselineConsumer, error) {
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: cfg.Jobs.Stream, Subjects: cfg.Jobs.Subjects(),
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
@@ -271,7 +287,7 @@ func startBaseline(ctx context.Context, js jetstream.JetStream, cfg *config.Conf
 	if err != nil {
 		return nil, fmt.Errorf("baseline: durable consumer: %w", err)
 	}
-	cc, err := cons.Consume(func(m jetstream.Msg) { _ = m.Ack() }, jetstream.PullMaxMessages(baselinePull))
+	cc, err := cons.Consume(func(m jetstream.Msg) { _ = m.Ack() }, append([]jetstream.PullConsumeOpt{jetstream.PullMaxMessages(baselinePull)}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("baseline: consume: %w", err)
 	}
@@ -287,4 +303,32 @@ func (b *baselineConsumer) stop() error {
 	b.cc.Drain()
 	<-b.cc.Closed()
 	return nil
+}
+
+// runBaselineChild is `apns-bench -run-baseline`: the bare consumer of
+// -compare in a process of its own, on the NATS server and durable of the
+// APNS_WORKER_* environment, as a worker started from it would be, with
+// the worker's default pull settings (a buffer of 1 000, at most
+// MaxInFlight; 5 s pull requests), until ctx is done.
+func runBaselineChild(ctx context.Context) error {
+	cfg, err := config.Load()
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(strings.Join(cfg.NATS.URLs, ","), nats.Name("apns-bench bare consumer"))
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	b, err := startBaseline(ctx, js, cfg, jetstream.PullMaxMessages(min(baselinePull, cfg.MaxInFlight)), jetstream.PullExpiry(5*time.Second))
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	<-ctx.Done()
+	return errors.Join(b.stop(), worker.DrainNATS(nc, 30*time.Second))
 }

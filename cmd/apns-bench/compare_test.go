@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestMain lets this test binary stand in for apns-bench where the bench
+// starts itself as a child (-spawn-worker self, -compare's phases, its
+// APNs test server): given a child mode as its first argument, it runs
+// the bench's main instead of the tests.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "-run-worker", "-run-baseline", "-run-direct", "-serve":
+			os.Exit(realMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// TestCompare runs -compare small and short: three phases, each in its
+// own process, at the offered rate, with every job finished, the APNs
+// server's counts matching the phases' outcomes, and the figures sane.
+func TestCompare(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"http2", []string{"-protocol", "http2"}},
+		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const rate, jobs = 400, 600 // 1.5 s a phase
+			r, stdout := runCompareBench(t, append(tt.args, "-rate", "400", "-duration", "1.5s", "-warmup", "200", "-rejected", "0.01")...)
+			require.Equal(t, jobs, r.Jobs)
+			require.Equal(t, 200, r.Warmup)
+			require.Len(t, r.Phases, 3)
+			for i, name := range []string{phaseConsumer, phaseDirect, phaseWorker} {
+				p := r.Phases[i]
+				require.Equal(t, name, p.Name)
+				require.Contains(t, stdout, name)
+				require.Equal(t, jobs, p.Jobs, name)
+				require.Zero(t, p.Lost, name)
+				require.Zero(t, p.Failed, name)
+				require.Equal(t, jobs, p.Delivered+p.Rejected, name)
+				require.Equal(t, float64(rate), p.OfferedPerSec, name)
+				// Job i is published no earlier than i/rate: never faster
+				// than offered, and a loaded machine only slows it.
+				require.LessOrEqual(t, p.PublishPerSec, rate*1.01, "%s: the pacer offers no more than the rate", name)
+				require.GreaterOrEqual(t, p.PublishPerSec, rate*0.7, name)
+				require.Positive(t, p.JobsPerSec, name)
+				require.Positive(t, p.CPUUsPerJob, name)
+				require.InDelta(t, p.UserUsPerJob+p.SysUsPerJob, p.CPUUsPerJob, 1e-9, name)
+				require.InDelta(t, 10_000.0/jobs, p.CPUResolutionUs, 1e-9, "one 10 ms tick a job")
+				require.Positive(t, p.P50MS, name)
+				require.LessOrEqual(t, p.P50MS, p.P99MS, name)
+				require.LessOrEqual(t, p.P99MS, p.P999MS, name)
+				require.LessOrEqual(t, p.P999MS, p.MaxMS, name)
+				require.NotNil(t, p.SyscallsPerJob, name)
+				require.Positive(t, *p.SyscallsPerJob, name)
+				require.NotNil(t, p.CtxSwitchesPerJob, name)
+				require.Positive(t, *p.CtxSwitchesPerJob, name)
+				if name == phaseConsumer {
+					require.Equal(t, jobs, p.Delivered, "the bare consumer acks every job")
+					require.Equal(t, -1, p.APNsAccepted, "and sends nothing")
+					require.Zero(t, p.StreamLeft)
+					continue
+				}
+				require.Equal(t, 6, p.Rejected, "%s: 1%% of the phase's tokens", name)
+				require.Equal(t, p.Delivered, p.APNsAccepted, name)
+				require.Equal(t, p.Rejected, p.APNsRejected, name)
+				require.Zero(t, p.APNsDuplicates, name)
+				require.Zero(t, p.APNsMissing, name)
+			}
+			w, c := r.Phases[2], r.Phases[0]
+			require.InDelta(t, w.CPUUsPerJob/c.CPUUsPerJob, r.WorkerOverConsumerCPU, 1e-9)
+			require.InDelta(t, w.P99MS-c.P99MS, r.WorkerMinusConsumerP99MS, 1e-9)
+			require.Contains(t, stdout, "worker ÷ consumer, CPU per job")
+			require.Contains(t, stdout, "10 ms ticks")
+			if tt.name == "binary" {
+				require.Greater(t, r.Phases[1].P50MS, 10.0, "binary outcomes wait for a confirm marker (every 100 ms)")
+			}
+		})
+	}
+}
+
+// runCompareBench runs -compare with -spawn-worker self (this test binary,
+// see TestMain) and returns its JSON report and stdout.
+func runCompareBench(t *testing.T, args ...string) (compareResult, string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "compare.json")
+	var stdout, stderr bytes.Buffer
+	code := realMain(append([]string{"-compare", "-spawn-worker", "self", "-progress=false", "-json", out}, args...), nil, &stdout, &stderr)
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var r compareResult
+	require.NoError(t, json.Unmarshal(b, &r))
+	return r, stdout.String()
+}
+
+// TestWorkerCPUProfileAtRate: -spawn-worker self -worker-cpuprofile FILE
+// works with -rate: the worker child writes its CPU profile to FILE.0.
+func TestWorkerCPUProfileAtRate(t *testing.T) {
+	prof := filepath.Join(t.TempDir(), "worker.pprof")
+	r, _, _ := runBench(t, "-spawn-worker", "self", "-worker-cpuprofile", prof, "-rate", "500", "-duration", "1s", "-warmup", "100")
+	require.Equal(t, 500, r.N)
+	require.Zero(t, r.Lost)
+	b, err := os.ReadFile(prof + ".0")
+	require.NoError(t, err)
+	require.Greater(t, len(b), 2)
+	require.Equal(t, []byte{0x1f, 0x8b}, b[:2], "a gzipped pprof profile")
+}
+
+func TestCompareFlags(t *testing.T) {
+	c, err := parseFlags([]string{"-compare", "-rate", "1000", "-spawn-worker", "self"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, 10*time.Second, c.duration, "10 s a phase by default")
+	require.Equal(t, 10_000, c.n, "rate × duration")
+	require.Equal(t, 2000, c.warmup, "at least 2000 warm-up jobs")
+
+	c, err = parseFlags([]string{"-compare", "-rate", "10000", "-duration", "2s", "-spawn-worker", "self"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, 20_000, c.n)
+	require.Equal(t, 10_000, c.warmup, "1 s of the rate")
+
+	c, err = parseFlags([]string{"-compare", "-rate", "10000", "-duration", "2s", "-n", "5000", "-warmup", "0", "-spawn-worker", "self"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, 5000, c.n, "-n caps the run")
+	require.Zero(t, c.warmup)
+
+	for _, args := range [][]string{
+		{"-compare", "-spawn-worker", "self"},                                         // no rate
+		{"-compare", "-rate", "1000"},                                                 // no worker
+		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-baseline"},           // one mode
+		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-nats", "nats://x:1"}, // its own server
+		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-workers", "2"},       // one worker
+		{"-duration", "5s"}, // needs a rate
+		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-duration", "-1s"}, // negative
+	} {
+		_, err := parseFlags(args, io.Discard)
+		require.Error(t, err, args)
+	}
+}
+
+// TestPacer: a job is never released before it is due (i/rate after the
+// start), and the jobs of a run at rate take about n/rate, not a burst.
+func TestPacer(t *testing.T) {
+	const rate, n = 5000.0, 500 // 100 ms
+	start := time.Now()
+	p := newPacer(rate, start)
+	defer p.stop()
+	for i := range n {
+		require.True(t, p.wait(context.Background(), i))
+		require.GreaterOrEqual(t, time.Since(start), p.due(i), "job %d released early", i)
+	}
+	require.Less(t, time.Since(start), 5*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.False(t, p.wait(ctx, 1_000_000), "a done ctx ends the wait")
+	var none *pacer // rate 0: no pacing
+	require.True(t, none.wait(context.Background(), 1_000_000))
+	require.Nil(t, newPacer(0, start))
+}
+
+// TestSampleProc: /proc tells this process's CPU, I/O system calls and
+// context switches, and they only grow.
+func TestSampleProc(t *testing.T) {
+	pid := os.Getpid()
+	s0 := sampleProc(pid)
+	require.GreaterOrEqual(t, s0.Syscalls, int64(0))
+	require.Positive(t, s0.CtxSwitches)
+	for range 100 {
+		_, err := os.ReadFile("/proc/self/stat")
+		require.NoError(t, err)
+	}
+	s1 := sampleProc(pid)
+	require.GreaterOrEqual(t, s1.Syscalls-s0.Syscalls, int64(100), "100 files read")
+	require.GreaterOrEqual(t, s1.User+s1.Sys, s0.User+s0.Sys)
+	require.GreaterOrEqual(t, s1.CtxSwitches, s0.CtxSwitches)
+
+	gone := sampleProc(1 << 30) // no such process
+	require.Equal(t, int64(-1), gone.Syscalls)
+	require.Equal(t, int64(-1), gone.CtxSwitches)
+}
+
+// TestParseStatsLine: the APNs test server process answers "stats" for
+// every job and "stats FROM N" for one phase's.
+func TestParseStatsLine(t *testing.T) {
+	for _, tt := range []struct {
+		line        string
+		from, count int
+		ok          bool
+	}{
+		{"stats", 0, 100, true},
+		{"stats 200 50", 200, 50, true},
+		{"stats -1 5", 0, 0, false},
+		{"stats x 5", 0, 0, false},
+		{"other", 0, 0, false},
+	} {
+		from, count, ok := parseStatsLine(tt.line, 100)
+		require.Equal(t, tt.ok, ok, tt.line)
+		if ok {
+			require.Equal(t, tt.from, from, tt.line)
+			require.Equal(t, tt.count, count, tt.line)
+		}
+	}
+}
+
+// TestCompareTable: the table has a column a phase, "n/a" where /proc did
+// not tell, and the ratios only when both the worker and the consumer ran.
+func TestCompareTable(t *testing.T) {
+	v := 2.5
+	r := &compareResult{Protocol: "http2", Rate: 1000, DurationS: 10, Jobs: 10_000, ClockTickMS: 10, Phases: []phaseResult{
+		{Name: phaseConsumer, CPUUsPerJob: 20, P99MS: 1, SyscallsPerJob: &v, CtxSwitchesPerJob: &v, APNsAccepted: -1, APNsRejected: -1},
+		{Name: phaseDirect, CPUUsPerJob: 25},
+		{Name: phaseWorker, CPUUsPerJob: 50, P99MS: 1.5},
+	}}
+	r.setRatios()
+	require.InDelta(t, 2.5, r.WorkerOverConsumerCPU, 1e-9)
+	require.InDelta(t, 0.5, r.WorkerMinusConsumerP99MS, 1e-9)
+	var b bytes.Buffer
+	r.writeTable(&b)
+	out := b.String()
+	require.Regexp(t, `consumer\s+direct\s+worker`, out)
+	require.Regexp(t, `syscalls/job \(syscr\+syscw\)\s+2\.5\s+n/a\s+n/a`, out)
+	require.Contains(t, out, "n/a / n/a")
+	require.Contains(t, out, "worker ÷ consumer, CPU per job: 2.50 (target ≤ 1.5)")
+	require.Contains(t, out, "worker p99 − consumer p99: +0.50 ms")
+	require.Contains(t, out, "±1.00 µs/job at 10000 jobs")
+
+	r.Phases = r.Phases[:2] // stopped before the worker
+	r.WorkerOverConsumerCPU, r.WorkerMinusConsumerP99MS = 0, 0
+	r.setRatios()
+	require.Zero(t, r.WorkerOverConsumerCPU)
+	b.Reset()
+	r.writeTable(&b)
+	require.NotContains(t, b.String(), "worker ÷ consumer")
+}
