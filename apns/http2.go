@@ -150,7 +150,10 @@ func WithRetryBackoff(first, max time.Duration) Option {
 // pool of connections (WithConns), each an h2conn.Conn driven frame by
 // frame on x/net's framer and hpack, without net/http: one writer and one
 // reader goroutine per connection, requests handed out from one queue,
-// outcomes reported from the connections.
+// outcomes reported from the connections. One connection at a time takes
+// from the queue, until it cannot open more streams: traffic stays on one
+// connection (fewer, larger writes and reads) until it is full, then
+// spreads over the pool.
 //
 // Each connection honours the server's SETTINGS once validated (max
 // concurrent streams, which may drop to 1 at any time, windows, frame and
@@ -190,7 +193,8 @@ type HTTP2Engine struct {
 	addr      string // host:port to dial
 	authority string // :authority
 	tlsConf   *tls.Config
-	tokens    *tokenSource // nil with certificate auth
+	tokens    *tokenSource  // nil with certificate auth
+	intake    chan struct{} // the connections' turn to take from the queue
 
 	stop     chan struct{}   // closed: connections shut down
 	stopOnce sync.Once       // closes stop
@@ -209,7 +213,7 @@ var _ Engine = (*HTTP2Engine)(nil)
 // credentials. Connections are dialled in the background; Send queues
 // until one is up.
 func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, error) {
-	e := &HTTP2Engine{stop: make(chan struct{})}
+	e := &HTTP2Engine{stop: make(chan struct{}), intake: h2conn.NewIntake()}
 	s, err := setupHTTP2(&e.o, http2Engine, baseURL, auth, opts)
 	if err != nil {
 		return nil, err
@@ -381,6 +385,7 @@ func (e *HTTP2Engine) dial() (*h2conn.Conn[*delivery], error) {
 		MaxBody:           maxAnswerBody,
 		KeepHeaders:       []string{apnsIDHeader: "apns-id"},
 		Logger:            e.o.log,
+		Intake:            e.intake,
 	})
 }
 

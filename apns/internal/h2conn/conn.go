@@ -166,6 +166,24 @@ type Config[R Request] struct {
 	// values Stream.Header returns.
 	KeepHeaders []string
 	Logger      *slog.Logger
+	// Intake, when several connections share Queue, is their turn to take
+	// from it: one token (NewIntake) passed among them. Only its holder
+	// takes requests; it keeps the token while it can open streams and
+	// hands it on when it cannot (its stream limit reached, a GOAWAY, a
+	// probe after a timeout) or ends. Traffic thus stays on one connection
+	// (fewer, larger writes, answered in fewer reads: the channel would
+	// otherwise hand each request to another idle connection in turn) and
+	// spreads over the others only when that one is full. Nil: each
+	// connection takes from Queue whenever it can open a stream.
+	Intake chan struct{}
+}
+
+// NewIntake returns the token of Config.Intake for connections sharing a
+// queue.
+func NewIntake() chan struct{} {
+	t := make(chan struct{}, 1)
+	t <- struct{}{}
+	return t
 }
 
 func (cfg *Config[R]) setDefaults() error {
@@ -453,6 +471,14 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 	tick := time.NewTicker(c.tick)
 	defer tick.Stop()
 	timeout := int64(c.cfg.RequestTimeout)
+	held := false // Config.Intake's token
+	release := func() {
+		if held {
+			held = false
+			c.cfg.Intake <- struct{}{} // never blocks: the one token was ours
+		}
+	}
+	defer release()
 	for {
 		c.mu.Lock()
 		if c.probing && c.pingSent != 0 && c.lastRead.Load() > c.pingSent {
@@ -463,6 +489,9 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 		can := c.canOpenLocked()
 		dead, finished, code := c.dead, c.goaway && len(c.streams) == 0, c.goawayCode
 		c.mu.Unlock()
+		if !can {
+			release() // another connection takes what waits
+		}
 		if dead != nil {
 			c.goodbye(dead)
 			return dead
@@ -481,10 +510,17 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 			return &ConnError{Code: code, Reason: "drained after GOAWAY", Remote: true}
 		}
 		var q <-chan R
-		if can {
+		var intake chan struct{}
+		switch {
+		case !can:
+		case c.cfg.Intake == nil || held:
 			q = c.cfg.Queue
+		default:
+			intake = c.cfg.Intake
 		}
 		select {
+		case <-intake:
+			held = true
 		case r := <-q:
 			// Write what is queued, up to a batch, then flush once.
 			deadline := time.Now().UnixNano() + timeout

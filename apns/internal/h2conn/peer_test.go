@@ -109,6 +109,17 @@ type peer struct {
 // Handshake's error; the client is nil if it failed.
 func startPair(t *testing.T, cfg h2conn.Config[*testReq], script func(p *peer)) (*client, error) {
 	t.Helper()
+	return startPairWith(t, newTestOwner(), cfg, script)
+}
+
+func newTestOwner() *testOwner {
+	return &testOwner{queue: make(chan *testReq, 100), done: make(chan result, 100)}
+}
+
+// startPairWith is startPair with the owner given: connections sharing it
+// share its queue.
+func startPairWith(t *testing.T, owner *testOwner, cfg h2conn.Config[*testReq], script func(p *peer)) (*client, error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	var wg sync.WaitGroup
@@ -133,7 +144,6 @@ func startPair(t *testing.T, cfg h2conn.Config[*testReq], script func(p *peer)) 
 	}()
 	t.Cleanup(wg.Wait)
 
-	owner := &testOwner{queue: make(chan *testReq, 100), done: make(chan result, 100)}
 	cfg.Queue, cfg.Owner = owner.queue, owner
 	nc, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)

@@ -1,0 +1,151 @@
+package h2conn_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/jetpush/apns-worker/apns/internal/h2conn"
+)
+
+// answering is a peer that advertises settings, then answers each request
+// with 200 once release gives it leave (nil: at once), reporting the path
+// of each request it reads on got, until the client goes or quit closes.
+func answering(got chan<- string, release <-chan struct{}, quit <-chan struct{}, settings ...http2.Setting) func(p *peer) {
+	return func(p *peer) {
+		p.settings(settings...)
+		ended := make(chan struct{})
+		defer close(ended)
+		go func() {
+			select {
+			case <-quit:
+				p.c.Close()
+			case <-ended:
+			}
+		}()
+		dec := hpack.NewDecoder(4096, nil)
+		paths := map[uint32]string{}
+		for {
+			f, err := p.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.HeadersFrame:
+				fields, err := dec.DecodeFull(f.HeaderBlockFragment()) // our client never sends CONTINUATION here
+				if err != nil {
+					return
+				}
+				for _, hf := range fields {
+					if hf.Name == ":path" {
+						paths[f.StreamID] = hf.Value
+					}
+				}
+			case *http2.DataFrame:
+				if !f.StreamEnded() {
+					continue
+				}
+				got <- paths[f.StreamID]
+				if release != nil {
+					select {
+					case <-release:
+					case <-quit:
+						return
+					}
+				}
+				p.respond(f.StreamID, "200", nil)
+			}
+			select {
+			case <-quit:
+				return
+			default:
+			}
+		}
+	}
+}
+
+// TestIntakeKeepsTrafficOnOneConn: connections sharing a queue and an
+// Intake take requests one connection at a time: requests sent one after
+// the other all go to the same one, where without Intake the queue would
+// hand them to both in turn.
+func TestIntakeKeepsTrafficOnOneConn(t *testing.T) {
+	t.Parallel()
+	owner := newTestOwner()
+	cfg := h2conn.Config[*testReq]{Intake: h2conn.NewIntake()}
+	var conns [2]*client
+	gots := [2]chan string{make(chan string, 100), make(chan string, 100)}
+	for i := range conns {
+		c, err := startPairWith(t, owner, cfg, answering(gots[i], nil, nil))
+		require.NoError(t, err)
+		conns[i] = c
+	}
+	const n = 30
+	for i := range n {
+		conns[0].send(fmt.Sprintf("/%d", i), payload)
+		res := conns[0].wait(1)
+		require.NoError(t, res[fmt.Sprintf("/%d", i)].err)
+	}
+	require.ElementsMatch(t, []int{0, n}, []int{len(gots[0]), len(gots[1])},
+		"requests sent one at a time went to both connections")
+}
+
+// TestIntakeHandsOn: the holder hands the intake on when it cannot open
+// another stream (the peer allows one at a time), and when it ends; the
+// token is never lost.
+func TestIntakeHandsOn(t *testing.T) {
+	t.Parallel()
+	owner := newTestOwner()
+	cfg := h2conn.Config[*testReq]{Intake: h2conn.NewIntake()}
+	one := http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1}
+	gots := [2]chan string{make(chan string, 100), make(chan string, 100)}
+	releases := [2]chan struct{}{make(chan struct{}, 100), make(chan struct{}, 100)}
+	quits := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
+	var conns [2]*client
+	for i := range conns {
+		c, err := startPairWith(t, owner, cfg, answering(gots[i], releases[i], quits[i], one))
+		require.NoError(t, err)
+		conns[i] = c
+	}
+	// The first request fills whichever connection holds the intake; the
+	// second must go to the other.
+	conns[0].send("/a", payload)
+	first := which(t, gots)
+	conns[0].send("/b", payload)
+	second := which(t, gots)
+	require.NotEqual(t, first, second, "the second request waited for the full connection")
+	releases[first] <- struct{}{}
+	releases[second] <- struct{}{}
+	res := conns[0].wait(2)
+	require.NoError(t, res["/a"].err)
+	require.NoError(t, res["/b"].err)
+
+	// The peer of the second ends its connection: the first takes what
+	// comes next, whoever held the intake.
+	close(quits[second])
+	require.Error(t, conns[second].ended())
+	for i := range 5 {
+		path := fmt.Sprintf("/c%d", i)
+		conns[0].send(path, payload)
+		require.Equal(t, first, which(t, gots))
+		releases[first] <- struct{}{}
+		require.NoError(t, conns[0].wait(1)[path].err)
+	}
+}
+
+// which returns the index of the peer that reads the next request.
+func which(t *testing.T, gots [2]chan string) int {
+	t.Helper()
+	select {
+	case <-gots[0]:
+		return 0
+	case <-gots[1]:
+		return 1
+	case <-time.After(10 * time.Second):
+		t.Fatal("no peer read the request")
+		return -1
+	}
+}
