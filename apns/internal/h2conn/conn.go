@@ -168,13 +168,14 @@ type Config[R Request] struct {
 	Logger      *slog.Logger
 	// Intake, when several connections share Queue, is their turn to take
 	// from it: one token (NewIntake) passed among them. Only its holder
-	// takes requests; it keeps the token while it can open streams and
-	// hands it on when it cannot (its stream limit reached, a GOAWAY, a
-	// probe after a timeout) or ends. Traffic thus stays on one connection
-	// (fewer, larger writes, answered in fewer reads: the channel would
-	// otherwise hand each request to another idle connection in turn) and
-	// spreads over the others only when that one is full. Nil: each
-	// connection takes from Queue whenever it can open a stream.
+	// takes requests. It hands the token on when it cannot open streams
+	// (its stream limit reached, a GOAWAY, a probe after a timeout), when
+	// requests wait in the queue as it writes, and when it ends. Moderate
+	// traffic thus stays on one connection, in fewer and larger writes
+	// answered in fewer reads (the channel would otherwise hand each
+	// request to another idle connection in turn), and heavy traffic
+	// spreads over all. Nil: each connection takes from Queue whenever it
+	// can open a stream.
 	Intake chan struct{}
 }
 
@@ -489,8 +490,10 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 		can := c.canOpenLocked()
 		dead, finished, code := c.dead, c.goaway && len(c.streams) == 0, c.goawayCode
 		c.mu.Unlock()
-		if !can {
-			release() // another connection takes what waits
+		if !can || len(c.wbuf.b) > 0 && len(c.cfg.Queue) > 0 {
+			// Full, or requests wait while this one writes: another
+			// connection takes them.
+			release()
 		}
 		if dead != nil {
 			c.goodbye(dead)
