@@ -48,7 +48,24 @@ type Config struct {
 	// ShutdownGrace bounds a graceful stop after SIGINT or SIGTERM
 	// (APNS_WORKER_SHUTDOWN_GRACE, default 30s).
 	ShutdownGrace time.Duration
+	// Procs is how many Ps (threads running Go code) the worker uses
+	// (APNS_WORKER_PROCS, default auto): see [Procs].
+	Procs Procs
 }
+
+// Procs chooses the worker's GOMAXPROCS policy.
+type Procs string
+
+// The GOMAXPROCS policies.
+const (
+	// ProcsAuto runs on one P while the process uses well under one core
+	// and on the runtime's default above (package cmd/internal/procs); a
+	// GOMAXPROCS variable, when set, wins.
+	ProcsAuto Procs = "auto"
+	// ProcsRuntime leaves GOMAXPROCS to the runtime: the GOMAXPROCS
+	// variable, or the CPUs (or CPU limit) of the machine.
+	ProcsRuntime Procs = "runtime"
+)
 
 // NATS says how to reach NATS. With no URLs the worker starts an embedded
 // nats-server (see [Embedded]); the other settings then must be empty.
@@ -377,6 +394,7 @@ type spec struct {
 		Format string `split_words:"true" default:"auto" desc:"auto (text on a terminal, else json), text or json"`
 	} `split_words:"true"`
 	ShutdownGrace string `split_words:"true" default:"30s" desc:"bound of a graceful stop after SIGTERM or SIGINT"`
+	Procs         string `default:"auto" desc:"auto (one P while the worker uses well under a core, fewer thread wake-ups; the runtime's default above) or runtime (GOMAXPROCS as the Go runtime sets it); a GOMAXPROCS variable wins"`
 }
 
 // Load reads the environment and validates it. The error, if any, joins an

@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 50)
+	require.Len(t, read, 51)
 }
 
 func TestDefaults(t *testing.T) {
@@ -228,6 +228,7 @@ func TestDefaults(t *testing.T) {
 		HTTPAddr:      "127.0.0.1:8080",
 		Log:           Log{Level: slog.LevelInfo, Format: LogAuto},
 		ShutdownGrace: 30 * time.Second,
+		Procs:         ProcsAuto,
 	}
 	require.Equal(t, want, c)
 	require.Equal(t, []string{"apns.jobs", "apns.jobs.>"}, c.Jobs.Subjects())
@@ -490,6 +491,7 @@ func TestBadVariable(t *testing.T) {
 		{"max in flight", nil, map[string]string{"MAX_IN_FLIGHT": "0"}, "MAX_IN_FLIGHT", "out of range"},
 		{"http addr", nil, map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR", "not host:port"},
 		{"log level", nil, map[string]string{"LOG_LEVEL": "verbose"}, "LOG_LEVEL", "debug, info, warn, error"},
+		{"procs", nil, map[string]string{"PROCS": "2"}, "PROCS", "auto, runtime"},
 		{"log format", nil, map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "auto, text, json"},
 		{"shutdown grace", nil, map[string]string{"SHUTDOWN_GRACE": "0"}, "SHUTDOWN_GRACE", "must be positive"},
 	}

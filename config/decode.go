@@ -145,6 +145,7 @@ func (d *decoder) decode(s *spec) *Config {
 	c.Log.Level = d.level("LOG_LEVEL", s.Log.Level)
 	c.Log.Format = LogFormat(d.oneOf("LOG_FORMAT", s.Log.Format, string(LogAuto), string(LogAuto), string(LogText), string(LogJSON)))
 	c.ShutdownGrace = d.duration("SHUTDOWN_GRACE", s.ShutdownGrace, false)
+	c.Procs = Procs(d.oneOf("PROCS", s.Procs, string(ProcsAuto), string(ProcsAuto), string(ProcsRuntime)))
 
 	// Phase 2: rules across variables, files, and mode-dependent defaults.
 	d.checkNATS(c)

@@ -77,6 +77,7 @@ func (c Config) LogValue() slog.Value {
 			slog.String("level", c.Log.Level.String()),
 			slog.String("format", string(c.Log.Format))),
 		dur("shutdown_grace", c.ShutdownGrace),
+		slog.String("procs", string(c.Procs)),
 	)
 	return slog.GroupValue(attrs...)
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/cmd/internal/procs"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
 	"github.com/nats-io/nats.go"
@@ -250,6 +251,7 @@ func runOneWorker(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.Level}))
+	procs.Govern(ctx, cfg.Procs == config.ProcsAuto, log) // as apns-worker does
 	var resends atomic.Int64
 	iw := startInprocWorker(cfg, log, &resends)
 	select {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/lmittmann/tint"
 
+	"github.com/jetpush/apns-worker/cmd/internal/procs"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
 )
@@ -145,6 +146,7 @@ func runWorker(ctx context.Context) int {
 		}
 	}
 	log.Info("config", rest...)
+	procs.Govern(ctx, cfg.Procs == config.ProcsAuto, log)
 	err = worker.Run(ctx, cfg, log)
 	var dead *worker.DeadEnd
 	switch {
