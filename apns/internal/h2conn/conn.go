@@ -218,6 +218,7 @@ func (cfg *Config[R]) setDefaults() error {
 // HeaderEncoder writes one request's header fields.
 type HeaderEncoder struct {
 	enc *hpack.Encoder
+	out *bytes.Buffer // where enc writes the block
 	// Scratch is a buffer the owner may reuse for values it builds per
 	// request (one connection's, never shared).
 	Scratch []byte
@@ -229,15 +230,46 @@ func (h *HeaderEncoder) Field(name, value string) {
 }
 
 // Unique writes a never-indexed field: values unique to one request, which
-// would only evict shared ones from the table.
+// would only evict shared ones from the table. It writes the literal
+// itself, without Huffman coding (RFC 7541 §6.2.3; a value seen once is
+// not worth the table search and the coding): it leaves the dynamic table
+// alone, so the encoder's view of it stays right. As the block's first
+// field it goes through the encoder, which may owe a table size update
+// first.
 func (h *HeaderEncoder) Unique(name, value string) {
-	_ = h.enc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: true})
+	if h.out.Len() == 0 {
+		_ = h.enc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: true})
+		return
+	}
+	b := h.out.AvailableBuffer()
+	if name == ":path" {
+		b = append(b, 0x10|4) // never indexed, name of static entry 4
+	} else {
+		b = appendLiteral(append(b, 0x10), name) // never indexed, new name
+	}
+	h.out.Write(appendLiteral(b, value))
 }
 
 // UniqueBytes is Unique for a value in a buffer (Scratch); it is neither
 // kept nor copied.
 func (h *HeaderEncoder) UniqueBytes(name string, value []byte) {
 	h.Unique(name, unsafe.String(unsafe.SliceData(value), len(value)))
+}
+
+// appendLiteral appends s as an hpack string literal without Huffman
+// coding: its length (an integer with a 7-bit prefix) and its bytes.
+func appendLiteral(b []byte, s string) []byte {
+	n := uint64(len(s))
+	if n < 127 {
+		b = append(b, byte(n))
+	} else {
+		b = append(b, 127)
+		for n -= 127; n >= 128; n >>= 7 {
+			b = append(b, byte(n)|0x80)
+		}
+		b = append(b, byte(n))
+	}
+	return append(b, s...)
 }
 
 // Conn is one HTTP/2 client connection. The writer (Serve's goroutine) is
@@ -339,7 +371,7 @@ func Handshake[R Request](ctx context.Context, nc net.Conn, cfg Config[R]) (*Con
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(minFrameSize)
 	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.he = HeaderEncoder{enc: c.henc, Scratch: make([]byte, 0, 256)}
+	c.he = HeaderEncoder{enc: c.henc, out: &c.hbuf, Scratch: make([]byte, 0, 256)}
 	c.hdec = hpack.NewDecoder(4096, c.onField)
 	// A string up to this long is decoded (emitting nothing once the list
 	// is too large) and fails its stream; a longer one cannot be skipped
