@@ -54,9 +54,8 @@ type core struct {
 	retryBackoff Backoff // wait before a counted retry
 	abortWires   func()  // Close gave up: make the wires fail what they hold
 
-	queue   chan *delivery // accepted, waiting for a wire (new or sent again)
-	slots   chan struct{}  // one per accepted delivery without a handled outcome
-	pending atomic.Int64   // len(slots), for drain detection
+	queue chan *delivery // accepted, waiting for a wire (new or sent again)
+	slots admission      // one per accepted delivery without a handled outcome
 
 	mu      sync.RWMutex // Send holds R while it queues; Close takes W
 	closed  bool         // under mu
@@ -98,7 +97,7 @@ func newCore(o *options, addr string, validate func(*Notification) error) *core 
 		retryBackoff: Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second},
 		abortWires:   func() {},
 		queue:        make(chan *delivery, o.maxInFlight),
-		slots:        make(chan struct{}, o.maxInFlight),
+		slots:        admission{max: int64(o.maxInFlight), wake: make(chan struct{}, 1)},
 		closing:      make(chan struct{}),
 		drained:      make(chan struct{}),
 		aborted:      make(chan struct{}),
@@ -141,18 +140,9 @@ func (c *core) send(ctx context.Context, n *Notification, ref any) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case c.slots <- struct{}{}:
-	default:
-		select {
-		case c.slots <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.closing:
-			return ErrClosed
-		}
+	if err := c.slots.acquire(ctx, c.closing); err != nil {
+		return err
 	}
-	c.pending.Add(1)
 	d := c.pool.Get().(*delivery)
 	d.n, d.ref, d.accepted, d.probe = n, ref, c.o.now(), probe
 	c.queue <- d // never blocks: every queued delivery holds a slot
@@ -172,7 +162,7 @@ func (c *core) close(ctx context.Context, stopWires func()) error {
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()
-		if c.pending.Load() == 0 {
+		if c.slots.held.Load() == 0 {
 			c.drainOnce.Do(func() { close(c.drained) })
 		}
 	})
@@ -325,14 +315,17 @@ func (c *core) finish(d *delivery, err error) {
 	}, d)
 }
 
-// release recycles d once its outcome was handled, freeing its slot.
-func (c *core) release(d *delivery) {
+// recycle returns d to the pool once its outcome was handled.
+func (c *core) recycle(d *delivery) {
 	body := d.Body[:0] // keep the buffer of answers
 	*d = delivery{}
 	d.Body = body
 	c.pool.Put(d)
-	<-c.slots
-	if c.pending.Add(-1) == 0 && c.isClosing() {
+}
+
+// release frees the slots of n deliveries whose outcomes were handled.
+func (c *core) release(n int) {
+	if c.slots.release(int64(n)) == 0 && c.isClosing() {
 		c.drainOnce.Do(func() { close(c.drained) })
 	}
 }
@@ -395,7 +388,7 @@ func (c *core) retry(d *delivery, cause error, counted bool) {
 
 // stats fills the core's part of a Stats snapshot.
 func (c *core) stats(s *Stats) {
-	s.InFlight = int(c.pending.Load())
+	s.InFlight = int(c.slots.held.Load())
 	s.CredentialsErr = c.gate.refusal()
 	s.Faults = c.faults.snapshot()
 	if ns := c.faultingSince.Load(); ns != 0 {
@@ -465,8 +458,78 @@ func (c *core) dispatch() {
 		q.mu.Unlock()
 		for i := range batch {
 			c.o.outcome(batch[i].o)
-			c.release(batch[i].d)
+			c.recycle(batch[i].d)
 			batch[i] = dispatched{}
 		}
+		c.release(len(batch))
+	}
+}
+
+// admission bounds the deliveries without a handled outcome: acquire takes
+// a slot, blocking while max are held; release frees several at once. The
+// count is an atomic (a CAS to take, an add to free), so a Send and the
+// dispatcher's batch cost no channel operation each; a Send that must wait
+// sleeps on wake, which release rings when someone waits.
+type admission struct {
+	held    atomic.Int64
+	max     int64
+	waiters atomic.Int64
+	wake    chan struct{} // cap 1
+}
+
+// tryAcquire takes a slot if one is free.
+func (a *admission) tryAcquire() bool {
+	for {
+		n := a.held.Load()
+		if n >= a.max {
+			return false
+		}
+		if a.held.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// acquire takes a slot, waiting while none is free; it fails with ctx's
+// error, or ErrClosed once stop is closed.
+func (a *admission) acquire(ctx context.Context, stop <-chan struct{}) error {
+	if a.tryAcquire() {
+		return nil
+	}
+	// Counted as a waiter before trying again: a release either comes
+	// after that try (and sees the waiter: it rings) or before (and the
+	// try sees the slot it freed).
+	a.waiters.Add(1)
+	defer a.waiters.Add(-1)
+	for {
+		if a.tryAcquire() {
+			if a.held.Load() < a.max && a.waiters.Load() > 1 {
+				a.ring() // room for another waiter: pass the wake on
+			}
+			return nil
+		}
+		select {
+		case <-a.wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stop:
+			return ErrClosed
+		}
+	}
+}
+
+// release frees n slots and returns how many are still held.
+func (a *admission) release(n int64) int64 {
+	left := a.held.Add(-n)
+	if a.waiters.Load() > 0 {
+		a.ring()
+	}
+	return left
+}
+
+func (a *admission) ring() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
 	}
 }
