@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
 	"github.com/jetpush/apns-worker/consumer"
 )
@@ -152,10 +152,11 @@ func runDirect(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.Level}))
-	eng, err := newDirectEngine(cfg, log)
+	eng, closeMock, err := worker.NewEngine(cfg, onDirectOutcome, log)
 	if err != nil {
 		return err
 	}
+	defer closeMock()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	payload := makePayload(c.payload)
@@ -191,63 +192,6 @@ func runDirect(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 		jerr = os.WriteFile(c.jsonFile, out, 0o644)
 	}
 	return errors.Join(err, jerr)
-}
-
-// newDirectEngine builds the engine the worker would for cfg (its mode,
-// credentials, connections and limits), with onDirectOutcome.
-func newDirectEngine(cfg *config.Config, log *slog.Logger) (apns.Engine, error) {
-	a := cfg.APNs
-	opts := []apns.Option{
-		apns.WithOutcomeFunc(onDirectOutcome),
-		apns.WithLogger(log.With(slog.String("component", "apns"))),
-		apns.WithConns(a.Conns),
-		apns.WithMaxInFlight(cfg.MaxInFlight),
-	}
-	if a.CAFile != "" {
-		pem, err := os.ReadFile(a.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificate", a.CAFile)
-		}
-		opts = append(opts, apns.WithRootCAs(roots))
-	}
-	switch a.Mode {
-	case config.ModeBinary:
-		cert, err := apns.LoadPEMCertificate(a.CertFile, a.KeyFile)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, apns.WithAssumeDelivered(a.AssumedDelivered), apns.WithMaxPayload(a.MaxPayload))
-		if a.ConfirmAfter > 0 {
-			opts = append(opts, apns.WithConfirmMarkers(a.ConfirmAfter))
-		}
-		if a.IdleTimeout > 0 {
-			opts = append(opts, apns.WithIdleTimeout(a.IdleTimeout))
-		}
-		return apns.NewBinaryEngine(a.Addr, cert, opts...)
-	case config.ModeHTTP2:
-		pem, err := os.ReadFile(a.P8File)
-		if err != nil {
-			return nil, err
-		}
-		key, err := apns.ParseP8(pem)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, apns.WithRequestTimeout(a.RequestTimeout), apns.WithTopic(a.Topic))
-		if a.IdleTimeout > 0 {
-			opts = append(opts, apns.WithPingInterval(a.IdleTimeout))
-		}
-		auth := apns.TokenAuth(key, a.KeyID, a.TeamID)
-		if a.Engine == config.EngineStd {
-			return apns.NewStdEngine(a.Addr, auth, opts...)
-		}
-		return apns.NewHTTP2Engine(a.Addr, auth, opts...)
-	}
-	return nil, fmt.Errorf("-run-direct: APNs mode %q: want binary or http2 (the bench's test server)", a.Mode)
 }
 
 // directPhase runs the direct phase in a child process: -warmup jobs, then

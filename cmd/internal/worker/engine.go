@@ -39,6 +39,15 @@ func RejectMockBadTokensHTTP2(tok apns.Token) (status int, reason string, ok boo
 	return 0, "", false
 }
 
+// NewEngine builds the engine the worker builds for cfg (its mode,
+// credentials, connections and limits), reporting outcomes to onOutcome;
+// closeMock stops mock mode's in-process gateway (call it after the
+// engine is closed). apns-bench's direct phase sends with it.
+func NewEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger) (eng apns.Engine, closeMock func(), err error) {
+	eng, _, closeMock, err = newEngine(cfg, onOutcome, log)
+	return eng, closeMock, err
+}
+
 // newEngine builds the engine the config asks for. closeMock stops the
 // in-process gateway of mock mode (a no-op otherwise); call it after the
 // engine is closed.
