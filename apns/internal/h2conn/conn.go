@@ -38,7 +38,8 @@ const (
 	maxBatchBytes = 64 << 10
 	maxOwedFrames = 1024 // PING and SETTINGS acks owed before the peer is flooding
 	probeTimeout  = 2 * time.Second
-	maxKeep       = 4 // Config.KeepHeaders
+	maxKeep       = 4  // Config.KeepHeaders
+	intakeShare   = 64 // streams open at which an Intake holder hands on its turn
 )
 
 // Errors a request's end is reported with (Owner.Done).
@@ -170,12 +171,15 @@ type Config[R Request] struct {
 	// from it: one token (NewIntake) passed among them. Only its holder
 	// takes requests. It hands the token on when it cannot open streams
 	// (its stream limit reached, a GOAWAY, a probe after a timeout), when
-	// requests wait in the queue as it writes, and when it ends. Moderate
-	// traffic thus stays on one connection, in fewer and larger writes
-	// answered in fewer reads (the channel would otherwise hand each
-	// request to another idle connection in turn), and heavy traffic
-	// spreads over all. Nil: each connection takes from Queue whenever it
-	// can open a stream.
+	// requests wait in the queue as it writes, after each batch while it
+	// has intakeShare streams open or more (a burst is not staked on one
+	// connection: a peer that drops it would fail it all; a turn that
+	// begins below the share stops its batch there), and when it ends. Moderate traffic thus
+	// stays on one connection, in fewer and larger writes answered in
+	// fewer reads (the channel would otherwise hand each request to
+	// another idle connection in turn), and heavy traffic spreads over
+	// all. Nil: each connection takes from Queue whenever it can open a
+	// stream.
 	Intake chan struct{}
 }
 
@@ -504,7 +508,9 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 	tick := time.NewTicker(c.tick)
 	defer tick.Stop()
 	timeout := int64(c.cfg.RequestTimeout)
-	held := false // Config.Intake's token
+	held := false    // Config.Intake's token
+	fresh := false   // held, and no request taken since it was acquired
+	sharing := false // held since a moment it had fewer than intakeShare streams open: batches stop at the share
 	release := func() {
 		if held {
 			held = false
@@ -520,11 +526,14 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 		c.writeControlLocked()
 		c.resumeBlockedLocked()
 		can := c.canOpenLocked()
+		shareTaken := len(c.streams) >= intakeShare
 		dead, finished, code := c.dead, c.goaway && len(c.streams) == 0, c.goawayCode
 		c.mu.Unlock()
-		if !can || len(c.wbuf.b) > 0 && len(c.cfg.Queue) > 0 {
-			// Full, or requests wait while this one writes: another
-			// connection takes them.
+		if !can || len(c.wbuf.b) > 0 && len(c.cfg.Queue) > 0 || shareTaken && !fresh {
+			// Full, requests wait while this one writes, or it has its
+			// share of streams open: another connection takes what comes.
+			// (If none does, this one takes the token back, and a batch
+			// with it, before it offers it again.)
 			release()
 		}
 		if dead != nil {
@@ -555,11 +564,12 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 		}
 		select {
 		case <-intake:
-			held = true
+			held, fresh, sharing = true, true, !shareTaken
 		case r := <-q:
+			fresh = false
 			// Write what is queued, up to a batch, then flush once.
 			deadline := time.Now().UnixNano() + timeout
-			for c.writeRequest(r, deadline) && len(c.wbuf.b) < maxBatchBytes {
+			for c.writeRequest(r, deadline, held && sharing) && len(c.wbuf.b) < maxBatchBytes {
 				var more bool
 				select {
 				case r, more = <-q:
@@ -586,9 +596,10 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 	}
 }
 
-// writeRequest frames r as a new stream; it reports whether another
-// stream may be opened right away.
-func (c *Conn[R]) writeRequest(r R, deadline int64) bool {
+// writeRequest frames r as a new stream; it reports whether to take
+// another request right away: a stream may be opened, and, if share, this
+// connection has fewer than intakeShare streams open.
+func (c *Conn[R]) writeRequest(r R, deadline int64, share bool) bool {
 	if !c.cfg.Owner.Prepare(r) {
 		return true
 	}
@@ -613,7 +624,7 @@ func (c *Conn[R]) writeRequest(r R, deadline int64) bool {
 	if !c.writeDataLocked(s) {
 		c.blocked = append(c.blocked, id)
 	}
-	can := c.canOpenLocked()
+	can := c.canOpenLocked() && (!share || len(c.streams) < intakeShare)
 	c.mu.Unlock()
 	return can
 }

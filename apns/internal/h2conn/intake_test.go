@@ -149,3 +149,94 @@ func which(t *testing.T, gots [2]chan string) int {
 		return -1
 	}
 }
+
+// TestIntakeSpreadsABurst: a burst larger than a connection's share is not
+// staked on one connection: the holder hands its turn on once it has its
+// share of streams open, and the other takes the rest.
+func TestIntakeSpreadsABurst(t *testing.T) {
+	t.Parallel()
+	owner := newTestOwner()
+	cfg := h2conn.Config[*testReq]{Intake: h2conn.NewIntake()}
+	gots := [2]chan string{make(chan string, 100), make(chan string, 100)}
+	quit := make(chan struct{}) // the peers read every request and answer none until then
+	acked := make(chan struct{}, 2)
+	for i := range 2 {
+		_, err := startPairWith(t, owner, cfg, hoarding(gots[i], acked, quit))
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() { close(quit) }) // before the pairs' cleanups: the peers go first
+	// Each writer has run (it acked its peer's SETTINGS): both wait for
+	// their turn before the burst.
+	for range 2 {
+		select {
+		case <-acked:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a connection's writer never ran")
+		}
+	}
+	read := func() int { return len(gots[0]) + len(gots[1]) }
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			r := &testReq{path: fmt.Sprintf("/%d", i)}
+			r.Payload = payload
+			owner.queue <- r
+		}
+		require.Eventually(t, func() bool { return read() == to }, 10*time.Second, time.Millisecond, "requests read by the peers")
+	}
+	// A share at once, then more one at a time: the holder of a share
+	// hands its turn on after any batch, and the other connection has
+	// long been waiting for it by then.
+	const n = 100
+	send(0, 64)
+	for i := 64; i < n; i++ {
+		send(i, i+1)
+	}
+	a, b := len(gots[0]), len(gots[1])
+	require.LessOrEqual(t, max(a, b), 64+1, "one connection took %d of the burst, the other %d", max(a, b), min(a, b))
+}
+
+// hoarding is a peer that reads requests, reporting each one's path on
+// got, and answers none, until quit closes; it signals acked when the
+// client acknowledges its SETTINGS.
+func hoarding(got chan<- string, acked chan<- struct{}, quit <-chan struct{}) func(p *peer) {
+	return func(p *peer) {
+		p.settings()
+		ended := make(chan struct{})
+		defer close(ended)
+		go func() {
+			select {
+			case <-quit:
+				p.c.Close()
+			case <-ended:
+			}
+		}()
+		dec := hpack.NewDecoder(4096, nil)
+		paths := map[uint32]string{}
+		for {
+			f, err := p.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if f.IsAck() {
+					acked <- struct{}{}
+				}
+			case *http2.HeadersFrame:
+				fields, err := dec.DecodeFull(f.HeaderBlockFragment())
+				if err != nil {
+					return
+				}
+				for _, hf := range fields {
+					if hf.Name == ":path" {
+						paths[f.StreamID] = hf.Value
+					}
+				}
+			case *http2.DataFrame:
+				if f.StreamEnded() {
+					got <- paths[f.StreamID]
+				}
+			}
+		}
+	}
+}
