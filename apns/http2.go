@@ -151,9 +151,10 @@ func WithRetryBackoff(first, max time.Duration) Option {
 // frame on x/net's framer and hpack, without net/http: one writer and one
 // reader goroutine per connection, requests handed out from one queue,
 // outcomes reported from the connections. One connection at a time takes
-// from the queue, and hands on its turn when it is full or requests wait
-// as it writes: moderate traffic stays on one connection (fewer, larger
-// writes and reads), heavy traffic spreads over the pool.
+// from the queue, and hands on its turn when it is full, when requests
+// wait as it writes, or once it has 64 streams open: moderate traffic
+// stays on one connection (fewer, larger writes and reads), bursts and
+// heavy traffic spread over the pool.
 //
 // Each connection honours the server's SETTINGS once validated (max
 // concurrent streams, which may drop to 1 at any time, windows, frame and

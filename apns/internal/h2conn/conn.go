@@ -174,12 +174,12 @@ type Config[R Request] struct {
 	// requests wait in the queue as it writes, after each batch while it
 	// has intakeShare streams open or more (a burst is not staked on one
 	// connection: a peer that drops it would fail it all; a turn that
-	// begins below the share stops its batch there), and when it ends. Moderate traffic thus
-	// stays on one connection, in fewer and larger writes answered in
-	// fewer reads (the channel would otherwise hand each request to
-	// another idle connection in turn), and heavy traffic spreads over
-	// all. Nil: each connection takes from Queue whenever it can open a
-	// stream.
+	// begins below the share stops its batch there), and when it ends.
+	// Moderate traffic thus stays on one connection, in fewer and larger
+	// writes answered in fewer reads (the channel would otherwise hand
+	// each request to another idle connection in turn), and heavy traffic
+	// spreads over all. Nil: each connection takes from Queue whenever it
+	// can open a stream.
 	Intake chan struct{}
 }
 
@@ -510,7 +510,7 @@ func (c *Conn[R]) writeLoop(stop <-chan struct{}) error {
 	timeout := int64(c.cfg.RequestTimeout)
 	held := false    // Config.Intake's token
 	fresh := false   // held, and no request taken since it was acquired
-	sharing := false // held since a moment it had fewer than intakeShare streams open: batches stop at the share
+	sharing := false // the turn began below intakeShare streams: its batches stop there
 	release := func() {
 		if held {
 			held = false
