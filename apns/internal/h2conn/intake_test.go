@@ -12,58 +12,69 @@ import (
 	"github.com/jetpush/apns-worker/apns/internal/h2conn"
 )
 
-// answering is a peer that advertises settings, then answers each request
-// with 200 once release gives it leave (nil: at once), reporting the path
-// of each request it reads on got, until the client goes or quit closes.
-func answering(got chan<- string, release <-chan struct{}, quit <-chan struct{}, settings ...http2.Setting) func(p *peer) {
-	return func(p *peer) {
-		p.settings(settings...)
-		ended := make(chan struct{})
-		defer close(ended)
-		go func() {
-			select {
-			case <-quit:
-				p.c.Close()
-			case <-ended:
+// script is a peer that advertises settings, then reads requests until
+// the client goes or quit closes, reporting each one's path on got. It
+// answers each with 200 once release gives it leave (nil: at once), or
+// never if hoard; it signals acked, if set, when the client acknowledges
+// its SETTINGS.
+type script struct {
+	got      chan<- string
+	acked    chan<- struct{}
+	release  <-chan struct{}
+	quit     <-chan struct{}
+	hoard    bool
+	settings []http2.Setting
+}
+
+func (sc script) run(p *peer) {
+	p.settings(sc.settings...)
+	ended := make(chan struct{})
+	defer close(ended)
+	go func() {
+		select {
+		case <-sc.quit:
+			p.c.Close()
+		case <-ended:
+		}
+	}()
+	dec := hpack.NewDecoder(4096, nil)
+	paths := map[uint32]string{}
+	for {
+		f, err := p.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if f.IsAck() && sc.acked != nil {
+				sc.acked <- struct{}{}
 			}
-		}()
-		dec := hpack.NewDecoder(4096, nil)
-		paths := map[uint32]string{}
-		for {
-			f, err := p.fr.ReadFrame()
+		case *http2.HeadersFrame:
+			fields, err := dec.DecodeFull(f.HeaderBlockFragment()) // our client never sends CONTINUATION here
 			if err != nil {
 				return
 			}
-			switch f := f.(type) {
-			case *http2.HeadersFrame:
-				fields, err := dec.DecodeFull(f.HeaderBlockFragment()) // our client never sends CONTINUATION here
-				if err != nil {
+			for _, hf := range fields {
+				if hf.Name == ":path" {
+					paths[f.StreamID] = hf.Value
+				}
+			}
+		case *http2.DataFrame:
+			if !f.StreamEnded() {
+				continue
+			}
+			sc.got <- paths[f.StreamID]
+			if sc.hoard {
+				continue
+			}
+			if sc.release != nil {
+				select {
+				case <-sc.release:
+				case <-sc.quit:
 					return
 				}
-				for _, hf := range fields {
-					if hf.Name == ":path" {
-						paths[f.StreamID] = hf.Value
-					}
-				}
-			case *http2.DataFrame:
-				if !f.StreamEnded() {
-					continue
-				}
-				got <- paths[f.StreamID]
-				if release != nil {
-					select {
-					case <-release:
-					case <-quit:
-						return
-					}
-				}
-				p.respond(f.StreamID, "200", nil)
 			}
-			select {
-			case <-quit:
-				return
-			default:
-			}
+			p.respond(f.StreamID, "200", nil)
 		}
 	}
 }
@@ -79,7 +90,7 @@ func TestIntakeKeepsTrafficOnOneConn(t *testing.T) {
 	var conns [2]*client
 	gots := [2]chan string{make(chan string, 100), make(chan string, 100)}
 	for i := range conns {
-		c, err := startPairWith(t, owner, cfg, answering(gots[i], nil, nil))
+		c, err := startPairWith(t, owner, cfg, script{got: gots[i]}.run)
 		require.NoError(t, err)
 		conns[i] = c
 	}
@@ -106,7 +117,7 @@ func TestIntakeHandsOn(t *testing.T) {
 	quits := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
 	var conns [2]*client
 	for i := range conns {
-		c, err := startPairWith(t, owner, cfg, answering(gots[i], releases[i], quits[i], one))
+		c, err := startPairWith(t, owner, cfg, script{got: gots[i], release: releases[i], quit: quits[i], settings: []http2.Setting{one}}.run)
 		require.NoError(t, err)
 		conns[i] = c
 	}
@@ -161,7 +172,7 @@ func TestIntakeSpreadsABurst(t *testing.T) {
 	quit := make(chan struct{}) // the peers read every request and answer none until then
 	acked := make(chan struct{}, 2)
 	for i := range 2 {
-		_, err := startPairWith(t, owner, cfg, hoarding(gots[i], acked, quit))
+		_, err := startPairWith(t, owner, cfg, script{got: gots[i], acked: acked, quit: quit, hoard: true}.run)
 		require.NoError(t, err)
 	}
 	t.Cleanup(func() { close(quit) }) // before the pairs' cleanups: the peers go first
@@ -193,50 +204,4 @@ func TestIntakeSpreadsABurst(t *testing.T) {
 	}
 	a, b := len(gots[0]), len(gots[1])
 	require.LessOrEqual(t, max(a, b), 64+1, "one connection took %d of the burst, the other %d", max(a, b), min(a, b))
-}
-
-// hoarding is a peer that reads requests, reporting each one's path on
-// got, and answers none, until quit closes; it signals acked when the
-// client acknowledges its SETTINGS.
-func hoarding(got chan<- string, acked chan<- struct{}, quit <-chan struct{}) func(p *peer) {
-	return func(p *peer) {
-		p.settings()
-		ended := make(chan struct{})
-		defer close(ended)
-		go func() {
-			select {
-			case <-quit:
-				p.c.Close()
-			case <-ended:
-			}
-		}()
-		dec := hpack.NewDecoder(4096, nil)
-		paths := map[uint32]string{}
-		for {
-			f, err := p.fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if f.IsAck() {
-					acked <- struct{}{}
-				}
-			case *http2.HeadersFrame:
-				fields, err := dec.DecodeFull(f.HeaderBlockFragment())
-				if err != nil {
-					return
-				}
-				for _, hf := range fields {
-					if hf.Name == ":path" {
-						paths[f.StreamID] = hf.Value
-					}
-				}
-			case *http2.DataFrame:
-				if f.StreamEnded() {
-					got <- paths[f.StreamID]
-				}
-			}
-		}
-	}
 }
