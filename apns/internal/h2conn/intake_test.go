@@ -202,6 +202,9 @@ func TestIntakeSpreadsABurst(t *testing.T) {
 	for i := 64; i < n; i++ {
 		send(i, i+1)
 	}
+	// The holder hands its turn on at 64 streams; it takes a request back
+	// only when the other was not waiting at that instant (not yet
+	// scheduled), which a test cannot rule out: a few.
 	a, b := len(gots[0]), len(gots[1])
-	require.LessOrEqual(t, max(a, b), 64+1, "one connection took %d of the burst, the other %d", max(a, b), min(a, b))
+	require.LessOrEqual(t, max(a, b), 64+10, "one connection took %d of the burst, the other %d", max(a, b), min(a, b))
 }
