@@ -142,8 +142,8 @@ func (n *Notification) Validate(l Limits) error {
 	if len(n.Payload) > max {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(n.Payload), max)
 	}
-	aps, err := scanPayload(n.Payload)
-	if err != nil {
+	var aps apsMembers
+	if err := scanPayload(n.Payload, &aps); err != nil {
 		return err
 	}
 	switch n.Priority {
@@ -309,11 +309,10 @@ type apsMembers struct {
 
 // scanPayload checks that p is a JSON object of valid UTF-8 with an object
 // "aps", and no member name twice at its top level or in "aps"; it returns
-// the aps members the push-type rules need. It allocates only for escaped
+// in aps the members the push-type rules need. It allocates only for escaped
 // or many member names.
-func scanPayload(p []byte) (apsMembers, error) {
+func scanPayload(p []byte, aps *apsMembers) error {
 	var (
-		aps         apsMembers
 		top, inAps  jsonscan.Names
 		apsVal, dup []byte
 		where       string
@@ -321,7 +320,7 @@ func scanPayload(p []byte) (apsMembers, error) {
 	// One pass validates p and walks its members and those of its objects:
 	// an aps object's members come before the aps member itself, so a
 	// second aps shows as members met while the first is already known.
-	valid := jsonscan.ValidMembers(p, func(parent, name, value []byte) {
+	valid, unicode := jsonscan.ValidMembers(p, func(parent, name, value []byte) {
 		switch {
 		case dup != nil:
 		case parent == nil && top.Seen(name):
@@ -342,19 +341,19 @@ func scanPayload(p []byte) (apsMembers, error) {
 	i := jsonscan.SkipSpace(p, 0)
 	switch {
 	case !valid:
-		return aps, fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
+		return fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
 	case p[i] != '{':
-		return aps, ErrInvalidPayload
-	case !jsonscan.ValidUnicode(p):
-		return aps, fmt.Errorf("%w: payload", ErrInvalidUTF8)
+		return ErrInvalidPayload
+	case !unicode:
+		return fmt.Errorf("%w: payload", ErrInvalidUTF8)
 	case dup != nil:
-		return aps, fmt.Errorf("%w: %s member %.64s", ErrDuplicateKey, where, dup)
+		return fmt.Errorf("%w: %s member %.64s", ErrDuplicateKey, where, dup)
 	case apsVal == nil:
-		return aps, ErrNoAPS
+		return ErrNoAPS
 	case apsVal[0] != '{':
-		return aps, fmt.Errorf("%w: it is %.20s", ErrApsNotObject, apsVal)
+		return fmt.Errorf("%w: it is %.20s", ErrApsNotObject, apsVal)
 	}
-	return aps, nil
+	return nil
 }
 
 // isAps reports whether the quoted member name is "aps".

@@ -248,7 +248,7 @@ func FuzzScanPayload(f *testing.F) {
 	f.Add([]byte(`{"aps":{"alert":"\ud800"}}`))
 	f.Add([]byte("{\"aps\":{\"alert\":\"\xed\xa0\x80\"}}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, err := scanPayload(b) // must not panic or hang
+		err := scanPayload(b, &apsMembers{}) // must not panic or hang
 		want := refPayload(b)
 		if want == nil {
 			require.NoError(t, err, "%q", b)
@@ -307,4 +307,27 @@ func refMembers(b []byte) (map[string]json.RawMessage, error) {
 		m[k] = v
 	}
 	return m, nil
+}
+
+// BenchmarkValidate is the per-notification check every Send makes: a
+// tiny payload (BenchmarkBinary's) and a typical alert.
+func BenchmarkValidate(b *testing.B) {
+	for _, bm := range []struct {
+		name    string
+		payload string
+	}{
+		{"tiny", `{"aps":{"alert":"hello"}}`},
+		{"alert", `{"aps":{"alert":{"title":"Hello","body":"World, a longer line of text for the lock screen"},"badge":1,"sound":"default"},"order":"A-1234","url":"https://example.com/o/1234"}`},
+	} {
+		b.Run(bm.name, func(b *testing.B) {
+			n := &Notification{Token: make(Token, 32), Payload: []byte(bm.payload), Topic: "com.example.app", PushType: PushTypeAlert}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(n.Payload)))
+			for b.Loop() {
+				if err := n.Validate(HTTP2Limits); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -63,11 +63,12 @@ func protocolLimits(protocol string) apns.Limits {
 // decode (a later member had a wrong type, say), so that its rejection
 // event still names it; "" if it has none or data is not a JSON object.
 func malformedJobID(data []byte) string {
-	if !jsonscan.Valid(data) {
+	valid, unicode := jsonscan.ValidI(data)
+	if !valid {
 		return ""
 	}
 	i := jsonscan.SkipSpace(data, 0)
-	if data[i] != '{' || !jsonscan.ValidUnicode(data) {
+	if data[i] != '{' || !unicode {
 		return ""
 	}
 	var id string

@@ -19,17 +19,18 @@ import (
 // with their own reason, the apns validation error (apns.ReasonOf).
 func decodeJob(data []byte) (Job, error) {
 	var j Job
-	switch {
-	case len(data) == 0:
+	if len(data) == 0 {
 		return j, fmt.Errorf("%w: empty message", ErrMalformedJob)
-	case !jsonscan.Valid(data):
+	}
+	valid, unicode := jsonscan.ValidI(data)
+	if !valid {
 		return j, fmt.Errorf("%w: not one JSON value (or nested deeper than %d)", ErrMalformedJob, jsonscan.MaxDepth)
 	}
 	i := jsonscan.SkipSpace(data, 0)
 	if data[i] != '{' {
 		return j, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
 	}
-	if !jsonscan.ValidUnicode(data) {
+	if !unicode {
 		return j, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
 	}
 	var err error

@@ -155,7 +155,7 @@ func eventJob(data []byte, limit int) EventJob {
 		return EventJob{} // written as "job_raw":"","job_size":0
 	}
 	if len(data) <= limit {
-		if jsonscan.Valid(data) && jsonscan.ValidUnicode(data) { // else its bytes, in base64
+		if valid, unicode := jsonscan.ValidI(data); valid && unicode { // else its bytes, in base64
 			return EventJob{Job: json.RawMessage(data)}
 		}
 		return EventJob{JobRaw: data}

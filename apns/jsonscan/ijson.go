@@ -160,10 +160,10 @@ func UniqueMembers(p []byte, i int, fn func(name, value []byte) bool) (dup []byt
 
 // Names finds a repeated member name of one object (RFC 7493 §2.3): names
 // are compared after unescaping, so "a" and "\u0061" are the same. The
-// zero Names is empty; it allocates only past 16 names or for escaped
-// ones.
+// zero Names is empty; it allocates only past 8 names (the first 8 are
+// kept small: every Validate zeroes two Names) or for escaped ones.
 type Names struct {
-	small [16][]byte
+	small [8][]byte
 	n     int
 	more  map[string]struct{}
 }

@@ -13,6 +13,22 @@ package jsonscan
 // Valid says no.
 func Valid(data []byte) bool {
 	v := validator{b: data}
+	return v.whole()
+}
+
+// ValidI is Valid and ValidUnicode in one call: valid reports Valid,
+// unicode ValidUnicode (false when valid is). Text that is all ASCII
+// without \u escapes, most of it, needs no second pass.
+func ValidI(data []byte) (valid, unicode bool) {
+	v := validator{b: data}
+	if !v.whole() {
+		return false, false
+	}
+	return true, v.unicode()
+}
+
+// whole validates v.b as one value with surrounding white space.
+func (v *validator) whole() bool {
 	v.ws()
 	if !v.value(0) {
 		return false
@@ -21,22 +37,31 @@ func Valid(data []byte) bool {
 	return v.i == len(v.b)
 }
 
+// unicode is ValidUnicode(v.b) for input it validated.
+func (v *validator) unicode() bool {
+	return !v.high && !v.uEscape || ValidUnicode(v.b)
+}
+
 // ValidMembers is Valid for an object that also reports, in the same pass,
 // its members and those of the objects that are its members' values: for
 // each, once its value is validated, fn gets the name of the outer member
 // it belongs to (nil for the outer object's own), its name and its value
 // (names quoted, as in data; values raw). Deeper members are not reported.
-// The members of an outer member's object come before that member. It
-// reports false for anything Valid refuses, and for a value that is not an
-// object; fn may have been called by then.
-func ValidMembers(data []byte, fn func(parent, name, value []byte)) bool {
+// The members of an outer member's object come before that member. Like
+// ValidI, it reports validity (false for anything Valid refuses, and for a
+// value that is not an object; fn may have been called by then) and
+// ValidUnicode.
+func ValidMembers(data []byte, fn func(parent, name, value []byte)) (valid, unicode bool) {
 	v := validator{b: data}
 	v.ws()
 	if v.i >= len(v.b) || v.b[v.i] != '{' || !v.members(1, nil, fn) {
-		return false
+		return false, false
 	}
 	v.ws()
-	return v.i == len(v.b)
+	if v.i != len(v.b) {
+		return false, false
+	}
+	return true, v.unicode()
 }
 
 // members validates the object at v.i, at depth; with fn, it reports the
@@ -94,8 +119,10 @@ func (v *validator) members(depth int, parent []byte, fn func(parent, name, valu
 const MaxDepth = 1000
 
 type validator struct {
-	b []byte
-	i int
+	b       []byte
+	i       int
+	high    bool // a string holds a byte past ASCII
+	uEscape bool // a string holds a \u escape
 }
 
 func (v *validator) ws() {
@@ -170,13 +197,27 @@ func (v *validator) array(depth int) bool {
 	}
 }
 
+// plain marks the bytes a string holds as they are: ASCII from the space
+// on, but for the quote and the backslash.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // str skips a string starting at its opening quote.
 func (v *validator) str() bool {
 	b := v.b
 	i := v.i + 1
-	for i < len(b) {
-		c := b[i]
-		switch {
+	for {
+		for i < len(b) && plain[b[i]] {
+			i++
+		}
+		if i >= len(b) {
+			return false
+		}
+		switch c := b[i]; {
 		case c == '"':
 			v.i = i + 1
 			return true
@@ -191,6 +232,7 @@ func (v *validator) str() bool {
 				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
 					return false
 				}
+				v.uEscape = true
 				i += 6
 			default:
 				return false
@@ -198,10 +240,10 @@ func (v *validator) str() bool {
 		case c < 0x20:
 			return false
 		default:
+			v.high = true
 			i++
 		}
 	}
-	return false
 }
 
 func isHex(c byte) bool {

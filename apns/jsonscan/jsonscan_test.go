@@ -104,7 +104,7 @@ func TestValidMembers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var got []member
-		ok := ValidMembers([]byte(tt.in), func(parent, name, value []byte) {
+		ok, _ := ValidMembers([]byte(tt.in), func(parent, name, value []byte) {
 			got = append(got, member{string(parent), string(name), string(value)})
 		})
 		if ok != tt.ok || !reflect.DeepEqual(got, tt.want) {
@@ -125,8 +125,52 @@ func FuzzValidMembers(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s := strings.TrimLeft(string(b), " \t\r\n")
 		want := Valid(b) && strings.HasPrefix(s, "{")
-		if got := ValidMembers(b, func(_, _, _ []byte) {}); got != want {
+		got, unicode := ValidMembers(b, func(_, _, _ []byte) {})
+		if got != want {
 			t.Fatalf("%q: ValidMembers %v, want %v", b, got, want)
 		}
+		if got && unicode != ValidUnicode(b) {
+			t.Fatalf("%q: ValidMembers says unicode %v, ValidUnicode %v", b, unicode, !unicode)
+		}
 	})
+}
+
+// FuzzValidI: ValidI reports what Valid and ValidUnicode report.
+func FuzzValidI(f *testing.F) {
+	for _, s := range append(validCases, invalidCases...) {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{`"\ud800"`, `{"a":"\ud800"}`, "[\"\xff\"]", `{"\u00e9":1}`, "{\"\xc3\xa9\":2}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		valid, unicode := ValidI(b)
+		if want := Valid(b); valid != want {
+			t.Fatalf("%q: ValidI valid %v, Valid %v", b, valid, want)
+		}
+		if want := valid && ValidUnicode(b); unicode != want {
+			t.Fatalf("%q: ValidI unicode %v, ValidUnicode %v", b, unicode, want)
+		}
+	})
+}
+
+// TestValidI: the unicode verdict of the one-pass check, ASCII or not.
+func TestValidI(t *testing.T) {
+	for _, tt := range []struct {
+		in             string
+		valid, unicode bool
+	}{
+		{`{"a":"plain"}`, true, true},
+		{`{"a":"\u00e9"}`, true, true},
+		{`{"a":"\ud800"}`, true, false},
+		{"{\"a\":\"caf\xc3\xa9\"}", true, true},
+		{"{\"a\":\"\xff\"}", true, false},
+		{"{\"\xff\":1}", true, false},
+		{`{"a":`, false, false},
+	} {
+		valid, unicode := ValidI([]byte(tt.in))
+		if valid != tt.valid || unicode != tt.unicode {
+			t.Errorf("ValidI(%q) = %v, %v; want %v, %v", tt.in, valid, unicode, tt.valid, tt.unicode)
+		}
+	}
 }
