@@ -837,8 +837,10 @@ func (s *binSession) pop() *delivery {
 	return it
 }
 
-// expire reports delivered what stayed unanswered for the window.
+// expire reports delivered what stayed unanswered for the window, waking
+// the dispatcher once for them all.
 func (s *binSession) expire(now time.Duration) {
+	c := s.e.c
 	for s.inflight() > 0 && now-s.ring[s.start].written >= s.e.b.assumeDelivered {
 		it := s.pop()
 		if it.marker {
@@ -846,8 +848,9 @@ func (s *binSession) expire(now time.Duration) {
 			continue
 		}
 		s.confirm()
-		s.e.c.finish(it, nil)
+		c.finishHeld(it, nil)
 	}
+	c.flushOutcomes()
 }
 
 // confirm notes that the gateway took part in an outcome on this

@@ -298,7 +298,17 @@ func (c *core) failQueued(err error) {
 // finish reports d's outcome: err nil is delivered, a *RejectionError
 // rejected, anything else failed. A delivery's outcome is reported once:
 // the caller gives up d.
-func (c *core) finish(d *delivery, err error) {
+func (c *core) finish(d *delivery, err error) { c.report(d, err, false) }
+
+// finishHeld is finish for one of a run of outcomes: the dispatcher is not
+// woken for it. The caller calls flushOutcomes after the run, before it
+// waits for anything.
+func (c *core) finishHeld(d *delivery, err error) { c.report(d, err, true) }
+
+// flushOutcomes wakes the dispatcher for outcomes finishHeld queued.
+func (c *core) flushOutcomes() { c.out.flush() }
+
+func (c *core) report(d *delivery, err error, hold bool) {
 	if d.marker {
 		return
 	}
@@ -312,7 +322,7 @@ func (c *core) finish(d *delivery, err error) {
 		APNsID:       d.apnsID,
 		Attempts:     d.attempts,
 		Accepted:     d.accepted,
-	}, d)
+	}, d, hold)
 }
 
 // recycle returns d to the pool once its outcome was handled.
@@ -413,11 +423,27 @@ type dispatched struct {
 }
 
 // push queues an outcome; it never blocks (at most maxInFlight are queued).
-func (q *dispatcher) push(o Outcome, d *delivery) {
+// With hold it does not wake the dispatcher: flush will.
+func (q *dispatcher) push(o Outcome, d *delivery, hold bool) {
 	q.mu.Lock()
 	q.q = append(q.q, dispatched{o, d})
-	wake := q.idle
-	q.idle = false
+	wake := q.idle && !hold
+	if wake {
+		q.idle = false
+	}
+	q.mu.Unlock()
+	if wake {
+		q.wake <- struct{}{}
+	}
+}
+
+// flush wakes the dispatcher if outcomes wait for it.
+func (q *dispatcher) flush() {
+	q.mu.Lock()
+	wake := q.idle && len(q.q) > 0
+	if wake {
+		q.idle = false
+	}
 	q.mu.Unlock()
 	if wake {
 		q.wake <- struct{}{}
