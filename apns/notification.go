@@ -282,24 +282,24 @@ func wholeSeconds(b []byte) bool {
 // IsUUID reports whether s is a UUID in canonical lowercase form
 // (8-4-4-4-12 hex digits), as APNs wants in apns-id.
 func IsUUID(s string) bool {
-	if len(s) != 36 {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-				return false
-			}
+		if !lowerHex[s[i]] && i != 8 && i != 13 && i != 18 && i != 23 {
+			return false
 		}
 	}
 	return true
 }
+
+// lowerHex marks the digits of lowercase hex.
+var lowerHex = func() (t [256]bool) {
+	for _, c := range "0123456789abcdef" {
+		t[c] = true
+	}
+	return t
+}()
 
 // apsMembers are the values (raw JSON) of the aps members the push-type
 // rules read; nil when absent.

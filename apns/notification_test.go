@@ -331,3 +331,23 @@ func BenchmarkValidate(b *testing.B) {
 		})
 	}
 }
+
+func TestIsUUID(t *testing.T) {
+	for _, tt := range []struct {
+		s    string
+		want bool
+	}{
+		{"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10", true},
+		{"00000000-0000-0000-0000-000000000000", true},
+		{"0B0F4A52-63A4-4C4B-9C1E-2F1D2B8D6A10", false}, // APNs wants lowercase
+		{"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a1", false},
+		{"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a100", false},
+		{"0b0f4a5263a4-4c4b-9c1e-2f1d2b8d6a10-", false},
+		{"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a1g", false},
+		{"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a-0", false},
+		{"0b0f4a52x63a4-4c4b-9c1e-2f1d2b8d6a10", false},
+		{"", false},
+	} {
+		require.Equal(t, tt.want, IsUUID(tt.s), "%q", tt.s)
+	}
+}

@@ -22,22 +22,31 @@ func decodeJob(data []byte) (Job, error) {
 	if len(data) == 0 {
 		return j, fmt.Errorf("%w: empty message", ErrMalformedJob)
 	}
-	valid, unicode := jsonscan.ValidI(data)
-	if !valid {
-		return j, fmt.Errorf("%w: not one JSON value (or nested deeper than %d)", ErrMalformedJob, jsonscan.MaxDepth)
-	}
-	i := jsonscan.SkipSpace(data, 0)
-	if data[i] != '{' {
-		return j, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
-	}
-	if !unicode {
-		return j, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
-	}
-	var err error
-	if dup := jsonscan.UniqueMembers(data, i, func(name, val []byte) bool {
-		err = j.member(jsonscan.Unquote(name), val)
-		return err == nil
-	}); dup != nil {
+	// One pass validates the job and decodes its members, up to the first
+	// member in error or named twice; those count only if the whole is
+	// valid I-JSON.
+	var (
+		names jsonscan.Names
+		dup   []byte
+		err   error
+	)
+	valid, unicode := jsonscan.ValidObject(data, func(name, val []byte) {
+		switch {
+		case dup != nil || err != nil:
+		case names.Seen(name):
+			dup = name
+		default:
+			err = j.member(jsonscan.Unquote(name), val)
+		}
+	})
+	switch {
+	case !valid && jsonscan.Valid(data):
+		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
+	case !valid:
+		return Job{}, fmt.Errorf("%w: not one JSON value (or nested deeper than %d)", ErrMalformedJob, jsonscan.MaxDepth)
+	case !unicode:
+		return Job{}, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
+	case dup != nil:
 		return j, fmt.Errorf("%w: %w: member %.64s", ErrMalformedJob, apns.ErrDuplicateKey, dup)
 	}
 	return j, err

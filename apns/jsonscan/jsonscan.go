@@ -53,6 +53,18 @@ func (v *validator) unicode() bool {
 // ValidUnicode.
 func ValidMembers(data []byte, fn func(parent, name, value []byte)) (valid, unicode bool) {
 	v := validator{b: data}
+	return v.object1(fn)
+}
+
+// ValidObject is ValidMembers for the outer object's own members only: fn
+// gets each one's name (quoted) and value once its value is validated.
+func ValidObject(data []byte, fn func(name, value []byte)) (valid, unicode bool) {
+	v := validator{b: data, outerOnly: true}
+	return v.object1(func(_, name, value []byte) { fn(name, value) })
+}
+
+// object1 validates v.b as one object, reporting members to fn.
+func (v *validator) object1(fn func(parent, name, value []byte)) (valid, unicode bool) {
 	v.ws()
 	if v.i >= len(v.b) || v.b[v.i] != '{' || !v.members(1, nil, fn) {
 		return false, false
@@ -65,7 +77,7 @@ func ValidMembers(data []byte, fn func(parent, name, value []byte)) (valid, unic
 }
 
 // members validates the object at v.i, at depth; with fn, it reports the
-// members to fn as ValidMembers says.
+// members to fn as ValidMembers (or, outerOnly, ValidObject) says.
 func (v *validator) members(depth int, parent []byte, fn func(parent, name, value []byte)) bool {
 	v.i++ // '{'
 	v.ws()
@@ -87,7 +99,7 @@ func (v *validator) members(depth int, parent []byte, fn func(parent, name, valu
 		v.ws()
 		vs := v.i
 		var ok bool
-		if fn != nil && depth == 1 && v.i < len(v.b) && v.b[v.i] == '{' {
+		if fn != nil && depth == 1 && !v.outerOnly && v.i < len(v.b) && v.b[v.i] == '{' {
 			ok = v.members(2, name, fn)
 		} else {
 			ok = v.value(depth)
@@ -121,8 +133,9 @@ const MaxDepth = 1000
 type validator struct {
 	b       []byte
 	i       int
-	high    bool // a string holds a byte past ASCII
-	uEscape bool // a string holds a \u escape
+	high      bool // a string holds a byte past ASCII
+	uEscape   bool // a string holds a \u escape
+	outerOnly bool // members reports the outer object's members only
 }
 
 func (v *validator) ws() {

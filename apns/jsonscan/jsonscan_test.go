@@ -174,3 +174,27 @@ func TestValidI(t *testing.T) {
 		}
 	}
 }
+
+// FuzzValidObject: ValidObject agrees with ValidMembers and reports the
+// outer members only, in order.
+func FuzzValidObject(f *testing.F) {
+	for _, c := range append(validCases, invalidCases...) {
+		f.Add([]byte(c))
+	}
+	f.Add([]byte(`{"aps":{"alert":"hi","x":{"y":[1,{"z":2}]}},"a":[],"\u00e9":"\ud800"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var outer, all []string
+		valid, unicode := ValidObject(b, func(name, value []byte) { outer = append(outer, string(name)+"="+string(value)) })
+		wantValid, wantUnicode := ValidMembers(b, func(parent, name, value []byte) {
+			if parent == nil {
+				all = append(all, string(name)+"="+string(value))
+			}
+		})
+		if valid != wantValid || unicode != wantUnicode {
+			t.Fatalf("%q: ValidObject %v %v, ValidMembers %v %v", b, valid, unicode, wantValid, wantUnicode)
+		}
+		if !reflect.DeepEqual(outer, all) {
+			t.Fatalf("%q: ValidObject reports %q, ValidMembers %q", b, outer, all)
+		}
+	})
+}
