@@ -131,8 +131,8 @@ func (v *validator) members(depth int, parent []byte, fn func(parent, name, valu
 const MaxDepth = 1000
 
 type validator struct {
-	b       []byte
-	i       int
+	b         []byte
+	i         int
 	high      bool // a string holds a byte past ASCII
 	uEscape   bool // a string holds a \u escape
 	outerOnly bool // members reports the outer object's members only
