@@ -226,11 +226,63 @@ type HeaderEncoder struct {
 	// Scratch is a buffer the owner may reuse for values it builds per
 	// request (one connection's, never shared).
 	Scratch []byte
+
+	// The shared fields of the last blocks, by their place among a block's
+	// Field calls, with the bytes the encoder wrote for them when it found
+	// them in its table (an index). The index holds while the table does
+	// not change: epoch counts the writes that may have changed it.
+	memo  [8]memoField
+	nth   int // Field calls so far in this block
+	epoch uint64
 }
 
+type memoField struct {
+	name, value string
+	epoch       uint64
+	n           int // len(enc) in use; 0: none
+	enc         [memoLen]byte
+}
+
+// memoLen bounds an index's representation (7-bit prefix, 3 more bytes:
+// indexes up to 2 097 278, past any table's).
+const memoLen = 4
+
+// begin starts a block.
+func (h *HeaderEncoder) begin() { h.nth = 0 }
+
+// tableChanged forgets the memo: the encoder's table may have changed
+// without a field written (a new size limit).
+func (h *HeaderEncoder) tableChanged() { h.epoch++ }
+
 // Field writes a field the peer may index: values shared by many requests.
+// A field found in the table at the same place in the last block, with the
+// table unchanged since, is written from the memo without the encoder's
+// table search.
 func (h *HeaderEncoder) Field(name, value string) {
+	var m *memoField
+	if h.nth < len(h.memo) {
+		m = &h.memo[h.nth]
+	}
+	h.nth++
+	if m != nil && m.n > 0 && m.epoch == h.epoch && h.out.Len() > 0 && m.name == name && m.value == value {
+		h.out.Write(m.enc[:m.n])
+		return
+	}
+	start := h.out.Len()
 	_ = h.enc.WriteField(hpack.HeaderField{Name: name, Value: value})
+	b := h.out.Bytes()[start:]
+	if len(b) == 0 || b[0]&0x80 == 0 || len(b) > memoLen {
+		// A literal: it may have been added to the table, evicting others
+		// (or a table size update came first).
+		h.epoch++
+		if m != nil {
+			m.n = 0
+		}
+		return
+	}
+	if m != nil { // an indexed field, the whole of b: the table is as it was
+		m.name, m.value, m.epoch, m.n = name, value, h.epoch, copy(m.enc[:], b)
+	}
 }
 
 // Unique writes a never-indexed field: values unique to one request, which
@@ -243,6 +295,7 @@ func (h *HeaderEncoder) Field(name, value string) {
 func (h *HeaderEncoder) Unique(name, value string) {
 	if h.out.Len() == 0 {
 		_ = h.enc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: true})
+		h.epoch++ // after a table size update, maybe
 		return
 	}
 	b := h.out.AvailableBuffer()
@@ -612,6 +665,7 @@ func (c *Conn[R]) writeRequest(r R, deadline int64, share bool) bool {
 	// Encoding changes the hpack table the peer mirrors: only a header
 	// block that is sure to be sent may be encoded.
 	c.hbuf.Reset()
+	c.he.begin()
 	c.cfg.Owner.EncodeHeaders(r, &c.he)
 	s := r.H2Stream()
 	id := c.nextID
@@ -678,6 +732,7 @@ func (c *Conn[R]) canOpenLocked() bool {
 func (c *Conn[R]) writeControlLocked() {
 	if c.tableSet {
 		c.henc.SetMaxDynamicTableSizeLimit(c.tableSize)
+		c.he.tableChanged()
 		c.tableSet = false
 	}
 	for ; c.settingsAcks > 0; c.settingsAcks-- {

@@ -2,6 +2,9 @@ package h2conn
 
 import (
 	"bytes"
+	"io"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -41,4 +44,72 @@ func TestUniqueFieldsDecode(t *testing.T) {
 		}
 		require.Equal(t, want, got, "block %d", i)
 	}
+}
+
+// TestFieldMemoDecodes: blocks written with the memo of indexed fields
+// decode to what was written, through everything that changes the
+// encoder's table: new values evicting old ones from a small table, a new
+// table size limit between blocks, a shared value that changes (a new
+// provider token), fields in another order, Unique fields between them.
+// It fails if a memo entry outlives the index it holds.
+func TestFieldMemoDecodes(t *testing.T) {
+	var out bytes.Buffer
+	encoded := &countingWriter{w: &out} // what the encoder writes
+	enc := hpack.NewEncoder(encoded)
+	h := &HeaderEncoder{enc: enc, out: &out}
+	dec := hpack.NewDecoder(4096, nil)
+	rng := rand.New(rand.NewPCG(1, 2))
+	topics := []string{"com.example.a", "com.example.b", "com.example.c"}
+	memoHits := 0
+	for i := range 3000 {
+		if i%500 == 250 { // the peer's SETTINGS: a smaller table, then the full one
+			size := uint32(64 + rng.IntN(4096))
+			enc.SetMaxDynamicTableSizeLimit(size)
+			h.tableChanged()
+		}
+		bearer := "bearer " + strconv.Itoa(i/700) + strings.Repeat("t", 150)
+		fields := []hpack.HeaderField{
+			{Name: ":method", Value: "POST"},
+			{Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "api.push.apple.com"},
+			{Name: "authorization", Value: bearer},
+			{Name: "apns-topic", Value: topics[rng.IntN(len(topics))]},
+			{Name: "apns-push-type", Value: "alert"},
+		}
+		if rng.IntN(10) == 0 { // now and then a new value, evicting others
+			fields = append(fields, hpack.HeaderField{Name: "x-new", Value: strconv.Itoa(i) + strings.Repeat("v", rng.IntN(300))})
+		}
+		if rng.IntN(20) == 0 { // now and then another order
+			rng.Shuffle(len(fields)-1, func(a, b int) { fields[a+1], fields[b+1] = fields[b+1], fields[a+1] })
+		}
+		out.Reset()
+		h.begin()
+		var want []hpack.HeaderField
+		for k, f := range fields {
+			if k == 2 {
+				h.Unique(":path", "/3/device/"+strconv.Itoa(i))
+				want = append(want, hpack.HeaderField{Name: ":path", Value: "/3/device/" + strconv.Itoa(i), Sensitive: true})
+			}
+			before := encoded.n
+			h.Field(f.Name, f.Value)
+			if encoded.n == before {
+				memoHits++
+			}
+			want = append(want, f)
+		}
+		got, err := dec.DecodeFull(out.Bytes())
+		require.NoError(t, err, "block %d", i)
+		require.Equal(t, want, got, "block %d", i)
+	}
+	require.Greater(t, memoHits, 3000, "the memo is used")
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n++
+	return c.w.Write(p)
 }
