@@ -732,7 +732,7 @@ func (s *binSession) writeMarker(now time.Duration) error {
 	if _, err := s.w.Write(buf); err != nil {
 		return err
 	}
-	s.marker = delivery{marker: true}
+	s.marker = delivery{deliveryState: deliveryState{marker: true}}
 	s.push(&s.marker, now)
 	s.marking = true
 	return s.flush(now)

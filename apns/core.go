@@ -15,6 +15,14 @@ import (
 // core keeps its bookkeeping; the wire scratch belongs to the wire that
 // holds it at the time.
 type delivery struct {
+	deliveryState
+	h2conn.Stream // HTTP2Engine: the stream's state while a connection holds it
+}
+
+// deliveryState is what recycle clears: the lines of memory every engine
+// touches. The Stream is the HTTP/2 connection's to reset (it does, as it
+// opens a stream), so a binary delivery never touches its lines.
+type deliveryState struct {
 	n        *Notification
 	ref      any
 	accepted time.Time
@@ -30,8 +38,6 @@ type delivery struct {
 	marker   bool           // binary: a confirm marker, not a notification
 	apnsID   string         // HTTP/2: the apns-id APNs answered
 	tok      *providerToken // HTTP/2, token auth: the token it was last sent with
-
-	h2conn.Stream // HTTP2Engine: the stream's state while a connection holds it
 }
 
 // H2Stream makes a delivery an h2conn request.
@@ -327,9 +333,7 @@ func (c *core) report(d *delivery, err error, hold bool) {
 
 // recycle returns d to the pool once its outcome was handled.
 func (c *core) recycle(d *delivery) {
-	body := d.Body[:0] // keep the buffer of answers
-	*d = delivery{}
-	d.Body = body
+	d.deliveryState = deliveryState{} // the Stream keeps its buffer of answers
 	c.pool.Put(d)
 }
 

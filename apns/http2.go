@@ -507,6 +507,7 @@ func (o h2Owner) Done(d *delivery, err error) {
 	c := o.e.c
 	switch {
 	case err == nil:
+		d.Payload = nil // its stream is over: a pooled delivery holds no message
 		c.answered(d, d.Status, d.Body, d.Header(apnsIDHeader), o.e.tokens)
 	case c.isAborted() && errors.Is(err, h2conn.ErrConnLost):
 		c.failClosed(d)
