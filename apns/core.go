@@ -431,40 +431,33 @@ type dispatched struct {
 func (q *dispatcher) push(o Outcome, d *delivery, hold bool) {
 	q.mu.Lock()
 	q.q = append(q.q, dispatched{o, d})
-	wake := q.idle && !hold
-	if wake {
-		q.idle = false
-	}
-	q.mu.Unlock()
-	if wake {
-		q.wake <- struct{}{}
-	}
+	q.wakeUnlock(!hold)
 }
 
 // flush wakes the dispatcher if outcomes wait for it.
 func (q *dispatcher) flush() {
 	q.mu.Lock()
-	wake := q.idle && len(q.q) > 0
-	if wake {
-		q.idle = false
-	}
-	q.mu.Unlock()
-	if wake {
-		q.wake <- struct{}{}
-	}
+	q.wakeUnlock(len(q.q) > 0)
 }
 
 // stop ends the dispatcher once its queue is empty, and waits for it.
 func (q *dispatcher) stop() {
 	q.mu.Lock()
 	q.stopping = true
-	wake := q.idle
-	q.idle = false
+	q.wakeUnlock(true)
+	<-q.done
+}
+
+// wakeUnlock unlocks mu, and wakes the dispatcher if want and it is idle.
+func (q *dispatcher) wakeUnlock(want bool) {
+	wake := want && q.idle
+	if wake {
+		q.idle = false
+	}
 	q.mu.Unlock()
 	if wake {
 		q.wake <- struct{}{}
 	}
-	<-q.done
 }
 
 // dispatch is the dispatcher's goroutine.
