@@ -1,0 +1,193 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The jobs and events streams and the durable consumer: created when
+// missing, their worker-owned settings kept up to date, healed after a
+// failover.
+
+// setup creates both streams if they are missing, brings the settings the
+// worker owns up to date on existing ones, and binds the durable consumer.
+func (w *Worker) setup(ctx context.Context) error {
+	if err := w.ensureStreams(ctx); err != nil {
+		return err
+	}
+	return w.bindConsumer(ctx)
+}
+
+// ensureStreams runs ensureStream for the jobs and the events streams.
+func (w *Worker) ensureStreams(ctx context.Context) error {
+	o := &w.opts
+	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
+		Name:       o.JobsStream,
+		Subjects:   []string{o.JobsSubject, o.JobsSubject + ".>"},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   o.Replicas,
+		Duplicates: o.JobsDuplicates,
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
+	}
+	return w.ensureEvents(ctx)
+}
+
+// subjectsCollide reports whether some subject matches both patterns a
+// and b (NATS tokens; * one token, > the rest).
+func subjectsCollide(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		switch {
+		case at[i] == ">" || bt[i] == ">":
+			return true
+		case at[i] == "*" || bt[i] == "*" || at[i] == bt[i]:
+		default:
+			return false
+		}
+	}
+	return len(at) == len(bt)
+}
+
+// ensureEvents creates the events stream, or brings what the worker owns
+// of it up to date.
+func (w *Worker) ensureEvents(ctx context.Context) error {
+	o := &w.opts
+	maxAge := max(o.EventsMaxAge, 0) // negative: no limit
+	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
+		Name:       o.EventsStream,
+		Subjects:   []string{o.EventsSubject + ".>"},
+		Retention:  jetstream.LimitsPolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   o.Replicas,
+		MaxAge:     maxAge,
+		Duplicates: o.EventsDuplicates,
+	}, func(c *jetstream.StreamConfig) { c.MaxAge = maxAge })
+	if err != nil {
+		return fmt.Errorf("consumer: events stream %s: %w", o.EventsStream, err)
+	}
+	return nil
+}
+
+// healEvents looks for the events stream in the background, at most every
+// 5 s, after an event publish found no responders. A stream that exists
+// (its leader moved, or is being elected) is left alone: the publish is
+// retried. Only a stream the server reports missing (an operator deleted
+// it) is created again; otherwise the jobs naked meanwhile would cycle
+// until a restart.
+func (w *Worker) healEvents() {
+	now, last := time.Now().UnixNano(), w.lastHeal.Load()
+	if now-last < int64(5*time.Second) || !w.lastHeal.CompareAndSwap(last, now) {
+		return
+	}
+	w.goUnlessStopped(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), w.opts.SetupTimeout)
+		defer cancel()
+		go func() { // Shutdown waits for this goroutine: end it with the worker
+			select {
+			case <-w.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		_, err := w.js.Stream(ctx, w.opts.EventsStream)
+		switch {
+		case err == nil:
+			w.log.Info("events stream found after a publish found no responders; publishing again",
+				slog.String("stream", w.opts.EventsStream))
+			return
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			// No leader yet, or the connection is being replaced: not
+			// missing. Creating it now could only conflict.
+			w.log.Info("events stream not reachable; publishing again", slog.String("stream", w.opts.EventsStream), slog.Any("error", err))
+			return
+		}
+		if err := w.ensureEvents(ctx); err != nil {
+			w.log.Warn("events stream: could not create it again", slog.Any("error", err))
+			return
+		}
+		w.log.Info("events stream created again after it was found missing", slog.String("stream", w.opts.EventsStream))
+	})
+}
+
+// ensureStream creates the stream want describes, or, when it exists, sets
+// only what the worker owns: its subjects are added (others kept, and none
+// that overlaps one of them), replicas are raised to want's (never
+// lowered), the de-duplication window is set (at most the stream's max
+// age), and whatever own sets is applied.
+// Limits an operator set by hand (max bytes, max messages, discard policy,
+// placement, …) stay as they are. A stream whose retention differs from
+// want's cannot serve: that is an error naming both.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) error {
+	for attempt := 0; ; attempt++ {
+		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = js.CreateStream(ctx, want)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && attempt < 3 {
+				continue // another worker created it meanwhile: update that one
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		have := s.CachedInfo().Config
+		if have.Retention != want.Retention {
+			return fmt.Errorf("exists with %s retention, the worker needs %s: delete it or point the worker at another stream",
+				have.Retention, want.Retention)
+		}
+		next := have
+		next.Subjects = slices.Clone(have.Subjects)
+		for _, subj := range want.Subjects {
+			// A subject the stream's own overlap is left out: the server
+			// refuses overlapping subjects in one stream, and the
+			// operator's wider one (apns.>) already captures ours.
+			if !slices.ContainsFunc(next.Subjects, func(s string) bool { return subjectsCollide(s, subj) }) {
+				next.Subjects = append(next.Subjects, subj)
+			}
+		}
+		next.Replicas = max(have.Replicas, want.Replicas) // never scaled down
+		if want.Duplicates > 0 {
+			next.Duplicates = want.Duplicates
+			if have.MaxAge > 0 {
+				next.Duplicates = min(next.Duplicates, have.MaxAge)
+			}
+		}
+		if own != nil {
+			own(&next)
+		}
+		if reflect.DeepEqual(next, have) {
+			return nil
+		}
+		_, err = js.UpdateStream(ctx, next)
+		return err
+	}
+}
+
+func (w *Worker) bindConsumer(ctx context.Context) error {
+	o := &w.opts
+	c, err := w.js.CreateOrUpdateConsumer(ctx, o.JobsStream, jetstream.ConsumerConfig{
+		Durable:       o.Durable,
+		Description:   "apns-worker jobs, shared by every worker",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.AckWait,
+		MaxDeliver:    -1, // enforced by the worker: dead letter, then Term
+		MaxAckPending: o.MaxAckPending,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: durable %s on %s: %w", o.Durable, o.JobsStream, err)
+	}
+	w.cons = c
+	return nil
+}
