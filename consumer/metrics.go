@@ -20,6 +20,7 @@ type Metrics struct {
 	inFlight     prometheus.Gauge
 	latency      prometheus.Histogram
 	eventErrors  *prometheus.CounterVec // kind
+	intakePauses prometheus.Counter
 }
 
 // NewMetrics creates the worker's collectors and registers them on reg
@@ -34,6 +35,7 @@ type Metrics struct {
 //	apns_worker_jobs_in_flight                  received, not yet acked/naked/terminated
 //	apns_worker_send_to_outcome_seconds         engine accept to outcome
 //	apns_worker_event_publish_errors_total{kind} events not confirmed
+//	apns_worker_intake_pauses_total             subscription stopped behind a full engine (see Run)
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	const ns = "apns_worker"
 	m := &Metrics{
@@ -56,10 +58,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		eventErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns,
 			Name: "event_publish_errors_total", Help: "Events whose publish was not confirmed, by kind."}, []string{"kind"}),
+		intakePauses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns,
+			Name: "intake_pauses_total", Help: "Times the subscription was stopped because jobs waited in the pull buffer behind a full engine."}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.received, m.delivered, m.rejected, m.failed,
-			m.deadLettered, m.malformed, m.inFlight, m.latency, m.eventErrors} {
+			m.deadLettered, m.malformed, m.inFlight, m.latency, m.eventErrors, m.intakePauses} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

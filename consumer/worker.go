@@ -48,6 +48,10 @@ type Worker struct {
 	// most MaxInFlight, so the pull buffer is not refilled while the
 	// engine cannot take more.
 	slots chan struct{}
+	// What the intake pause watches (intake.go): the subscription's
+	// goroutine waits for a slot; jobs it took.
+	waitingSlot atomic.Bool
+	taken       atomic.Uint64
 
 	// The sender's view of the engine's credentials: while credErr is
 	// set, the sender holds its job and calls Send only for a probe, at
@@ -193,6 +197,8 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 		<-senderDone // every queued job sent, or naked once sendCtx is done
 	}()
 
+	watch := newIntakeWatch(w)
+	defer watch.tick.Stop()
 	for attempt := 0; ; attempt++ {
 		// Short-lived pull requests (5 s, heartbeat 2.5 s) rather than
 		// nats.go's 30 s: after a leader change or a node loss, a request
@@ -207,10 +213,27 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 		} else {
 			attempt = 0
 			var runErr error
-			select {
-			case <-ctx.Done():
-			case runErr = <-fatal:
-			case <-cc.Closed():
+			paused := false
+		running:
+			for {
+				select {
+				case <-ctx.Done():
+				case runErr = <-fatal:
+				case <-cc.Closed():
+				case <-watch.tick.C:
+					if paused = watch.stale(); !paused {
+						continue
+					}
+				}
+				break running
+			}
+			if paused {
+				cc.Stop() // drops the pull buffer: see intake.go
+				ok, err := watch.awaitRoom(ctx, fatal)
+				if ok {
+					continue
+				}
+				return err // Run's end: the deferred drain naks a job still waiting for a slot
 			}
 			cc.Drain()
 			if ctx.Err() != nil || runErr != nil {
@@ -274,12 +297,16 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 		it.bad, it.badToken, it.n = err, job.Token, nil
 	}
 	w.track(it)
+	w.taken.Add(1)
 	select {
 	case w.slots <- struct{}{}:
 	default:
+		w.waitingSlot.Store(true)
 		select {
 		case w.slots <- struct{}{}:
+			w.waitingSlot.Store(false)
 		case <-ctx.Done(): // the drain timed out: someone else's turn
+			w.waitingSlot.Store(false)
 			w.finish(it, actNak, 0)
 			return
 		}
