@@ -11,6 +11,9 @@ import (
 func (w *Worker) track(it *item) {
 	w.mu.Lock()
 	it.epoch = w.epoch
+	if w.epoch-w.slotWaitEpoch <= keepAliveTicks {
+		w.early = append(w.early, it)
+	}
 	if w.tail == nil {
 		w.head, w.tail = it, it
 	} else {
@@ -57,14 +60,18 @@ func (w *Worker) InFlight() int {
 	return w.n
 }
 
+// keepAliveTicks is keepAlive's ticks in an AckWait.
+const keepAliveTicks = 6
+
 // keepAlive sends InProgress for jobs that have waited for two or more
 // ticks of AckWait/6: a job gets its first between AckWait/6 and AckWait/3
 // after it was received, and one every AckWait/3 after that. Jobs finished
 // within AckWait/6 never get one. The hot path pays only for the list
-// insert it needs anyway.
+// insert it needs anyway. Jobs received behind a full engine (Worker.early)
+// get their first at the next tick.
 func (w *Worker) keepAlive() {
 	defer w.wg.Done()
-	t := time.NewTicker(w.opts.AckWait / 6)
+	t := time.NewTicker(w.opts.AckWait / keepAliveTicks)
 	defer t.Stop()
 	var old []*item
 	for {
@@ -76,6 +83,9 @@ func (w *Worker) keepAlive() {
 		w.mu.Lock()
 		w.epoch++
 		cur := w.epoch
+		old = append(old, w.early...)
+		clear(w.early)
+		w.early = w.early[:0]
 		for it := w.head; it != nil && it.epoch <= cur-2; it = w.head {
 			w.unlinkLocked(it)
 			it.epoch = cur

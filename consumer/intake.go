@@ -28,7 +28,7 @@ type intakeWatch struct {
 }
 
 func newIntakeWatch(w *Worker) *intakeWatch {
-	return &intakeWatch{w: w, tick: time.NewTicker(w.opts.AckWait / 6)}
+	return &intakeWatch{w: w, tick: time.NewTicker(w.opts.AckWait / keepAliveTicks)}
 }
 
 // stale is called at each tick: it reports whether jobs may have waited in

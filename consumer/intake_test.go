@@ -1,6 +1,8 @@
 package consumer
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,4 +44,52 @@ func TestIntakePauseDropsStaleBuffer(t *testing.T) {
 	for i := range n {
 		require.Equal(t, 1, eng.sent(tokHex(i)), "job %d sent once", i)
 	}
+}
+
+// keepAliveMsg records the keep-alive tick of its first InProgress.
+type keepAliveMsg struct {
+	fakeMsg
+	w     *Worker
+	first atomic.Int64 // w.epoch at the first InProgress; 0: none yet
+}
+
+func (m *keepAliveMsg) InProgress() error {
+	m.w.mu.Lock()
+	m.first.CompareAndSwap(0, m.w.epoch)
+	m.w.mu.Unlock()
+	return nil
+}
+
+// TestEarlyKeepAliveBehindFullEngine: a job received within an AckWait of
+// the subscription waiting for a slot may have waited in the pull buffer:
+// it gets its first InProgress at the next keep-alive tick. Any other gets
+// it two ticks on (it is likely finished by then, and sends none).
+func TestEarlyKeepAliveBehindFullEngine(t *testing.T) {
+	js, _ := startJS(t)
+	opts := testOptions()
+	opts.AckWait = time.Second
+	w, err := New(js, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Shutdown(context.Background(), nil)) })
+
+	trackAt := func() (*keepAliveMsg, int64) {
+		m := &keepAliveMsg{w: w}
+		w.mu.Lock()
+		e := w.epoch
+		w.mu.Unlock()
+		it := &item{w: w, msg: m}
+		w.track(it)
+		t.Cleanup(func() { w.finish(it, actAck, 0) }) // before Shutdown, which waits for it
+		return m, e
+	}
+	plain, plainAt := trackAt()
+	w.mu.Lock()
+	w.slotWaitEpoch = w.epoch // as receive records a wait for a slot
+	w.mu.Unlock()
+	behind, behindAt := trackAt()
+
+	require.Eventually(t, func() bool { return plain.first.Load() != 0 && behind.first.Load() != 0 },
+		5*time.Second, 10*time.Millisecond)
+	require.LessOrEqual(t, behind.first.Load()-behindAt, int64(1), "behind a full engine: at the next tick")
+	require.GreaterOrEqual(t, plain.first.Load()-plainAt, int64(2), "otherwise: two ticks on")
 }

@@ -36,8 +36,14 @@ type Worker struct {
 	head  *item
 	tail  *item
 	n     int
-	epoch int64         // keep-alive ticks
-	idle  chan struct{} // closed when n drops to 0, if someone waits
+	epoch int64 // keep-alive ticks
+	// Jobs received while the subscription had to wait for a slot in the
+	// last AckWait (slotWaitEpoch: the tick of the last wait): they may
+	// have waited in the pull buffer, so keepAlive sends their first
+	// InProgress at its next tick, not two or three ticks on.
+	early         []*item
+	slotWaitEpoch int64
+	idle          chan struct{} // closed when n drops to 0, if someone waits
 
 	pending chan *pendingEvents // events awaiting their PubAck, FIFO
 
@@ -124,8 +130,10 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 		m:       o.Metrics,
 		pending: make(chan *pendingEvents, 4096),
 		slots:   make(chan struct{}, o.MaxInFlight),
-		runDone: make(chan struct{}),
-		stop:    make(chan struct{}),
+
+		slotWaitEpoch: -2 * keepAliveTicks, // no wait yet
+		runDone:       make(chan struct{}),
+		stop:          make(chan struct{}),
 	}
 	if w.m == nil {
 		if w.m, err = NewMetrics(nil); err != nil {
@@ -302,6 +310,9 @@ func (w *Worker) receive(ctx context.Context, msg jetstream.Msg, sendq chan<- *i
 	case w.slots <- struct{}{}:
 	default:
 		w.waitingSlot.Store(true)
+		w.mu.Lock()
+		w.slotWaitEpoch = w.epoch
+		w.mu.Unlock()
 		select {
 		case w.slots <- struct{}{}:
 			w.waitingSlot.Store(false)
