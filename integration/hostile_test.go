@@ -362,10 +362,23 @@ func TestHostileInvalidSettings(t *testing.T) {
 // exactly once.
 //
 // 800 jobs: fewer than MAX_IN_FLIGHT (1000), so the worker holds every one
-// of them.
+// of them (TestHostileRefusal403Saturated has more).
 func TestHostileRefusal403(t *testing.T) {
 	t.Parallel()
 	testRefusal403(t, 800)
+}
+
+// TestHostileRefusal403Saturated is TestHostileRefusal403 with more jobs
+// (1500) than MAX_IN_FLIGHT (1000): the worker holds 1000 and up to its
+// pull buffer (PullMaxMessages, 1000) more sit in nats.go's buffer, not
+// tracked, so never kept alive with InProgress. Held a minute by the
+// refusal, those are redelivered by the server every ACK_WAIT, and once
+// intake resumes each copy is sent: duplicates at APNs with no protocol
+// reason.
+func TestHostileRefusal403Saturated(t *testing.T) {
+	t.Skip("BUG: jobs in the nats.go pull buffer beyond MAX_IN_FLIGHT get no InProgress; held > ACK_WAIT they are redelivered and each copy sent (179 duplicates of 1500)")
+	t.Parallel()
+	testRefusal403(t, 1500)
 }
 
 func testRefusal403(t *testing.T, nGood int) {
