@@ -38,10 +38,22 @@ import (
 // hostileRSSBound is the worker's peak RSS (VmHWM) allowed in these tests.
 const hostileRSSBound = 256 << 20
 
-// hostileEnv is the environment of a worker in HTTP/2 mode with token auth
+// hostileEngines are the HTTP/2 engines the tests run: the worker's own
+// (the default) and the reference on x/net's Transport.
+var hostileEngines = []string{"h2", "std"}
+
+// forEngines runs test once per engine, as subtests.
+func forEngines(t *testing.T, test func(t *testing.T, engine string)) {
+	for _, engine := range hostileEngines {
+		t.Run(engine, func(t *testing.T) { test(t, engine) })
+	}
+}
+
+// hostileEnv is the environment of a worker in HTTP/2 mode (engine h2 or
+// std) with token auth
 // (a fresh .p8 key; the gateway does not check signatures) sending to url,
 // whose server pki's CA verifies.
-func hostileEnv(tb testing.TB, natsURL, url string, pki *apnstest.PKI) map[string]string {
+func hostileEnv(tb testing.TB, engine, natsURL, url string, pki *apnstest.PKI) map[string]string {
 	tb.Helper()
 	dir := tb.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -54,6 +66,7 @@ func hostileEnv(tb testing.TB, natsURL, url string, pki *apnstest.PKI) map[strin
 	return map[string]string{
 		"APNS_WORKER_NATS_URL":      natsURL,
 		"APNS_WORKER_APNS_MODE":     "http2",
+		"APNS_WORKER_APNS_ENGINE":   engine,
 		"APNS_WORKER_APNS_ADDR":     url,
 		"APNS_WORKER_APNS_CA_FILE":  ca,
 		"APNS_WORKER_APNS_P8_FILE":  p8,
@@ -229,6 +242,10 @@ func finishHostile(tb testing.TB, w *worker) int64 {
 // retried and dead-lettered, never a rejection.
 func TestHostileAnswers(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testHostileAnswers)
+}
+
+func testHostileAnswers(t *testing.T, engine string) {
 	const nGood = 3000
 	bad := badSet(5, badDeviceToken, badUnregistered, badPaddedBefore20K, badPaddedAfter100K, badPaddedHeader20K, badPaddedBefore100K)
 	phases := []gwPhase{
@@ -247,10 +264,10 @@ func TestHostileAnswers(t *testing.T) {
 	gw := startHostileGW(t, bad, phases)
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
-	env := hostileEnv(t, ns.ClientURL(), gw.URL, gw.PKI)
+	env := hostileEnv(t, engine, ns.ClientURL(), gw.URL, gw.PKI)
 	env["APNS_WORKER_JOBS_MAX_DELIVER"] = "4"
 	env["APNS_WORKER_JOBS_BACKOFF"] = "100ms"
-	w := startWorker(t, "hostile-answers", env)
+	w := startWorker(t, "hostile-answers-"+engine, env)
 	jobs := publishHostile(t, js, nGood, bad)
 	waitDrained(t, js, 60*time.Second)
 
@@ -262,8 +279,8 @@ func TestHostileAnswers(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, st[400], 150+20, "statuses %v", st)
 	rss := finishHostile(t, w)
-	t.Logf("hostile answers: %d good + %d bad jobs, %d requests, statuses %v, %d duplicates, peak RSS %d MiB, %s",
-		nGood, len(bad), gw.serial.Load(), st, dups, rss>>20, time.Since(start).Round(time.Millisecond))
+	t.Logf("hostile answers (%s): %d good + %d bad jobs, %d requests, statuses %v, %d duplicates, peak RSS %d MiB, %s",
+		engine, nGood, len(bad), gw.serial.Load(), st, dups, rss>>20, time.Since(start).Round(time.Millisecond))
 }
 
 // TestHostileSilentCloses: a proxy in front of the gateway closes each
@@ -274,6 +291,10 @@ func TestHostileAnswers(t *testing.T) {
 // rejected or dead-lettered.
 func TestHostileSilentCloses(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testHostileSilentCloses)
+}
+
+func testHostileSilentCloses(t *testing.T, engine string) {
 	const nGood = 3000
 	bad := badSet(5, badDeviceToken, badUnregistered)
 	start := time.Now()
@@ -290,7 +311,7 @@ func TestHostileSilentCloses(t *testing.T) {
 	})
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
-	w := startWorker(t, "hostile-closes", hostileEnv(t, ns.ClientURL(), proxy.URL, gw.PKI))
+	w := startWorker(t, "hostile-closes-"+engine, hostileEnv(t, engine, ns.ClientURL(), proxy.URL, gw.PKI))
 	jobs := publishHostile(t, js, nGood, bad)
 	waitDrained(t, js, 80*time.Second)
 
@@ -298,8 +319,8 @@ func TestHostileSilentCloses(t *testing.T) {
 	require.NotZero(t, proxy.closes.Load(), "silent closes")
 	require.LessOrEqual(t, dups, nGood/2, "duplicates (%d silent closes)", proxy.closes.Load())
 	rss := finishHostile(t, w)
-	t.Logf("hostile silent closes: %d good + %d bad jobs, %d connections, %d silent closes (after client bytes %v), %d requests, %d duplicates, peak RSS %d MiB, %s",
-		nGood, len(bad), proxy.conns.Load(), proxy.closes.Load(), proxy.closedAfter(), gw.serial.Load(), dups, rss>>20, time.Since(start).Round(time.Millisecond))
+	t.Logf("hostile silent closes (%s): %d good + %d bad jobs, %d connections, %d silent closes (after client bytes %v), %d requests, %d duplicates, peak RSS %d MiB, %s",
+		engine, nGood, len(bad), proxy.conns.Load(), proxy.closes.Load(), proxy.closedAfter(), gw.serial.Load(), dups, rss>>20, time.Since(start).Round(time.Millisecond))
 }
 
 // TestHostileInvalidSettings: the proxy puts an invalid SETTINGS frame
@@ -311,6 +332,10 @@ func TestHostileSilentCloses(t *testing.T) {
 // bounded); nothing is lost, rejected or dead-lettered.
 func TestHostileInvalidSettings(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testHostileInvalidSettings)
+}
+
+func testHostileInvalidSettings(t *testing.T, engine string) {
 	const nGood = 3000
 	bad := badSet(5, badDeviceToken, badUnregistered)
 	invalid := [][]http2.Setting{
@@ -334,7 +359,7 @@ func TestHostileInvalidSettings(t *testing.T) {
 	})
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
-	w := startWorker(t, "hostile-settings", hostileEnv(t, ns.ClientURL(), proxy.URL, gw.PKI))
+	w := startWorker(t, "hostile-settings-"+engine, hostileEnv(t, engine, ns.ClientURL(), proxy.URL, gw.PKI))
 	jobs := publishHostile(t, js, nGood, bad)
 	waitDrained(t, js, 60*time.Second)
 
@@ -342,13 +367,15 @@ func TestHostileInvalidSettings(t *testing.T) {
 	require.GreaterOrEqual(t, proxy.injected.Load(), int64(len(invalid)), "invalid SETTINGS sent")
 	require.NotZero(t, proxy.injectedMid.Load(), "invalid SETTINGS sent in the middle of a connection")
 	require.LessOrEqual(t, dups, nGood/4, "duplicates (answers in flight on a connection ended by its SETTINGS)")
-	logs := w.log.String()
-	for _, e := range []string{"MAX_FRAME_SIZE 0 outside", "FLOW_CONTROL_ERROR", "ENABLE_PUSH 2", "MAX_FRAME_SIZE 16777216 outside"} {
-		require.Contains(t, logs, e, "the worker names the connection error")
+	if engine == "h2" {
+		logs := w.log.String()
+		for _, e := range []string{"MAX_FRAME_SIZE 0 outside", "FLOW_CONTROL_ERROR", "ENABLE_PUSH 2", "MAX_FRAME_SIZE 16777216 outside"} {
+			require.Contains(t, logs, e, "the worker names the connection error")
+		}
 	}
 	rss := finishHostile(t, w)
-	t.Logf("hostile settings: %d good + %d bad jobs, %d connections, %d invalid SETTINGS (%d mid-connection), %d requests, %d duplicates, peak RSS %d MiB, %s",
-		nGood, len(bad), proxy.conns.Load(), proxy.injected.Load(), proxy.injectedMid.Load(), gw.serial.Load(), dups, rss>>20, time.Since(start).Round(time.Millisecond))
+	t.Logf("hostile settings (%s): %d good + %d bad jobs, %d connections, %d invalid SETTINGS (%d mid-connection), %d requests, %d duplicates, peak RSS %d MiB, %s",
+		engine, nGood, len(bad), proxy.conns.Load(), proxy.injected.Load(), proxy.injectedMid.Load(), gw.serial.Load(), dups, rss>>20, time.Since(start).Round(time.Millisecond))
 }
 
 // TestHostileRefusal403: after 300 requests the gateway holds the next 20
@@ -387,7 +414,7 @@ func testRefusal403(t *testing.T, nGood int) {
 	ref := gw.arm403("ExpiredProviderToken", 300, 20, 2*time.Second)
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
-	env403 := hostileEnv(t, ns.ClientURL(), gw.URL, gw.PKI)
+	env403 := hostileEnv(t, "h2", ns.ClientURL(), gw.URL, gw.PKI)
 	var w *worker
 	// HOSTILE_DEBUG=<file>: the worker logs every job's outcome (debug) and
 	// its log is written to <file>, to trace a duplicate.
