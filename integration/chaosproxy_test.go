@@ -33,6 +33,8 @@ type chaosProxy struct {
 	open        map[net.Conn]bool
 	cuts        []int64 // client bytes at each silent close; under mu
 	conns       atomic.Int64
+	down        atomic.Bool  // closing every connection at once: an outage
+	refusedN    atomic.Int64 // connections closed by the outage
 	closes      atomic.Int64 // silent closes done
 	injected    atomic.Int64 // invalid SETTINGS frames sent
 	injectedMid atomic.Int64 // of which after the server's first frame
@@ -113,10 +115,27 @@ func (p *chaosProxy) accept() {
 	}
 }
 
+// setDown starts (closing every open connection) or ends an outage.
+func (p *chaosProxy) setDown(down bool) {
+	p.down.Store(down)
+	if !down {
+		return
+	}
+	p.mu.Lock()
+	for c := range p.open {
+		c.Close()
+	}
+	p.mu.Unlock()
+}
+
 // handle proxies one connection; closing rawIn or rawOut ends it.
 func (p *chaosProxy) handle(rawIn net.Conn, plan connPlan) {
 	p.track(rawIn)
 	defer p.untrack(rawIn)
+	if p.down.Load() {
+		p.refusedN.Add(1)
+		return
+	}
 	in := tls.Server(rawIn, p.tlsIn)
 	if err := in.Handshake(); err != nil {
 		return

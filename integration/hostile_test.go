@@ -489,3 +489,38 @@ func testRefusal403(t *testing.T, nGood int) {
 	t.Logf("hostile 403: %d jobs, %d answered 403 in the window, recovered %s after it, %d duplicates, peak RSS %d MiB, %s",
 		nGood, refused, recovered.Round(time.Second), dups, rss>>20, time.Since(start).Round(time.Millisecond))
 }
+
+// TestHostileOutage: the gateway becomes unreachable (every connection
+// closed, new ones closed at once) for 15 s, longer than ACK_WAIT (10 s),
+// with 800 jobs published meanwhile, fewer than MAX_IN_FLIGHT (1000): the
+// worker holds them all (kept alive with InProgress) and, once the gateway
+// is back, delivers each exactly once.
+func TestHostileOutage(t *testing.T) {
+	t.Parallel()
+	testOutage(t, 800)
+}
+
+func testOutage(t *testing.T, nGood int) {
+	const outage = 15 * time.Second
+	start := time.Now()
+	gw := startHostileGW(t, nil, nil)
+	proxy := startChaosProxy(t, gw.PKI, gw.srv.Listener.Addr().String(), func(int) connPlan { return connPlan{} })
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	w := startWorker(t, "hostile-outage", hostileEnv(t, "h2", ns.ClientURL(), proxy.URL, gw.PKI))
+	proxy.setDown(true)
+	jobs := publishHostile(t, js, nGood, nil)
+	<-time.After(outage) // the outage's length, not synchronisation
+	require.Zero(t, gw.serial.Load(), "requests reached the gateway during the outage")
+	proxy.setDown(false)
+	back := time.Now()
+	waitDrained(t, js, 90*time.Second)
+	recovered := time.Since(back)
+
+	dups := hostileVerdict(t, js, gw, jobs)
+	require.Zero(t, dups, "notifications delivered twice")
+	require.NotZero(t, proxy.refusedN.Load(), "connections refused by the outage")
+	rss := finishHostile(t, w, nGood)
+	t.Logf("hostile outage: %d jobs, %s unreachable (%d connections refused), drained %s after, %d duplicates, peak RSS %d MiB, %s",
+		nGood, outage, proxy.refusedN.Load(), recovered.Round(time.Millisecond), dups, rss>>20, time.Since(start).Round(time.Millisecond))
+}
