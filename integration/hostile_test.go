@@ -500,6 +500,18 @@ func TestHostileOutage(t *testing.T) {
 	testOutage(t, 800)
 }
 
+// TestHostileOutageSaturated is TestHostileOutage with 1500 jobs, more
+// than MAX_IN_FLIGHT: the same defect as TestHostileRefusal403Saturated
+// (the jobs in nats.go's pull buffer are not kept alive), with APNs
+// unreachable for longer than ACK_WAIT instead of refusing credentials.
+func TestHostileOutageSaturated(t *testing.T) {
+	if os.Getenv("HOSTILE_BUGS") == "" { // set it to run the failing case
+		t.Skip("BUG: jobs in the nats.go pull buffer beyond MAX_IN_FLIGHT get no InProgress; an APNs outage longer than ACK_WAIT makes the worker send them twice")
+	}
+	t.Parallel()
+	testOutage(t, 1500)
+}
+
 func testOutage(t *testing.T, nGood int) {
 	const outage = 15 * time.Second
 	start := time.Now()
