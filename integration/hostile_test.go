@@ -36,7 +36,7 @@ import (
 // under the memory bound, and stopping with exit 0.
 
 // hostileRSSBound is the worker's peak RSS (VmHWM) allowed in these tests.
-const hostileRSSBound = 256 << 20
+const hostileRSSBound = 128 << 20
 
 // hostileEngines are the HTTP/2 engines the tests run: the worker's own
 // (the default) and the reference on x/net's Transport.
