@@ -50,19 +50,9 @@ func TestHostileRefusal403Saturated(t *testing.T) {
 
 func testRefusal403(t *testing.T, nGood int) {
 	start := time.Now()
-	gw := startHostileGW(t, nil, nil)
+	r := startRig(t, "hostile-403", "h2", nil, nil, nil, nil)
+	gw, js, w := r.gw, r.js, r.w
 	ref := gw.arm403("ExpiredProviderToken", 300, 20, 2*time.Second)
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	env403 := hostileEnv(t, "h2", ns.ClientURL(), gw.URL, gw.PKI)
-	var w *worker
-	// HOSTILE_DEBUG=<file>: the worker logs every job's outcome (debug) and
-	// its log is written to <file>, to trace a duplicate.
-	if os.Getenv("HOSTILE_DEBUG") != "" {
-		env403["APNS_WORKER_LOG_LEVEL"] = "debug"
-		t.Cleanup(func() { _ = os.WriteFile(os.Getenv("HOSTILE_DEBUG"), []byte(w.log.String()), 0o600) })
-	}
-	w = startWorker(t, "hostile-403", env403)
 	jobs := publishHostile(t, js, nGood, nil)
 	waitFor(t, 30*time.Second, "the 403 window to end", func() bool { over, _, _, _, _ := ref.over(); return over })
 	_, winStart, winEnd, released, refused := ref.over()
@@ -133,11 +123,8 @@ func TestHostileOutageSaturated(t *testing.T) {
 func testOutage(t *testing.T, nGood int) {
 	const outage = 15 * time.Second
 	start := time.Now()
-	gw := startHostileGW(t, nil, nil)
-	proxy := startChaosProxy(t, gw.PKI, gw.srv.Listener.Addr().String(), func(int) connPlan { return connPlan{} })
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	w := startWorker(t, "hostile-outage", hostileEnv(t, "h2", ns.ClientURL(), proxy.URL, gw.PKI))
+	r := startRig(t, "hostile-outage", "h2", nil, nil, func(int) connPlan { return connPlan{} }, nil)
+	gw, proxy, js, w := r.gw, r.proxy, r.js, r.w
 	proxy.setDown(true)
 	jobs := publishHostile(t, js, nGood, nil)
 	<-time.After(outage) // the outage's length, not synchronisation

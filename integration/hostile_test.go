@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -76,6 +77,45 @@ func hostileEnv(tb testing.TB, engine, natsURL, url string, pki *apnstest.PKI) m
 		"APNS_WORKER_JOBS_BACKOFF":  "200ms,1s",
 		"APNS_WORKER_MAX_IN_FLIGHT": "1000",
 	}
+}
+
+// hostileRig is one run's parts: the gateway, the chaos proxy in front of
+// it (nil when the worker talks to the gateway directly), the jobs stream
+// and the worker.
+type hostileRig struct {
+	gw    *hostileGW
+	proxy *chaosProxy
+	js    jetstream.JetStream
+	w     *worker
+}
+
+// startRig starts the gateway (bad tokens, fault phases), the proxy with
+// plan unless plan is nil, NATS, and a worker named name with the HTTP/2
+// engine and hostileEnv plus env, sending to the proxy or the gateway.
+//
+// HOSTILE_DEBUG=<file>: the worker logs every job's outcome (debug) and its
+// log is written to <file> at the end, to trace a duplicate.
+func startRig(t *testing.T, name, engine string, bad map[string]badAnswer, phases []gwPhase, plan func(serial int) connPlan, env map[string]string) *hostileRig {
+	t.Helper()
+	r := &hostileRig{gw: startHostileGW(t, bad, phases)}
+	url := r.gw.URL
+	if plan != nil {
+		r.proxy = startChaosProxy(t, r.gw.PKI, r.gw.srv.Listener.Addr().String(), plan)
+		url = r.proxy.URL
+	}
+	ns := startNATS(t)
+	_, r.js = connect(t, ns.ClientURL())
+	full := hostileEnv(t, engine, ns.ClientURL(), url, r.gw.PKI)
+	maps.Copy(full, env)
+	debug := os.Getenv("HOSTILE_DEBUG")
+	if debug != "" {
+		full["APNS_WORKER_LOG_LEVEL"] = "debug"
+	}
+	r.w = startWorker(t, name+"-"+engine, full)
+	if debug != "" {
+		t.Cleanup(func() { _ = os.WriteFile(debug, []byte(r.w.log.String()), 0o600) })
+	}
+	return r
 }
 
 // hostileJobs are the jobs of one run: good ones and bad ones by answer.
@@ -278,13 +318,9 @@ func testHostileAnswers(t *testing.T, engine string) {
 		{2200, 2250, phaseProxy502},
 	}
 	start := time.Now()
-	gw := startHostileGW(t, bad, phases)
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	env := hostileEnv(t, engine, ns.ClientURL(), gw.URL, gw.PKI)
-	env["APNS_WORKER_JOBS_MAX_DELIVER"] = "4"
-	env["APNS_WORKER_JOBS_BACKOFF"] = "100ms"
-	w := startWorker(t, "hostile-answers-"+engine, env)
+	r := startRig(t, "hostile-answers", engine, bad, phases, nil,
+		map[string]string{"APNS_WORKER_JOBS_MAX_DELIVER": "4", "APNS_WORKER_JOBS_BACKOFF": "100ms"})
+	gw, js, w := r.gw, r.js, r.w
 	jobs := publishHostile(t, js, nGood, bad)
 	waitDrained(t, js, 60*time.Second)
 
@@ -315,7 +351,6 @@ func testHostileSilentCloses(t *testing.T, engine string) {
 	const nGood = 3000
 	bad := badSet(5, badDeviceToken, badUnregistered)
 	start := time.Now()
-	gw := startHostileGW(t, bad, nil)
 	rng := mrand.New(mrand.NewPCG(10, 2026))
 	sizes := []int64{2 << 10, 8 << 10, 32 << 10, 128 << 10, 512 << 10}
 	plans := make([]connPlan, 4096)
@@ -323,12 +358,8 @@ func testHostileSilentCloses(t *testing.T, engine string) {
 		n := sizes[rng.IntN(len(sizes))]
 		plans[i].closeAfter = n/2 + rng.Int64N(n)
 	}
-	proxy := startChaosProxy(t, gw.PKI, gw.srv.Listener.Addr().String(), func(serial int) connPlan {
-		return plans[serial%len(plans)]
-	})
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	w := startWorker(t, "hostile-closes-"+engine, hostileEnv(t, engine, ns.ClientURL(), proxy.URL, gw.PKI))
+	r := startRig(t, "hostile-closes", engine, bad, nil, func(serial int) connPlan { return plans[serial%len(plans)] }, nil)
+	gw, proxy, js, w := r.gw, r.proxy, r.js, r.w
 	jobs := publishHostile(t, js, nGood, bad)
 	waitDrained(t, js, 80*time.Second)
 
@@ -363,8 +394,7 @@ func testHostileInvalidSettings(t *testing.T, engine string) {
 	}
 	const faulty = 24 // connections 1..24: every one but each third gets one
 	start := time.Now()
-	gw := startHostileGW(t, bad, nil)
-	proxy := startChaosProxy(t, gw.PKI, gw.srv.Listener.Addr().String(), func(serial int) connPlan {
+	r := startRig(t, "hostile-settings", engine, bad, nil, func(serial int) connPlan {
 		if serial > faulty || serial%3 == 0 {
 			return connPlan{}
 		}
@@ -373,10 +403,8 @@ func testHostileInvalidSettings(t *testing.T, engine string) {
 			after = 4 + serial // in the middle of the answers
 		}
 		return connPlan{settingsInject: true, settings: invalid[serial%len(invalid)], settingsAfter: after}
-	})
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	w := startWorker(t, "hostile-settings-"+engine, hostileEnv(t, engine, ns.ClientURL(), proxy.URL, gw.PKI))
+	}, nil)
+	gw, proxy, js, w := r.gw, r.proxy, r.js, r.w
 	jobs := publishHostile(t, js, nGood, bad)
 	waitDrained(t, js, 60*time.Second)
 
