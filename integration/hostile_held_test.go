@@ -2,7 +2,6 @@ package integration
 
 import (
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,32 +18,16 @@ import (
 // for requests sent before the refusal, must not reopen the credentials
 // gate: it is not logged open before the window's end, no request reaches
 // the gateway from 1 s after it closed to the window's end, and intake
-// resumes only through a probe after the window (about a
-// minute: README, refused credentials). The held jobs count as delivered
-// once; no job is rejected, dead-lettered or lost; every one is delivered
-// exactly once.
+// resumes only through a probe after the window (about a minute: README,
+// refused credentials). The held jobs count as delivered once; no job is
+// rejected, dead-lettered or lost; every one is delivered exactly once.
 //
-// 800 jobs: fewer than MAX_IN_FLIGHT (1000), so the worker holds every one
-// of them (TestHostileRefusal403Saturated has more).
+// 1500 jobs, more than MAX_IN_FLIGHT (1000): after the 403s 1180 are left,
+// 1000 held by the worker and the rest in nats.go's pull buffer. Before
+// main's 404609a (intake pauses, giving the buffer back) those were never
+// kept alive, were redelivered after the minute's hold, and both copies
+// were sent: 179 duplicates.
 func TestHostileRefusal403(t *testing.T) {
-	t.Parallel()
-	testRefusal403(t, 800)
-}
-
-// TestHostileRefusal403Saturated is TestHostileRefusal403 with more jobs
-// (1500) than MAX_IN_FLIGHT (1000). After the 403s, 1180 jobs are left:
-// the worker holds 1000 (tracked, kept alive with InProgress) and the rest
-// were delivered by the server into nats.go's pull buffer while the
-// worker's handler waited for a slot: not tracked, so never kept alive.
-// Their ACK_WAIT runs out during the minute intake is held; the server
-// redelivers them at the worker's next pull, when intake resumes, and the
-// worker sends both copies: 179 duplicates at APNs, each job reported
-// delivered twice (deliveries 2 and 3 of the same message), with no
-// protocol reason.
-func TestHostileRefusal403Saturated(t *testing.T) {
-	if os.Getenv("HOSTILE_BUGS") == "" { // set it to run the failing case
-		t.Skip("BUG: jobs in the nats.go pull buffer beyond MAX_IN_FLIGHT get no InProgress; held > ACK_WAIT they are redelivered and each copy sent (179 duplicates of 1500)")
-	}
 	t.Parallel()
 	testRefusal403(t, 1500)
 }
@@ -112,22 +95,12 @@ func testRefusal403(t *testing.T, nGood int) {
 
 // TestHostileOutage: the gateway becomes unreachable (every connection
 // closed, new ones closed at once) for 15 s, longer than ACK_WAIT (10 s),
-// with 800 jobs published meanwhile, fewer than MAX_IN_FLIGHT (1000): the
-// worker holds them all (kept alive with InProgress) and, once the gateway
-// is back, delivers each exactly once.
+// with 1500 jobs published meanwhile, more than MAX_IN_FLIGHT (1000): the
+// worker holds 1000 (kept alive with InProgress), the rest wait in the
+// stream or the pull buffer, and once the gateway is back each job is
+// delivered exactly once. Before main's 404609a, 266-499 of them were sent
+// twice (the pull buffer's jobs, redelivered behind their first copies).
 func TestHostileOutage(t *testing.T) {
-	t.Parallel()
-	testOutage(t, 800)
-}
-
-// TestHostileOutageSaturated is TestHostileOutage with 1500 jobs, more
-// than MAX_IN_FLIGHT: the same defect as TestHostileRefusal403Saturated
-// (the jobs in nats.go's pull buffer are not kept alive), with APNs
-// unreachable for longer than ACK_WAIT instead of refusing credentials.
-func TestHostileOutageSaturated(t *testing.T) {
-	if os.Getenv("HOSTILE_BUGS") == "" { // set it to run the failing case
-		t.Skip("BUG: jobs in the nats.go pull buffer beyond MAX_IN_FLIGHT get no InProgress; an APNs outage longer than ACK_WAIT makes the worker send them twice")
-	}
 	t.Parallel()
 	testOutage(t, 1500)
 }
