@@ -22,11 +22,11 @@ import (
 // refused credentials). The held jobs count as delivered once; no job is
 // rejected, dead-lettered or lost; every one is delivered exactly once.
 //
-// 1500 jobs, more than MAX_IN_FLIGHT (1000): after the 403s 1180 are left,
-// 1000 held by the worker and the rest in nats.go's pull buffer. Before
+// 1500 jobs, more than MAX_IN_FLIGHT (200 here): after the 403s most are
+// left, 200 held by the worker, up to 200 in nats.go's pull buffer. Before
 // main's 404609a (intake pauses, giving the buffer back) those were never
 // kept alive, were redelivered after the minute's hold, and both copies
-// were sent: 179 duplicates.
+// were sent: 179 duplicates (with MAX_IN_FLIGHT 1000).
 func TestHostileRefusal403(t *testing.T) {
 	t.Parallel()
 	testRefusal403(t, 1500)
@@ -34,7 +34,10 @@ func TestHostileRefusal403(t *testing.T) {
 
 func testRefusal403(t *testing.T, nGood int) {
 	start := time.Now()
-	r := startRig(t, "hostile-403", "h2", nil, nil, nil, nil)
+	// MAX_IN_FLIGHT 200: what is in flight when the gate closes reaches the
+	// gateway quickly even on a loaded machine, so that a request arriving
+	// a second later was written after the gate closed.
+	r := startRig(t, "hostile-403", "h2", nil, nil, nil, map[string]string{"APNS_WORKER_MAX_IN_FLIGHT": "200"})
 	gw, js, w := r.gw, r.js, r.w
 	ref := gw.arm403("ExpiredProviderToken", 300, 20, 3*time.Second)
 	jobs := publishHostile(t, js, nGood, nil)
