@@ -9,8 +9,10 @@ import (
 )
 
 // gateProbeEvery is how often, while APNs refuses the credentials, one
-// notification is let through to see whether they work again.
-const gateProbeEvery = time.Minute
+// notification is let through to see whether they work again: as often as
+// the worker offers one (consumer.Options.CredentialsProbeInterval), so
+// that its probes are not held back a second interval.
+const gateProbeEvery = 30 * time.Second
 
 // credGate holds work while APNs refuses the provider's credentials
 // (certificate or token). Closing it bumps a generation; every delivery is
@@ -101,7 +103,6 @@ func (g *credGate) succeeded(gen uint64, tok *providerToken) {
 		return
 	}
 	g.open()
-	g.log.LogAttrs(context.Background(), slog.LevelInfo, "apns credentials accepted again: intake resumed")
 }
 
 // setInterval changes the probe interval (tests).

@@ -231,7 +231,7 @@ func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, er
 // Send validates n and queues it, blocking while MaxInFlight notifications
 // await their outcome. Beyond the Engine contract it fails, with an error
 // wrapping ErrCredentials, while APNs refuses the credentials (but for one
-// probe a minute).
+// probe every 30 s).
 func (e *HTTP2Engine) Send(ctx context.Context, n *Notification, ref any) error {
 	return e.c.send(ctx, n, ref)
 }

@@ -207,9 +207,9 @@ func TestHTTP2CredentialsGateDoesNotFlap(t *testing.T) {
 
 	// No probe until the engine's clock passes the probe period; then one
 	// goes, is answered 200, and opens the gate.
-	clock.Advance(30 * time.Second)
+	clock.Advance(29 * time.Second)
 	require.ErrorIs(t, e.Send(ctx, &apns.Notification{Token: h2Token(101), Payload: h2Payload}, 101), apns.ErrCredentials)
-	clock.Advance(31 * time.Second)
+	clock.Advance(2 * time.Second)
 	require.NoError(t, e.Send(ctx, &apns.Notification{Token: h2Token(102), Payload: h2Payload}, 102))
 	o = col.wait(1)[0]
 	require.Equal(t, 102, o.Ref)
