@@ -253,8 +253,12 @@ func TestHTTP2RefusedCredentials(t *testing.T) {
 	waitFor(t, 30*time.Second, "every job held", func() bool {
 		return w1.metric("apns_worker_jobs_in_flight") == n
 	})
+	// Settled: no request is left at APNs (every 403 handled), and every
+	// job naked after its 403 came back. (Without the first, this held
+	// before any 403 came back, and their redeliveries fell in the window.)
 	waitFor(t, 30*time.Second, "every naked job delivered again", func() bool {
-		return w1.metric("apns_worker_jobs_received_total") == n+w1.metric("apns_worker_jobs_failed_total")
+		return w1.metric("apns_engine_in_flight") == 0 && w1.metric("apns_worker_jobs_failed_total") > 0 &&
+			w1.metric("apns_worker_jobs_received_total") == n+w1.metric("apns_worker_jobs_failed_total")
 	})
 	r1 := w1.metric("apns_worker_jobs_received_total")
 	<-time.After(2 * time.Second) // a measurement window, not synchronisation
