@@ -30,12 +30,14 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			var (
 				outcomes, failed, writes atomic.Int64
 				done                     = make(chan struct{})
+				firstErr                 atomic.Value
 			)
 			eng, err := apns.NewBinaryEngine(gw.Addr, gw.ClientCert(), apns.WithRootCAs(gw.RootCAs()),
 				apns.WithOutcomeFunc(func(o apns.Outcome) {
 					writes.Add(int64(o.Attempts))
 					if o.Err != nil {
 						failed.Add(1)
+						firstErr.CompareAndSwap(nil, o.Err.Error())
 					}
 					if outcomes.Add(1) == jobs {
 						close(done)
@@ -54,6 +56,9 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			st := gw.Stats()
 			t.Logf("closes every %d: %d writes for %d notifications (%.2f each); gateway %+v",
 				every, writes.Load(), jobs, float64(writes.Load())/jobs, st)
+			if f := failed.Load(); f > 0 {
+				t.Logf("first failure: %v", firstErr.Load())
+			}
 			require.Zero(t, failed.Load(), "every notification delivered")
 			require.NotZero(t, st.SilentCloses, "the gateway closed silently")
 			require.LessOrEqual(t, writes.Load(), int64(2*jobs), "writes bounded by twice the notifications")
