@@ -38,6 +38,7 @@ type deliveryState struct {
 	marker   bool           // binary: a confirm marker, not a notification
 	apnsID   string         // HTTP/2: the apns-id APNs answered
 	tok      *providerToken // HTTP/2, token auth: the token it was last sent with
+	outErr   error          // the outcome's error, once reported
 }
 
 // H2Stream makes a delivery an h2conn request.
@@ -321,14 +322,20 @@ func (c *core) report(d *delivery, err error, hold bool) {
 	if err == nil {
 		c.gate.succeeded(d.gen, d.tok)
 	}
-	c.out.push(Outcome{
+	d.outErr = err
+	c.out.push(d, hold)
+}
+
+// outcome is d's Outcome, once reported.
+func (d *delivery) outcome() Outcome {
+	return Outcome{
 		Ref:          d.ref,
 		Notification: d.n,
-		Err:          err,
+		Err:          d.outErr,
 		APNsID:       d.apnsID,
 		Attempts:     d.attempts,
 		Accepted:     d.accepted,
-	}, d, hold)
+	}
 }
 
 // recycle returns d to the pool once its outcome was handled.
@@ -414,23 +421,18 @@ func (c *core) stats(s *Stats) {
 // order they were reported, in batches.
 type dispatcher struct {
 	mu       sync.Mutex
-	q        []dispatched
-	idle     bool // the goroutine waits on wake
+	q        []*delivery // reported, their outcomes not yet handled
+	idle     bool        // the goroutine waits on wake
 	stopping bool
 	wake     chan struct{} // cap 1
 	done     chan struct{}
 }
 
-type dispatched struct {
-	o Outcome
-	d *delivery
-}
-
 // push queues an outcome; it never blocks (at most maxInFlight are queued).
 // With hold it does not wake the dispatcher: flush will.
-func (q *dispatcher) push(o Outcome, d *delivery, hold bool) {
+func (q *dispatcher) push(d *delivery, hold bool) {
 	q.mu.Lock()
-	q.q = append(q.q, dispatched{o, d})
+	q.q = append(q.q, d)
 	q.wakeUnlock(!hold)
 }
 
@@ -464,7 +466,7 @@ func (q *dispatcher) wakeUnlock(want bool) {
 func (c *core) dispatch() {
 	q := &c.out
 	defer close(q.done)
-	var batch []dispatched
+	var batch []*delivery
 	for {
 		q.mu.Lock()
 		for len(q.q) == 0 {
@@ -480,9 +482,9 @@ func (c *core) dispatch() {
 		batch, q.q = q.q, batch[:0]
 		q.mu.Unlock()
 		for i := range batch {
-			c.o.outcome(batch[i].o)
-			c.recycle(batch[i].d)
-			batch[i] = dispatched{}
+			c.o.outcome(batch[i].outcome())
+			c.recycle(batch[i])
+			batch[i] = nil
 		}
 		c.release(len(batch))
 	}
