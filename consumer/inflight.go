@@ -11,7 +11,9 @@ import (
 func (w *Worker) track(it *item) {
 	w.mu.Lock()
 	it.epoch = w.epoch
-	if w.epoch-w.slotWaitEpoch <= keepAliveTicks {
+	// At most a pull buffer's worth a tick: past that, the buffer turns
+	// over faster than a tick, and no job waited in it for long.
+	if w.epoch-w.slotWaitEpoch <= keepAliveTicks && len(w.early) < w.opts.PullMaxMessages {
 		w.early = append(w.early, it)
 	}
 	if w.tail == nil {

@@ -38,9 +38,10 @@ type Worker struct {
 	n     int
 	epoch int64 // keep-alive ticks
 	// Jobs received while the subscription had to wait for a slot in the
-	// last AckWait (slotWaitEpoch: the tick of the last wait): they may
-	// have waited in the pull buffer, so keepAlive sends their first
-	// InProgress at its next tick, not two or three ticks on.
+	// last AckWait (slotWaitEpoch: the tick of the last wait), at most
+	// PullMaxMessages a tick: they may have waited in the pull buffer, so
+	// keepAlive sends their first InProgress at its next tick, not two or
+	// three ticks on.
 	early         []*item
 	slotWaitEpoch int64
 	idle          chan struct{} // closed when n drops to 0, if someone waits
