@@ -143,21 +143,6 @@ func Members(p []byte, i int, fn func(name, value []byte) bool) {
 	}
 }
 
-// UniqueMembers is Members that stops at the first member whose name was
-// seen before in the object (RFC 7493 §2.3; see Names) and returns that
-// name; nil if none repeats (or fn stopped first).
-func UniqueMembers(p []byte, i int, fn func(name, value []byte) bool) (dup []byte) {
-	var names Names
-	Members(p, i, func(name, value []byte) bool {
-		if names.Seen(name) {
-			dup = name
-			return false
-		}
-		return fn(name, value)
-	})
-	return dup
-}
-
 // Names finds a repeated member name of one object (RFC 7493 §2.3): names
 // are compared after unescaping, so "a" and "\u0061" are the same. The
 // zero Names is empty; it allocates only past 8 names (the first 8 are
