@@ -75,6 +75,12 @@ type Features struct {
 	// RunPendingEnv is set); delete the entry to run the case. A name that
 	// matches no case fails the run.
 	Pending map[string]string
+	// NoGoAwayCode, when set, says why the engine's connection does not
+	// always answer a peer's protocol error (an invalid SETTINGS) with a
+	// GOAWAY carrying the code, as RFC 9113 asks: the cases still run and
+	// check every outcome, but not that GOAWAY. Only for an engine whose
+	// HTTP/2 is someone else's (x/net's Transport); ours must send it.
+	NoGoAwayCode string
 	// CaseTimeout bounds each case (default 30s).
 	CaseTimeout time.Duration
 }

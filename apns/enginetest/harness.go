@@ -21,12 +21,14 @@ type env struct {
 	proto     Protocol
 	newEngine NewEngine
 	ctx       context.Context // ends at the case's deadline
+	// noGoAwayCode: Features.NoGoAwayCode.
+	noGoAwayCode string
 }
 
 func newEnv(t *testing.T, f Features, newEngine NewEngine) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), f.CaseTimeout)
 	t.Cleanup(cancel)
-	return &env{t: t, proto: f.Protocol, newEngine: newEngine, ctx: ctx}
+	return &env{t: t, proto: f.Protocol, newEngine: newEngine, ctx: ctx, noGoAwayCode: f.NoGoAwayCode}
 }
 
 // faults are the hostile options of a case's server, per protocol.

@@ -187,7 +187,7 @@ func testCloseNoLeak(t *testing.T, e *env) {
 		// A case of its own, so that its cleanups (engine, then server)
 		// run before the check.
 		t.Run("work", func(t *testing.T) {
-			e := &env{t: t, proto: e.proto, newEngine: e.newEngine, ctx: e.ctx}
+			e := &env{t: t, proto: e.proto, newEngine: e.newEngine, ctx: e.ctx, noGoAwayCode: e.noGoAwayCode}
 			eng, col := e.engine(e.server(faults{}))
 			accepted := sendAll(t, e.ctx, eng, 30, true)
 			col.wait(t, e.ctx, len(accepted))
