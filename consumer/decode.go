@@ -90,7 +90,7 @@ func str(val []byte, dst *string) error {
 	case 'n':
 		return nil
 	}
-	return fmt.Errorf("a %s, want a string", kind(val))
+	return fmt.Errorf("%s, want a string", kind(val))
 }
 
 // priority decodes the priority: a plain integer (no fraction, exponent or
@@ -107,7 +107,7 @@ func priority(val []byte, dst *int) error {
 		*dst = int(n)
 		return nil
 	}
-	return fmt.Errorf("a %s, want an integer", kind(val))
+	return fmt.Errorf("%s, want an integer", kind(val))
 }
 
 // decode reads an expiration: an RFC 3339 string, whole UNIX seconds from
@@ -140,19 +140,20 @@ func (e *Expiration) decode(val []byte) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("a %s, want an RFC 3339 string or UNIX seconds", kind(val))
+	return fmt.Errorf("%s, want an RFC 3339 string or UNIX seconds", kind(val))
 }
 
+// kind names the JSON type of val, with its article, for an error.
 func kind(val []byte) string {
 	switch val[0] {
 	case '"':
-		return "string"
+		return "a string"
 	case '{':
-		return "object"
+		return "an object"
 	case '[':
-		return "array"
+		return "an array"
 	case 't', 'f':
-		return "bool"
+		return "a boolean"
 	}
-	return "number"
+	return "a number"
 }
