@@ -196,7 +196,8 @@ func TestSchemaExample(t *testing.T) {
 		require.NoError(t, n.Validate(apns.BinaryLimits))
 		require.NoError(t, n.Validate(apns.HTTP2Limits))
 		require.Equal(t, j.ID, n.ID)
-		require.Equal(t, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), n.Expiration.UTC())
+		require.Equal(t, time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), n.Expiration.UTC())
+		require.True(t, n.Expiration.After(time.Now()), "the example has expired: a worker would dead-letter it unsent")
 	}
 }
 
