@@ -1,8 +1,11 @@
 package consumer
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -43,13 +46,30 @@ func decodeJob(data []byte) (Job, error) {
 	case !valid && jsonscan.Valid(data):
 		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
 	case !valid:
-		return Job{}, fmt.Errorf("%w: not one JSON value (or nested deeper than %d)", ErrMalformedJob, jsonscan.MaxDepth)
+		return Job{}, fmt.Errorf("%w: %s", ErrMalformedJob, whyNotJSON(data))
 	case !unicode:
 		return Job{}, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
 	case dup != nil:
 		return j, fmt.Errorf("%w: %w: member %.64s", ErrMalformedJob, apns.ErrDuplicateKey, dup)
 	}
 	return j, err
+}
+
+// whyNotJSON says why data, which jsonscan.Valid refused, is not a job:
+// nested too deep, or where its JSON breaks (encoding/json's error and
+// offset). It runs only for refused jobs.
+func whyNotJSON(data []byte) string {
+	if json.Valid(data) {
+		return fmt.Sprintf("nested deeper than %d", jsonscan.MaxDepth)
+	}
+	var se *json.SyntaxError
+	if err := json.Unmarshal(data, new(json.RawMessage)); errors.As(err, &se) {
+		if strings.HasSuffix(se.Error(), "exceeded max depth") {
+			return fmt.Sprintf("nested deeper than %d", jsonscan.MaxDepth)
+		}
+		return fmt.Sprintf("not JSON: %s, at byte %d", se, se.Offset)
+	}
+	return "not JSON"
 }
 
 // member decodes one member of a job.

@@ -109,6 +109,25 @@ func TestDecodeJobTypeErrors(t *testing.T) {
 	}
 }
 
+// TestDecodeJobNotJSONErrors: a job that is not JSON says where it breaks;
+// one nested too deep says so.
+func TestDecodeJobNotJSONErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		"not json":       "not JSON: invalid character 'o' in literal null (expecting 'u'), at byte 2",
+		" \n":            "not JSON: unexpected end of JSON input, at byte 2",
+		`{"token":"ab"`:  "not JSON: unexpected end of JSON input, at byte 13",
+		`{"a":1} {}`:     "not JSON: invalid character '{' after top-level value, at byte 9",
+		"\xef\xbb\xbf{}": "not JSON: invalid character 'ï' looking for beginning of value, at byte 1",
+		`{"x":` + strings.Repeat("[", 1001) + strings.Repeat("]", 1001) + `}`:       "nested deeper than 1000",
+		"[" + strings.Repeat(`{"a":`, 1001) + "1" + strings.Repeat("}", 1001) + "]": "nested deeper than 1000",
+		`{"x":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`:     "nested deeper than 1000",
+	} {
+		_, err := DecodeJob([]byte(in))
+		require.ErrorIs(t, err, ErrMalformedJob, in)
+		require.Equal(t, "consumer: malformed job: "+want, err.Error(), "%.40q", in)
+	}
+}
+
 func TestJobNotification(t *testing.T) {
 	tok, err := apns.ParseToken(tok32)
 	require.NoError(t, err)

@@ -186,6 +186,7 @@ func TestReadmeWalk(t *testing.T) {
 	bad := outcomes[s3] // 'not json': the original bytes, in job_raw
 	require.JSONEq(t, "true", string(bad.body["malformed"]))
 	require.Equal(t, base64Of("not json"), string(bad.body["job_raw"]))
+	require.Contains(t, bad.str(t, "error"), "not JSON: invalid character", "the error says where the JSON breaks")
 	require.Equal(t, `""`, string(outcomes[sHdr].body["job_raw"]))
 	require.JSONEq(t, "0", string(outcomes[sHdr].body["job_size"]))
 	require.Contains(t, outcomes[sType].str(t, "error"), `member "token": an array, want a string`)
