@@ -47,16 +47,27 @@ func (w *Worker) validate(n *apns.Notification) error {
 	return nil
 }
 
-// protocolLimits are the checks validate applies for Options.Protocol. The
-// binary engine's payload limit is its own option: the engine checks it.
-func protocolLimits(protocol string) apns.Limits {
-	switch protocol {
-	case ProtocolBinary, ProtocolMock:
-		l := apns.BinaryLimits
+// protocolLimits are the checks validate applies for Options.Protocol,
+// with maxPayload (Options.MaxPayload, 0: the protocol's) as the payload
+// limit. Without one, binary jobs are checked against the most a frame
+// can carry and the binary engine checks its own limit. A limit below
+// HTTP/2's caps VoIP too; at or above it, VoIP keeps at least its 5120.
+func protocolLimits(protocol string, maxPayload int) apns.Limits {
+	l := apns.HTTP2Limits
+	if protocol == ProtocolBinary || protocol == ProtocolMock {
+		l = apns.BinaryLimits
 		l.MaxPayload = math.MaxUint16
-		return l
 	}
-	return apns.HTTP2Limits
+	if maxPayload > 0 {
+		if l.MaxPayloadVoIP != 0 {
+			l.MaxPayloadVoIP = maxPayload
+			if maxPayload >= apns.HTTP2Limits.MaxPayload {
+				l.MaxPayloadVoIP = max(maxPayload, apns.HTTP2Limits.MaxPayloadVoIP)
+			}
+		}
+		l.MaxPayload = maxPayload
+	}
+	return l
 }
 
 // malformedJobID returns the first string "id" member of a job that did not

@@ -1,8 +1,11 @@
 package consumer
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jetpush/apns-worker/apns"
@@ -43,13 +46,30 @@ func decodeJob(data []byte) (Job, error) {
 	case !valid && jsonscan.Valid(data):
 		return Job{}, fmt.Errorf("%w: not a JSON object", ErrMalformedJob)
 	case !valid:
-		return Job{}, fmt.Errorf("%w: not one JSON value (or nested deeper than %d)", ErrMalformedJob, jsonscan.MaxDepth)
+		return Job{}, fmt.Errorf("%w: %s", ErrMalformedJob, whyNotJSON(data))
 	case !unicode:
 		return Job{}, fmt.Errorf("%w: %w", ErrMalformedJob, apns.ErrInvalidUTF8)
 	case dup != nil:
 		return j, fmt.Errorf("%w: %w: member %.64s", ErrMalformedJob, apns.ErrDuplicateKey, dup)
 	}
 	return j, err
+}
+
+// whyNotJSON says why data, which jsonscan.Valid refused, is not a job:
+// nested too deep, or where its JSON breaks (encoding/json's error and
+// offset). It runs only for refused jobs.
+func whyNotJSON(data []byte) string {
+	if json.Valid(data) {
+		return fmt.Sprintf("nested deeper than %d", jsonscan.MaxDepth)
+	}
+	var se *json.SyntaxError
+	if err := json.Unmarshal(data, new(json.RawMessage)); errors.As(err, &se) {
+		if strings.HasSuffix(se.Error(), "exceeded max depth") {
+			return fmt.Sprintf("nested deeper than %d", jsonscan.MaxDepth)
+		}
+		return fmt.Sprintf("not JSON: %s, at byte %d", se, se.Offset)
+	}
+	return "not JSON"
 }
 
 // member decodes one member of a job.
@@ -90,7 +110,7 @@ func str(val []byte, dst *string) error {
 	case 'n':
 		return nil
 	}
-	return fmt.Errorf("a %s, want a string", kind(val))
+	return fmt.Errorf("%s, want a string", kind(val))
 }
 
 // priority decodes the priority: a plain integer (no fraction, exponent or
@@ -107,7 +127,7 @@ func priority(val []byte, dst *int) error {
 		*dst = int(n)
 		return nil
 	}
-	return fmt.Errorf("a %s, want an integer", kind(val))
+	return fmt.Errorf("%s, want an integer", kind(val))
 }
 
 // decode reads an expiration: an RFC 3339 string, whole UNIX seconds from
@@ -140,19 +160,20 @@ func (e *Expiration) decode(val []byte) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("a %s, want an RFC 3339 string or UNIX seconds", kind(val))
+	return fmt.Errorf("%s, want an RFC 3339 string or UNIX seconds", kind(val))
 }
 
+// kind names the JSON type of val, with its article, for an error.
 func kind(val []byte) string {
 	switch val[0] {
 	case '"':
-		return "string"
+		return "a string"
 	case '{':
-		return "object"
+		return "an object"
 	case '[':
-		return "array"
+		return "an array"
 	case 't', 'f':
-		return "bool"
+		return "a boolean"
 	}
-	return "number"
+	return "a number"
 }

@@ -26,7 +26,7 @@ var ErrMalformedJob = errors.New("consumer: malformed job")
 //
 //	{"id":"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10","token":"<hex>",
 //	 "payload":{"aps":{"alert":"hi"}},"topic":"com.example.app",
-//	 "push_type":"alert","priority":10,"expiration":"2026-12-01T00:00:00Z",
+//	 "push_type":"alert","priority":10,"expiration":"2030-01-01T00:00:00Z",
 //	 "collapse_id":"news"}
 //
 // Only token and payload are required. Member names are case-sensitive and

@@ -89,6 +89,45 @@ func TestDecodeJob(t *testing.T) {
 	}
 }
 
+// TestDecodeJobTypeErrors: a member of the wrong JSON type is named in the
+// error with its type, in words a producer reads in the rejection event.
+func TestDecodeJobTypeErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"id":5}`:                  `member "id": a number, want a string`,
+		`{"token":["ab"]}`:          `member "token": an array, want a string`,
+		`{"push_type":{}}`:          `member "push_type": an object, want a string`,
+		`{"topic":true}`:            `member "topic": a boolean, want a string`,
+		`{"priority":"10"}`:         `member "priority": a string, want an integer`,
+		`{"priority":[10]}`:         `member "priority": an array, want an integer`,
+		`{"expiration":{"s":1}}`:    `member "expiration": an object, want an RFC 3339 string or UNIX seconds`,
+		`{"expiration":false}`:      `member "expiration": a boolean, want an RFC 3339 string or UNIX seconds`,
+		`{"collapse_id":[{"a":1}]}`: `member "collapse_id": an array, want a string`,
+	} {
+		_, err := DecodeJob([]byte(in))
+		require.ErrorIs(t, err, ErrMalformedJob, in)
+		require.Equal(t, "consumer: malformed job: "+want, err.Error(), in)
+	}
+}
+
+// TestDecodeJobNotJSONErrors: a job that is not JSON says where it breaks;
+// one nested too deep says so.
+func TestDecodeJobNotJSONErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		"not json":       "not JSON: invalid character 'o' in literal null (expecting 'u'), at byte 2",
+		" \n":            "not JSON: unexpected end of JSON input, at byte 2",
+		`{"token":"ab"`:  "not JSON: unexpected end of JSON input, at byte 13",
+		`{"a":1} {}`:     "not JSON: invalid character '{' after top-level value, at byte 9",
+		"\xef\xbb\xbf{}": "not JSON: invalid character 'ï' looking for beginning of value, at byte 1",
+		`{"x":` + strings.Repeat("[", 1001) + strings.Repeat("]", 1001) + `}`:       "nested deeper than 1000",
+		"[" + strings.Repeat(`{"a":`, 1001) + "1" + strings.Repeat("}", 1001) + "]": "nested deeper than 1000",
+		`{"x":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`:     "nested deeper than 1000",
+	} {
+		_, err := DecodeJob([]byte(in))
+		require.ErrorIs(t, err, ErrMalformedJob, in)
+		require.Equal(t, "consumer: malformed job: "+want, err.Error(), "%.40q", in)
+	}
+}
+
 func TestJobNotification(t *testing.T) {
 	tok, err := apns.ParseToken(tok32)
 	require.NoError(t, err)
@@ -176,7 +215,8 @@ func TestSchemaExample(t *testing.T) {
 		require.NoError(t, n.Validate(apns.BinaryLimits))
 		require.NoError(t, n.Validate(apns.HTTP2Limits))
 		require.Equal(t, j.ID, n.ID)
-		require.Equal(t, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), n.Expiration.UTC())
+		require.Equal(t, time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), n.Expiration.UTC())
+		require.True(t, n.Expiration.After(time.Now()), "the example has expired: a worker would dead-letter it unsent")
 	}
 }
 
@@ -229,7 +269,7 @@ func TestSchemaReasons(t *testing.T) {
 // decode, build, and validate against the contract (HTTP/2 limits).
 func BenchmarkCheckJob(b *testing.B) {
 	data := []byte(`{"id":"0b0f4a52-63a4-4c4b-9c1e-2f1d2b8d6a10","token":"` + tok32 + `","payload":{"aps":{"alert":{"title":"Hello","body":"World"},"badge":1}},"topic":"com.example.app","push_type":"alert","priority":10,"expiration":1796083200}`)
-	w := &Worker{limits: protocolLimits(ProtocolHTTP2), opts: Options{DefaultTopic: "com.example.app"}}
+	w := &Worker{limits: protocolLimits(ProtocolHTTP2, 0), opts: Options{DefaultTopic: "com.example.app"}}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {

@@ -128,7 +128,7 @@ func goodJobs() []string {
 // hostileWorker is the Worker the table and the fuzz target check jobs
 // with: HTTP/2, default topic com.example.app.
 func hostileWorker() *Worker {
-	return &Worker{limits: protocolLimits(ProtocolHTTP2), opts: Options{DefaultTopic: "com.example.app"}}
+	return &Worker{limits: protocolLimits(ProtocolHTTP2, 0), opts: Options{DefaultTopic: "com.example.app"}}
 }
 
 // TestJobContract: one case per rule; each refused job gets the rule's

@@ -29,7 +29,7 @@ type Metrics struct {
 //	apns_worker_jobs_received_total             jobs taken from the stream
 //	apns_worker_jobs_delivered_total            delivered outcomes
 //	apns_worker_jobs_rejected_total{reason}     APNs rejections
-//	apns_worker_jobs_failed_total               failed attempts (naked for retry)
+//	apns_worker_jobs_failed_total               failed attempts (retried or dead-lettered)
 //	apns_worker_jobs_dead_lettered_total        jobs dead-lettered at MaxDeliver
 //	apns_worker_jobs_malformed_total{reason}    malformed jobs (terminated)
 //	apns_worker_jobs_in_flight                  received, not yet acked/naked/terminated
@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns,
 			Name: "jobs_rejected_total", Help: "Jobs APNs refused for good, by reason."}, []string{"reason"}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns,
-			Name: "jobs_failed_total", Help: "Failed attempts, naked for a retry."}),
+			Name: "jobs_failed_total", Help: "Failed attempts, retried or dead-lettered."}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns,
 			Name: "jobs_dead_lettered_total", Help: "Jobs dead-lettered after MaxDeliver attempts."}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns,

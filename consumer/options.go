@@ -93,6 +93,11 @@ type Options struct {
 	// apns.BinaryLimits for binary and mock, whose payload limit the
 	// engine checks).
 	Protocol string
+	// MaxPayload is the largest payload in bytes a job may carry
+	// (APNS_WORKER_APNS_MAX_PAYLOAD), checked before the engine (0: the
+	// protocol's, 4096 for HTTP/2 with 5120 for VoIP, or the binary
+	// engine's own). Below HTTP/2's 4096 it caps VoIP too.
+	MaxPayload int
 	// DefaultTopic is the engine's default topic, if it has one: a job
 	// without a topic is checked against it for its push type's suffix
 	// (apns.CheckTopic). Empty: such jobs are checked for everything but
@@ -214,6 +219,9 @@ func (o Options) withDefaults() (Options, error) {
 		if n.v < 1 {
 			bad("%s %d < 1", n.name, n.v)
 		}
+	}
+	if o.MaxPayload < 0 {
+		bad("MaxPayload %d < 0", o.MaxPayload)
 	}
 	for i, d := range o.Backoff {
 		if d <= 0 {

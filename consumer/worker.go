@@ -126,7 +126,7 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 	w := &Worker{
 		js:      js,
 		opts:    o,
-		limits:  protocolLimits(o.Protocol),
+		limits:  protocolLimits(o.Protocol, o.MaxPayload),
 		log:     o.Logger,
 		m:       o.Metrics,
 		pending: make(chan *pendingEvents, 4096),

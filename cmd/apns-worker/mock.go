@@ -87,7 +87,7 @@ flags:
 	if err != nil {
 		return err
 	}
-	env := mockEnv(abs, h2.URL, gw.Addr, h2.KeyID, h2.TeamID)
+	env := mockEnv(abs, h2.URL, gw.Addr, fb.Addr, h2.KeyID, h2.TeamID)
 	for name, b := range map[string][]byte{
 		"ca.pem":         pki.CAPEM,
 		"client.pem":     pki.ClientCertPEM,
@@ -115,23 +115,24 @@ flags:
 
 // mockEnv is the env file mock-apns writes: every variable a worker needs
 // to send to the mock's HTTP/2 server (`set -a; . DIR/env; set +a`), and,
-// commented out, the binary gateway's instead.
-func mockEnv(dir, h2URL, binaryAddr, keyID, teamID string) string {
+// commented out, the binary gateway's and feedback service's instead.
+func mockEnv(dir, h2URL, binaryAddr, feedbackAddr, keyID, teamID string) string {
 	return fmt.Sprintf(`# apns-worker settings for the mock APNs servers (nothing reaches Apple).
 # Load them with: set -a; . %[1]s/env; set +a
 APNS_WORKER_APNS_MODE=http2
 APNS_WORKER_APNS_ADDR=%[2]s
 APNS_WORKER_APNS_CA_FILE=%[1]s/ca.pem
 APNS_WORKER_APNS_P8_FILE=%[1]s/AuthKey.p8
-APNS_WORKER_APNS_KEY_ID=%[4]s
-APNS_WORKER_APNS_TEAM_ID=%[5]s
+APNS_WORKER_APNS_KEY_ID=%[5]s
+APNS_WORKER_APNS_TEAM_ID=%[6]s
 APNS_WORKER_APNS_TOPIC=com.example.app
 # Binary protocol instead (unset the four token-auth lines above):
 # APNS_WORKER_APNS_MODE=binary
 # APNS_WORKER_APNS_ADDR=%[3]s
 # APNS_WORKER_APNS_CERT_FILE=%[1]s/client.pem
 # APNS_WORKER_APNS_KEY_FILE=%[1]s/client-key.pem
-`, dir, h2URL, binaryAddr, keyID, teamID)
+# APNS_WORKER_FEEDBACK_ADDR=%[4]s
+`, dir, h2URL, binaryAddr, feedbackAddr, keyID, teamID)
 }
 
 // serveMockHealth answers GET /healthz on addr, so that the container's

@@ -118,6 +118,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		MaxInFlight:   cfg.MaxInFlight,
 		Receipts:      cfg.Events.Receipts,
 		Protocol:      protocolName(cfg.APNs.Mode),
+		MaxPayload:    cfg.APNs.MaxPayload,
 		DefaultTopic:  cfg.APNs.Topic,
 		DrainTimeout:  max(cfg.ShutdownGrace/4, time.Second),
 		Logger:        log.With(slog.String("component", "consumer")),
