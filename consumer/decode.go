@@ -130,8 +130,9 @@ func priority(val []byte, dst *int) error {
 	return fmt.Errorf("%s, want an integer", kind(val))
 }
 
-// decode reads an expiration: an RFC 3339 string, whole UNIX seconds from
-// 0 (try once) to 2^32-1, or null (none).
+// decode reads an expiration: an RFC 3339 string from 1970 (its first
+// second is try once), whole UNIX seconds from 0 (try once) to 2^32-1, or
+// null (none).
 func (e *Expiration) decode(val []byte) error {
 	switch c := val[0]; {
 	case c == 'n':
@@ -143,7 +144,13 @@ func (e *Expiration) decode(val []byte) error {
 		if err != nil {
 			return fmt.Errorf("%w: %.40q is not RFC 3339", apns.ErrInvalidExpiration, s)
 		}
-		if t.Unix() <= 0 {
+		switch {
+		case t.Unix() < 0:
+			// A zero or minimum date of the producer's language
+			// ("0001-01-01T00:00:00Z") meant as "none", most likely: say
+			// so, rather than send it once or drop it as expired.
+			return fmt.Errorf("%w: %.40q is before 1970 (omit it or send null for none, 0 to try once)", apns.ErrInvalidExpiration, s)
+		case t.Unix() == 0:
 			t = apns.ExpireNow
 		}
 		*e = Expiration(t)

@@ -46,6 +46,9 @@ func TestDecodeJob(t *testing.T) {
 		{"expiration fractional", `{"token":"ab","payload":{},"expiration":1.5}`, Job{}, ErrMalformedJob},
 		{"expiration negative", `{"token":"ab","payload":{},"expiration":-1}`, Job{}, ErrMalformedJob},
 		{"expiration not RFC 3339", `{"token":"ab","payload":{},"expiration":"tomorrow"}`, Job{}, apns.ErrInvalidExpiration},
+		{"expiration before 1970", `{"token":"ab","payload":{},"expiration":"1969-12-31T23:59:59Z"}`, Job{}, apns.ErrInvalidExpiration},
+		{"expiration 1970 is try once", `{"token":"ab","payload":{},"expiration":"1970-01-01T00:00:00Z"}`,
+			Job{Token: "ab", Payload: json.RawMessage(`{}`), Expiration: Expiration(apns.ExpireNow)}, nil},
 		{"expiration a bool", `{"token":"ab","payload":{},"expiration":true}`, Job{}, ErrMalformedJob},
 		{"id is a number", `{"id":1,"token":"ab","payload":{}}`, Job{}, ErrMalformedJob},
 		// The I-JSON rules and the hostile producer's jobs.

@@ -86,6 +86,8 @@ func malformedCases() []malformedCase {
 		{"expiration huge", job(`"payload":` + payload + `,"expiration":99999999999999999999`), apns.ReasonBadExpirationDate},
 		{"expiration fraction", job(`"payload":` + payload + `,"expiration":1.5`), apns.ReasonBadExpirationDate},
 		{"expiration not a date", job(`"payload":` + payload + `,"expiration":"NaN"`), apns.ReasonBadExpirationDate},
+		{"expiration before 1970", job(`"payload":` + payload + `,"expiration":"1960-01-01T00:00:00Z"`), apns.ReasonBadExpirationDate},
+		{"expiration a zero date", job(`"payload":` + payload + `,"expiration":"0001-01-01T00:00:00Z"`), apns.ReasonBadExpirationDate},
 		{"unknown push type", job(`"payload":` + payload + `,"push_type":"spam"`), apns.ReasonInvalidPushType},
 		{"collapse id 65 bytes", job(`"payload":` + payload + `,"collapse_id":"` + strings.Repeat("c", 65) + `"`), apns.ReasonInvalidCollapseID},
 		{"topic with a space", job(`"payload":` + payload + `,"topic":"com.example app"`), apns.ReasonInvalidTopic},
