@@ -18,7 +18,10 @@ const MaxTokenLen = 100
 // ParseToken decodes a hex device token (any even length, 1 to 100 bytes).
 // Length rules of a particular protocol are checked by Validate.
 func ParseToken(s string) (Token, error) {
-	if len(s) == 0 || len(s)%2 != 0 || len(s) > 2*MaxTokenLen {
+	if len(s) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrInvalidToken)
+	}
+	if len(s)%2 != 0 || len(s) > 2*MaxTokenLen {
 		return nil, fmt.Errorf("%w: %d hex digits, want an even number from 2 to %d", ErrInvalidToken, len(s), 2*MaxTokenLen)
 	}
 	t := make(Token, len(s)/2)

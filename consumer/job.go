@@ -110,7 +110,11 @@ func (j *Job) Notification() (*apns.Notification, error) {
 		return nil, err
 	}
 	if p := bytes.TrimLeft(j.Payload, " \t\r\n"); len(p) == 0 || p[0] != '{' {
-		return nil, fmt.Errorf("%w: payload must be a JSON object", apns.ErrInvalidPayload)
+		what := "empty"
+		if len(p) > 0 {
+			what = kind(p)
+		}
+		return nil, fmt.Errorf("%w: it is %s", apns.ErrInvalidPayload, what)
 	}
 	switch j.Priority {
 	case 0, 1, 5, 10:
