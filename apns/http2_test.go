@@ -583,10 +583,16 @@ func TestHTTP2ConnectionsCutMidBurst(t *testing.T) {
 			}
 		}
 	}()
+	// Cut with requests in flight (a slow sender under load could leave
+	// none, and nothing to retry).
+	cut := func() {
+		require.Eventually(t, func() bool { return e.Stats().InFlight >= 100 }, 10*time.Second, time.Millisecond)
+		p.cut()
+	}
 	outs := col.wait(n / 4)
-	p.cut()
+	cut()
 	outs = append(outs, col.wait(n/4)...)
-	p.cut()
+	cut()
 	outs = append(outs, col.wait(n-n/2)...)
 	retried := 0
 	for _, o := range outs {
