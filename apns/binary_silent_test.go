@@ -3,6 +3,9 @@ package apns_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,16 +31,20 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			gw := apnstest.NewGateway(apnstest.CloseEvery(every), apnstest.CountOnly())
 			t.Cleanup(gw.Close)
 			var (
-				outcomes, failed, writes atomic.Int64
-				done                     = make(chan struct{})
-				firstErr                 atomic.Value
+				outcomes, writes atomic.Int64
+				done             = make(chan struct{})
+				mu               sync.Mutex
+				failures         []string // ref, attempts and error of each failed outcome
+				logs             syncBuffer
 			)
 			eng, err := apns.NewBinaryEngine(gw.Addr, gw.ClientCert(), apns.WithRootCAs(gw.RootCAs()),
+				apns.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
 				apns.WithOutcomeFunc(func(o apns.Outcome) {
 					writes.Add(int64(o.Attempts))
 					if o.Err != nil {
-						failed.Add(1)
-						firstErr.CompareAndSwap(nil, o.Err.Error())
+						mu.Lock()
+						failures = append(failures, fmt.Sprintf("%v: %d attempts: %v", o.Ref, o.Attempts, o.Err))
+						mu.Unlock()
 					}
 					if outcomes.Add(1) == jobs {
 						close(done)
@@ -56,10 +63,15 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			st := gw.Stats()
 			t.Logf("closes every %d: %d writes for %d notifications (%.2f each); gateway %+v",
 				every, writes.Load(), jobs, float64(writes.Load())/jobs, st)
-			if f := failed.Load(); f > 0 {
-				t.Logf("first failure: %v", firstErr.Load())
+			mu.Lock()
+			defer mu.Unlock()
+			if len(failures) > 0 {
+				// Say why: each failed one's attempts and error, and the
+				// engine's story of the silent closes and the budget.
+				t.Logf("%d failed, e.g.\n%s\nengine log:\n%s", len(failures),
+					strings.Join(failures[:min(len(failures), 20)], "\n"), logs.String())
 			}
-			require.Zero(t, failed.Load(), "every notification delivered")
+			require.Zero(t, len(failures), "every notification delivered")
 			require.NotZero(t, st.SilentCloses, "the gateway closed silently")
 			require.LessOrEqual(t, writes.Load(), int64(2*jobs), "writes bounded by twice the notifications")
 			require.GreaterOrEqual(t, st.Accepted, jobs, "the gateway took every notification")
