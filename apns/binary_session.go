@@ -419,7 +419,12 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 			slog.Int("in_flight", s.inflight()), slog.Any("err", cause))
 	}
 	for s.inflight() > 0 {
-		e.c.retry(s.pop(), cause, true)
+		// The gateway or the network ends a connection on whatever is in
+		// flight, seldom because of it (APNs answers a bad notification):
+		// the first few such ends are free, as those that processed nothing.
+		it := s.pop()
+		it.idleEnds++
+		e.c.retry(it, cause, it.idleEnds > binMaxIdleEnds)
 	}
 	return s.confirmed
 }

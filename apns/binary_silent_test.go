@@ -2,8 +2,11 @@ package apns_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,6 +78,66 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			require.NotZero(t, st.SilentCloses, "the gateway closed silently")
 			require.LessOrEqual(t, writes.Load(), int64(2*jobs), "writes bounded by twice the notifications")
 			require.GreaterOrEqual(t, st.Accepted, jobs, "the gateway took every notification")
+		})
+	}
+}
+
+// TestBinarySilentClosesFreeThenCounted: a connection that closes without
+// an error response is no verdict on what was in flight. A notification
+// survives more silent closes than it has retries; a gateway that closes
+// every connection still ends it, after the free resends (8, as for ends
+// that processed nothing) and its retries.
+func TestBinarySilentClosesFreeThenCounted(t *testing.T) {
+	t.Parallel()
+	const maxRetries = 3
+	for _, tt := range []struct {
+		name     string
+		closes   int // connections closed after their first frame
+		attempts int
+		failed   bool
+	}{
+		{"closes more often than retries, then takes it", maxRetries + 3, maxRetries + 4, false},
+		{"closes every connection", math.MaxInt, 8 + maxRetries + 1, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pki := apnstest.MustPKI()
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", pki.ServerTLS(true))
+			require.NoError(t, err)
+			var frames atomic.Int64
+			serveRaw(t, ln, func(serial int, c net.Conn) {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				for {
+					if _, err := apns.ReadFrame(c); err != nil {
+						return // the engine closed it
+					}
+					frames.Add(1)
+					if serial <= tt.closes {
+						return // silently, after one frame
+					}
+				}
+			})
+			out := newOutcomes()
+			eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),
+				apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1),
+				apns.WithMaxRetries(maxRetries), apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
+			require.NoError(t, err)
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = eng.Close(ctx)
+			})
+			send(t, eng, 0, 1)
+			o := out.wait(t, 1, 20*time.Second)[0]
+			require.Equal(t, tt.attempts, o.Attempts, "%v", o.Err)
+			require.EqualValues(t, tt.attempts, frames.Load(), "the gateway read each attempt")
+			if !tt.failed {
+				require.NoError(t, o.Err)
+				return
+			}
+			require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted)
+			require.ErrorContains(t, o.Err, "lost")
 		})
 	}
 }
