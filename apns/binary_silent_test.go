@@ -118,16 +118,8 @@ func TestBinarySilentClosesFreeThenCounted(t *testing.T) {
 					}
 				}
 			})
-			out := newOutcomes()
-			eng, err := apns.NewBinaryEngine(ln.Addr().String(), pki.ClientCert, apns.WithRootCAs(pki.RootCAs),
-				apns.WithOutcomeFunc(out.add), apns.WithAssumeDelivered(testWindow), apns.WithConns(1),
-				apns.WithMaxRetries(maxRetries), apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
-			require.NoError(t, err)
-			t.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = eng.Close(ctx)
-			})
+			eng, out := newRawEngine(t, ln.Addr().String(), pki, apns.WithConns(1), apns.WithMaxRetries(maxRetries),
+				apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
 			send(t, eng, 0, 1)
 			o := out.wait(t, 1, 20*time.Second)[0]
 			require.Equal(t, tt.attempts, o.Attempts, "%v", o.Err)
@@ -140,4 +132,21 @@ func TestBinarySilentClosesFreeThenCounted(t *testing.T) {
 			require.ErrorContains(t, o.Err, "lost")
 		})
 	}
+}
+
+// newRawEngine is newEngine for a gateway of the test's own on addr, with
+// pki's certificates.
+func newRawEngine(t testing.TB, addr string, pki *apnstest.PKI, opts ...apns.Option) (*apns.BinaryEngine, *outcomes) {
+	t.Helper()
+	out := newOutcomes()
+	opts = append([]apns.Option{apns.WithRootCAs(pki.RootCAs), apns.WithOutcomeFunc(out.add),
+		apns.WithAssumeDelivered(testWindow)}, opts...)
+	eng, err := apns.NewBinaryEngine(addr, pki.ClientCert, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = eng.Close(ctx)
+	})
+	return eng, out
 }
