@@ -107,6 +107,9 @@ func (s *binSession) loop(err error) bool {
 		}
 		now = e.mono()
 		s.expire(now)
+		// Whether Close had begun before the queue is polled below: only
+		// then does an empty queue mean nothing is left to write.
+		draining := e.c.isClosing()
 		if s.markDue(now, s.full()) {
 			if err = s.writeMarker(now); err != nil {
 				break
@@ -148,7 +151,7 @@ func (s *binSession) loop(err error) bool {
 			now = e.mono()
 		}
 		s.stampFlushed()
-		if s.markDue(now, e.c.isClosing() || s.full()) { // nothing queued: confirm what is in flight
+		if s.markDue(now, draining || s.full()) { // nothing queued: confirm what is in flight
 			if err = s.writeMarker(now); err != nil {
 				break
 			}
@@ -179,8 +182,8 @@ func (s *binSession) loop(err error) bool {
 			queue = nil
 		}
 		var closing chan struct{} // Close marks what waits here at once
-		if s.inflight() > 0 && s.canMark() && !e.c.isClosing() {
-			closing = e.c.closing
+		if s.inflight() > 0 && s.canMark() && !draining {
+			closing = e.c.closing // closed already if Close began since: poll again
 		}
 		select {
 		case it := <-queue:
@@ -419,7 +422,12 @@ func (s *binSession) end(r binReadResult, writeErr error) bool {
 			slog.Int("in_flight", s.inflight()), slog.Any("err", cause))
 	}
 	for s.inflight() > 0 {
-		e.c.retry(s.pop(), cause, true)
+		// The gateway or the network ends a connection on whatever is in
+		// flight, seldom because of it (APNs answers a bad notification):
+		// the first few such ends are free, as those that processed nothing.
+		it := s.pop()
+		it.idleEnds++
+		e.c.retry(it, cause, it.idleEnds > binMaxIdleEnds)
 	}
 	return s.confirmed
 }

@@ -2,7 +2,13 @@ package apns_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,16 +34,20 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			gw := apnstest.NewGateway(apnstest.CloseEvery(every), apnstest.CountOnly())
 			t.Cleanup(gw.Close)
 			var (
-				outcomes, failed, writes atomic.Int64
-				done                     = make(chan struct{})
-				firstErr                 atomic.Value
+				outcomes, writes atomic.Int64
+				done             = make(chan struct{})
+				mu               sync.Mutex
+				failures         []string // ref, attempts and error of each failed outcome
+				logs             syncBuffer
 			)
 			eng, err := apns.NewBinaryEngine(gw.Addr, gw.ClientCert(), apns.WithRootCAs(gw.RootCAs()),
+				apns.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
 				apns.WithOutcomeFunc(func(o apns.Outcome) {
 					writes.Add(int64(o.Attempts))
 					if o.Err != nil {
-						failed.Add(1)
-						firstErr.CompareAndSwap(nil, o.Err.Error())
+						mu.Lock()
+						failures = append(failures, fmt.Sprintf("%v: %d attempts: %v", o.Ref, o.Attempts, o.Err))
+						mu.Unlock()
 					}
 					if outcomes.Add(1) == jobs {
 						close(done)
@@ -56,13 +66,87 @@ func TestBinarySilentCloseBoundedResends(t *testing.T) {
 			st := gw.Stats()
 			t.Logf("closes every %d: %d writes for %d notifications (%.2f each); gateway %+v",
 				every, writes.Load(), jobs, float64(writes.Load())/jobs, st)
-			if f := failed.Load(); f > 0 {
-				t.Logf("first failure: %v", firstErr.Load())
+			mu.Lock()
+			defer mu.Unlock()
+			if len(failures) > 0 {
+				// Say why: each failed one's attempts and error, and the
+				// engine's story of the silent closes and the budget.
+				t.Logf("%d failed, e.g.\n%s\nengine log:\n%s", len(failures),
+					strings.Join(failures[:min(len(failures), 20)], "\n"), logs.String())
 			}
-			require.Zero(t, failed.Load(), "every notification delivered")
+			require.Zero(t, len(failures), "every notification delivered")
 			require.NotZero(t, st.SilentCloses, "the gateway closed silently")
 			require.LessOrEqual(t, writes.Load(), int64(2*jobs), "writes bounded by twice the notifications")
 			require.GreaterOrEqual(t, st.Accepted, jobs, "the gateway took every notification")
 		})
 	}
+}
+
+// TestBinarySilentClosesFreeThenCounted: a connection that closes without
+// an error response is no verdict on what was in flight. A notification
+// survives more silent closes than it has retries; a gateway that closes
+// every connection still ends it, after the free resends (8, as for ends
+// that processed nothing) and its retries.
+func TestBinarySilentClosesFreeThenCounted(t *testing.T) {
+	t.Parallel()
+	const maxRetries = 3
+	for _, tt := range []struct {
+		name     string
+		closes   int // connections closed after their first frame
+		attempts int
+		failed   bool
+	}{
+		{"closes more often than retries, then takes it", maxRetries + 3, maxRetries + 4, false},
+		{"closes every connection", math.MaxInt, 8 + maxRetries + 1, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pki := apnstest.MustPKI()
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", pki.ServerTLS(true))
+			require.NoError(t, err)
+			var frames atomic.Int64
+			serveRaw(t, ln, func(serial int, c net.Conn) {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				for {
+					if _, err := apns.ReadFrame(c); err != nil {
+						return // the engine closed it
+					}
+					frames.Add(1)
+					if serial <= tt.closes {
+						return // silently, after one frame
+					}
+				}
+			})
+			eng, out := newRawEngine(t, ln.Addr().String(), pki, apns.WithConns(1), apns.WithMaxRetries(maxRetries),
+				apns.WithReconnectBackoff(time.Millisecond, 10*time.Millisecond))
+			send(t, eng, 0, 1)
+			o := out.wait(t, 1, 20*time.Second)[0]
+			require.Equal(t, tt.attempts, o.Attempts, "%v", o.Err)
+			require.EqualValues(t, tt.attempts, frames.Load(), "the gateway read each attempt")
+			if !tt.failed {
+				require.NoError(t, o.Err)
+				return
+			}
+			require.ErrorIs(t, o.Err, apns.ErrRetriesExhausted)
+			require.ErrorContains(t, o.Err, "lost")
+		})
+	}
+}
+
+// newRawEngine is newEngine for a gateway of the test's own on addr, with
+// pki's certificates.
+func newRawEngine(t testing.TB, addr string, pki *apnstest.PKI, opts ...apns.Option) (*apns.BinaryEngine, *outcomes) {
+	t.Helper()
+	out := newOutcomes()
+	opts = append([]apns.Option{apns.WithRootCAs(pki.RootCAs), apns.WithOutcomeFunc(out.add),
+		apns.WithAssumeDelivered(testWindow)}, opts...)
+	eng, err := apns.NewBinaryEngine(addr, pki.ClientCert, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = eng.Close(ctx)
+	})
+	return eng, out
 }
