@@ -138,15 +138,5 @@ func TestBinarySilentClosesFreeThenCounted(t *testing.T) {
 // pki's certificates.
 func newRawEngine(t testing.TB, addr string, pki *apnstest.PKI, opts ...apns.Option) (*apns.BinaryEngine, *outcomes) {
 	t.Helper()
-	out := newOutcomes()
-	opts = append([]apns.Option{apns.WithRootCAs(pki.RootCAs), apns.WithOutcomeFunc(out.add),
-		apns.WithAssumeDelivered(testWindow)}, opts...)
-	eng, err := apns.NewBinaryEngine(addr, pki.ClientCert, opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = eng.Close(ctx)
-	})
-	return eng, out
+	return newEngineAt(t, addr, pki.RootCAs, pki.ClientCert, opts...)
 }

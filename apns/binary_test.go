@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -86,14 +87,21 @@ func (c *outcomes) byRef() map[any]apns.Outcome {
 // and closes it at cleanup.
 func newEngine(t testing.TB, gw *apnstest.Gateway, opts ...apns.Option) (*apns.BinaryEngine, *outcomes) {
 	t.Helper()
+	opts = append([]apns.Option{apns.WithReconnectBackoff(5*time.Millisecond, 50*time.Millisecond)}, opts...)
+	return newEngineAt(t, gw.Addr, gw.RootCAs(), gw.ClientCert(), opts...)
+}
+
+// newEngineAt is newEngine for a gateway at addr with these roots and
+// client certificate, without newEngine's short reconnect back-off.
+func newEngineAt(t testing.TB, addr string, roots *x509.CertPool, cert tls.Certificate, opts ...apns.Option) (*apns.BinaryEngine, *outcomes) {
+	t.Helper()
 	out := newOutcomes()
 	opts = append([]apns.Option{
-		apns.WithRootCAs(gw.RootCAs()),
+		apns.WithRootCAs(roots),
 		apns.WithOutcomeFunc(out.add),
 		apns.WithAssumeDelivered(testWindow),
-		apns.WithReconnectBackoff(5*time.Millisecond, 50*time.Millisecond),
 	}, opts...)
-	eng, err := apns.NewBinaryEngine(gw.Addr, gw.ClientCert(), opts...)
+	eng, err := apns.NewBinaryEngine(addr, cert, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
