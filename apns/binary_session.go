@@ -27,10 +27,11 @@ type binSession struct {
 	conn *tls.Conn
 	w    *bufio.Writer
 
-	ring   []*delivery // in flight: ring[start:], identifiers headID, headID+1, …
-	start  int
-	headID uint32
-	nextID uint32
+	ring    []binFlight // in flight: ring[start:], identifiers headID, headID+1, …
+	expired []*delivery // expire's run, reported at once
+	start   int
+	headID  uint32
+	nextID  uint32
 
 	readc      chan binReadResult
 	unflushed  int // newest in-flight items still in the buffer, not flushed
@@ -165,7 +166,7 @@ func (s *binSession) loop(err error) bool {
 		// expiry or marker, or the idle timeout.
 		var wake time.Duration
 		if s.inflight() > 0 {
-			oldest := s.ring[s.start].written
+			oldest := s.ring[s.start].flushed
 			wake = oldest + e.b.assumeDelivered - now
 			if s.canMark() {
 				wake = min(wake, oldest+e.b.confirmAfter-now)
@@ -226,7 +227,7 @@ func (s *binSession) markDue(now time.Duration, atOnce bool) bool {
 	if s.inflight() == 0 || !s.canMark() {
 		return false
 	}
-	oldest := s.ring[s.start].written
+	oldest := s.ring[s.start].flushed
 	if oldest == binNotFlushed {
 		return false
 	}
@@ -283,14 +284,22 @@ func (s *binSession) push(it *delivery, now time.Duration) {
 	if !it.marker {
 		s.e.c.written(it)
 	}
-	it.written = binNotFlushed
-	s.ring = append(s.ring, it)
+	s.ring = append(s.ring, binFlight{it, binNotFlushed})
 	s.unflushed++
 	s.nextID++
 	s.lastWrite = now
 }
 
-// binNotFlushed is the written time of an item still in the buffer: the
+// binFlight is a notification in flight on a session. The ring keeps when
+// its frame was flushed, so that expire finds what the window assumed
+// delivered from the ring alone, reading it in order, without touching the
+// deliveries (scattered in memory, and read again by the dispatcher).
+type binFlight struct {
+	d       *delivery
+	flushed time.Duration // when its frame left the process (binNotFlushed before)
+}
+
+// binNotFlushed is the flushed time of an item still in the buffer: the
 // assumed-delivered window starts only once its frame left the process.
 const binNotFlushed = time.Duration(math.MaxInt64)
 
@@ -312,8 +321,8 @@ func (s *binSession) stampFlushed() {
 		return
 	}
 	t := s.e.mono()
-	for _, it := range s.ring[len(s.ring)-s.unflushed:] {
-		it.written = t
+	for i := len(s.ring) - s.unflushed; i < len(s.ring); i++ {
+		s.ring[i].flushed = t
 	}
 	s.unflushed = 0
 }
@@ -330,8 +339,8 @@ func (s *binSession) refreshDeadline(now time.Duration) {
 
 // pop takes the oldest in-flight item.
 func (s *binSession) pop() *delivery {
-	it := s.ring[s.start]
-	s.ring[s.start] = nil
+	it := s.ring[s.start].d
+	s.ring[s.start] = binFlight{}
 	s.start++
 	s.headID++
 	s.unflushed = min(s.unflushed, len(s.ring)-s.start)
@@ -346,20 +355,23 @@ func (s *binSession) pop() *delivery {
 	return it
 }
 
-// expire reports delivered what stayed unanswered for the window, waking
-// the dispatcher once for them all.
+// expire reports delivered what stayed unanswered for the window, at once
+// and without reading the deliveries: the dispatcher does.
 func (s *binSession) expire(now time.Duration) {
-	c := s.e.c
-	for s.inflight() > 0 && now-s.ring[s.start].written >= s.e.b.assumeDelivered {
+	for s.inflight() > 0 && now-s.ring[s.start].flushed >= s.e.b.assumeDelivered {
 		it := s.pop()
-		if it.marker {
+		if it == &s.marker {
 			s.markerFailed("did not answer")
 			continue
 		}
 		s.confirm()
-		c.finishHeld(it, nil)
+		s.expired = append(s.expired, it)
 	}
-	c.flushOutcomes()
+	if len(s.expired) > 0 {
+		s.e.c.finishDelivered(s.expired)
+		clear(s.expired)
+		s.expired = s.expired[:0]
+	}
 }
 
 // confirm notes that the gateway took part in an outcome on this

@@ -22,23 +22,26 @@ type delivery struct {
 // deliveryState is what recycle clears: the lines of memory every engine
 // touches. The Stream is the HTTP/2 connection's to reset (it does, as it
 // opens a stream), so a binary delivery never touches its lines.
+//
+// Its layout is two cache lines: the first holds what Send writes and a
+// wire reads and stamps as it writes (Send, the wire and the dispatcher
+// run on different cores, and a delivery moves between them), the second
+// what an outcome and a retry need.
 type deliveryState struct {
 	n        *Notification
 	ref      any
 	accepted time.Time
-	attempts int    // times written to APNs
-	retries  int    // counted temporary failures
-	free     int    // resends that cost no retry: provably not processed
-	gen      uint64 // credentials-gate generation when last written
+	attempts int32  // times written to APNs
 	probe    bool   // let through a closed gate to probe the credentials
+	marker   bool   // binary: a confirm marker, not a notification
+	gen      uint64 // credentials-gate generation when last written
 
-	// Wire scratch.
-	written  time.Duration  // binary: when its frame was flushed (binNotFlushed before)
-	idleEnds int            // binary: resends after connections that processed nothing
-	marker   bool           // binary: a confirm marker, not a notification
-	apnsID   string         // HTTP/2: the apns-id APNs answered
-	tok      *providerToken // HTTP/2, token auth: the token it was last sent with
 	outErr   error          // the outcome's error, once reported
+	tok      *providerToken // HTTP/2, token auth: the token it was last sent with
+	apnsID   string         // HTTP/2: the apns-id APNs answered
+	retries  int32          // counted temporary failures
+	free     int32          // resends that cost no retry: provably not processed
+	idleEnds int32          // binary: free resends after connections that ended without a verdict on it
 }
 
 // H2Stream makes a delivery an h2conn request.
@@ -305,25 +308,27 @@ func (c *core) failQueued(err error) {
 // finish reports d's outcome: err nil is delivered, a *RejectionError
 // rejected, anything else failed. A delivery's outcome is reported once:
 // the caller gives up d.
-func (c *core) finish(d *delivery, err error) { c.report(d, err, false) }
-
-// finishHeld is finish for one of a run of outcomes: the dispatcher is not
-// woken for it. The caller calls flushOutcomes after the run, before it
-// waits for anything.
-func (c *core) finishHeld(d *delivery, err error) { c.report(d, err, true) }
-
-// flushOutcomes wakes the dispatcher for outcomes finishHeld queued.
-func (c *core) flushOutcomes() { c.out.flush() }
-
-func (c *core) report(d *delivery, err error, hold bool) {
+func (c *core) finish(d *delivery, err error) {
 	if d.marker {
 		return
 	}
+	c.settle(d, err)
+	c.out.push(d)
+}
+
+// finishDelivered reports a run of deliveries delivered (no marker among
+// them) without reading them: the dispatcher settles them as it hands their
+// outcomes over. A wire that assumes a run delivered after a window (the
+// binary engine) calls it with deliveries it has not touched since it wrote
+// them, so that only the dispatcher reads them again. The caller keeps ds.
+func (c *core) finishDelivered(ds []*delivery) { c.out.pushDelivered(ds) }
+
+// settle records d's outcome.
+func (c *core) settle(d *delivery, err error) {
 	if err == nil {
 		c.gate.succeeded(d.gen, d.tok)
 	}
 	d.outErr = err
-	c.out.push(d, hold)
 }
 
 // outcome is d's Outcome, once reported.
@@ -333,7 +338,7 @@ func (d *delivery) outcome() Outcome {
 		Notification: d.n,
 		Err:          d.outErr,
 		APNsID:       d.apnsID,
-		Attempts:     d.attempts,
+		Attempts:     int(d.attempts),
 		Accepted:     d.accepted,
 	}
 }
@@ -362,18 +367,18 @@ func (c *core) retry(d *delivery, cause error, counted bool) {
 	}
 	if !counted {
 		d.free++
-		counted = d.free > c.maxFree
+		counted = int(d.free) > c.maxFree
 	}
 	var delay time.Duration
 	if counted {
 		d.retries++
-		if d.retries > c.o.maxRetries {
+		if int(d.retries) > c.o.maxRetries {
 			c.o.log.LogAttrs(context.Background(), slog.LevelWarn, "notification failed: retries exhausted",
-				slog.Any("token", d.n.Token), slog.Int("attempts", d.attempts), slog.String("cause", cause.Error()))
+				slog.Any("token", d.n.Token), slog.Int("attempts", int(d.attempts)), slog.String("cause", cause.Error()))
 			c.finish(d, fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, d.attempts, cause))
 			return
 		}
-		delay = c.retryBackoff.Delay(d.retries)
+		delay = c.retryBackoff.Delay(int(d.retries))
 	}
 	if err := c.gateErr(d); err != nil {
 		c.finish(d, err)
@@ -417,42 +422,44 @@ func (c *core) stats(s *Stats) {
 	}
 }
 
-// dispatcher hands outcomes to the OutcomeFunc from one goroutine, in the
-// order they were reported, in batches.
+// dispatcher hands outcomes to the OutcomeFunc from one goroutine, in
+// batches: each in the order reported, runs of deliveries to settle as
+// delivered (finishDelivered) after the other outcomes of the batch.
 type dispatcher struct {
-	mu       sync.Mutex
-	q        []*delivery // reported, their outcomes not yet handled
-	idle     bool        // the goroutine waits on wake
-	stopping bool
-	wake     chan struct{} // cap 1
-	done     chan struct{}
+	mu        sync.Mutex
+	q         []*delivery // reported, their outcomes not yet handled
+	delivered []*delivery // reported delivered, not yet settled (finishDelivered)
+	idle      bool        // the goroutine waits on wake
+	stopping  bool
+	wake      chan struct{} // cap 1
+	done      chan struct{}
 }
 
 // push queues an outcome; it never blocks (at most maxInFlight are queued).
-// With hold it does not wake the dispatcher: flush will.
-func (q *dispatcher) push(d *delivery, hold bool) {
+func (q *dispatcher) push(d *delivery) {
 	q.mu.Lock()
 	q.q = append(q.q, d)
-	q.wakeUnlock(!hold)
+	q.wakeUnlock()
 }
 
-// flush wakes the dispatcher if outcomes wait for it.
-func (q *dispatcher) flush() {
+// pushDelivered queues a run of deliveries to settle as delivered.
+func (q *dispatcher) pushDelivered(ds []*delivery) {
 	q.mu.Lock()
-	q.wakeUnlock(len(q.q) > 0)
+	q.delivered = append(q.delivered, ds...)
+	q.wakeUnlock()
 }
 
 // stop ends the dispatcher once its queue is empty, and waits for it.
 func (q *dispatcher) stop() {
 	q.mu.Lock()
 	q.stopping = true
-	q.wakeUnlock(true)
+	q.wakeUnlock()
 	<-q.done
 }
 
-// wakeUnlock unlocks mu, and wakes the dispatcher if want and it is idle.
-func (q *dispatcher) wakeUnlock(want bool) {
-	wake := want && q.idle
+// wakeUnlock unlocks mu, and wakes the dispatcher if it is idle.
+func (q *dispatcher) wakeUnlock() {
+	wake := q.idle
 	if wake {
 		q.idle = false
 	}
@@ -466,10 +473,10 @@ func (q *dispatcher) wakeUnlock(want bool) {
 func (c *core) dispatch() {
 	q := &c.out
 	defer close(q.done)
-	var batch []*delivery
+	var batch, delivered []*delivery
 	for {
 		q.mu.Lock()
-		for len(q.q) == 0 {
+		for len(q.q) == 0 && len(q.delivered) == 0 {
 			if q.stopping {
 				q.mu.Unlock()
 				return
@@ -480,14 +487,28 @@ func (c *core) dispatch() {
 			q.mu.Lock()
 		}
 		batch, q.q = q.q, batch[:0]
+		delivered, q.delivered = q.delivered, delivered[:0]
 		q.mu.Unlock()
-		for i := range batch {
-			c.o.outcome(batch[i].outcome())
-			c.recycle(batch[i])
-			batch[i] = nil
+		for _, d := range delivered {
+			c.settle(d, nil)
 		}
-		c.release(len(batch))
+		c.handOver(batch)
+		c.handOver(delivered)
 	}
+}
+
+// handOver gives the OutcomeFunc the outcomes of settled deliveries,
+// recycles them and frees their slots. It clears ds.
+func (c *core) handOver(ds []*delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	for i := range ds {
+		c.o.outcome(ds[i].outcome())
+		c.recycle(ds[i])
+		ds[i] = nil
+	}
+	c.release(len(ds))
 }
 
 // admission bounds the deliveries without a handled outcome: acquire takes
