@@ -138,7 +138,15 @@ type validator struct {
 	outerOnly bool // members reports the outer object's members only
 }
 
+// ws skips whitespace. Its common case, none, is inlined.
 func (v *validator) ws() {
+	if v.i < len(v.b) && v.b[v.i] > ' ' {
+		return
+	}
+	v.skipSpace()
+}
+
+func (v *validator) skipSpace() {
 	for v.i < len(v.b) {
 		switch v.b[v.i] {
 		case ' ', '\t', '\n', '\r':
