@@ -228,7 +228,15 @@ func printable(s string) bool {
 
 // eventMsg encodes an event into a message with its Nats-Msg-Id.
 func eventMsg(subject, msgID string, ev any) (*nats.Msg, error) {
-	data, err := json.Marshal(ev)
+	var data []byte
+	var err error
+	if m, ok := ev.(json.Marshaler); ok {
+		// Its own encoding is json.Marshal's, compact: json.Marshal(ev)
+		// would only scan it all again (the job's bytes a third time).
+		data, err = m.MarshalJSON()
+	} else {
+		data, err = json.Marshal(ev)
+	}
 	if err != nil {
 		return nil, err
 	}
