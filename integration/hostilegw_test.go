@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -120,11 +121,7 @@ func (g *hostileGW) servedAt(t apns.Token) []int64 {
 func (g *hostileGW) statusCounts() map[int]int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make(map[int]int, len(g.statuses))
-	for k, v := range g.statuses {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(g.statuses)
 }
 
 // arrivedBetween counts the requests that arrived in [from, to).

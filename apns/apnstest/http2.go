@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -400,11 +401,7 @@ func (s *HTTP2Server) AcceptedFor(tok apns.Token) int {
 func (s *HTTP2Server) Statuses() map[int]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := make(map[int]int, len(s.statuses))
-	for k, v := range s.statuses {
-		m[k] = v
-	}
-	return m
+	return maps.Clone(s.statuses)
 }
 
 // Requests returns the accepted requests recorded with HTTP2Record(true),
