@@ -59,12 +59,9 @@ func hex4(b []byte) rune {
 	return r
 }
 
-// Backslash is bytes.IndexByte(s, '\\'), quicker for the short strings of
-// member names, which it is mostly asked about.
+// Backslash is bytes.IndexByte(s, '\\') for the short strings of member
+// names, which it is asked about: small enough to be inlined.
 func Backslash(s []byte) int {
-	if len(s) > 32 {
-		return bytes.IndexByte(s, '\\')
-	}
 	for i, c := range s {
 		if c == '\\' {
 			return i
@@ -78,7 +75,7 @@ func Backslash(s []byte) int {
 // subslice of s; with them, a new slice.
 func Unquote(s []byte) []byte {
 	s = s[1 : len(s)-1]
-	k := Backslash(s)
+	k := bytes.IndexByte(s, '\\')
 	if k < 0 {
 		return s
 	}
@@ -145,10 +142,12 @@ func Members(p []byte, i int, fn func(name, value []byte) bool) {
 
 // Names finds a repeated member name of one object (RFC 7493 §2.3): names
 // are compared after unescaping, so "a" and "\u0061" are the same. The
-// zero Names is empty; it allocates only past 8 names (the first 8 are
-// kept small: every Validate zeroes two Names) or for escaped ones.
+// zero Names is empty. Up to 8 names without escapes, the common case, are
+// kept as they are in the input and compared as bytes; past 8 names, or
+// once one is escaped, every name is kept unescaped in a map (which
+// allocates).
 type Names struct {
-	small [8][]byte
+	small [8][]byte // quoted names, as in the input
 	n     int
 	more  map[string]struct{}
 }
@@ -156,28 +155,31 @@ type Names struct {
 // Seen records name (quoted, as in the input) and reports whether it was
 // recorded before.
 func (s *Names) Seen(name []byte) bool {
-	name = Unquote(name)
-	if s.more != nil {
-		if _, ok := s.more[string(name)]; ok {
-			return true
-		}
-		s.more[string(name)] = struct{}{}
-		return false
+	if s.more != nil || s.n == len(s.small) || Backslash(name) >= 0 {
+		return s.seenMap(name)
 	}
 	for _, k := range s.small[:s.n] {
-		if bytes.Equal(k, name) {
+		if string(k) == string(name) {
 			return true
 		}
 	}
-	if s.n < len(s.small) {
-		s.small[s.n] = name
-		s.n++
-		return false
+	s.small[s.n] = name
+	s.n++
+	return false
+}
+
+// seenMap is Seen once the names are kept in the map.
+func (s *Names) seenMap(name []byte) bool {
+	if s.more == nil {
+		s.more = make(map[string]struct{}, 2*len(s.small))
+		for _, k := range s.small[:s.n] {
+			s.more[string(Unquote(k))] = struct{}{}
+		}
 	}
-	s.more = make(map[string]struct{}, 2*len(s.small))
-	for _, k := range s.small {
-		s.more[string(k)] = struct{}{}
+	k := Unquote(name)
+	if _, ok := s.more[string(k)]; ok {
+		return true
 	}
-	s.more[string(name)] = struct{}{}
+	s.more[string(k)] = struct{}{}
 	return false
 }
