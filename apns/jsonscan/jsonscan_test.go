@@ -1,7 +1,9 @@
 package jsonscan
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -197,4 +199,37 @@ func FuzzValidObject(f *testing.F) {
 			t.Fatalf("%q: ValidObject reports %q, ValidMembers %q", b, outer, all)
 		}
 	})
+}
+
+// TestPlain8 checks the word-at-a-time test of str against the byte table:
+// exact for one odd byte among plain ones, and never yes for a word that
+// holds a byte that is not plain.
+func TestPlain8(t *testing.T) {
+	word := func(b [8]byte) uint64 { return binary.LittleEndian.Uint64(b[:]) }
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 8; pos++ {
+			b := [8]byte{'a', 'a', 'a', 'a', 'a', 'a', 'a', 'a'}
+			b[pos] = byte(c)
+			if got := plain8(word(b)); got != plain[c] {
+				t.Fatalf("plain8(%q) = %v, want %v", b, got, plain[c])
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 1_000_000 {
+		var b [8]byte
+		for i := range b {
+			b[i] = byte(0x20 + r.IntN(0x60)) // mostly plain
+			if r.IntN(8) == 0 {
+				b[i] = byte(r.IntN(256))
+			}
+		}
+		all := true
+		for _, c := range b {
+			all = all && plain[c]
+		}
+		if plain8(word(b)) && !all {
+			t.Fatalf("plain8(%q) = true, but it holds a byte that is not plain", b)
+		}
+	}
 }
