@@ -88,11 +88,11 @@ func TestContractDocsAgree(t *testing.T) {
 	// The limits both state.
 	var schema struct {
 		Properties map[string]struct {
-			Enum       []any  `json:"enum"`
-			Pattern    string `json:"pattern"`
-			MaxLength  int    `json:"maxLength"`
+			Enum        []any  `json:"enum"`
+			Pattern     string `json:"pattern"`
+			MaxLength   int    `json:"maxLength"`
 			Description string `json:"description"`
-			OneOf      []struct {
+			OneOf       []struct {
 				Type    string   `json:"type"`
 				Maximum *float64 `json:"maximum"`
 			} `json:"oneOf"`
