@@ -129,14 +129,19 @@ func TestJobContractLarge(t *testing.T) {
 		{"10 MB of members", `{"token":"` + tok + `","payload":` + payload + strings.Repeat(`,"x":1`, 2<<20) + `}`, apns.ReasonDuplicateKey},
 		{"10 MB token", `{"token":"` + strings.Repeat("ab", 5<<20) + `","payload":` + payload + `}`, apns.ReasonInvalidToken},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			_, n, err := w.checkJob([]byte(c.data))
-			require.Error(t, err)
-			require.Nil(t, n)
-			require.Equal(t, c.reason, malformedReason(err), "%.200v", err)
-			checkMalformedEvent(t, []byte(c.data), err)
-		})
+		t.Run(c.name, func(t *testing.T) { checkRefused(t, w, c) })
 	}
+}
+
+// checkRefused: w refuses c's job with c's reason, and its event carries
+// the job's bytes.
+func checkRefused(t *testing.T, w *Worker, c malformedCase) {
+	t.Helper()
+	_, n, err := w.checkJob([]byte(c.data))
+	require.Error(t, err)
+	require.Nil(t, n)
+	require.Equal(t, c.reason, malformedReason(err), "%.200v", err)
+	checkMalformedEvent(t, []byte(c.data), err)
 }
 
 // binaryCases are the rules only a binary (or mock) worker applies, for

@@ -138,13 +138,7 @@ func hostileWorker() *Worker {
 func TestJobContract(t *testing.T) {
 	w := hostileWorker()
 	for _, c := range malformedCases() {
-		t.Run(c.name, func(t *testing.T) {
-			_, n, err := w.checkJob([]byte(c.data))
-			require.Error(t, err)
-			require.Nil(t, n)
-			require.Equal(t, c.reason, malformedReason(err), "%v", err)
-			checkMalformedEvent(t, []byte(c.data), err)
-		})
+		t.Run(c.name, func(t *testing.T) { checkRefused(t, w, c) })
 	}
 	for i, data := range goodJobs() {
 		t.Run("good "+strconv.Itoa(i), func(t *testing.T) {
