@@ -161,6 +161,9 @@ func (n *Notification) Validate(l Limits) error {
 	if len(n.CollapseID) > 64 {
 		return fmt.Errorf("%w: %d bytes", ErrInvalidCollapseID, len(n.CollapseID))
 	}
+	if i := controlByte(n.CollapseID); i >= 0 {
+		return fmt.Errorf("%w: %q at byte %d", ErrCollapseIDControl, n.CollapseID[i], i)
+	}
 	if n.ID != "" && !IsUUID(n.ID) {
 		return fmt.Errorf("%w: %.40q", ErrInvalidID, n.ID)
 	}

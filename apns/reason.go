@@ -66,7 +66,7 @@ const (
 	ReasonMissingAps          = "MissingAps"        // payload without an "aps" member
 	ReasonApsNotObject        = "ApsNotObject"      // "aps" is not a JSON object
 	ReasonInvalidPriority     = "InvalidPriority"   // priority not 10, 5 or 1, or not the push type's
-	ReasonInvalidCollapseID   = "InvalidCollapseId" // collapse_id over 64 bytes
+	ReasonInvalidCollapseID   = "InvalidCollapseId" // collapse_id over 64 bytes, or with a control character
 	ReasonInvalidID           = "InvalidId"         // apns-id not a lowercase UUID
 	ReasonInvalidTopic        = "InvalidTopic"      // topic with spaces, controls or non-ASCII
 	ReasonContentAvailable    = "MissingContentAvailable"
@@ -86,6 +86,10 @@ var (
 	ErrBadLiveActivity       = fmt.Errorf("%w: bad live activity payload", ErrInvalidNotification)
 	ErrUnsupportedByProtocol = fmt.Errorf("%w: not supported by the engine's protocol", ErrInvalidNotification)
 	ErrInvalidExpiration     = fmt.Errorf("%w: bad expiration", ErrInvalidNotification)
+	// ErrCollapseIDControl: a control character (NUL, CR, LF, DEL...) in
+	// the collapse id, which an HTTP/2 header value cannot carry (RFC 9113
+	// §8.2.1): APNs would reset the stream, not give a verdict.
+	ErrCollapseIDControl = fmt.Errorf("%w: control character in the collapse id", ErrInvalidNotification)
 )
 
 // reasonOfError maps each validation error to its reason, most specific
@@ -109,6 +113,7 @@ var reasonOfError = []struct {
 	{ErrInvalidPriority, ReasonInvalidPriority},
 	{ErrInvalidPushType, ReasonInvalidPushType},
 	{ErrInvalidCollapseID, ReasonInvalidCollapseID},
+	{ErrCollapseIDControl, ReasonInvalidCollapseID},
 	{ErrInvalidID, ReasonInvalidID},
 	{ErrInvalidTopic, ReasonInvalidTopic},
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -131,8 +132,8 @@ func priority(val []byte, dst *int) error {
 }
 
 // decode reads an expiration: an RFC 3339 string from 1970 (its first
-// second is try once), whole UNIX seconds from 0 (try once) to 2^32-1, or
-// null (none).
+// second is try once) to 2106-02-07T06:28:15Z (2^32-1), whole UNIX seconds
+// from 0 (try once) to 2^32-1, or null (none).
 func (e *Expiration) decode(val []byte) error {
 	switch c := val[0]; {
 	case c == 'n':
@@ -145,6 +146,10 @@ func (e *Expiration) decode(val []byte) error {
 			return fmt.Errorf("%w: %.40q is not RFC 3339", apns.ErrInvalidExpiration, s)
 		}
 		switch {
+		case t.Unix() > math.MaxUint32:
+			// APNs' expiration is 32-bit UNIX seconds (the binary frame's
+			// item 4): a later time cannot be sent as written.
+			return fmt.Errorf("%w: %.40q is after 2106-02-07T06:28:15Z (UNIX seconds 4294967295)", apns.ErrInvalidExpiration, s)
 		case t.Unix() < 0:
 			// A zero or minimum date of the producer's language
 			// ("0001-01-01T00:00:00Z") meant as "none", most likely: say

@@ -31,7 +31,7 @@ func malformedCases() []malformedCase {
 	tok := tokHex(100)
 	job := func(members string) string { return `{"token":"` + tok + `",` + members + `}` }
 	pl := func(p string) string { return job(`"payload":` + p) }
-	return []malformedCase{
+	return append([]malformedCase{
 		{"empty message", "", apns.ReasonMalformedJob},
 		{"white space", " \n", apns.ReasonMalformedJob},
 		{"broken json", `{"token":"ab`, apns.ReasonMalformedJob},
@@ -105,7 +105,7 @@ func malformedCases() []malformedCase {
 		{"huge push type", job(`"push_type":"` + strings.Repeat("p", 700<<10) + `","payload":` + payload), apns.ReasonInvalidPushType},
 		{"huge content-available", job(`"push_type":"background","priority":5,"payload":{"aps":{"content-available":"` + strings.Repeat("c", 3000) + `"}}`), apns.ReasonContentAvailable},
 		{"pushtotalk bare topic", job(`"push_type":"pushtotalk","topic":"com.example.app","payload":` + payload), apns.ReasonTopicDisallowed},
-	}
+	}, auditCases()...)
 }
 
 // sizedPayload returns a payload of exactly n bytes.
@@ -117,14 +117,14 @@ func sizedPayload(n int) []byte {
 // goodJobs are accepted jobs of the kinds the contract allows.
 func goodJobs() []string {
 	tok := tokHex(200)
-	return []string{
+	return append([]string{
 		`{"token":"` + tok + `","payload":` + payload + `}`,
 		`{"id":"g","token":"` + tok + `","payload":{ "aps" : {"alert":"\u00e9\ud83d\ude00"} , "x":[1,{"x":2,"x":3}]},"Token":"x","unknown":null}`,
 		`{"token":"` + tok + `","push_type":"background","priority":5,"payload":{"aps":{"content-available":1}}}`,
 		`{"token":"` + tok + `","push_type":"liveactivity","topic":"com.example.app.push-type.liveactivity","payload":{"aps":{"event":"update","timestamp":1796083200,"content-state":{}}}}`,
 		`{"token":"` + tok + `","push_type":"voip","topic":"com.example.app.voip","payload":` + string(sizedPayload(5120)) + `}`,
 		`{"token":"` + tok + `","payload":` + string(sizedPayload(4096)) + `,"expiration":0,"priority":1,"collapse_id":"c"}`,
-	}
+	}, auditGoodJobs()...)
 }
 
 // hostileWorker is the Worker the table and the fuzz target check jobs
@@ -138,13 +138,7 @@ func hostileWorker() *Worker {
 func TestJobContract(t *testing.T) {
 	w := hostileWorker()
 	for _, c := range malformedCases() {
-		t.Run(c.name, func(t *testing.T) {
-			_, n, err := w.checkJob([]byte(c.data))
-			require.Error(t, err)
-			require.Nil(t, n)
-			require.Equal(t, c.reason, malformedReason(err), "%v", err)
-			checkMalformedEvent(t, []byte(c.data), err)
-		})
+		t.Run(c.name, func(t *testing.T) { checkRefused(t, w, c) })
 	}
 	for i, data := range goodJobs() {
 		t.Run("good "+strconv.Itoa(i), func(t *testing.T) {
@@ -205,12 +199,14 @@ func checkMalformedEvent(t *testing.T, data []byte, cause error) {
 
 // checkAccepted: an accepted job is sent with the payload it carried, byte
 // for byte, its aps is an object, and no name repeats in the job, the
-// payload or aps (as encoding/json reads them).
+// payload or aps (as encoding/json reads them); its other values are sent
+// as written (checkSentAsWritten).
 func checkAccepted(t *testing.T, data []byte, n *apns.Notification) {
 	t.Helper()
 	if n == nil {
 		t.Fatal("accepted without a notification")
 	}
+	checkSentAsWritten(t, n)
 	job, err := uniqueMembers(data)
 	if err != nil {
 		t.Fatalf("accepted job %.200q: %v", data, err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -78,16 +79,29 @@ func hostileKinds() []hostileKind {
 		{"liveactivity without timestamp", apns.ReasonBadLiveActivity, 0, with(`"push_type":"liveactivity","topic":"com.example.app.push-type.liveactivity","payload":{"aps":{"event":"update"}}`)},
 		{"voip bare topic", apns.ReasonTopicDisallowed, 0, with(`"push_type":"voip","topic":"com.example.app","payload":` + helloPayload)},
 		{"unknown push type", apns.ReasonInvalidPushType, 0, with(`"push_type":"../../x","payload":` + helloPayload)},
+		// Kinds the audit of issue 11 added.
+		{"collapse id with a NUL", apns.ReasonInvalidCollapseID, 0, with(`"payload":` + helloPayload + `,"collapse_id":"a\u0000b"`)},
+		{"collapse id with CR LF", apns.ReasonInvalidCollapseID, 0, with(`"payload":` + helloPayload + `,"collapse_id":"a\r\nx-evil: 1"`)},
+		{"expiration past 2106", apns.ReasonBadExpirationDate, 0, with(`"payload":` + helloPayload + `,"expiration":"2200-01-01T00:00:00Z"`)},
+		{"overlong UTF-8", apns.ReasonInvalidUTF8, 0, with("\"payload\":{\"aps\":{\"alert\":\"\xc0\xaf\"}}")},
+		{"priority 1e999", apns.ReasonInvalidPriority, 0, with(`"payload":` + helloPayload + `,"priority":1e999`)},
+		{"escaped aps a string", apns.ReasonApsNotObject, 0, with(`"payload":{"\u0061ps":"hi"}`)},
+		{"aps member twice, one escaped", apns.ReasonDuplicateKey, 0, with(`"payload":{"aps":{"alert":"a","\u0061lert":"b"}}`)},
+		{"location bare topic", apns.ReasonTopicDisallowed, 0, with(`"push_type":"location","topic":"com.example.app","payload":` + helloPayload)},
+		{"10 MB job", apns.ReasonPayloadTooLarge, 1, with(`"payload":{"aps":{"alert":"` + strings.Repeat("z", 10<<20) + `"}}`)},
 	}
 }
 
 // TestHostileJobs: the worker in HTTP/2 mode is fed thousands of hostile
-// jobs of many kinds with good jobs between them. None reaches the APNs
+// jobs of many kinds (one of 10 MB, on a server whose max_payload lets it
+// through) with good jobs between them. None reaches the APNs
 // server, each gets exactly one rejection event with its reason, every
 // good job is delivered once, and the worker stays up.
 func TestHostileJobs(t *testing.T) {
 	h2 := startHTTP2(t)
-	ns := startNATS(t)
+	// max_payload raised, as an operator may (up to 64 MB), so that the
+	// 10 MB job reaches the stream.
+	ns := startNATSWith(t, freeAddr(t), func(o *server.Options) { o.MaxPayload = 16 << 20 })
 	_, js := connect(t, ns.ClientURL())
 	w := startWorker(t, "hostile", http2Env(t, ns.ClientURL(), h2))
 

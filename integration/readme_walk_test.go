@@ -185,6 +185,7 @@ func TestReadmeWalk(t *testing.T) {
 	require.JSONEq(t, quick[1], string(rej.body["job"]))
 	bad := outcomes[s3] // 'not json': the original bytes, in job_raw
 	require.JSONEq(t, "true", string(bad.body["malformed"]))
+	require.Equal(t, "mock", bad.str(t, "protocol"), "a malformed job's event names the mock mode's protocol too")
 	require.Equal(t, base64Of("not json"), string(bad.body["job_raw"]))
 	require.Contains(t, bad.str(t, "error"), "not JSON: invalid character", "the error says where the JSON breaks")
 	require.Equal(t, `""`, string(outcomes[sHdr].body["job_raw"]))
