@@ -146,7 +146,7 @@ func (n *Notification) Validate(l Limits) error {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(n.Payload), max)
 	}
 	var aps apsMembers
-	if err := scanPayload(n.Payload, &aps); err != nil {
+	if err := scanPayload(n.Payload, &aps); err != nil && (err != ErrNoAPS || n.PushType != PushTypeMDM) {
 		return err
 	}
 	switch n.Priority {
@@ -232,6 +232,12 @@ func checkPushType(n *Notification, aps *apsMembers) error {
 		if n.Priority != 0 && n.Priority != PriorityImmediate {
 			return fmt.Errorf("%w: %s pushes must use priority 10, not %d", ErrInvalidPriority, n.PushType, n.Priority)
 		}
+	case PushTypeMDM:
+		// An MDM push wakes a device to check in with its MDM server: its
+		// payload is {"mdm":"<PushMagic>"}, with no aps needed.
+		if aps.mdm == nil || aps.mdm[0] != '"' {
+			return fmt.Errorf(`%w: it carries the device's PushMagic`, ErrMissingMDM)
+		}
 	case PushTypeLiveActivity:
 		if n.Priority == PriorityLow {
 			return fmt.Errorf("%w: liveactivity pushes use priority 10 or 5, not 1", ErrInvalidPriority)
@@ -308,9 +314,10 @@ var lowerHex = func() (t [256]bool) {
 }()
 
 // apsMembers are the values (raw JSON) of the aps members the push-type
-// rules read; nil when absent.
+// rules read, and of the payload's own "mdm"; nil when absent.
 type apsMembers struct {
 	contentAvailable, event, timestamp, contentState, attributesType, attributes, alert []byte
+	mdm                                                                                 []byte
 }
 
 // scanPayload checks that p is a JSON object of valid UTF-8 with an object
@@ -334,6 +341,8 @@ func scanPayload(p []byte, aps *apsMembers) error {
 		case parent == nil:
 			if isAps(name) {
 				apsVal = value
+			} else if isName(name, "mdm") {
+				aps.mdm = value
 			}
 		case !isAps(parent):
 		case apsVal != nil: // the members of a second aps
@@ -363,8 +372,14 @@ func scanPayload(p []byte, aps *apsMembers) error {
 }
 
 // isAps reports whether the quoted member name is "aps".
-func isAps(name []byte) bool {
-	return string(name) == `"aps"` || jsonscan.Backslash(name) >= 0 && string(jsonscan.Unquote(name)) == "aps"
+func isAps(name []byte) bool { return isName(name, "aps") }
+
+// isName reports whether the quoted member name is want.
+func isName(name []byte, want string) bool {
+	if jsonscan.Backslash(name) >= 0 {
+		return string(jsonscan.Unquote(name)) == want
+	}
+	return len(name) == len(want)+2 && string(name[1:len(name)-1]) == want
 }
 
 // set keeps an aps member the push-type rules need.

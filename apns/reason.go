@@ -71,6 +71,7 @@ const (
 	ReasonInvalidTopic        = "InvalidTopic"      // topic with spaces, controls or non-ASCII
 	ReasonContentAvailable    = "MissingContentAvailable"
 	ReasonBadLiveActivity     = "BadLiveActivityPayload" // aps.event / aps.timestamp / content-state of a liveactivity push
+	ReasonMissingMDM          = "MissingMdm"             // an mdm push without a string "mdm" member
 	ReasonUnsupportedProtocol = "UnsupportedByProtocol"  // the engine's protocol cannot send it (liveactivity over binary)
 	ReasonInvalidNotification = "InvalidNotification"    // refused by the engine for a cause not listed above
 )
@@ -84,6 +85,7 @@ var (
 	ErrTopicDisallowed       = fmt.Errorf("%w: topic lacks the push type's suffix", ErrInvalidNotification)
 	ErrMissingContentAvail   = fmt.Errorf(`%w: background push without "content-available": 1`, ErrInvalidNotification)
 	ErrBadLiveActivity       = fmt.Errorf("%w: bad live activity payload", ErrInvalidNotification)
+	ErrMissingMDM            = fmt.Errorf(`%w: mdm push without a string "mdm" member`, ErrInvalidNotification)
 	ErrUnsupportedByProtocol = fmt.Errorf("%w: not supported by the engine's protocol", ErrInvalidNotification)
 	ErrInvalidExpiration     = fmt.Errorf("%w: bad expiration", ErrInvalidNotification)
 	// ErrCollapseIDControl: a control character (NUL, CR, LF, DEL...) in
@@ -104,6 +106,7 @@ var reasonOfError = []struct {
 	{ErrTopicDisallowed, ReasonTopicDisallowed},
 	{ErrMissingContentAvail, ReasonContentAvailable},
 	{ErrBadLiveActivity, ReasonBadLiveActivity},
+	{ErrMissingMDM, ReasonMissingMDM},
 	{ErrUnsupportedByProtocol, ReasonUnsupportedProtocol},
 	{ErrInvalidExpiration, ReasonBadExpirationDate},
 	{ErrInvalidToken, ReasonInvalidToken},

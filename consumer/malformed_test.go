@@ -105,6 +105,13 @@ func malformedCases() []malformedCase {
 		{"huge push type", job(`"push_type":"` + strings.Repeat("p", 700<<10) + `","payload":` + payload), apns.ReasonInvalidPushType},
 		{"huge content-available", job(`"push_type":"background","priority":5,"payload":{"aps":{"content-available":"` + strings.Repeat("c", 3000) + `"}}`), apns.ReasonContentAvailable},
 		{"pushtotalk bare topic", job(`"push_type":"pushtotalk","topic":"com.example.app","payload":` + payload), apns.ReasonTopicDisallowed},
+		{"mdm without mdm", job(`"push_type":"mdm","payload":{}`), apns.ReasonMissingMDM},
+		{"mdm with aps only", job(`"push_type":"mdm","payload":` + payload), apns.ReasonMissingMDM},
+		{"mdm not a string", job(`"push_type":"mdm","payload":{"mdm":1}`), apns.ReasonMissingMDM},
+		{"mdm in aps", job(`"push_type":"mdm","payload":{"aps":{"mdm":"m"}}`), apns.ReasonMissingMDM},
+		{"mdm twice", job(`"push_type":"mdm","payload":{"mdm":"a","\u006ddm":"b"}`), apns.ReasonDuplicateKey},
+		{"mdm with a string aps", job(`"push_type":"mdm","payload":{"mdm":"m","aps":"x"}`), apns.ReasonApsNotObject},
+		{"mdm member without the push type", job(`"payload":{"mdm":"m"}`), apns.ReasonMissingAps},
 	}, auditCases()...)
 }
 
@@ -124,6 +131,8 @@ func goodJobs() []string {
 		`{"token":"` + tok + `","push_type":"liveactivity","topic":"com.example.app.push-type.liveactivity","payload":{"aps":{"event":"update","timestamp":1796083200,"content-state":{}}}}`,
 		`{"token":"` + tok + `","push_type":"voip","topic":"com.example.app.voip","payload":` + string(sizedPayload(5120)) + `}`,
 		`{"token":"` + tok + `","payload":` + string(sizedPayload(4096)) + `,"expiration":0,"priority":1,"collapse_id":"c"}`,
+		`{"token":"` + tok + `","push_type":"mdm","topic":"com.apple.mgmt.External.0b0f4a52","payload":{"mdm":"5E4B9C1D-PushMagic"}}`,
+		`{"token":"` + tok + `","push_type":"mdm","payload":{"\u006ddm":"m","aps":{}}}`,
 	}, auditGoodJobs()...)
 }
 
@@ -198,9 +207,10 @@ func checkMalformedEvent(t *testing.T, data []byte, cause error) {
 }
 
 // checkAccepted: an accepted job is sent with the payload it carried, byte
-// for byte, its aps is an object, and no name repeats in the job, the
-// payload or aps (as encoding/json reads them); its other values are sent
-// as written (checkSentAsWritten).
+// for byte, its aps is an object (or, for an mdm push, absent beside a
+// string mdm member), and no name repeats in the job, the payload or aps
+// (as encoding/json reads them); its other values are sent as written
+// (checkSentAsWritten).
 func checkAccepted(t *testing.T, data []byte, n *apns.Notification) {
 	t.Helper()
 	if n == nil {
@@ -218,11 +228,15 @@ func checkAccepted(t *testing.T, data []byte, n *apns.Notification) {
 	if err != nil {
 		t.Fatalf("accepted payload %.200q: %v", n.Payload, err)
 	}
-	if aps := pl["aps"]; len(aps) == 0 || aps[0] != '{' {
+	aps, ok := pl["aps"]
+	if mdm := pl["mdm"]; !ok && n.PushType == apns.PushTypeMDM && len(mdm) > 0 && mdm[0] == '"' {
+		aps = []byte(`{}`) // an mdm push needs its string mdm member, not aps
+	}
+	if len(aps) == 0 || aps[0] != '{' {
 		t.Fatalf("accepted aps %.100q is not an object", aps)
 	}
-	if _, err := uniqueMembers(pl["aps"]); err != nil {
-		t.Fatalf("accepted aps %.200q: %v", pl["aps"], err)
+	if _, err := uniqueMembers(aps); err != nil {
+		t.Fatalf("accepted aps %.200q: %v", aps, err)
 	}
 	if !utf8.Valid(data) || !jsonscan.ValidUnicode(data) {
 		t.Fatalf("accepted job %.200q is not UTF-8", data)
@@ -258,7 +272,8 @@ func uniqueMembers(b []byte) (map[string]json.RawMessage, error) {
 var errNotObject = apns.ErrInvalidPayload
 
 // FuzzJob: whatever the decoder and validation accept is sent with the
-// job's payload byte for byte, has an object aps and no repeated name;
+// job's payload byte for byte, has an object aps (but for mdm) and no
+// repeated name;
 // whatever they refuse gets exactly one rejection event, with a reason
 // and the job's bytes.
 func FuzzJob(f *testing.F) {
