@@ -142,6 +142,9 @@ func (e *Expiration) decode(val []byte) error {
 	case c == '"':
 		s := jsonscan.Unquote(val)
 		t, err := time.Parse(time.RFC3339, string(s))
+		if _, off := t.Zone(); err == nil && (off <= -24*3600 || off >= 24*3600) {
+			err = errors.New("offset hour past 23") // Go reads "+24:00"; RFC 3339 §5.6 does not
+		}
 		if err != nil {
 			return fmt.Errorf("%w: %.40q is not RFC 3339", apns.ErrInvalidExpiration, s)
 		}

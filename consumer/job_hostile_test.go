@@ -62,6 +62,8 @@ func auditCases() []malformedCase {
 		{"expiration past 2106", job(`"payload":` + payload + `,"expiration":"2106-02-07T06:28:16Z"`), apns.ReasonBadExpirationDate},
 		{"expiration year 9999", job(`"payload":` + payload + `,"expiration":"9999-12-31T23:59:59Z"`), apns.ReasonBadExpirationDate},
 		{"expiration leap second", job(`"payload":` + payload + `,"expiration":"2030-06-30T23:59:60Z"`), apns.ReasonBadExpirationDate},
+		{"expiration offset plus 24 hours", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00+24:00"`), apns.ReasonBadExpirationDate},
+		{"expiration offset minus 24 hours", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00-24:00"`), apns.ReasonBadExpirationDate},
 		// Strings with padding, controls, the wrong case.
 		{"token 0x", `{"token":"0x` + tok[2:] + `","payload":` + payload + `}`, apns.ReasonInvalidToken},
 		{"token padded", `{"token":" ` + tok + ` ","payload":` + payload + `}`, apns.ReasonInvalidToken},
@@ -113,6 +115,7 @@ func auditGoodJobs() []string {
 		job(`"payload":{"":1,"aps":{}},"":2`),
 		job(`"payload":` + payload + `,"priority":0,"expiration":"2106-02-07T06:28:15Z","collapse_id":"` + strings.Repeat("é", 32) + `"`),
 		job(`"push_type":"background","priority":5,"payload":{"aps":{"content-available":1}}`),
+		job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00+23:59"`), // the largest offset RFC 3339 allows
 	}
 }
 
