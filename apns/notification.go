@@ -341,7 +341,7 @@ func scanPayload(p []byte, aps *apsMembers) error {
 		case parent == nil:
 			if isAps(name) {
 				apsVal = value
-			} else if isName(name, "mdm") {
+			} else if isMDM(name) {
 				aps.mdm = value
 			}
 		case !isAps(parent):
@@ -372,14 +372,15 @@ func scanPayload(p []byte, aps *apsMembers) error {
 }
 
 // isAps reports whether the quoted member name is "aps".
-func isAps(name []byte) bool { return isName(name, "aps") }
+func isAps(name []byte) bool { return string(name) == `"aps"` || isEscaped(name, "aps") }
 
-// isName reports whether the quoted member name is want.
-func isName(name []byte, want string) bool {
-	if jsonscan.Backslash(name) >= 0 {
-		return string(jsonscan.Unquote(name)) == want
-	}
-	return len(name) == len(want)+2 && string(name[1:len(name)-1]) == want
+// isMDM reports whether the quoted member name is "mdm".
+func isMDM(name []byte) bool { return string(name) == `"mdm"` || isEscaped(name, "mdm") }
+
+// isEscaped reports whether the quoted member name, written with escapes,
+// is want (an escape makes a name longer than what it stands for).
+func isEscaped(name []byte, want string) bool {
+	return len(name) > len(want)+2 && jsonscan.Backslash(name) >= 0 && string(jsonscan.Unquote(name)) == want
 }
 
 // set keeps an aps member the push-type rules need.
