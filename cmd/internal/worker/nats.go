@@ -94,16 +94,20 @@ func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.D
 		if v, val, ok := refusedBy(err, n); ok {
 			return nil, deadEnd(v, val, fmt.Errorf("nats server at %s refused the connection: %w", url, err))
 		}
-		if time.Now().Add(wait).After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, deadEnd("APNS_WORKER_NATS_URL", url, fmt.Errorf("no NATS server reachable within %s (APNS_WORKER_NATS_CONNECT_TIMEOUT), %d attempts: %w", timeout, attempt, err))
 		}
+		// The last wait is cut short so that the last attempt is at the
+		// deadline: the servers get the whole timeout to come up.
+		pause := min(wait, left)
 		log.Warn("nats not reachable yet, retrying", slog.String("var", "APNS_WORKER_NATS_URL"), slog.String("value", url),
-			slog.Int("attempt", attempt), slog.String("retry_in", wait.String()),
-			slog.String("gives_up_in", time.Until(deadline).Round(time.Second).String()), slog.Any("error", err))
+			slog.Int("attempt", attempt), slog.String("retry_in", pause.String()),
+			slog.String("gives_up_in", left.Round(time.Second).String()), slog.Any("error", err))
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("nats: stopped while connecting to %s: %w", url, context.Cause(ctx))
-		case <-time.After(wait):
+		case <-time.After(pause):
 		}
 		wait = min(2*wait, 2*time.Second)
 	}
