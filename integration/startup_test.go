@@ -249,7 +249,7 @@ func TestSIGKILLRecovery(t *testing.T) {
 	}
 	require.Zero(t, missing, "jobs never read by either gateway")
 	t.Logf("SIGKILL recovery: every held job delivered by the second worker %s after the kill (default ACK_WAIT 10s)", took.Round(100*time.Millisecond))
-	require.Less(t, took, 20*time.Second, "a killed worker's jobs came back too late")
+	require.Less(t, took, 15*time.Second, "a killed worker's jobs came back too late")
 	require.Equal(t, 0, w2.stop(30*time.Second))
 }
 
