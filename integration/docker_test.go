@@ -82,8 +82,10 @@ func TestDockerfileStatic(t *testing.T) {
 	require.Contains(t, find("VOLUME"), "/data")
 	users := find("USER")
 	require.NotEmpty(t, users, "the image must not run as root")
+	// distroless's nonroot is uid 65532, the owner /data is copied with.
 	user := users[len(users)-1]
-	require.NotContains(t, []string{"root", "0", "root:root", "0:0"}, user)
+	require.Contains(t, []string{"nonroot", "nonroot:nonroot", "65532", "65532:65532"}, user)
+	require.True(t, strings.HasSuffix(final[0].Args, ":nonroot"), "the final stage is a nonroot base: %s", final[0].Args)
 	var chowned bool
 	for _, c := range find("COPY") {
 		if strings.Contains(c, "--chown=65532:65532") && strings.HasSuffix(c, " /data") {

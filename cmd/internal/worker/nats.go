@@ -184,11 +184,30 @@ func DrainNATS(nc *nats.Conn, timeout time.Duration) error {
 	}
 }
 
+const listenVar = "APNS_WORKER_EMBEDDED_LISTEN"
+
+// warnIfExposed logs, loudly, that the embedded server has no
+// authentication or TLS when listen (host:port) is reachable beyond this
+// host: any address but a loopback one (0.0.0.0 in the container image).
+func warnIfExposed(log *slog.Logger, listen string) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		host = listen
+	}
+	if host == "localhost" {
+		return
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return
+	}
+	log.Warn("EMBEDDED NATS LISTENS BEYOND THIS HOST WITHOUT AUTHENTICATION OR TLS: anyone who reaches it can publish jobs and read events; set APNS_WORKER_EMBEDDED_LISTEN=127.0.0.1:4222, or APNS_WORKER_NATS_URL for a secured server",
+		slog.String("var", listenVar), slog.String("value", listen))
+}
+
 // startEmbedded runs a single nats-server with JetStream on e.Listen, in
 // e.DataDir (made absolute), which it checks and locks first. stop shuts
 // the server down and releases the data dir.
 func startEmbedded(ctx context.Context, e config.Embedded, log *slog.Logger) (ns *server.Server, stop func(), err error) {
-	const listenVar = "APNS_WORKER_EMBEDDED_LISTEN"
 	start := time.Now()
 	dir, err := filepath.Abs(e.DataDir)
 	if err != nil {
@@ -249,10 +268,7 @@ func startEmbedded(ctx context.Context, e config.Embedded, log *slog.Logger) (ns
 	}
 	log.Warn("no APNS_WORKER_NATS_URL: running an embedded nats-server with JetStream; producers publish to it",
 		slog.String("url", ns.ClientURL()), slog.String("listen", e.Listen), slog.String("data_dir", dir))
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		log.Warn("EMBEDDED NATS LISTENS BEYOND THIS HOST WITHOUT AUTHENTICATION OR TLS: anyone who reaches it can publish jobs and read events; set APNS_WORKER_EMBEDDED_LISTEN=127.0.0.1:4222, or APNS_WORKER_NATS_URL for a secured server",
-			slog.String("var", listenVar), slog.String("value", e.Listen))
-	}
+	warnIfExposed(log, e.Listen)
 	stepDone(log, "embedded nats-server ready", listenVar, e.Listen, start)
 	return ns, func() {
 		ns.Shutdown()
