@@ -50,7 +50,7 @@ func TestStartupDeadEnds(t *testing.T) {
 		atLeast  time.Duration // the worker must have kept trying this long
 	}{
 		{"data dir is a file", map[string]string{"APNS_WORKER_EMBEDDED_DATA_DIR": aFile},
-			"APNS_WORKER_EMBEDDED_DATA_DIR", aFile, "not a directory", 0, 0},
+			"APNS_WORKER_EMBEDDED_DATA_DIR", aFile, "not a directory: a file of that name is in the way", 0, 0},
 		{"data dir under a file", map[string]string{"APNS_WORKER_EMBEDDED_DATA_DIR": filepath.Join(aFile, "nats")},
 			"APNS_WORKER_EMBEDDED_DATA_DIR", filepath.Join(aFile, "nats"), "cannot create it", 0, 0},
 		{"embedded port in use", map[string]string{"APNS_WORKER_EMBEDDED_LISTEN": busy.Addr().String()},
