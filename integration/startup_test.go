@@ -155,8 +155,8 @@ func TestDataDirLock(t *testing.T) {
 }
 
 // TestNATSStartupRetry: the worker starts 5 s before NATS (as in compose
-// or Kubernetes): /readyz fails meanwhile, then it connects, delivers every
-// job, and a clean stop logs a summary at INFO and no disconnect warning.
+// or Kubernetes): /readyz fails meanwhile, then it connects and delivers
+// every job a producer published from the moment NATS was up, and a clean stop logs a summary at INFO and no disconnect warning.
 // A misspelt variable is warned about with the nearest valid name.
 func TestNATSStartupRetry(t *testing.T) {
 	const n = 500
@@ -177,6 +177,10 @@ func TestNATSStartupRetry(t *testing.T) {
 
 	<-time.After(5 * time.Second) // the scenario: NATS comes up 5 s after the worker
 	ns := startNATSWith(t, natsAddr, nil)
+	// A producer starts with NATS, while the worker may still wait out its
+	// back-off: it publishes until the worker has made the stream.
+	_, js := connect(t, ns.ClientURL())
+	jobs := publishJobsRetrying(t, js, "later", n, func(i int) apns.Token { return token(0x1a, i) })
 	select {
 	case <-w.log.running:
 	case <-w.done:
@@ -184,8 +188,6 @@ func TestNATSStartupRetry(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("worker not running 30s after NATS started: %s", w.log.tail())
 	}
-	_, js := connect(t, ns.ClientURL())
-	jobs := publishJobs(t, js, "later", n, func(i int) apns.Token { return token(0x1a, i) })
 	waitDrained(t, js, 60*time.Second)
 	requireAllDelivered(t, gw, jobs, nil)
 	code, body = httpGet(t, httpAddr, "/readyz")
