@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,10 +9,12 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/config"
 )
 
-// TestConfigErrors: the worker process refuses bad variables, exits
-// non-zero and names each bad variable on stderr (config's unit tests cover
+// TestConfigErrors: the worker process refuses bad variables, exits 2
+// and names each bad variable on stderr (config's unit tests cover
 // every variable; this checks the process path). Secrets stay out.
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
@@ -47,7 +50,7 @@ func TestConfigErrors(t *testing.T) {
 			w := spawnWorker(t, "config", tt.env)
 			code := w.wait(60 * time.Second)
 			out := w.log.String()
-			require.NotZero(t, code, "exit code; output:\n%s", out)
+			require.Equal(t, 2, code, "exit code; output:\n%s", out)
 			for _, v := range tt.vars {
 				require.Contains(t, out, v+":", "stderr names the variable")
 			}
@@ -56,4 +59,73 @@ func TestConfigErrors(t *testing.T) {
 			require.Less(t, strings.Count(out, "\n"), 20, "a short error, not a log:\n%s", out)
 		})
 	}
+}
+
+// TestReadmeConfigTable: the README's table of variables (its
+// Configuration section) has a row for every variable the worker reads and
+// none other; each row's default is the one `apns-worker -h` prints, and
+// each default the image sets (the Dockerfile's ENV) is named in the row
+// as the image's.
+func TestReadmeConfigTable(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	require.NoError(t, err)
+	_, section, ok := strings.Cut(string(b), "\n## Configuration\n")
+	require.True(t, ok, "README has no Configuration section")
+	section, _, _ = strings.Cut(section, "\n## ")
+	rows := map[string]string{} // variable → its default cell
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "| `APNS_WORKER_") {
+			continue
+		}
+		cells := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "|"), "|"), "|")
+		require.Len(t, cells, 4, "row %q: variable, default, example, meaning", line)
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		name := strings.Trim(cells[0], "`")
+		require.NotContains(t, rows, name, "two rows for %s", name)
+		rows[name] = cells[1]
+	}
+
+	var usage bytes.Buffer
+	require.NoError(t, config.Usage(&usage))
+	defaults := map[string]string{}
+	for _, line := range strings.Split(usage.String(), "\n")[1:] {
+		if f := strings.Fields(line); len(f) >= 2 {
+			defaults[f[0]] = f[1]
+		}
+	}
+	for _, name := range config.Names() {
+		cell, ok := rows[name]
+		require.True(t, ok, "README has no row for %s", name)
+		if def := defaults[name]; def != "-" {
+			require.True(t, strings.HasPrefix(cell, "`"+def+"`"), "%s: README default %q, the worker's %q", name, cell, def)
+		}
+		delete(rows, name)
+	}
+	require.Empty(t, rows, "README rows for variables the worker does not read")
+
+	for _, in := range parseDockerfile(t, filepath.Join(repoRoot(t), "Dockerfile")) {
+		if in.Cmd != "ENV" {
+			continue
+		}
+		for _, kv := range strings.Fields(in.Args) {
+			name, val, _ := strings.Cut(kv, "=")
+			if strings.HasPrefix(name, "APNS_WORKER_") {
+				require.Contains(t, readmeRow(t, string(b), name), "`"+val+"` in the image", "README row of %s", name)
+			}
+		}
+	}
+}
+
+// readmeRow returns the README's table row for variable name.
+func readmeRow(tb testing.TB, readme, name string) string {
+	tb.Helper()
+	for _, line := range strings.Split(readme, "\n") {
+		if strings.HasPrefix(line, "| `"+name+"` |") {
+			return line
+		}
+	}
+	tb.Fatalf("README has no row for %s", name)
+	return ""
 }

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"debug/elf"
 	"encoding/hex"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +28,19 @@ type dockerfileInstr struct{ Cmd, Args string }
 // parseDockerfile reads the instructions of the final stage of the
 // Dockerfile at path.
 func parseDockerfile(tb testing.TB, path string) []dockerfileInstr {
+	tb.Helper()
+	all := dockerfileInstrs(tb, path)
+	last := 0
+	for i, in := range all {
+		if in.Cmd == "FROM" {
+			last = i
+		}
+	}
+	return all[last:]
+}
+
+// dockerfileInstrs reads every instruction of the Dockerfile at path.
+func dockerfileInstrs(tb testing.TB, path string) []dockerfileInstr {
 	tb.Helper()
 	f, err := os.Open(path)
 	require.NoError(tb, err)
@@ -47,13 +63,7 @@ func parseDockerfile(tb testing.TB, path string) []dockerfileInstr {
 		cur = ""
 	}
 	require.NoError(tb, sc.Err())
-	last := 0
-	for i, in := range all {
-		if in.Cmd == "FROM" {
-			last = i
-		}
-	}
-	return all[last:]
+	return all
 }
 
 // repoRoot is the module root (the integration tests run in ./integration).
@@ -82,8 +92,10 @@ func TestDockerfileStatic(t *testing.T) {
 	require.Contains(t, find("VOLUME"), "/data")
 	users := find("USER")
 	require.NotEmpty(t, users, "the image must not run as root")
+	// distroless's nonroot is uid 65532, the owner /data is copied with.
 	user := users[len(users)-1]
-	require.NotContains(t, []string{"root", "0", "root:root", "0:0"}, user)
+	require.Contains(t, []string{"nonroot", "nonroot:nonroot", "65532", "65532:65532"}, user)
+	require.True(t, strings.HasSuffix(final[0].Args, ":nonroot"), "the final stage is a nonroot base: %s", final[0].Args)
 	var chowned bool
 	for _, c := range find("COPY") {
 		if strings.Contains(c, "--chown=65532:65532") && strings.HasSuffix(c, " /data") {
@@ -100,6 +112,51 @@ func TestDockerfileStatic(t *testing.T) {
 	require.Len(t, hc, 1)
 	require.Contains(t, hc[0], `"healthcheck"`)
 	require.NotEmpty(t, find("ENTRYPOINT"))
+}
+
+// TestDockerfileBuildStage checks, without Docker, the image's build
+// stage: its Go is the go.mod's release, and its `go build` (static, no
+// cgo, as the distroless static base needs: it has no libc) builds a
+// binary with no dynamic loader that runs.
+func TestDockerfileBuildStage(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the image is linux; the binary is checked as ELF")
+	}
+	all := dockerfileInstrs(t, filepath.Join(repoRoot(t), "Dockerfile"))
+	require.Equal(t, "FROM", all[0].Cmd)
+	image, _, _ := strings.Cut(all[0].Args, " ")
+	goImage, ok := strings.CutPrefix(image, "golang:")
+	require.True(t, ok, "the build stage is FROM golang:…: %s", image)
+	mod, err := os.ReadFile(filepath.Join(repoRoot(t), "go.mod"))
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(mod)
+	require.NotNil(t, m, "go.mod has no go line")
+	require.True(t, strings.HasPrefix(goImage, string(m[1])+"-") || goImage == string(m[1]),
+		"the build image %s is not go.mod's Go %s", image, m[1])
+
+	var build string
+	for _, in := range all {
+		if in.Cmd == "RUN" && strings.Contains(in.Args, "go build") {
+			build = in.Args
+		}
+	}
+	require.Contains(t, build, "CGO_ENABLED=0 go build")
+	require.Contains(t, build, "./cmd/apns-worker")
+	bin := filepath.Join(t.TempDir(), "apns-worker")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/apns-worker")
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	f, err := elf.Open(bin)
+	require.NoError(t, err)
+	defer f.Close()
+	for _, p := range f.Progs {
+		require.NotEqual(t, elf.PT_INTERP, p.Type, "the binary needs a dynamic loader, which distroless/static lacks")
+	}
+	out, err = exec.Command(bin, "-h").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "APNS_WORKER_EMBEDDED_DATA_DIR")
 }
 
 // dockerAvailable reports whether a Docker engine answers. With

@@ -3,6 +3,8 @@ package integration
 import (
 	"io"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,17 +18,29 @@ import (
 // an embedded nats-server with JetStream, here on a free loopback port and
 // a temporary data directory) and no APNs mode (mock, the in-process test
 // gateway, which rejects tokens starting with bad0). Producers publish to
-// the embedded server; /readyz answers; SIGTERM stops it cleanly.
+// the embedded server; /readyz answers; SIGTERM stops it cleanly. Its data
+// dir is the default, ./data/nats in its working directory, and the log
+// gives it as an absolute path, in one config record per section.
 func TestZeroSetup(t *testing.T) {
 	const n = 200
 	listen := freeAddr(t)
 	httpAddr := freeAddr(t)
 	w := startWorker(t, "zero-setup", map[string]string{
-		"APNS_WORKER_EMBEDDED_LISTEN":   listen,
-		"APNS_WORKER_EMBEDDED_DATA_DIR": t.TempDir(),
-		"APNS_WORKER_HTTP_ADDR":         httpAddr,
+		"APNS_WORKER_EMBEDDED_LISTEN": listen,
+		"APNS_WORKER_HTTP_ADDR":       httpAddr,
 	})
 	require.Contains(t, w.log.String(), "MOCK APNs MODE", "mock mode is logged loudly")
+	dataDir := filepath.Join(w.cmd.Dir, "data", "nats")
+	require.FileExists(t, filepath.Join(dataDir, "apns-worker.lock"))
+	var configs int
+	for _, l := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(l, `"msg":"config"`) {
+			configs++
+			require.Less(t, len(l), 600, "a config record of readable size: %s", l)
+		}
+	}
+	require.GreaterOrEqual(t, configs, 8, "one config record per section")
+	require.Contains(t, w.log.String(), `"msg":"config","embedded":{"data_dir":"`+dataDir+`"`)
 	nc, js := connect(t, "nats://"+listen)
 
 	isBad := func(i int) bool { return i%20 == 3 }

@@ -47,21 +47,22 @@ func TestStartupDeadEnds(t *testing.T) {
 		value    string // in the message
 		msg      string // in the message
 		extra    time.Duration
+		atLeast  time.Duration // the worker must have kept trying this long
 	}{
 		{"data dir is a file", map[string]string{"APNS_WORKER_EMBEDDED_DATA_DIR": aFile},
-			"APNS_WORKER_EMBEDDED_DATA_DIR", aFile, "not a directory", 0},
+			"APNS_WORKER_EMBEDDED_DATA_DIR", aFile, "not a directory: a file of that name is in the way", 0, 0},
 		{"data dir under a file", map[string]string{"APNS_WORKER_EMBEDDED_DATA_DIR": filepath.Join(aFile, "nats")},
-			"APNS_WORKER_EMBEDDED_DATA_DIR", filepath.Join(aFile, "nats"), "cannot create it", 0},
+			"APNS_WORKER_EMBEDDED_DATA_DIR", filepath.Join(aFile, "nats"), "cannot create it", 0, 0},
 		{"embedded port in use", map[string]string{"APNS_WORKER_EMBEDDED_LISTEN": busy.Addr().String()},
-			"APNS_WORKER_EMBEDDED_LISTEN", busy.Addr().String(), "address already in use", 0},
+			"APNS_WORKER_EMBEDDED_LISTEN", busy.Addr().String(), "address already in use", 0, 0},
 		{"http port in use", map[string]string{"APNS_WORKER_HTTP_ADDR": busy.Addr().String()},
-			"APNS_WORKER_HTTP_ADDR", busy.Addr().String(), "address already in use", 0},
+			"APNS_WORKER_HTTP_ADDR", busy.Addr().String(), "address already in use", 0, 0},
 		{"nats unreachable", map[string]string{"APNS_WORKER_NATS_URL": "nats://" + unreachable, "APNS_WORKER_NATS_CONNECT_TIMEOUT": "1s"},
-			"APNS_WORKER_NATS_URL", "nats://" + unreachable, "no NATS server reachable within 1s (APNS_WORKER_NATS_CONNECT_TIMEOUT)", time.Second},
+			"APNS_WORKER_NATS_URL", "nats://" + unreachable, "no NATS server reachable within 1s (APNS_WORKER_NATS_CONNECT_TIMEOUT)", time.Second, time.Second},
 		{"nats refuses the token", map[string]string{"APNS_WORKER_NATS_URL": tokenNATS.ClientURL(), "APNS_WORKER_NATS_TOKEN": "wrong-token"},
-			"APNS_WORKER_NATS_TOKEN", "[redacted]", "refused the connection", 0},
+			"APNS_WORKER_NATS_TOKEN", "[redacted]", "refused the connection", 0, 0},
 		{"nats without jetstream", map[string]string{"APNS_WORKER_NATS_URL": plainNATS.ClientURL()},
-			"APNS_WORKER_NATS_URL", plainNATS.ClientURL(), "has no JetStream", 0},
+			"APNS_WORKER_NATS_URL", plainNATS.ClientURL(), "has no JetStream", 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,6 +80,7 @@ func TestStartupDeadEnds(t *testing.T) {
 			out := w.log.String()
 			require.Equal(t, 2, code, "exit code; log:\n%s", out)
 			require.Less(t, took, deadEndWithin+tt.extra, "took too long to give up; log:\n%s", out)
+			require.GreaterOrEqual(t, took, tt.atLeast, "gave up before the timeout; log:\n%s", out)
 			last := lastLine(out)
 			require.Contains(t, last, `"msg":"cannot start"`)
 			require.Contains(t, last, `"var":"`+tt.variable+`"`)
@@ -90,20 +92,34 @@ func TestStartupDeadEnds(t *testing.T) {
 	}
 }
 
-// TestStartupSIGTERMWhileConnecting: SIGTERM while the worker waits for
-// NATS ends it at once with exit code 0.
+// TestStartupSIGTERMWhileConnecting: SIGTERM at a start-up step that
+// waits (NATS unreachable and retried; a NATS server that has no
+// JetStream, asked again for 3 s) ends the worker at once with exit code 0.
 func TestStartupSIGTERMWhileConnecting(t *testing.T) {
-	w := spawnWorker(t, "sigterm-connecting", map[string]string{
-		"APNS_WORKER_NATS_URL":             "nats://" + freeAddr(t),
-		"APNS_WORKER_NATS_CONNECT_TIMEOUT": "2m",
-	})
-	waitFor(t, 10*time.Second, "a connect retry", func() bool { return strings.Contains(w.log.String(), "nats not reachable yet, retrying") })
-	start := time.Now()
-	code := w.stop(10 * time.Second)
-	took := time.Since(start)
-	require.Equal(t, 0, code, "log:\n%s", w.log.String())
-	require.Less(t, took, 2*time.Second)
-	require.Contains(t, lastLine(w.log.String()), "stopped during start-up")
+	plainNATS := startNATSWith(t, freeAddr(t), func(o *server.Options) { o.JetStream = false })
+	for _, tt := range []struct {
+		name, url, waiting, reason string
+	}{
+		{"nats unreachable", "nats://" + freeAddr(t), "nats not reachable yet, retrying", "stopped while connecting"},
+		{"nats without jetstream", plainNATS.ClientURL(), "nats connected", "stopped while waiting for JetStream"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := spawnWorker(t, "sigterm-connecting", map[string]string{
+				"APNS_WORKER_NATS_URL":             tt.url,
+				"APNS_WORKER_NATS_CONNECT_TIMEOUT": "2m",
+			})
+			waitFor(t, 10*time.Second, tt.waiting, func() bool { return strings.Contains(w.log.String(), tt.waiting) })
+			start := time.Now()
+			code := w.stop(10 * time.Second)
+			took := time.Since(start)
+			require.Equal(t, 0, code, "log:\n%s", w.log.String())
+			require.Less(t, took, 2*time.Second)
+			last := lastLine(w.log.String())
+			require.Contains(t, last, "stopped during start-up")
+			require.Contains(t, last, tt.reason)
+			require.NotContains(t, w.log.String(), "cannot start")
+		})
+	}
 }
 
 // TestDataDirLock: a second worker on the same embedded data dir fails at
@@ -139,8 +155,8 @@ func TestDataDirLock(t *testing.T) {
 }
 
 // TestNATSStartupRetry: the worker starts 5 s before NATS (as in compose
-// or Kubernetes): /readyz fails meanwhile, then it connects, delivers every
-// job, and a clean stop logs a summary at INFO and no disconnect warning.
+// or Kubernetes): /readyz fails meanwhile, then it connects and delivers
+// every job a producer published from the moment NATS was up, and a clean stop logs a summary at INFO and no disconnect warning.
 // A misspelt variable is warned about with the nearest valid name.
 func TestNATSStartupRetry(t *testing.T) {
 	const n = 500
@@ -161,6 +177,10 @@ func TestNATSStartupRetry(t *testing.T) {
 
 	<-time.After(5 * time.Second) // the scenario: NATS comes up 5 s after the worker
 	ns := startNATSWith(t, natsAddr, nil)
+	// A producer starts with NATS, while the worker may still wait out its
+	// back-off: it publishes until the worker has made the stream.
+	_, js := connect(t, ns.ClientURL())
+	jobs := publishJobsRetrying(t, js, "later", n, func(i int) apns.Token { return token(0x1a, i) })
 	select {
 	case <-w.log.running:
 	case <-w.done:
@@ -168,8 +188,6 @@ func TestNATSStartupRetry(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("worker not running 30s after NATS started: %s", w.log.tail())
 	}
-	_, js := connect(t, ns.ClientURL())
-	jobs := publishJobs(t, js, "later", n, func(i int) apns.Token { return token(0x1a, i) })
 	waitDrained(t, js, 60*time.Second)
 	requireAllDelivered(t, gw, jobs, nil)
 	code, body = httpGet(t, httpAddr, "/readyz")
@@ -178,6 +196,19 @@ func TestNATSStartupRetry(t *testing.T) {
 	require.Equal(t, 0, w.stop(30*time.Second))
 	out := w.log.String()
 	require.Contains(t, out, `"var":"APNS_WORKER_JOBS_ACKWAIT","did_you_mean":"APNS_WORKER_JOBS_ACK_WAIT"`)
+	// Each start-up step is logged with the variable it checked.
+	for _, step := range []string{
+		`"msg":"nats connected","var":"APNS_WORKER_NATS_URL","value":"nats://` + natsAddr + `"`,
+		`"msg":"jetstream streams and consumer ready","var":"APNS_WORKER_JOBS_STREAM"`,
+		`"msg":"apns engine ready","var":"APNS_WORKER_APNS_MODE","value":"binary"`,
+		`"msg":"apns reachable","var":"APNS_WORKER_APNS_ADDR","value":"` + gw.Addr + `"`,
+	} {
+		require.Contains(t, out, step)
+	}
+	// A clean stop: nothing at WARN or above from the signal on.
+	_, stopping, ok := strings.Cut(out, `"msg":"shutting down"`)
+	require.True(t, ok, "no shutting down line:\n%s", out)
+	require.NotRegexp(t, `"level":"(WARN|ERROR)"`, stopping)
 	require.NotContains(t, out, "nats disconnected")
 	require.NotContains(t, out, `"msg":"job"`, "no per-job line at info")
 	last := lastLine(out)
@@ -220,7 +251,7 @@ func TestSIGKILLRecovery(t *testing.T) {
 	}
 	require.Zero(t, missing, "jobs never read by either gateway")
 	t.Logf("SIGKILL recovery: every held job delivered by the second worker %s after the kill (default ACK_WAIT 10s)", took.Round(100*time.Millisecond))
-	require.Less(t, took, 20*time.Second, "a killed worker's jobs came back too late")
+	require.Less(t, took, 15*time.Second, "a killed worker's jobs came back too late")
 	require.Equal(t, 0, w2.stop(30*time.Second))
 }
 
@@ -238,11 +269,47 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		require.NoError(t, err, "%v: %s", args, out)
 		require.Contains(t, string(out), "usage: apns-worker", "%v", args)
 	}
-	out, err = exec.Command(workerBin, "nonsense").CombinedOutput()
-	var ee *exec.ExitError
-	require.ErrorAs(t, err, &ee)
-	require.Equal(t, 2, ee.ExitCode())
-	require.Contains(t, string(out), `unknown command "nonsense"`)
+	// Bad usage: exit code 2 with what is wrong and the usage.
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"nonsense"}, `unknown command "nonsense"`},
+		{[]string{"healthcheck", "extra"}, "no arguments expected"},
+		{[]string{"mock-apns", "-bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"mock-apns", "extra"}, `unexpected argument "extra"`},
+	} {
+		out, err := exec.Command(workerBin, tt.args...).CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "%v: %s", tt.args, out)
+		require.Equal(t, 2, ee.ExitCode(), "%v: %s", tt.args, out)
+		require.Contains(t, string(out), tt.msg, "%v", tt.args)
+		require.Contains(t, string(out), "usage: apns-worker", "%v", tt.args)
+	}
+}
+
+// TestStartupAPNsUnreachable: an APNs address nothing answers on is a
+// logged step naming APNS_WORKER_APNS_ADDR and its value, not a dead end:
+// APNs or the network may come back, so the worker runs, and stops cleanly.
+func TestStartupAPNsUnreachable(t *testing.T) {
+	dead := freeAddr(t)
+	env := binaryEnv(t, "", startGateway(t), 200*time.Millisecond) // no NATS URL: embedded
+	env["APNS_WORKER_EMBEDDED_LISTEN"] = freeAddr(t)
+	env["APNS_WORKER_EMBEDDED_DATA_DIR"] = t.TempDir()
+	env["APNS_WORKER_APNS_ADDR"] = dead
+	start := time.Now()
+	w := startWorker(t, "apns-unreachable", env)
+	require.Less(t, time.Since(start), deadEndWithin, "the probe is bounded")
+	var probe string
+	for _, l := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(l, `"msg":"apns not reachable yet; the engine keeps trying"`) {
+			probe = l
+		}
+	}
+	require.NotEmpty(t, probe, "no probe line:\n%s", w.log.String())
+	require.Contains(t, probe, `"level":"WARN"`)
+	require.Contains(t, probe, `"var":"APNS_WORKER_APNS_ADDR","value":"`+dead+`"`)
+	require.Equal(t, 0, w.stop(30*time.Second), "log:\n%s", w.log.String())
 }
 
 // startNATSWith starts a nats-server with JetStream on addr, adjusted by

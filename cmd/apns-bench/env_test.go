@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/apns/apnstest"
 )
 
 // TestEnvHonoured: the worker's variables act on the bench as on the
@@ -106,4 +110,50 @@ func TestShortRunWarned(t *testing.T) {
 	require.Len(t, r.Warnings, 1)
 	require.Contains(t, r.Warnings[0], "under 3s")
 	require.Contains(t, stdout, "WARNING: the measured run took")
+}
+
+// TestRejectedTokensRun: against a server that rejects only tokens it was
+// told of (Unregistered for three "uninstalled" ones) and would accept the
+// bench's bad0… tokens, -rejected-tokens gives the rejected share those
+// three: every rejected job reaches the server with one of them and is
+// rejected, none of them is sent with a bad0… token, and the rest are
+// delivered.
+func TestRejectedTokensRun(t *testing.T) {
+	const n = 1000 // 1%: 10 rejected jobs over 3 tokens
+	clearWorkerEnv(t)
+	h2, err := apnstest.ListenHTTP2(apnstest.HTTP2Listen("127.0.0.1:0"))
+	require.NoError(t, err)
+	go func() { _ = h2.Serve() }()
+	t.Cleanup(h2.Close)
+	dir := t.TempDir()
+	var list strings.Builder
+	list.WriteString("# apps since uninstalled\n")
+	for i := range 3 {
+		tok := make(apns.Token, 32)
+		tok[0], tok[31] = 0xff, byte(i)
+		h2.Reason(tok, 410, "Unregistered")
+		list.WriteString(tok.String() + "\n")
+	}
+	tokens := filepath.Join(dir, "tokens")
+	require.NoError(t, os.WriteFile(tokens, []byte(list.String()), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, caFile), h2.PKI.CAPEM, 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, p8File), h2.P8(), 0o600))
+	t.Setenv("APNS_WORKER_APNS_CA_FILE", filepath.Join(dir, caFile))
+	t.Setenv("APNS_WORKER_APNS_P8_FILE", filepath.Join(dir, p8File))
+	t.Setenv("APNS_WORKER_APNS_KEY_ID", h2.KeyID)
+	t.Setenv("APNS_WORKER_APNS_TEAM_ID", h2.TeamID)
+	t.Setenv("APNS_WORKER_APNS_TOPIC", benchTopic)
+
+	r, _, _ := runBench(t, "-apns-addr", h2.URL, "-protocol", "http2", "-n", fmt.Sprint(n), "-warmup", "0",
+		"-rejected", "0.01", "-rejected-tokens", tokens)
+	require.Zero(t, r.Lost)
+	require.Equal(t, 10, r.Rejections)
+	require.Equal(t, n-10, r.Delivered)
+	require.Equal(t, 10, h2.Statuses()[410], "the server rejected the listed tokens")
+	require.Equal(t, n-10, h2.Accepted())
+	for i := range n {
+		if isRejected(i, 0.01) {
+			require.Zero(t, h2.AcceptedFor(tokenFor(i, 0.01)), "job %d was sent with its bad0… token", i)
+		}
+	}
 }

@@ -66,6 +66,9 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
+		if errors.As(err, new(usageError)) {
+			os.Exit(2)
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "apns-worker: unknown command %q\n\n", cmd)
 		usage(os.Stderr)

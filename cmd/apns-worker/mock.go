@@ -19,6 +19,12 @@ import (
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 )
 
+// usageError is bad usage of a command (an unknown flag, an extra
+// argument), already explained on stderr with the usage: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+
 // runMockAPNs serves the in-process test servers (binary gateway, feedback
 // HTTP/2 provider API) on fixed addresses and writes the
 // credentials a worker needs to reach them into -dir. For the docker compose
@@ -47,7 +53,16 @@ flags:
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err} // the flag package printed it, with the usage
+	}
+	if fs.NArg() > 0 {
+		err := fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		fmt.Fprintln(fs.Output(), err)
+		fs.Usage()
+		return usageError{err}
 	}
 	h2opts := []apnstest.HTTP2Option{apnstest.HTTP2ReasonFunc(worker.RejectMockBadTokensHTTP2)}
 	if *keyID != "" || *teamID != "" {

@@ -94,16 +94,20 @@ func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.D
 		if v, val, ok := refusedBy(err, n); ok {
 			return nil, deadEnd(v, val, fmt.Errorf("nats server at %s refused the connection: %w", url, err))
 		}
-		if time.Now().Add(wait).After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, deadEnd("APNS_WORKER_NATS_URL", url, fmt.Errorf("no NATS server reachable within %s (APNS_WORKER_NATS_CONNECT_TIMEOUT), %d attempts: %w", timeout, attempt, err))
 		}
+		// The last wait is cut short so that the last attempt is at the
+		// deadline: the servers get the whole timeout to come up.
+		pause := min(wait, left)
 		log.Warn("nats not reachable yet, retrying", slog.String("var", "APNS_WORKER_NATS_URL"), slog.String("value", url),
-			slog.Int("attempt", attempt), slog.String("retry_in", wait.String()),
-			slog.String("gives_up_in", time.Until(deadline).Round(time.Second).String()), slog.Any("error", err))
+			slog.Int("attempt", attempt), slog.String("retry_in", pause.String()),
+			slog.String("gives_up_in", left.Round(time.Second).String()), slog.Any("error", err))
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("nats: stopped while connecting to %s: %w", url, context.Cause(ctx))
-		case <-time.After(wait):
+		case <-time.After(pause):
 		}
 		wait = min(2*wait, 2*time.Second)
 	}
@@ -180,11 +184,30 @@ func DrainNATS(nc *nats.Conn, timeout time.Duration) error {
 	}
 }
 
+const listenVar = "APNS_WORKER_EMBEDDED_LISTEN"
+
+// warnIfExposed logs, loudly, that the embedded server has no
+// authentication or TLS when listen (host:port) is reachable beyond this
+// host: any address but a loopback one (0.0.0.0 in the container image).
+func warnIfExposed(log *slog.Logger, listen string) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		host = listen
+	}
+	if host == "localhost" {
+		return
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return
+	}
+	log.Warn("EMBEDDED NATS LISTENS BEYOND THIS HOST WITHOUT AUTHENTICATION OR TLS: anyone who reaches it can publish jobs and read events; set APNS_WORKER_EMBEDDED_LISTEN=127.0.0.1:4222, or APNS_WORKER_NATS_URL for a secured server",
+		slog.String("var", listenVar), slog.String("value", listen))
+}
+
 // startEmbedded runs a single nats-server with JetStream on e.Listen, in
 // e.DataDir (made absolute), which it checks and locks first. stop shuts
 // the server down and releases the data dir.
 func startEmbedded(ctx context.Context, e config.Embedded, log *slog.Logger) (ns *server.Server, stop func(), err error) {
-	const listenVar = "APNS_WORKER_EMBEDDED_LISTEN"
 	start := time.Now()
 	dir, err := filepath.Abs(e.DataDir)
 	if err != nil {
@@ -245,10 +268,7 @@ func startEmbedded(ctx context.Context, e config.Embedded, log *slog.Logger) (ns
 	}
 	log.Warn("no APNS_WORKER_NATS_URL: running an embedded nats-server with JetStream; producers publish to it",
 		slog.String("url", ns.ClientURL()), slog.String("listen", e.Listen), slog.String("data_dir", dir))
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		log.Warn("EMBEDDED NATS LISTENS BEYOND THIS HOST WITHOUT AUTHENTICATION OR TLS: anyone who reaches it can publish jobs and read events; set APNS_WORKER_EMBEDDED_LISTEN=127.0.0.1:4222, or APNS_WORKER_NATS_URL for a secured server",
-			slog.String("var", listenVar), slog.String("value", e.Listen))
-	}
+	warnIfExposed(log, e.Listen)
 	stepDone(log, "embedded nats-server ready", listenVar, e.Listen, start)
 	return ns, func() {
 		ns.Shutdown()

@@ -53,15 +53,11 @@ const lockFileName = "apns-worker.lock"
 // process holds it. The returned unlock releases the lock. Every failure is
 // a DeadEnd naming the variable and the directory; none of it waits.
 func prepareDataDir(dir string) (unlock func(), err error) {
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return nil, deadEnd(dataDirVar, dir, errors.New("not a directory: a file of that name is in the way"))
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, deadEnd(dataDirVar, dir, fmt.Errorf("cannot create it: %w", unwrapPath(err)))
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, deadEnd(dataDirVar, dir, unwrapPath(err))
-	}
-	if !fi.IsDir() {
-		return nil, deadEnd(dataDirVar, dir, errors.New("not a directory"))
 	}
 	probe, err := os.CreateTemp(dir, ".write-check-*")
 	if err != nil {
