@@ -339,9 +339,10 @@ func scanPayload(p []byte, aps *apsMembers) error {
 		case parent == nil && top.Seen(name):
 			dup, where = name, "payload"
 		case parent == nil:
-			if isAps(name) {
+			switch topName(name) {
+			case "aps":
 				apsVal = value
-			} else if isMDM(name) {
+			case "mdm":
 				aps.mdm = value
 			}
 		case !isAps(parent):
@@ -372,15 +373,30 @@ func scanPayload(p []byte, aps *apsMembers) error {
 }
 
 // isAps reports whether the quoted member name is "aps".
-func isAps(name []byte) bool { return string(name) == `"aps"` || isEscaped(name, "aps") }
+func isAps(name []byte) bool {
+	return string(name) == `"aps"` || len(name) > len(`"aps"`) && topName(name) == "aps"
+}
 
-// isMDM reports whether the quoted member name is "mdm".
-func isMDM(name []byte) bool { return string(name) == `"mdm"` || isEscaped(name, "mdm") }
-
-// isEscaped reports whether the quoted member name, written with escapes,
-// is want (an escape makes a name longer than what it stands for).
-func isEscaped(name []byte, want string) bool {
-	return len(name) > len(want)+2 && jsonscan.Backslash(name) >= 0 && string(jsonscan.Unquote(name)) == want
+// topName returns "aps" or "mdm" if the quoted member name is one of the
+// payload members the rules read, else "". Plain names are compared as
+// they are; a name is unescaped only if it holds an escape.
+func topName(name []byte) string {
+	switch string(name) {
+	case `"aps"`:
+		return "aps"
+	case `"mdm"`:
+		return "mdm"
+	}
+	if jsonscan.Backslash(name) < 0 {
+		return ""
+	}
+	switch string(jsonscan.Unquote(name)) {
+	case "aps":
+		return "aps"
+	case "mdm":
+		return "mdm"
+	}
+	return ""
 }
 
 // set keeps an aps member the push-type rules need.
