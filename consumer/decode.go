@@ -142,8 +142,8 @@ func (e *Expiration) decode(val []byte) error {
 	case c == '"':
 		s := jsonscan.Unquote(val)
 		t, err := time.Parse(time.RFC3339, string(s))
-		if _, off := t.Zone(); err == nil && (off <= -24*3600 || off >= 24*3600) {
-			err = errors.New("offset hour past 23") // Go reads "+24:00"; RFC 3339 §5.6 does not
+		if err == nil && !offsetOK(s) {
+			err = errors.New("offset past 23:59") // Go reads "+24:00" and "+00:60"; RFC 3339 §5.6 does not
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %.40q is not RFC 3339", apns.ErrInvalidExpiration, s)
@@ -176,6 +176,17 @@ func (e *Expiration) decode(val []byte) error {
 		return nil
 	}
 	return fmt.Errorf("%s, want an RFC 3339 string or UNIX seconds", kind(val))
+}
+
+// offsetOK reports whether the UTC offset of s, a time time.Parse read as
+// RFC 3339 ("Z" or "±hh:mm" at its end), is one RFC 3339 §5.6 allows:
+// hours 00 to 23, minutes 00 to 59.
+func offsetOK(s []byte) bool {
+	n := len(s)
+	if n < 6 || s[n-6] != '+' && s[n-6] != '-' {
+		return true // Z
+	}
+	return string(s[n-5:n-3]) <= "23" && string(s[n-2:]) <= "59"
 }
 
 // kind names the JSON type of val, with its article, for an error.

@@ -64,6 +64,8 @@ func auditCases() []malformedCase {
 		{"expiration leap second", job(`"payload":` + payload + `,"expiration":"2030-06-30T23:59:60Z"`), apns.ReasonBadExpirationDate},
 		{"expiration offset plus 24 hours", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00+24:00"`), apns.ReasonBadExpirationDate},
 		{"expiration offset minus 24 hours", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00-24:00"`), apns.ReasonBadExpirationDate},
+		{"expiration offset minute 60", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00+00:60"`), apns.ReasonBadExpirationDate},
+		{"expiration offset minus 22 hours 60 minutes", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00-22:60"`), apns.ReasonBadExpirationDate},
 		// Strings with padding, controls, the wrong case.
 		{"token 0x", `{"token":"0x` + tok[2:] + `","payload":` + payload + `}`, apns.ReasonInvalidToken},
 		{"token padded", `{"token":" ` + tok + ` ","payload":` + payload + `}`, apns.ReasonInvalidToken},
