@@ -142,8 +142,8 @@ func (e *Expiration) decode(val []byte) error {
 	case c == '"':
 		s := jsonscan.Unquote(val)
 		t, err := time.Parse(time.RFC3339, string(s))
-		if err == nil && !offsetOK(s) {
-			err = errors.New("offset past 23:59") // Go reads "+24:00" and "+00:60"; RFC 3339 §5.6 does not
+		if err == nil && !rfc3339Form(s) {
+			err = errors.New("not RFC 3339's form") // which time.Parse does not check in full
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %.40q is not RFC 3339", apns.ErrInvalidExpiration, s)
@@ -178,16 +178,41 @@ func (e *Expiration) decode(val []byte) error {
 	return fmt.Errorf("%s, want an RFC 3339 string or UNIX seconds", kind(val))
 }
 
-// offsetOK reports whether the UTC offset of s, a time time.Parse read as
-// RFC 3339 ("Z" or "±hh:mm" at its end), is one RFC 3339 §5.6 allows:
-// hours 00 to 23, minutes 00 to 59.
-func offsetOK(s []byte) bool {
-	n := len(s)
-	if n < 6 || s[n-6] != '+' && s[n-6] != '-' {
-		return true // Z
+// rfc3339Form reports whether s has the form of an RFC 3339 §5.6
+// date-time (upper-case T and Z), which time.Parse does not check in full:
+// it also reads a one-digit hour ("T0:00:00Z"), a comma before the
+// fraction, and offsets such as "+24:00" and "+00:60" (hours are 00 to 23,
+// minutes 00 to 59). The ranges of the date and the time are time.Parse's.
+func rfc3339Form(s []byte) bool {
+	const form = "dddd-dd-ddTdd:dd:dd"
+	if len(s) <= len(form) {
+		return false
 	}
-	return string(s[n-5:n-3]) <= "23" && string(s[n-2:]) <= "59"
+	for i := range len(form) {
+		if form[i] == 'd' && !isDigit(s[i]) || form[i] != 'd' && s[i] != form[i] {
+			return false
+		}
+	}
+	rest := s[len(form):]
+	if rest[0] == '.' {
+		k := 1
+		for k < len(rest) && isDigit(rest[k]) {
+			k++
+		}
+		if k == 1 {
+			return false
+		}
+		rest = rest[k:]
+	}
+	if string(rest) == "Z" {
+		return true
+	}
+	return len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':' &&
+		isDigit(rest[1]) && isDigit(rest[2]) && isDigit(rest[4]) && isDigit(rest[5]) &&
+		string(rest[1:3]) <= "23" && string(rest[4:6]) <= "59"
 }
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 // kind names the JSON type of val, with its article, for an error.
 func kind(val []byte) string {

@@ -66,6 +66,8 @@ func auditCases() []malformedCase {
 		{"expiration offset minus 24 hours", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00-24:00"`), apns.ReasonBadExpirationDate},
 		{"expiration offset minute 60", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00+00:60"`), apns.ReasonBadExpirationDate},
 		{"expiration offset minus 22 hours 60 minutes", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00-22:60"`), apns.ReasonBadExpirationDate},
+		{"expiration one-digit hour", job(`"payload":` + payload + `,"expiration":"2030-01-01T0:00:00Z"`), apns.ReasonBadExpirationDate},
+		{"expiration comma before the fraction", job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00,5Z"`), apns.ReasonBadExpirationDate},
 		// Strings with padding, controls, the wrong case.
 		{"token 0x", `{"token":"0x` + tok[2:] + `","payload":` + payload + `}`, apns.ReasonInvalidToken},
 		{"token padded", `{"token":" ` + tok + ` ","payload":` + payload + `}`, apns.ReasonInvalidToken},
@@ -118,6 +120,7 @@ func auditGoodJobs() []string {
 		job(`"payload":` + payload + `,"priority":0,"expiration":"2106-02-07T06:28:15Z","collapse_id":"` + strings.Repeat("é", 32) + `"`),
 		job(`"push_type":"background","priority":5,"payload":{"aps":{"content-available":1}}`),
 		job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00+23:59"`), // the largest offset RFC 3339 allows
+		job(`"payload":` + payload + `,"expiration":"2030-01-01T00:00:00.123456789-05:30"`),
 	}
 }
 
