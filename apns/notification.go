@@ -379,7 +379,9 @@ func isAps(name []byte) bool {
 
 // topName returns "aps" or "mdm" if the quoted member name is one of the
 // payload members the rules read, else "". Plain names are compared as
-// they are; a name is unescaped only if it holds an escape.
+// they are; a name is unescaped only if it holds an escape and is no
+// longer than "aps" or "mdm" escaped in full ("\u0061\u0070\u0073"):
+// isAps asks about a name once for every member of its object.
 func topName(name []byte) string {
 	switch string(name) {
 	case `"aps"`:
@@ -387,7 +389,7 @@ func topName(name []byte) string {
 	case `"mdm"`:
 		return "mdm"
 	}
-	if jsonscan.Backslash(name) < 0 {
+	if len(name) > len(`"\u0061\u0070\u0073"`) || jsonscan.Backslash(name) < 0 {
 		return ""
 	}
 	switch string(jsonscan.Unquote(name)) {

@@ -359,3 +359,26 @@ func TestIsUUID(t *testing.T) {
 		require.Equal(t, tt.want, IsUUID(tt.s), "%q", tt.s)
 	}
 }
+
+// TestValidateEscapedParentOnce: the members of an object under a long
+// escaped name cost what their bytes do. The name is not unescaped again
+// for each of them to ask whether it is "aps": it was, and a 64 KB payload
+// of one such object took half a second to validate.
+func TestValidateEscapedParentOnce(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"aps":{},"\u0061` + strings.Repeat("n", 2000) + `":{`)
+	for b.Len() < 4000 {
+		b.WriteString(`"a":1,`)
+	}
+	b.WriteString(`"b":1}}`)
+	n := &Notification{Token: Token(bytes.Repeat([]byte{1}, 32)), Payload: []byte(b.String())}
+	require.NoError(t, n.Validate(HTTP2Limits))
+	allocs := testing.AllocsPerRun(10, func() { _ = n.Validate(HTTP2Limits) })
+	require.Less(t, allocs, 10.0, "allocations per Validate grow with the members under the escaped name")
+
+	// The longest escaped names of aps and mdm are still theirs.
+	n.Payload = []byte(`{"\u0061\u0070\u0073":{"alert":"a","\u0061lert":"b"}}`)
+	require.ErrorIs(t, n.Validate(HTTP2Limits), ErrDuplicateKey, "the members of a fully escaped aps are checked")
+	n.PushType, n.Payload = PushTypeMDM, []byte(`{"\u006D\u0064\u006d":"PushMagic"}`)
+	require.NoError(t, n.Validate(HTTP2Limits), "a fully escaped mdm")
+}
