@@ -19,7 +19,7 @@ var (
 	ErrPayloadTooLarge   = fmt.Errorf("%w: payload too large", ErrInvalidNotification)
 	ErrInvalidPriority   = fmt.Errorf("%w: bad priority", ErrInvalidNotification)
 	ErrInvalidPushType   = fmt.Errorf("%w: bad push type", ErrInvalidNotification)
-	ErrInvalidCollapseID = fmt.Errorf("%w: collapse id longer than 64 bytes", ErrInvalidNotification)
+	ErrInvalidCollapseID = fmt.Errorf("%w: bad collapse id", ErrInvalidNotification)
 	ErrInvalidID         = fmt.Errorf("%w: apns-id is not a lowercase UUID", ErrInvalidNotification)
 	ErrInvalidTopic      = fmt.Errorf("%w: bad topic", ErrInvalidNotification)
 )

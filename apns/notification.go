@@ -89,7 +89,7 @@ var ExpireNow = time.Unix(0, 0)
 // Notification is one push to one device.
 type Notification struct {
 	Token   Token
-	Payload []byte // a JSON object with an "aps" member
+	Payload []byte // a JSON object with an "aps" member (mdm: an "mdm" one)
 	// Expiration: the zero time sends none (APNs' default storage);
 	// ExpireNow sends 0 (try once, do not store).
 	Expiration time.Time
@@ -121,8 +121,9 @@ var (
 
 // Validate checks n against l and the rules Apple enforces (README, "Job
 // format"): the payload is a JSON object of valid UTF-8 with an object
-// "aps" and no member name twice at its top level or in "aps" (RFC 7493),
-// and the push type's topic suffix, priority and payload members hold.
+// "aps" (push type mdm: a string "mdm", and "aps" if any an object) and no
+// member name twice at its top level or in "aps" (RFC 7493), and the push
+// type's topic suffix, priority and payload members hold.
 // Every error wraps ErrInvalidNotification and one of the specific
 // validation errors; ReasonOf names it.
 func (n *Notification) Validate(l Limits) error {
@@ -159,10 +160,13 @@ func (n *Notification) Validate(l Limits) error {
 		return fmt.Errorf("%w: %d, want 10, 5 or 1", ErrInvalidPriority, n.Priority)
 	}
 	if len(n.CollapseID) > 64 {
-		return fmt.Errorf("%w: %d bytes", ErrInvalidCollapseID, len(n.CollapseID))
+		return fmt.Errorf("%w: %d bytes, at most 64", ErrInvalidCollapseID, len(n.CollapseID))
 	}
 	if i := controlByte(n.CollapseID); i >= 0 {
-		return fmt.Errorf("%w: %q at byte %d", ErrCollapseIDControl, n.CollapseID[i], i)
+		return fmt.Errorf("%w: control character %q at byte %d", ErrInvalidCollapseID, n.CollapseID[i], i)
+	}
+	if paddedValue(n.CollapseID) {
+		return fmt.Errorf("%w: %q starts or ends with a space", ErrInvalidCollapseID, n.CollapseID)
 	}
 	if n.ID != "" && !IsUUID(n.ID) {
 		return fmt.Errorf("%w: %.40q", ErrInvalidID, n.ID)
@@ -235,7 +239,7 @@ func checkPushType(n *Notification, aps *apsMembers) error {
 	case PushTypeMDM:
 		// An MDM push wakes a device to check in with its MDM server: its
 		// payload is {"mdm":"<PushMagic>"}, with no aps needed.
-		if aps.mdm == nil || aps.mdm[0] != '"' {
+		if len(aps.mdm) < 3 || aps.mdm[0] != '"' { // absent, not a string, or ""
 			return fmt.Errorf(`%w: it carries the device's PushMagic`, ErrMissingMDM)
 		}
 	case PushTypeLiveActivity:

@@ -88,10 +88,6 @@ var (
 	ErrMissingMDM            = fmt.Errorf(`%w: mdm push without a string "mdm" member`, ErrInvalidNotification)
 	ErrUnsupportedByProtocol = fmt.Errorf("%w: not supported by the engine's protocol", ErrInvalidNotification)
 	ErrInvalidExpiration     = fmt.Errorf("%w: bad expiration", ErrInvalidNotification)
-	// ErrCollapseIDControl: a control character (NUL, CR, LF, DEL...) in
-	// the collapse id, which an HTTP/2 header value cannot carry (RFC 9113
-	// §8.2.1): APNs would reset the stream, not give a verdict.
-	ErrCollapseIDControl = fmt.Errorf("%w: control character in the collapse id", ErrInvalidNotification)
 )
 
 // reasonOfError maps each validation error to its reason, most specific
@@ -116,7 +112,6 @@ var reasonOfError = []struct {
 	{ErrInvalidPriority, ReasonInvalidPriority},
 	{ErrInvalidPushType, ReasonInvalidPushType},
 	{ErrInvalidCollapseID, ReasonInvalidCollapseID},
-	{ErrCollapseIDControl, ReasonInvalidCollapseID},
 	{ErrInvalidID, ReasonInvalidID},
 	{ErrInvalidTopic, ReasonInvalidTopic},
 }

@@ -42,7 +42,7 @@ type Job struct {
 	// Token is the device token in hex.
 	Token string `json:"token"`
 	// Payload is the notification payload, a JSON object with an "aps"
-	// member, sent byte for byte as published.
+	// member (push type mdm: an "mdm" one), sent byte for byte as published.
 	Payload json.RawMessage `json:"payload"`
 	// Topic is apns-topic; empty: the engine's default.
 	Topic string `json:"topic,omitempty"`

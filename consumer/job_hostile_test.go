@@ -80,6 +80,8 @@ func auditCases() []malformedCase {
 		{"collapse id with a NUL", job(`"payload":` + payload + `,"collapse_id":"a\u0000b"`), apns.ReasonInvalidCollapseID},
 		{"collapse id with CR LF", job(`"payload":` + payload + `,"collapse_id":"a\r\nx-evil: 1"`), apns.ReasonInvalidCollapseID},
 		{"collapse id with DEL", job(`"payload":` + payload + `,"collapse_id":"a\u007f"`), apns.ReasonInvalidCollapseID},
+		{"collapse id with a leading space", job(`"payload":` + payload + `,"collapse_id":" a"`), apns.ReasonInvalidCollapseID},
+		{"collapse id with a trailing space", job(`"payload":` + payload + `,"collapse_id":"a "`), apns.ReasonInvalidCollapseID},
 		{"collapse id 66 bytes in 33 characters", job(`"payload":` + payload + `,"collapse_id":"` + strings.Repeat("é", 33) + `"`), apns.ReasonInvalidCollapseID},
 		// aps under another name or of the wrong kind.
 		{"aps in capitals", pl(`{"APS":{"alert":"hi"}}`), apns.ReasonMissingAps},
@@ -193,7 +195,8 @@ func TestJobContractBinary(t *testing.T) {
 // checkSentAsWritten: what an accepted job sets besides its payload goes
 // on the wire as the job wrote it: an expiration both protocols carry
 // (32-bit UNIX seconds, which the binary frame would otherwise clamp) and
-// header values an HTTP/2 request can carry (no control characters).
+// header values an HTTP/2 request can carry (no control characters, no
+// white space at either end).
 func checkSentAsWritten(t *testing.T, n *apns.Notification) {
 	t.Helper()
 	if s := n.Expiration.Unix(); !n.Expiration.IsZero() && (s < 0 || s > math.MaxUint32) {
@@ -202,6 +205,9 @@ func checkSentAsWritten(t *testing.T, n *apns.Notification) {
 	for _, h := range []string{n.Topic, string(n.PushType), n.CollapseID, n.ID} {
 		if strings.ContainsFunc(h, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 			t.Fatalf("accepted header value %.100q has a control character", h)
+		}
+		if h != strings.Trim(h, " \t") {
+			t.Fatalf("accepted header value %.100q starts or ends with white space", h)
 		}
 	}
 }

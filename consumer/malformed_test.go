@@ -108,6 +108,7 @@ func malformedCases() []malformedCase {
 		{"mdm without mdm", job(`"push_type":"mdm","payload":{}`), apns.ReasonMissingMDM},
 		{"mdm with aps only", job(`"push_type":"mdm","payload":` + payload), apns.ReasonMissingMDM},
 		{"mdm not a string", job(`"push_type":"mdm","payload":{"mdm":1}`), apns.ReasonMissingMDM},
+		{"mdm empty", job(`"push_type":"mdm","payload":{"mdm":""}`), apns.ReasonMissingMDM},
 		{"mdm in aps", job(`"push_type":"mdm","payload":{"aps":{"mdm":"m"}}`), apns.ReasonMissingMDM},
 		{"mdm twice", job(`"push_type":"mdm","payload":{"mdm":"a","\u006ddm":"b"}`), apns.ReasonDuplicateKey},
 		{"mdm with a string aps", job(`"push_type":"mdm","payload":{"mdm":"m","aps":"x"}`), apns.ReasonApsNotObject},
