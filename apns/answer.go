@@ -1,6 +1,7 @@
 package apns
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -48,15 +49,24 @@ func setupHTTP2(o *options, kind engineKind, baseURL string, auth Auth, opts []O
 	if s.tlsConf, s.tokens, err = http2Credentials(u, addr, auth, o); err != nil {
 		return nil, err
 	}
-	tokenAuth, topic := s.tokens != nil, o.h2.topic
-	s.core = newCore(o, addr, func(n *Notification) error { return validateHTTP2(n, tokenAuth, topic) })
+	tokenAuth, topic, pushType := s.tokens != nil, o.h2.topic, o.h2.pushType
+	s.core = newCore(o, addr, func(n *Notification) error { return validateHTTP2(n, tokenAuth, topic, pushType) })
 	s.core.retryBackoff = Backoff{Min: o.h2.backoffMin, Max: o.h2.backoffMax}
 	return s, nil
 }
 
-// validateHTTP2 checks n for the provider API: the HTTP/2 limits, and a
-// topic when token auth has no default one.
-func validateHTTP2(n *Notification, tokenAuth bool, defaultTopic string) error {
+// validateHTTP2 checks n for the provider API as it will be sent, with
+// the engine's default topic and push type where it has none: the HTTP/2
+// limits, and a topic when token auth has no default one.
+func validateHTTP2(n *Notification, tokenAuth bool, defaultTopic string, defaultPushType PushType) error {
+	if n.Topic == "" && defaultTopic != "" || n.PushType == "" && defaultPushType != "" {
+		// Checked as it will be sent: the push type's rules and topic
+		// suffix apply to the engine's defaults too.
+		sent := *n
+		sent.Topic = cmp.Or(n.Topic, defaultTopic)
+		sent.PushType = cmp.Or(n.PushType, defaultPushType)
+		n = &sent
+	}
 	if err := n.Validate(HTTP2Limits); err != nil {
 		return err
 	}

@@ -499,6 +499,34 @@ func TestHTTP2SendValidates(t *testing.T) {
 		"token auth needs a topic")
 }
 
+// TestHTTP2SendValidatesDefaults: a notification without a topic or a push
+// type is checked as it will be sent, with the engine's WithTopic and
+// WithPushType: their rules apply, and a payload only they make valid is
+// accepted.
+func TestHTTP2SendValidatesDefaults(t *testing.T) {
+	t.Parallel()
+	s := newH2Server(t)
+	newEngine := func(opts ...apns.Option) *apns.HTTP2Engine {
+		e, err := apns.NewHTTP2Engine(s.URL, apns.CertificateAuth(s.ClientCert()), append(opts, apns.WithRootCAs(s.RootCAs()))...)
+		require.NoError(t, err)
+		t.Cleanup(func() { closeH2Engine(t, e) })
+		return e
+	}
+	ctx := context.Background()
+	mdm := newEngine(apns.WithPushType(apns.PushTypeMDM))
+	require.NoError(t, mdm.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: []byte(`{"mdm":"magic"}`)}, 0))
+	require.ErrorIs(t, mdm.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload}, 0), apns.ErrMissingMDM)
+	background := newEngine(apns.WithPushType(apns.PushTypeBackground))
+	require.ErrorIs(t, background.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload, Priority: apns.PriorityConserve}, 0),
+		apns.ErrMissingContentAvail)
+	require.NoError(t, background.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload, PushType: apns.PushTypeAlert}, 0),
+		"the notification's own push type comes first")
+	voip := newEngine(apns.WithTopic(h2Topic))
+	require.ErrorIs(t, voip.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload, PushType: apns.PushTypeVoIP}, 0),
+		apns.ErrTopicDisallowed, "the default topic lacks .voip")
+	require.NoError(t, voip.Send(ctx, &apns.Notification{Token: h2Token(1), Payload: h2Payload, PushType: apns.PushTypeVoIP, Topic: h2Topic + ".voip"}, 0))
+}
+
 func TestHTTP2FlowControl(t *testing.T) {
 	t.Parallel()
 	s := newH2Server(t, apnstest.HTTP2Window(100), apnstest.HTTP2Record(true))
