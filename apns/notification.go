@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/jetpush/apns-worker/apns/jsonscan"
@@ -91,7 +92,8 @@ type Notification struct {
 	Token   Token
 	Payload []byte // a JSON object with an "aps" member (mdm: an "mdm" one)
 	// Expiration: the zero time sends none (APNs' default storage);
-	// ExpireNow sends 0 (try once, do not store).
+	// ExpireNow sends 0 (try once, do not store). Otherwise it must be
+	// from 1970 to 2106-02-07T06:28:15Z: APNs reads 32-bit UNIX seconds.
 	Expiration time.Time
 	Priority   Priority // 0: not set (APNs applies 10)
 
@@ -167,6 +169,11 @@ func (n *Notification) Validate(l Limits) error {
 	}
 	if paddedValue(n.CollapseID) {
 		return fmt.Errorf("%w: %q starts or ends with a space", ErrInvalidCollapseID, n.CollapseID)
+	}
+	if !n.Expiration.IsZero() {
+		if s := n.Expiration.Unix(); s < 0 || s > math.MaxUint32 {
+			return fmt.Errorf("%w: %s is outside 1970 to 2106-02-07T06:28:15Z (32-bit UNIX seconds)", ErrInvalidExpiration, n.Expiration.UTC().Format(time.RFC3339))
+		}
 	}
 	if n.ID != "" && !IsUUID(n.ID) {
 		return fmt.Errorf("%w: %.40q", ErrInvalidID, n.ID)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jetpush/apns-worker/apns/jsonscan"
@@ -54,6 +55,10 @@ func TestValidate(t *testing.T) {
 		{"nested aps only", ok(func(n *Notification) { n.Payload = []byte(`{"a":{"aps":1}}`) }), BinaryLimits, ErrNoAPS},
 		{"aps in a string", ok(func(n *Notification) { n.Payload = []byte(`{"x":"\"aps\""}`) }), BinaryLimits, ErrNoAPS},
 		{"empty object", ok(func(n *Notification) { n.Payload = []byte(`{}`) }), BinaryLimits, ErrNoAPS},
+		{"expiration before 1970", ok(func(n *Notification) { n.Expiration = time.Unix(-1, 0) }), HTTP2Limits, ErrInvalidExpiration},
+		{"expiration past 32 bits", ok(func(n *Notification) { n.Expiration = time.Unix(1<<32, 0) }), BinaryLimits, ErrInvalidExpiration},
+		{"expiration at the last 32-bit second", ok(func(n *Notification) { n.Expiration = time.Unix(1<<32-1, 0) }), BinaryLimits, nil},
+		{"expiration now: try once", ok(func(n *Notification) { n.Expiration = ExpireNow }), BinaryLimits, nil},
 		{"mdm without aps", ok(func(n *Notification) { n.PushType, n.Payload = PushTypeMDM, []byte(`{"mdm":"PushMagic"}`) }), HTTP2Limits, nil},
 		{"mdm with aps", ok(func(n *Notification) { n.PushType, n.Payload = PushTypeMDM, []byte(`{"aps":{},"mdm":"m"}`) }), HTTP2Limits, nil},
 		{"mdm escaped name", ok(func(n *Notification) { n.PushType, n.Payload = PushTypeMDM, []byte(`{"\u006ddm":"m"}`) }), BinaryLimits, nil},
