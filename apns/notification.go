@@ -148,7 +148,7 @@ func (n *Notification) Validate(l Limits) error {
 	if len(n.Payload) > max {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(n.Payload), max)
 	}
-	var aps apsMembers
+	var aps payloadMembers
 	if err := scanPayload(n.Payload, &aps); err != nil && (err != ErrNoAPS || n.PushType != PushTypeMDM) {
 		return err
 	}
@@ -230,7 +230,7 @@ func CheckTopic(p PushType, topic string) error {
 }
 
 // checkPushType applies the push type's rules on priority and aps members.
-func checkPushType(n *Notification, aps *apsMembers) error {
+func checkPushType(n *Notification, aps *payloadMembers) error {
 	switch n.PushType {
 	case PushTypeBackground:
 		if n.Priority != PriorityConserve {
@@ -259,7 +259,7 @@ func checkPushType(n *Notification, aps *apsMembers) error {
 }
 
 // checkLiveActivity applies BROADCAST.md §5-6 to a device Live Activity's aps.
-func checkLiveActivity(aps *apsMembers) error {
+func checkLiveActivity(aps *payloadMembers) error {
 	var event string
 	switch string(aps.event) {
 	case `"start"`, `"update"`, `"end"`:
@@ -324,9 +324,9 @@ var lowerHex = func() (t [256]bool) {
 	return t
 }()
 
-// apsMembers are the values (raw JSON) of the aps members the push-type
+// payloadMembers are the values (raw JSON) of the aps members the push-type
 // rules read, and of the payload's own "mdm"; nil when absent.
-type apsMembers struct {
+type payloadMembers struct {
 	contentAvailable, event, timestamp, contentState, attributesType, attributes, alert []byte
 	mdm                                                                                 []byte
 }
@@ -335,7 +335,7 @@ type apsMembers struct {
 // "aps", and no member name twice at its top level or in "aps"; it returns
 // in aps the members the push-type rules need. It allocates only for escaped
 // or many member names.
-func scanPayload(p []byte, aps *apsMembers) error {
+func scanPayload(p []byte, aps *payloadMembers) error {
 	var (
 		top, inAps  jsonscan.Names
 		apsVal, dup []byte
@@ -385,25 +385,22 @@ func scanPayload(p []byte, aps *apsMembers) error {
 
 // isAps reports whether the quoted member name is "aps".
 func isAps(name []byte) bool {
-	return string(name) == `"aps"` || len(name) > len(`"aps"`) && topName(name) == "aps"
+	return string(name) == `"aps"` || topName(name) == "aps"
 }
 
 // topName returns "aps" or "mdm" if the quoted member name is one of the
-// payload members the rules read, else "". Plain names are compared as
-// they are; a name is unescaped only if it holds an escape and is no
-// longer than "aps" or "mdm" escaped in full ("\u0061\u0070\u0073"):
-// isAps asks about a name once for every member of its object.
+// payload members the rules read, else "". A name longer than "aps" or
+// "mdm" escaped in full ("\u0061\u0070\u0073") is neither, and is not
+// scanned: isAps asks about a name once for every member of its object.
 func topName(name []byte) string {
-	switch string(name) {
-	case `"aps"`:
-		return "aps"
-	case `"mdm"`:
-		return "mdm"
-	}
-	if len(name) > len(`"\u0061\u0070\u0073"`) || jsonscan.Backslash(name) < 0 {
+	if len(name) > len(`"\u0061\u0070\u0073"`) {
 		return ""
 	}
-	switch string(jsonscan.Unquote(name)) {
+	inner := name[1 : len(name)-1]
+	if jsonscan.Backslash(inner) >= 0 {
+		inner = jsonscan.Unquote(name)
+	}
+	switch string(inner) {
 	case "aps":
 		return "aps"
 	case "mdm":
@@ -413,7 +410,7 @@ func topName(name []byte) string {
 }
 
 // set keeps an aps member the push-type rules need.
-func (a *apsMembers) set(name, value []byte) {
+func (a *payloadMembers) set(name, value []byte) {
 	if jsonscan.Backslash(name) >= 0 {
 		name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
 	}

@@ -261,7 +261,7 @@ func FuzzScanPayload(f *testing.F) {
 	f.Add([]byte(`{"aps":{"alert":"\ud800"}}`))
 	f.Add([]byte("{\"aps\":{\"alert\":\"\xed\xa0\x80\"}}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		err := scanPayload(b, &apsMembers{}) // must not panic or hang
+		err := scanPayload(b, &payloadMembers{}) // must not panic or hang
 		want := refPayload(b)
 		if want == nil {
 			require.NoError(t, err, "%q", b)

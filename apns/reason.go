@@ -66,7 +66,7 @@ const (
 	ReasonMissingAps          = "MissingAps"        // payload without an "aps" member
 	ReasonApsNotObject        = "ApsNotObject"      // "aps" is not a JSON object
 	ReasonInvalidPriority     = "InvalidPriority"   // priority not 10, 5 or 1, or not the push type's
-	ReasonInvalidCollapseID   = "InvalidCollapseId" // collapse_id over 64 bytes, or with a control character
+	ReasonInvalidCollapseID   = "InvalidCollapseId" // collapse_id over 64 bytes, with a control character or a space at an end
 	ReasonInvalidID           = "InvalidId"         // apns-id not a lowercase UUID
 	ReasonInvalidTopic        = "InvalidTopic"      // topic with spaces, controls or non-ASCII
 	ReasonContentAvailable    = "MissingContentAvailable"

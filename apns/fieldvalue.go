@@ -1,5 +1,7 @@
 package apns
 
+// Checks of the values Validate sends as HTTP/2 header fields.
+
 // controlByte returns the index of the first control character (below
 // space, or DEL) in s, or -1: NUL, CR and LF an HTTP/2 header value may not
 // carry (RFC 9113 §8.2.1), the others an HTTP field value may not (RFC 9110
