@@ -149,7 +149,7 @@ func (n *Notification) Validate(l Limits) error {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(n.Payload), max)
 	}
 	var aps payloadMembers
-	if err := scanPayload(n.Payload, &aps); err != nil && (err != ErrNoAPS || n.PushType != PushTypeMDM) {
+	if err := scanPayload(n.Payload, &aps, n.PushType == PushTypeMDM); err != nil && (err != ErrNoAPS || n.PushType != PushTypeMDM) {
 		return err
 	}
 	switch n.Priority {
@@ -333,85 +333,58 @@ type payloadMembers struct {
 
 // scanPayload checks that p is a JSON object of valid UTF-8 with an object
 // "aps", and no member name twice at its top level or in "aps"; it returns
-// in aps the members the push-type rules need. It allocates only for escaped
-// or many member names.
-func scanPayload(p []byte, aps *payloadMembers) error {
-	var (
-		top, inAps  jsonscan.Names
-		apsVal, dup []byte
-		where       string
-	)
-	// One pass validates p and walks its members and those of its objects:
-	// an aps object's members come before the aps member itself, so a
-	// second aps shows as members met while the first is already known.
-	valid, unicode := jsonscan.ValidMembers(p, func(parent, name, value []byte) {
-		switch {
-		case dup != nil:
-		case parent == nil && top.Seen(name):
-			dup, where = name, "payload"
-		case parent == nil:
-			switch topName(name) {
-			case "aps":
-				apsVal = value
-			case "mdm":
-				aps.mdm = value
-			}
-		case !isAps(parent):
-		case apsVal != nil: // the members of a second aps
-			dup, where = parent, "payload"
-		case inAps.Seen(name):
-			dup, where = name, "aps"
-		default:
-			aps.set(name, value)
-		}
-	})
-	i := jsonscan.SkipSpace(p, 0)
+// in aps the members the push-type rules need, the payload's "mdm" too if
+// mdm. It allocates only for escaped or many member names.
+func scanPayload(p []byte, aps *payloadMembers, mdm bool) error {
+	var o jsonscan.Outline
+	valid, unicode := jsonscan.ValidOutline(p, "aps", &o)
 	switch {
 	case !valid:
 		return fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
-	case p[i] != '{':
-		return ErrInvalidPayload
 	case !unicode:
 		return fmt.Errorf("%w: payload", ErrInvalidUTF8)
-	case dup != nil:
-		return fmt.Errorf("%w: %s member %.64s", ErrDuplicateKey, where, dup)
-	case apsVal == nil:
+	}
+	if dup := o.Outer.Repeated(p); dup != nil {
+		return fmt.Errorf("%w: payload member %.64s", ErrDuplicateKey, dup)
+	}
+	if dup := o.Inner.Repeated(p); dup != nil {
+		return fmt.Errorf("%w: aps member %.64s", ErrDuplicateKey, dup)
+	}
+	if mdm {
+		aps.mdm = member(p, &o.Outer, `"mdm"`)
+	}
+	m, ok := o.InnerMember()
+	switch {
+	case !ok:
 		return ErrNoAPS
-	case apsVal[0] != '{':
-		return fmt.Errorf("%w: it is %.20s", ErrApsNotObject, apsVal)
+	case m.Value(p)[0] != '{':
+		return fmt.Errorf("%w: it is %.20s", ErrApsNotObject, m.Value(p))
+	}
+	for i := range o.Inner.Len() {
+		aps.set(o.Inner.At(i), p, o.Inner.Escaped())
 	}
 	return nil
 }
 
-// isAps reports whether the quoted member name is "aps".
-func isAps(name []byte) bool {
-	return string(name) == `"aps"` || topName(name) == "aps"
+// member returns the value of the member of l (members of p) named name
+// (quoted, without escapes), or nil if l has none.
+func member(p []byte, l *jsonscan.MemberList, name string) []byte {
+	for i := range l.Len() {
+		m := l.At(i)
+		n := m.Name(p)
+		if string(n) == name || l.Escaped() && len(n) <= 6*len(name) && jsonscan.Backslash(n) >= 0 &&
+			string(jsonscan.Unquote(n)) == name[1:len(name)-1] {
+			return m.Value(p)
+		}
+	}
+	return nil
 }
 
-// topName returns "aps" or "mdm" if the quoted member name is one of the
-// payload members the rules read, else "". A name longer than "aps" or
-// "mdm" escaped in full ("\u0061\u0070\u0073") is neither, and is not
-// scanned: isAps asks about a name once for every member of its object.
-func topName(name []byte) string {
-	if len(name) > len(`"\u0061\u0070\u0073"`) {
-		return ""
-	}
-	inner := name[1 : len(name)-1]
-	if jsonscan.Backslash(inner) >= 0 {
-		inner = jsonscan.Unquote(name)
-	}
-	switch string(inner) {
-	case "aps":
-		return "aps"
-	case "mdm":
-		return "mdm"
-	}
-	return ""
-}
-
-// set keeps an aps member the push-type rules need.
-func (a *payloadMembers) set(name, value []byte) {
-	if jsonscan.Backslash(name) >= 0 {
+// set keeps m, an aps member of p, if the push-type rules need it; escaped
+// says whether a name of its object may hold an escape.
+func (a *payloadMembers) set(m jsonscan.Member, p []byte, escaped bool) {
+	name, value := m.Name(p), m.Value(p)
+	if escaped && jsonscan.Backslash(name) >= 0 {
 		name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
 	}
 	switch string(name) {

@@ -4,7 +4,11 @@
 // input that is known to be valid.
 package jsonscan
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math"
+	"math/bits"
+)
 
 // Valid reports whether data is one valid JSON value (RFC 8259, with
 // surrounding white space), as encoding/json.Valid does, several times
@@ -44,31 +48,36 @@ func (v *validator) unicode() bool {
 	return !v.high && !v.uEscape || ValidUnicode(v.b)
 }
 
-// ValidMembers is Valid for an object that also reports, in the same pass,
-// its members and those of the objects that are its members' values: for
-// each, once its value is validated, fn gets the name of the outer member
-// it belongs to (nil for the outer object's own), its name and its value
-// (names quoted, as in data; values raw). Deeper members are not reported.
-// The members of an outer member's object come before that member. Like
-// ValidI, it reports validity (false for anything Valid refuses, and for a
-// value that is not an object; fn may have been called by then) and
-// ValidUnicode.
-func ValidMembers(data []byte, fn func(parent, name, value []byte)) (valid, unicode bool) {
-	v := validator{b: data}
-	return v.object1(fn)
-}
-
-// ValidObject is ValidMembers for the outer object's own members only: fn
-// gets each one's name (quoted) and value once its value is validated.
+// ValidObject is Valid for an object that also reports, in the same pass,
+// its own members: fn gets each one's name (quoted, as in data) and value
+// once its value is validated. It reports validity (false for anything
+// Valid refuses, and for a value that is not an object; fn may have been
+// called by then) and, as ValidI, ValidUnicode.
 func ValidObject(data []byte, fn func(name, value []byte)) (valid, unicode bool) {
-	v := validator{b: data, outerOnly: true}
-	return v.object1(func(_, name, value []byte) { fn(name, value) })
+	v := validator{b: data}
+	v.ws()
+	return v.whole1(v.i < len(v.b) && v.b[v.i] == '{' && v.each(fn))
 }
 
-// object1 validates v.b as one object, reporting members to fn.
-func (v *validator) object1(fn func(parent, name, value []byte)) (valid, unicode bool) {
+// ValidOutline is Valid for an object that also records, in the same pass
+// and without allocating for up to 8 members an object, its outline in o:
+// the object's members, and those of its first member named inner (as
+// unescaped) if that member's value is an object. It reports validity and
+// ValidUnicode as ValidObject; o is complete only for valid input. Input
+// longer than 2 GiB is refused.
+func ValidOutline(data []byte, inner string, o *Outline) (valid, unicode bool) {
+	if len(data) > math.MaxInt32 {
+		return false, false
+	}
+	v := validator{b: data, inner: inner}
 	v.ws()
-	if v.i >= len(v.b) || v.b[v.i] != '{' || !v.members(1, nil, fn) {
+	return v.whole1(v.i < len(v.b) && v.b[v.i] == '{' && v.outline(&o.Outer, o))
+}
+
+// whole1 ends a validation that validated an object at v.i (ok): only
+// white space may follow it.
+func (v *validator) whole1(ok bool) (valid, unicode bool) {
+	if !ok {
 		return false, false
 	}
 	v.ws()
@@ -78,66 +87,140 @@ func (v *validator) object1(fn func(parent, name, value []byte)) (valid, unicode
 	return true, v.unicode()
 }
 
-// members validates the object at v.i, at depth; with fn, it reports the
-// members to fn as ValidMembers (or, outerOnly, ValidObject) says.
-func (v *validator) members(depth int, parent []byte, fn func(parent, name, value []byte)) bool {
+// members validates the object at v.i, at depth.
+func (v *validator) members(depth int) bool {
+	if v.open() {
+		return true
+	}
+	for {
+		if _, _, _, ok := v.memberName(); !ok || !v.value(depth) {
+			return false
+		}
+		if more, ok := v.memberEnd(); !more {
+			return ok
+		}
+	}
+}
+
+// each is members for the outer object, reporting its members to fn.
+func (v *validator) each(fn func(name, value []byte)) bool {
+	if v.open() {
+		return true
+	}
+	for {
+		ns, ne, _, ok := v.memberName()
+		vs := v.i
+		if !ok || !v.value(1) {
+			return false
+		}
+		fn(v.b[ns:ne], v.b[vs:v.i])
+		if more, ok := v.memberEnd(); !more {
+			return ok
+		}
+	}
+}
+
+// outline is members for the outer object (o not nil) or its inner one
+// (o nil), recording their members in rec.
+func (v *validator) outline(rec *MemberList, o *Outline) bool {
+	if v.open() {
+		return true
+	}
+	for {
+		ns, ne, esc, ok := v.memberName()
+		if !ok {
+			return false
+		}
+		vs := v.i
+		if o != nil && !o.found && v.isInner(v.b[ns:ne], esc) {
+			o.found, o.at = true, rec.n
+			if v.i < len(v.b) && v.b[v.i] == '{' {
+				ok = v.outline(&o.Inner, nil)
+			} else {
+				ok = v.value(1)
+			}
+		} else {
+			ok = v.value(1)
+		}
+		if !ok {
+			return false
+		}
+		rec.add(Member{int32(ns), int32(ne), int32(vs), int32(v.i)}, esc)
+		if more, ok := v.memberEnd(); !more {
+			return ok
+		}
+	}
+}
+
+// open steps into the object at v.i: past its '{' and what white space
+// follows; for an empty object, past its '}' too, and it says so.
+func (v *validator) open() (empty bool) {
 	v.i++ // '{'
 	v.ws()
 	if v.i < len(v.b) && v.b[v.i] == '}' {
 		v.i++
 		return true
 	}
-	for {
-		ns := v.i
-		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
-			return false
-		}
-		name := v.b[ns:v.i]
-		v.ws()
-		if v.i >= len(v.b) || v.b[v.i] != ':' {
-			return false
-		}
+	return false
+}
+
+// memberName validates a member's name and the colon after it (with white
+// space around); [ns:ne] is the name, quoted, and esc says whether it holds
+// an escape.
+func (v *validator) memberName() (ns, ne int, esc, ok bool) {
+	ns = v.i
+	v.esc = false
+	if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
+		return 0, 0, false, false
+	}
+	ne, esc = v.i, v.esc
+	v.ws()
+	if v.i >= len(v.b) || v.b[v.i] != ':' {
+		return 0, 0, false, false
+	}
+	v.i++
+	v.ws()
+	return ns, ne, esc, true
+}
+
+// memberEnd validates what follows a member's value: a comma (more: a
+// member follows) or the object's '}'.
+func (v *validator) memberEnd() (more, ok bool) {
+	v.ws()
+	if v.i >= len(v.b) {
+		return false, false
+	}
+	switch v.b[v.i] {
+	case ',':
 		v.i++
 		v.ws()
-		vs := v.i
-		var ok bool
-		if fn != nil && depth == 1 && !v.outerOnly && v.i < len(v.b) && v.b[v.i] == '{' {
-			ok = v.members(2, name, fn)
-		} else {
-			ok = v.value(depth)
-		}
-		if !ok {
-			return false
-		}
-		if fn != nil {
-			fn(parent, name, v.b[vs:v.i])
-		}
-		v.ws()
-		if v.i >= len(v.b) {
-			return false
-		}
-		switch v.b[v.i] {
-		case ',':
-			v.i++
-			v.ws()
-		case '}':
-			v.i++
-			return true
-		default:
-			return false
-		}
+		return true, true
+	case '}':
+		v.i++
+		return false, true
 	}
+	return false, false
+}
+
+// isInner reports whether the quoted name (esc: with an escape) is v.inner.
+// An escaped name is unquoted only if it is short enough to be.
+func (v *validator) isInner(name []byte, esc bool) bool {
+	if !esc {
+		return len(name) == len(v.inner)+2 && string(name[1:len(name)-1]) == v.inner
+	}
+	return len(name) <= 6*len(v.inner)+2 && string(Unquote(name)) == v.inner
 }
 
 // MaxDepth bounds the nesting Valid accepts (encoding/json allows 10 000).
 const MaxDepth = 1000
 
 type validator struct {
-	b         []byte
-	i         int
-	high      bool // a string holds a byte past ASCII
-	uEscape   bool // a string holds a \u escape
-	outerOnly bool // members reports the outer object's members only
+	b       []byte
+	i       int
+	high    bool   // a string holds a byte past ASCII
+	uEscape bool   // a string holds a \u escape
+	esc     bool   // the last string holds an escape
+	inner   string // ValidOutline's inner member name
 }
 
 // ws skips whitespace. Its common case, none, is inlined.
@@ -190,7 +273,7 @@ func (v *validator) lit(s string) bool {
 	return true
 }
 
-func (v *validator) object(depth int) bool { return v.members(depth, nil, nil) }
+func (v *validator) object(depth int) bool { return v.members(depth) }
 
 func (v *validator) array(depth int) bool {
 	v.i++ // '['
@@ -229,37 +312,47 @@ var plain = func() (t [256]bool) {
 	return t
 }()
 
-// plain8 reports whether the 8 bytes of w are all plain (see plain). It
-// may say no for plain bytes that follow a byte that is not (a borrow),
-// never yes for one that is not.
-func plain8(w uint64) bool {
+// notPlain8 marks, in the high bit of each byte, the bytes of w that are
+// not plain (see plain). The lowest mark is exact: it is the first byte that
+// is not plain (little-endian: the first in the input). Marks above it may
+// be wrong (a borrow carries into the next byte); callers read only the
+// lowest.
+func notPlain8(w uint64) uint64 {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	quote, backslash := w^(ones*'"'), w^(ones*'\\')
 	control := (w - ones*0x20) &^ w       // high bit set below 0x20
 	q := (quote - ones) &^ quote          // high bit set at a quote
 	bs := (backslash - ones) &^ backslash // high bit set at a backslash
-	return (w|control|q|bs)&highs == 0    // w's own high bits: past ASCII
+	return (w | control | q | bs) & highs // w's own high bits: past ASCII
 }
 
-// str skips a string starting at its opening quote.
+// str skips a string starting at its opening quote. Plain bytes are
+// skipped eight at a time, up to the first that is not.
 func (v *validator) str() bool {
 	b := v.b
 	i := v.i + 1
 	for {
-		for i+8 <= len(b) && plain8(binary.LittleEndian.Uint64(b[i:])) {
-			i += 8
-		}
-		for i < len(b) && plain[b[i]] {
-			i++
-		}
-		if i >= len(b) {
-			return false
+		if i+8 <= len(b) {
+			m := notPlain8(binary.LittleEndian.Uint64(b[i:]))
+			if m == 0 {
+				i += 8
+				continue
+			}
+			i += bits.TrailingZeros64(m) / 8
+		} else {
+			for i < len(b) && plain[b[i]] {
+				i++
+			}
+			if i >= len(b) {
+				return false
+			}
 		}
 		switch c := b[i]; {
 		case c == '"':
 			v.i = i + 1
 			return true
 		case c == '\\':
+			v.esc = true
 			if i+1 >= len(b) {
 				return false
 			}

@@ -3,8 +3,8 @@ package jsonscan
 import (
 	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"math/rand/v2"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -85,58 +85,6 @@ func BenchmarkValid(b *testing.B) {
 	})
 }
 
-// TestValidMembers: the outer object's members and its objects' members
-// are reported once validated, inner ones first; deeper ones and anything
-// but a valid object are not.
-func TestValidMembers(t *testing.T) {
-	type member struct{ parent, name, value string }
-	tests := []struct {
-		in   string
-		ok   bool
-		want []member
-	}{
-		{`{}`, true, nil},
-		{` {"a":1, "b":{"c":[{"d":2}],"e":{"f":3}}} `, true, []member{
-			{"", `"a"`, `1`}, {`"b"`, `"c"`, `[{"d":2}]`}, {`"b"`, `"e"`, `{"f":3}`}, {"", `"b"`, `{"c":[{"d":2}],"e":{"f":3}}`}}},
-		{`[{"a":1}]`, false, nil},
-		{`"x"`, false, nil},
-		{`{"a":1`, false, []member{{"", `"a"`, `1`}}},
-		{`{"a":1}x`, false, []member{{"", `"a"`, `1`}}},
-		{`{"a":{"b":tru}}`, false, nil},
-	}
-	for _, tt := range tests {
-		var got []member
-		ok, _ := ValidMembers([]byte(tt.in), func(parent, name, value []byte) {
-			got = append(got, member{string(parent), string(name), string(value)})
-		})
-		if ok != tt.ok || !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("%s: got %v %v, want %v %v", tt.in, ok, got, tt.ok, tt.want)
-		}
-		if ok && !Valid([]byte(tt.in)) {
-			t.Errorf("%s: ValidMembers accepts what Valid refuses", tt.in)
-		}
-	}
-}
-
-// FuzzValidMembers: ValidMembers accepts exactly the valid objects.
-func FuzzValidMembers(f *testing.F) {
-	for _, c := range validCases {
-		f.Add([]byte(c))
-	}
-	f.Add([]byte(`{"aps":{"alert":"hi","x":{"y":[1,{"z":2}]}},"a":[]}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		s := strings.TrimLeft(string(b), " \t\r\n")
-		want := Valid(b) && strings.HasPrefix(s, "{")
-		got, unicode := ValidMembers(b, func(_, _, _ []byte) {})
-		if got != want {
-			t.Fatalf("%q: ValidMembers %v, want %v", b, got, want)
-		}
-		if got && unicode != ValidUnicode(b) {
-			t.Fatalf("%q: ValidMembers says unicode %v, ValidUnicode %v", b, unicode, !unicode)
-		}
-	})
-}
-
 // FuzzValidI: ValidI reports what Valid and ValidUnicode report.
 func FuzzValidI(f *testing.F) {
 	for _, s := range append(validCases, invalidCases...) {
@@ -177,42 +125,34 @@ func TestValidI(t *testing.T) {
 	}
 }
 
-// FuzzValidObject: ValidObject agrees with ValidMembers and reports the
-// outer members only, in order.
-func FuzzValidObject(f *testing.F) {
-	for _, c := range append(validCases, invalidCases...) {
-		f.Add([]byte(c))
-	}
-	f.Add([]byte(`{"aps":{"alert":"hi","x":{"y":[1,{"z":2}]}},"a":[],"\u00e9":"\ud800"}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var outer, all []string
-		valid, unicode := ValidObject(b, func(name, value []byte) { outer = append(outer, string(name)+"="+string(value)) })
-		wantValid, wantUnicode := ValidMembers(b, func(parent, name, value []byte) {
-			if parent == nil {
-				all = append(all, string(name)+"="+string(value))
-			}
-		})
-		if valid != wantValid || unicode != wantUnicode {
-			t.Fatalf("%q: ValidObject %v %v, ValidMembers %v %v", b, valid, unicode, wantValid, wantUnicode)
-		}
-		if !reflect.DeepEqual(outer, all) {
-			t.Fatalf("%q: ValidObject reports %q, ValidMembers %q", b, outer, all)
-		}
-	})
-}
-
-// TestPlain8 checks the word-at-a-time test of str against the byte table:
-// exact for one odd byte among plain ones, and never yes for a word that
-// holds a byte that is not plain.
-func TestPlain8(t *testing.T) {
+// TestNotPlain8 checks the word-at-a-time test of str against the byte
+// table: its lowest mark is exactly the first byte that is not plain, for
+// one odd byte among plain ones and for random words.
+func TestNotPlain8(t *testing.T) {
 	word := func(b [8]byte) uint64 { return binary.LittleEndian.Uint64(b[:]) }
+	first := func(b [8]byte) int { // by the table
+		for i, c := range b {
+			if !plain[c] {
+				return i
+			}
+		}
+		return 8
+	}
+	check := func(b [8]byte) {
+		t.Helper()
+		got := 8
+		if m := notPlain8(word(b)); m != 0 {
+			got = bits.TrailingZeros64(m) / 8
+		}
+		if want := first(b); got != want {
+			t.Fatalf("notPlain8(%q): first byte not plain at %d, want %d", b, got, want)
+		}
+	}
 	for c := 0; c < 256; c++ {
 		for pos := 0; pos < 8; pos++ {
 			b := [8]byte{'a', 'a', 'a', 'a', 'a', 'a', 'a', 'a'}
 			b[pos] = byte(c)
-			if got := plain8(word(b)); got != plain[c] {
-				t.Fatalf("plain8(%q) = %v, want %v", b, got, plain[c])
-			}
+			check(b)
 		}
 	}
 	r := rand.New(rand.NewPCG(1, 2))
@@ -224,12 +164,6 @@ func TestPlain8(t *testing.T) {
 				b[i] = byte(r.IntN(256))
 			}
 		}
-		all := true
-		for _, c := range b {
-			all = all && plain[c]
-		}
-		if plain8(word(b)) && !all {
-			t.Fatalf("plain8(%q) = true, but it holds a byte that is not plain", b)
-		}
+		check(b)
 	}
 }
