@@ -148,8 +148,8 @@ func (n *Notification) Validate(l Limits) error {
 	if len(n.Payload) > max {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(n.Payload), max)
 	}
-	var aps payloadMembers
-	if err := scanPayload(n.Payload, &aps, n.PushType == PushTypeMDM); err != nil && (err != ErrNoAPS || n.PushType != PushTypeMDM) {
+	var pl payload
+	if err := pl.scan(n.Payload); err != nil && (err != ErrNoAPS || n.PushType != PushTypeMDM) {
 		return err
 	}
 	switch n.Priority {
@@ -188,7 +188,7 @@ func (n *Notification) Validate(l Limits) error {
 			return err
 		}
 	}
-	return checkPushType(n, &aps)
+	return checkPushType(n, &pl)
 }
 
 // TopicSuffix returns the suffix Apple requires of the topic of push type
@@ -230,14 +230,14 @@ func CheckTopic(p PushType, topic string) error {
 }
 
 // checkPushType applies the push type's rules on priority and aps members.
-func checkPushType(n *Notification, aps *payloadMembers) error {
+func checkPushType(n *Notification, pl *payload) error {
 	switch n.PushType {
 	case PushTypeBackground:
 		if n.Priority != PriorityConserve {
 			return fmt.Errorf("%w: background pushes must use priority 5, not %d", ErrInvalidPriority, n.Priority)
 		}
-		if string(aps.contentAvailable) != "1" {
-			return fmt.Errorf(`%w: aps.content-available is %.20q`, ErrMissingContentAvail, aps.contentAvailable)
+		if ca := pl.aps(`"content-available"`); string(ca) != "1" {
+			return fmt.Errorf(`%w: aps.content-available is %.20q`, ErrMissingContentAvail, ca)
 		}
 	case PushTypeLocation, PushTypePushToTalk:
 		if n.Priority != 0 && n.Priority != PriorityImmediate {
@@ -246,42 +246,42 @@ func checkPushType(n *Notification, aps *payloadMembers) error {
 	case PushTypeMDM:
 		// An MDM push wakes a device to check in with its MDM server: its
 		// payload is {"mdm":"<PushMagic>"}, with no aps needed.
-		if len(aps.mdm) < 3 || aps.mdm[0] != '"' { // absent, not a string, or ""
+		if mdm := pl.top(`"mdm"`); len(mdm) < 3 || mdm[0] != '"' { // absent, not a string, or ""
 			return fmt.Errorf(`%w: it carries the device's PushMagic`, ErrMissingMDM)
 		}
 	case PushTypeLiveActivity:
 		if n.Priority == PriorityLow {
 			return fmt.Errorf("%w: liveactivity pushes use priority 10 or 5, not 1", ErrInvalidPriority)
 		}
-		return checkLiveActivity(aps)
+		return checkLiveActivity(pl)
 	}
 	return nil
 }
 
 // checkLiveActivity applies BROADCAST.md §5-6 to a device Live Activity's aps.
-func checkLiveActivity(aps *payloadMembers) error {
+func checkLiveActivity(pl *payload) error {
 	var event string
-	switch string(aps.event) {
+	switch ev := pl.aps(`"event"`); string(ev) {
 	case `"start"`, `"update"`, `"end"`:
-		event = string(aps.event[1 : len(aps.event)-1])
+		event = string(ev[1 : len(ev)-1])
 	case "":
 		return fmt.Errorf(`%w: no aps.event`, ErrBadLiveActivity)
 	default:
-		return fmt.Errorf(`%w: aps.event %.40s, want "start", "update" or "end"`, ErrBadLiveActivity, aps.event)
+		return fmt.Errorf(`%w: aps.event %.40s, want "start", "update" or "end"`, ErrBadLiveActivity, ev)
 	}
-	if !wholeSeconds(aps.timestamp) {
-		return fmt.Errorf(`%w: aps.timestamp %.40q, want whole UNIX seconds`, ErrBadLiveActivity, aps.timestamp)
+	if ts := pl.aps(`"timestamp"`); !wholeSeconds(ts) {
+		return fmt.Errorf(`%w: aps.timestamp %.40q, want whole UNIX seconds`, ErrBadLiveActivity, ts)
 	}
-	if aps.contentState != nil && aps.contentState[0] != '{' {
+	if cs := pl.aps(`"content-state"`); cs != nil && cs[0] != '{' {
 		return fmt.Errorf(`%w: aps.content-state is not an object`, ErrBadLiveActivity)
 	}
 	if event == "start" {
-		switch {
-		case aps.attributesType == nil || aps.attributesType[0] != '"':
+		switch at, attrs := pl.aps(`"attributes-type"`), pl.aps(`"attributes"`); {
+		case at == nil || at[0] != '"':
 			return fmt.Errorf(`%w: start without a string aps.attributes-type`, ErrBadLiveActivity)
-		case aps.attributes == nil || aps.attributes[0] != '{':
+		case attrs == nil || attrs[0] != '{':
 			return fmt.Errorf(`%w: start without an object aps.attributes`, ErrBadLiveActivity)
-		case aps.alert == nil:
+		case pl.aps(`"alert"`) == nil:
 			return fmt.Errorf(`%w: start without aps.alert`, ErrBadLiveActivity)
 		}
 	}
@@ -324,20 +324,20 @@ var lowerHex = func() (t [256]bool) {
 	return t
 }()
 
-// payloadMembers are the values (raw JSON) of the aps members the push-type
-// rules read, and of the payload's own "mdm"; nil when absent.
-type payloadMembers struct {
-	contentAvailable, event, timestamp, contentState, attributesType, attributes, alert []byte
-	mdm                                                                                 []byte
+// payload is a notification's payload, checked by scan, with its outline
+// for the push-type rules to read members from.
+type payload struct {
+	p []byte
+	o jsonscan.Outline
 }
 
-// scanPayload checks that p is a JSON object of valid UTF-8 with an object
-// "aps", and no member name twice at its top level or in "aps"; it returns
-// in aps the members the push-type rules need, the payload's "mdm" too if
-// mdm. It allocates only for escaped or many member names.
-func scanPayload(p []byte, aps *payloadMembers, mdm bool) error {
-	var o jsonscan.Outline
-	valid, unicode := jsonscan.ValidOutline(p, "aps", &o)
+// scan checks that p is a JSON object of valid UTF-8 with an object "aps",
+// and no member name twice at its top level or in "aps". It allocates only
+// for escaped or many member names.
+func (pl *payload) scan(p []byte) error {
+	pl.p = p
+	o := &pl.o
+	valid, unicode := jsonscan.ValidOutline(p, "aps", o)
 	switch {
 	case !valid:
 		return fmt.Errorf("%w: not valid JSON (or nested deeper than %d)", ErrInvalidPayload, jsonscan.MaxDepth)
@@ -350,9 +350,6 @@ func scanPayload(p []byte, aps *payloadMembers, mdm bool) error {
 	if dup := o.Inner.Repeated(p); dup != nil {
 		return fmt.Errorf("%w: aps member %.64s", ErrDuplicateKey, dup)
 	}
-	if mdm {
-		aps.mdm = member(p, &o.Outer, `"mdm"`)
-	}
 	m, ok := o.InnerMember()
 	switch {
 	case !ok:
@@ -360,11 +357,16 @@ func scanPayload(p []byte, aps *payloadMembers, mdm bool) error {
 	case m.Value(p)[0] != '{':
 		return fmt.Errorf("%w: it is %.20s", ErrApsNotObject, m.Value(p))
 	}
-	for i := range o.Inner.Len() {
-		aps.set(o.Inner.At(i), p, o.Inner.Escaped())
-	}
 	return nil
 }
+
+// top is the value (raw JSON) of the payload's member name (quoted, without
+// escapes), or nil if it has none.
+func (pl *payload) top(name string) []byte { return member(pl.p, &pl.o.Outer, name) }
+
+// aps is the value (raw JSON) of aps's member name (quoted, without
+// escapes), or nil if it has none.
+func (pl *payload) aps(name string) []byte { return member(pl.p, &pl.o.Inner, name) }
 
 // member returns the value of the member of l (members of p) named name
 // (quoted, without escapes), or nil if l has none.
@@ -378,29 +380,4 @@ func member(p []byte, l *jsonscan.MemberList, name string) []byte {
 		}
 	}
 	return nil
-}
-
-// set keeps m, an aps member of p, if the push-type rules need it; escaped
-// says whether a name of its object may hold an escape.
-func (a *payloadMembers) set(m jsonscan.Member, p []byte, escaped bool) {
-	name, value := m.Name(p), m.Value(p)
-	if escaped && jsonscan.Backslash(name) >= 0 {
-		name = append([]byte{'"'}, append(jsonscan.Unquote(name), '"')...)
-	}
-	switch string(name) {
-	case `"content-available"`:
-		a.contentAvailable = value
-	case `"event"`:
-		a.event = value
-	case `"timestamp"`:
-		a.timestamp = value
-	case `"content-state"`:
-		a.contentState = value
-	case `"attributes-type"`:
-		a.attributesType = value
-	case `"attributes"`:
-		a.attributes = value
-	case `"alert"`:
-		a.alert = value
-	}
 }

@@ -249,7 +249,7 @@ func TestRejectionErrorBadToken(t *testing.T) {
 	require.Equal(t, "ProtocolError", StatusProtocolError.String())
 }
 
-// FuzzScanPayload: scanPayload accepts exactly the JSON objects of valid
+// FuzzScanPayload: payload.scan accepts exactly the JSON objects of valid
 // UTF-8 whose "aps" is an object and that repeat no member name at the top
 // level or in aps, as encoding/json reads them.
 func FuzzScanPayload(f *testing.F) {
@@ -261,7 +261,8 @@ func FuzzScanPayload(f *testing.F) {
 	f.Add([]byte(`{"aps":{"alert":"\ud800"}}`))
 	f.Add([]byte("{\"aps\":{\"alert\":\"\xed\xa0\x80\"}}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		err := scanPayload(b, &payloadMembers{}, true) // must not panic or hang
+		var pl payload
+		err := pl.scan(b) // must not panic or hang
 		want := refPayload(b)
 		if want == nil {
 			require.NoError(t, err, "%q", b)
@@ -272,7 +273,7 @@ func FuzzScanPayload(f *testing.F) {
 	})
 }
 
-// refPayload is scanPayload's contract through encoding/json (nil: accept).
+// refPayload is payload.scan's contract through encoding/json (nil: accept).
 func refPayload(b []byte) error {
 	if !json.Valid(b) || !utf8.Valid(b) {
 		return ErrInvalidPayload
