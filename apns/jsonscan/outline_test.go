@@ -121,7 +121,11 @@ func FuzzValidOutline(f *testing.F) {
 		valid, unicode := ValidOutline(b, "aps", &o)
 		wantValid := Valid(b) && strings.HasPrefix(strings.TrimLeft(string(b), " \t\r\n"), "{")
 		var outer []string
-		objValid, objUnicode := ValidObject(b, func(name, value []byte) { outer = append(outer, string(name)+"="+string(value)) })
+		var values [][2]string // name, value
+		objValid, objUnicode := ValidObject(b, func(name, value []byte) {
+			outer = append(outer, string(name)+"="+string(value))
+			values = append(values, [2]string{string(name), string(value)})
+		})
 		if valid != wantValid || valid != objValid || unicode != objUnicode {
 			t.Fatalf("%q: ValidOutline %v %v, want %v; ValidObject %v %v", b, valid, unicode, wantValid, objValid, objUnicode)
 		}
@@ -137,12 +141,12 @@ func FuzzValidOutline(f *testing.F) {
 		}
 		var wantInner []string
 		wantMember := ""
-		for _, m := range outer {
-			name, value, _ := strings.Cut(m, "=")
+		for i, nv := range values {
+			name, value := nv[0], nv[1]
 			if string(Unquote([]byte(name))) != "aps" {
 				continue
 			}
-			wantMember = m
+			wantMember = outer[i]
 			if value[0] == '{' {
 				Members([]byte(value), 0, func(name, value []byte) bool {
 					wantInner = append(wantInner, string(name)+"="+string(value))
