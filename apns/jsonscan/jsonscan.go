@@ -71,7 +71,7 @@ func ValidOutline(data []byte, inner string, o *Outline) (valid, unicode bool) {
 	}
 	v := validator{b: data, inner: inner}
 	v.ws()
-	return v.whole1(v.i < len(v.b) && v.b[v.i] == '{' && v.outline(&o.Outer, o))
+	return v.whole1(v.i < len(v.b) && v.b[v.i] == '{' && v.outline(1, &o.Outer, o))
 }
 
 // whole1 ends a validation that validated an object at v.i (ok): only
@@ -120,9 +120,9 @@ func (v *validator) each(fn func(name, value []byte)) bool {
 	}
 }
 
-// outline is members for the outer object (o not nil) or its inner one
-// (o nil), recording their members in rec.
-func (v *validator) outline(rec *MemberList, o *Outline) bool {
+// outline is members for the outer object (depth 1, o not nil) or its
+// inner one (depth 2, o nil), recording their members in rec.
+func (v *validator) outline(depth int, rec *MemberList, o *Outline) bool {
 	if v.open() {
 		return true
 	}
@@ -135,12 +135,12 @@ func (v *validator) outline(rec *MemberList, o *Outline) bool {
 		if o != nil && !o.found && v.isInner(v.b[ns:ne], esc) {
 			o.found, o.at = true, rec.n
 			if v.i < len(v.b) && v.b[v.i] == '{' {
-				ok = v.outline(&o.Inner, nil)
+				ok = v.outline(depth+1, &o.Inner, nil)
 			} else {
-				ok = v.value(1)
+				ok = v.value(depth)
 			}
 		} else {
-			ok = v.value(1)
+			ok = v.value(depth)
 		}
 		if !ok {
 			return false

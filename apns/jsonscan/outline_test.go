@@ -71,6 +71,21 @@ func TestValidOutline(t *testing.T) {
 	}
 }
 
+// TestValidOutlineDepth: ValidOutline refuses nesting where Valid does,
+// in the outer object's members and in the inner object's.
+func TestValidOutlineDepth(t *testing.T) {
+	for k := MaxDepth - 4; k <= MaxDepth; k++ {
+		nest := strings.Repeat("[", k) + strings.Repeat("]", k)
+		for _, in := range []string{`{"a":` + nest + `}`, `{"b":{"x":` + nest + `}}`, `{"a":{"x":` + nest + `}}`} {
+			var o Outline
+			got, _ := ValidOutline([]byte(in), "b", &o)
+			if want := Valid([]byte(in)); got != want {
+				t.Errorf("%d deep in %.12s…: ValidOutline %v, Valid %v", k, in, got, want)
+			}
+		}
+	}
+}
+
 // TestRepeated: the first name an earlier member has, compared unescaped,
 // with the names compared pair by pair and past maxPairwise in a map.
 func TestRepeated(t *testing.T) {
