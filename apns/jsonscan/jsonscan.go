@@ -56,7 +56,7 @@ func (v *validator) unicode() bool {
 func ValidObject(data []byte, fn func(name, value []byte)) (valid, unicode bool) {
 	v := validator{b: data}
 	v.ws()
-	return v.whole1(v.i < len(v.b) && v.b[v.i] == '{' && v.each(fn))
+	return v.whole1(v.i < len(v.b) && v.b[v.i] == '{' && v.members(1, fn))
 }
 
 // ValidOutline is Valid for an object that also records, in the same pass
@@ -87,35 +87,46 @@ func (v *validator) whole1(ok bool) (valid, unicode bool) {
 	return true, v.unicode()
 }
 
-// members validates the object at v.i, at depth.
-func (v *validator) members(depth int) bool {
+// members validates the object at v.i, at depth, reporting its members to
+// fn if given (ValidObject's outer object). It is every validation's loop
+// over members, so it is written out: memberName and memberEnd, which are
+// too large to be inlined, would cost two calls a member.
+func (v *validator) members(depth int, fn func(name, value []byte)) bool {
 	if v.open() {
 		return true
 	}
 	for {
-		if _, _, _, ok := v.memberName(); !ok || !v.value(depth) {
+		ns := v.i
+		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
 			return false
 		}
-		if more, ok := v.memberEnd(); !more {
-			return ok
+		ne := v.i
+		v.ws()
+		if v.i >= len(v.b) || v.b[v.i] != ':' {
+			return false
 		}
-	}
-}
-
-// each is members for the outer object, reporting its members to fn.
-func (v *validator) each(fn func(name, value []byte)) bool {
-	if v.open() {
-		return true
-	}
-	for {
-		ns, ne, _, ok := v.memberName()
+		v.i++
+		v.ws()
 		vs := v.i
-		if !ok || !v.value(1) {
+		if !v.value(depth) {
 			return false
 		}
-		fn(v.b[ns:ne], v.b[vs:v.i])
-		if more, ok := v.memberEnd(); !more {
-			return ok
+		if fn != nil {
+			fn(v.b[ns:ne], v.b[vs:v.i])
+		}
+		v.ws()
+		if v.i >= len(v.b) {
+			return false
+		}
+		switch v.b[v.i] {
+		case ',':
+			v.i++
+			v.ws()
+		case '}':
+			v.i++
+			return true
+		default:
+			return false
 		}
 	}
 }
@@ -273,7 +284,7 @@ func (v *validator) lit(s string) bool {
 	return true
 }
 
-func (v *validator) object(depth int) bool { return v.members(depth) }
+func (v *validator) object(depth int) bool { return v.members(depth, nil) }
 
 func (v *validator) array(depth int) bool {
 	v.i++ // '['
