@@ -220,6 +220,7 @@ func NewHTTP2Engine(baseURL string, auth Auth, opts ...Option) (*HTTP2Engine, er
 		return nil, err
 	}
 	e.c, e.addr, e.authority, e.tlsConf, e.tokens = s.core, s.addr, s.u.Host, s.tlsConf, s.tokens
+	e.c.withStreams()
 	e.ctx, e.halt = context.WithCancel(context.Background())
 	for range e.o.conns {
 		e.wg.Add(1)
@@ -492,7 +493,7 @@ func (o h2Owner) Prepare(d *delivery) bool {
 	if !o.e.c.prepare(d, o.e.tokens) {
 		return false
 	}
-	d.Payload = d.n.Payload
+	d.stream.Payload = d.n.Payload
 	return true
 }
 
@@ -507,8 +508,8 @@ func (o h2Owner) Done(d *delivery, err error) {
 	c := o.e.c
 	switch {
 	case err == nil:
-		d.Payload = nil // its stream is over: a pooled delivery holds no message
-		c.answered(d, d.Status, d.Body, d.Header(apnsIDHeader), o.e.tokens)
+		d.stream.Payload = nil // its stream is over: a pooled delivery holds no message
+		c.answered(d, d.stream.Status, d.stream.Body, d.stream.Header(apnsIDHeader), o.e.tokens)
 	case c.isAborted() && errors.Is(err, h2conn.ErrConnLost):
 		c.failClosed(d)
 	case errors.Is(err, h2conn.ErrRefused):
