@@ -63,9 +63,11 @@ func ValidObject(data []byte, fn func(name, value []byte)) (valid, unicode bool)
 // and without allocating for up to 8 members an object, its outline in o:
 // the object's members, and those of its first member named inner (as
 // unescaped) if that member's value is an object. It reports validity and
-// ValidUnicode as ValidObject; o is complete only for valid input. Input
-// longer than 2 GiB is refused.
+// ValidUnicode as ValidObject; o is complete only for valid input. What o
+// held before is dropped (an Outline may be used again; its slice of
+// members past 8 is kept for reuse). Input longer than 2 GiB is refused.
 func ValidOutline(data []byte, inner string, o *Outline) (valid, unicode bool) {
+	o.reset()
 	if len(data) > math.MaxInt32 {
 		return false, false
 	}

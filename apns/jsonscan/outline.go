@@ -10,6 +10,13 @@ type Outline struct {
 	at           int
 }
 
+// reset empties o for ValidOutline to record another input's outline.
+func (o *Outline) reset() {
+	o.Outer.reset()
+	o.Inner.reset()
+	o.found, o.at = false, 0
+}
+
 // InnerMember returns the outer member whose object's members are Inner:
 // the first one named as asked, whatever its value; ok is false if there
 // is none.
@@ -49,6 +56,9 @@ func (l *MemberList) add(m Member, escaped bool) {
 	l.n++
 	l.escaped = l.escaped || escaped
 }
+
+// reset empties l, keeping the capacity of its slice.
+func (l *MemberList) reset() { l.more, l.n, l.escaped = l.more[:0], 0, false }
 
 // Len is the number of members.
 func (l *MemberList) Len() int { return l.n }

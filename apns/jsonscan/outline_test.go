@@ -191,3 +191,24 @@ func FuzzValidOutline(f *testing.F) {
 		}
 	})
 }
+
+// TestValidOutlineReused: an Outline used again records the new input's
+// outline only, as a zero one would, whatever it held (more than 8
+// members, an inner member, escaped names).
+func TestValidOutlineReused(t *testing.T) {
+	first := `{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"\u0062":{"x":9,"y":1}}`
+	for _, in := range []string{`{"a":1,"b":{"z":2}}`, `{"b":1}`, `{}`, first} {
+		var reused, fresh Outline
+		if ok, _ := ValidOutline([]byte(first), "b", &reused); !ok {
+			t.Fatalf("%s: not valid", first)
+		}
+		if ok, _ := ValidOutline([]byte(in), "b", &reused); !ok {
+			t.Fatalf("%s: not valid", in)
+		}
+		ValidOutline([]byte(in), "b", &fresh)
+		got, want := outlineOf([]byte(in), &reused), outlineOf([]byte(in), &fresh)
+		if !reflect.DeepEqual(got, want) || reused.Outer.Escaped() != fresh.Outer.Escaped() {
+			t.Errorf("%s after %s:\n got %q\nwant %q", in, first, got, want)
+		}
+	}
+}
