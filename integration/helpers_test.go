@@ -320,12 +320,37 @@ func readEvents[T any](tb testing.TB, js jetstream.JetStream, subj string) []T {
 	tb.Helper()
 	n := subjectCount(tb, js, subj)
 	ctx := ctxT(tb, 60*time.Second)
+	// Read whole again after a failed fetch: in the cluster tests the
+	// events stream may be electing a leader (no responders) as it is read.
+	for {
+		out, err := fetchEvents[T](ctx, tb, js, subj, n)
+		if err == nil {
+			return out
+		}
+		if ctx.Err() != nil {
+			require.NoError(tb, err, "reading %d events on %s", n, subj)
+		}
+		tb.Logf("reading events on %s again: %v", subj, err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// fetchEvents reads the n events on subj, or says why it could not; an
+// event that does not decode fails the test.
+func fetchEvents[T any](ctx context.Context, tb testing.TB, js jetstream.JetStream, subj string, n int) ([]T, error) {
 	c, err := js.OrderedConsumer(ctx, eventsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
-	require.NoError(tb, err)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]T, 0, n)
 	for len(out) < n {
 		batch, err := c.Fetch(n-len(out), jetstream.FetchMaxWait(10*time.Second))
-		require.NoError(tb, err)
+		if err != nil {
+			return nil, err
+		}
 		got := 0
 		for m := range batch.Messages() {
 			var ev T
@@ -333,10 +358,14 @@ func readEvents[T any](tb testing.TB, js jetstream.JetStream, subj string) []T {
 			out = append(out, ev)
 			got++
 		}
-		require.NoError(tb, batch.Error())
-		require.NotZero(tb, got, "no events fetched: have %d of %d on %s", len(out), n, subj)
+		if err := batch.Error(); err != nil {
+			return nil, err
+		}
+		if got == 0 {
+			return nil, fmt.Errorf("no events fetched: have %d of %d on %s", len(out), n, subj)
+		}
 	}
-	return out
+	return out, nil
 }
 
 // pkiFiles writes a PKI's CA, client certificate and key as PEM files.
