@@ -236,7 +236,7 @@ func checkPushType(n *Notification, pl *payload) error {
 		if n.Priority != PriorityConserve {
 			return fmt.Errorf("%w: background pushes must use priority 5, not %d", ErrInvalidPriority, n.Priority)
 		}
-		if ca := pl.aps(`"content-available"`); string(ca) != "1" {
+		if ca := pl.aps("content-available"); string(ca) != "1" {
 			return fmt.Errorf(`%w: aps.content-available is %.20q`, ErrMissingContentAvail, ca)
 		}
 	case PushTypeLocation, PushTypePushToTalk:
@@ -246,7 +246,7 @@ func checkPushType(n *Notification, pl *payload) error {
 	case PushTypeMDM:
 		// An MDM push wakes a device to check in with its MDM server: its
 		// payload is {"mdm":"<PushMagic>"}, with no aps needed.
-		if mdm := pl.top(`"mdm"`); len(mdm) < 3 || mdm[0] != '"' { // absent, not a string, or ""
+		if mdm := pl.top("mdm"); len(mdm) < 3 || mdm[0] != '"' { // absent, not a string, or ""
 			return fmt.Errorf(`%w: it carries the device's PushMagic`, ErrMissingMDM)
 		}
 	case PushTypeLiveActivity:
@@ -261,7 +261,7 @@ func checkPushType(n *Notification, pl *payload) error {
 // checkLiveActivity applies BROADCAST.md §5-6 to a device Live Activity's aps.
 func checkLiveActivity(pl *payload) error {
 	var event string
-	switch ev := pl.aps(`"event"`); string(ev) {
+	switch ev := pl.aps("event"); string(ev) {
 	case `"start"`, `"update"`, `"end"`:
 		event = string(ev[1 : len(ev)-1])
 	case "":
@@ -269,19 +269,19 @@ func checkLiveActivity(pl *payload) error {
 	default:
 		return fmt.Errorf(`%w: aps.event %.40s, want "start", "update" or "end"`, ErrBadLiveActivity, ev)
 	}
-	if ts := pl.aps(`"timestamp"`); !wholeSeconds(ts) {
+	if ts := pl.aps("timestamp"); !wholeSeconds(ts) {
 		return fmt.Errorf(`%w: aps.timestamp %.40q, want whole UNIX seconds`, ErrBadLiveActivity, ts)
 	}
-	if cs := pl.aps(`"content-state"`); cs != nil && cs[0] != '{' {
+	if cs := pl.aps("content-state"); cs != nil && cs[0] != '{' {
 		return fmt.Errorf(`%w: aps.content-state is not an object`, ErrBadLiveActivity)
 	}
 	if event == "start" {
-		switch at, attrs := pl.aps(`"attributes-type"`), pl.aps(`"attributes"`); {
+		switch at, attrs := pl.aps("attributes-type"), pl.aps("attributes"); {
 		case at == nil || at[0] != '"':
 			return fmt.Errorf(`%w: start without a string aps.attributes-type`, ErrBadLiveActivity)
 		case attrs == nil || attrs[0] != '{':
 			return fmt.Errorf(`%w: start without an object aps.attributes`, ErrBadLiveActivity)
-		case pl.aps(`"alert"`) == nil:
+		case pl.aps("alert") == nil:
 			return fmt.Errorf(`%w: start without aps.alert`, ErrBadLiveActivity)
 		}
 	}
@@ -360,22 +360,18 @@ func (pl *payload) scan(p []byte) error {
 	return nil
 }
 
-// top is the value (raw JSON) of the payload's member name (quoted, without
-// escapes), or nil if it has none.
+// top is the value (raw JSON) of the payload's member name, or nil if it
+// has none.
 func (pl *payload) top(name string) []byte { return member(pl.p, &pl.o.Outer, name) }
 
-// aps is the value (raw JSON) of aps's member name (quoted, without
-// escapes), or nil if it has none.
+// aps is the value (raw JSON) of aps's member name, or nil if it has none.
 func (pl *payload) aps(name string) []byte { return member(pl.p, &pl.o.Inner, name) }
 
-// member returns the value of the member of l (members of p) named name
-// (quoted, without escapes), or nil if l has none.
+// member returns the value of the member of l (members of p) named name,
+// or nil if l has none.
 func member(p []byte, l *jsonscan.MemberList, name string) []byte {
 	for i := range l.Len() {
-		m := l.At(i)
-		n := m.Name(p)
-		if string(n) == name || l.Escaped() && len(n) <= 6*len(name) && jsonscan.Backslash(n) >= 0 &&
-			string(jsonscan.Unquote(n)) == name[1:len(name)-1] {
+		if m := l.At(i); jsonscan.NameIs(m.Name(p), l.Escaped(), name) {
 			return m.Value(p)
 		}
 	}

@@ -145,7 +145,7 @@ func (v *validator) outline(depth int, rec *MemberList, o *Outline) bool {
 			return false
 		}
 		vs := v.i
-		if o != nil && !o.found && v.isInner(v.b[ns:ne], esc) {
+		if o != nil && !o.found && NameIs(v.b[ns:ne], esc, v.inner) {
 			o.found, o.at = true, rec.n
 			if v.i < len(v.b) && v.b[v.i] == '{' {
 				ok = v.outline(depth+1, &o.Inner, nil)
@@ -215,13 +215,15 @@ func (v *validator) memberEnd() (more, ok bool) {
 	return false, false
 }
 
-// isInner reports whether the quoted name (esc: with an escape) is v.inner.
-// An escaped name is unquoted only if it is short enough to be.
-func (v *validator) isInner(name []byte, esc bool) bool {
-	if !esc {
-		return len(name) == len(v.inner)+2 && string(name[1:len(name)-1]) == v.inner
+// NameIs reports whether the member name (quoted, as in the input) is s
+// once unescaped; escaped says whether the name may hold an escape (if
+// not, it is compared as it is). An escaped name is unquoted only if it is
+// short enough to be s, so asking costs at most len(s) escapes.
+func NameIs(name []byte, escaped bool, s string) bool {
+	if len(name) == len(s)+2 && string(name[1:len(name)-1]) == s {
+		return true
 	}
-	return len(name) <= 6*len(v.inner)+2 && string(Unquote(name)) == v.inner
+	return escaped && len(name) <= 6*len(s)+2 && Backslash(name) >= 0 && string(Unquote(name)) == s
 }
 
 // MaxDepth bounds the nesting Valid accepts (encoding/json allows 10 000).
