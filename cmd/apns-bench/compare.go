@@ -19,7 +19,7 @@ import (
 
 // runCompare is -compare: against one embedded nats-server and one APNs
 // test server in a child process, it runs the phases consumer, direct and
-// worker one after the other, each in a process of its own, at the same
+// worker (and no-apns, with -no-apns) one after the other, each in a process of its own, at the same
 // offered rate, each after a warm-up at that rate on a fresh jobs stream.
 func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *compareResult, err error) {
 	sc, err := newScratch()
@@ -46,6 +46,9 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 	// server counts each phase's apart.
 	span := max(c.n, c.warmup)
 	phases := []string{phaseConsumer, phaseDirect, phaseWorker}
+	if c.noAPNs {
+		phases = append(phases, phaseNoAPNs)
+	}
 	srv, err := startChildServer(c.protocol, filepath.Join(dir, "creds"), len(phases)*span, c.rejected, stderr)
 	if err != nil {
 		return nil, err
@@ -78,7 +81,7 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 		} else {
 			p, err = natsPhase(ctx, c, name, env, wcfg, natsURL, js, k*span, stderr)
 		}
-		if name != phaseConsumer && p.Name != "" {
+		if (name == phaseDirect || name == phaseWorker) && p.Name != "" {
 			after, serr := srv.stats(k*span, c.n)
 			err = errors.Join(err, serr)
 			p.setAPNs(before, after, c.warmup)
@@ -113,7 +116,11 @@ func natsPhase(ctx context.Context, c *benchConfig, name string, env map[string]
 		if xerr != nil {
 			return p, xerr
 		}
-		cw, err = startChild(exe, []string{"-run-baseline"}, env, stderr)
+		args := []string{"-run-baseline"}
+		if name == phaseNoAPNs {
+			args = []string{"-run-worker", "-no-apns"}
+		}
+		cw, err = startChild(exe, args, env, stderr)
 	}
 	if err != nil {
 		return p, err

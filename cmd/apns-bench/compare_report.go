@@ -13,6 +13,7 @@ const (
 	phaseConsumer = "consumer" // a bare JetStream consumer that acks each job at once
 	phaseDirect   = "direct"   // the APNs engine fed by a pacer, without NATS
 	phaseWorker   = "worker"   // the worker
+	phaseNoAPNs   = "no-apns"  // the worker with an engine that answers at once (-no-apns)
 )
 
 // phaseResult is one phase of -compare, measured over its measured window
@@ -122,9 +123,13 @@ type compareResult struct {
 	// WorkerOverConsumerCPU is the worker's CPU per job ÷ the bare
 	// consumer's; WorkerMinusConsumerP99MS the worker's p99 − the
 	// consumer's. 0 when a phase is missing.
-	WorkerOverConsumerCPU    float64  `json:"worker_over_consumer_cpu"`
-	WorkerMinusConsumerP99MS float64  `json:"worker_minus_consumer_p99_ms"`
-	Warnings                 []string `json:"warnings,omitempty"`
+	WorkerOverConsumerCPU    float64 `json:"worker_over_consumer_cpu"`
+	WorkerMinusConsumerP99MS float64 `json:"worker_minus_consumer_p99_ms"`
+	// NoAPNsOverConsumerCPU is the no-apns phase's CPU per job ÷ the bare
+	// consumer's: the worker's own share, without the APNs round trip; 0
+	// without -no-apns.
+	NoAPNsOverConsumerCPU float64  `json:"no_apns_over_consumer_cpu,omitempty"`
+	Warnings              []string `json:"warnings,omitempty"`
 }
 
 // phase returns the phase named name, if it ran.
@@ -157,6 +162,9 @@ func (r *compareResult) setRatios() {
 		r.WorkerOverConsumerCPU = w.CPUUsPerJob / c.CPUUsPerJob
 	}
 	r.WorkerMinusConsumerP99MS = w.P99MS - c.P99MS
+	if n, ok := r.phase(phaseNoAPNs); ok && c.CPUUsPerJob > 0 {
+		r.NoAPNsOverConsumerCPU = n.CPUUsPerJob / c.CPUUsPerJob
+	}
 }
 
 // Targets of issue #13, printed beside the ratios.
@@ -218,6 +226,9 @@ func (r *compareResult) writeTable(w io.Writer) {
 		if _, ok := r.phase(phaseConsumer); ok {
 			fmt.Fprintf(w, "worker ÷ consumer, CPU per job: %.2f (target ≤ %.1f)\n", r.WorkerOverConsumerCPU, targetCPURatio)
 			fmt.Fprintf(w, "worker p99 − consumer p99: %+.2f ms (target ≤ +%.0f ms)\n", r.WorkerMinusConsumerP99MS, targetP99MS)
+			if r.NoAPNsOverConsumerCPU > 0 {
+				fmt.Fprintf(w, "no-apns ÷ consumer, CPU per job: %.2f (the worker without the APNs round trip)\n", r.NoAPNsOverConsumerCPU)
+			}
 		}
 	}
 	fmt.Fprintf(w, "(each phase in its own process, measured from its first measured publish to its last ack; CPU is that process's, from /proc/<pid>/stat in %g ms ticks: ±%.2f µs/job at %d jobs; syscalls are /proc/<pid>/io syscr+syscw, context switches summed over its threads; latency: consumer and worker publish → ack passing the server, direct Send → outcome)\n",

@@ -27,24 +27,25 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestCompare runs -compare small and short: three phases, each in its
-// own process, at the offered rate, with every job finished, the APNs
+// TestCompare runs -compare small and short: three phases (four with
+// -no-apns), each in its own process, at the offered rate, with every job finished, the APNs
 // server's counts matching the phases' outcomes, and the figures sane.
 func TestCompare(t *testing.T) {
 	for _, tt := range []struct {
-		name string
-		args []string
+		name   string
+		args   []string
+		phases []string
 	}{
-		{"http2", []string{"-protocol", "http2"}},
-		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms"}},
+		{"http2", []string{"-protocol", "http2", "-no-apns"}, []string{phaseConsumer, phaseDirect, phaseWorker, phaseNoAPNs}},
+		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms"}, []string{phaseConsumer, phaseDirect, phaseWorker}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			const rate, jobs = 400, 600 // 1.5 s a phase
 			r, stdout := runCompareBench(t, append(tt.args, "-rate", "400", "-duration", "1.5s", "-warmup", "200", "-rejected", "0.01")...)
 			require.Equal(t, jobs, r.Jobs)
 			require.Equal(t, 200, r.Warmup)
-			require.Len(t, r.Phases, 3)
-			for i, name := range []string{phaseConsumer, phaseDirect, phaseWorker} {
+			require.Len(t, r.Phases, len(tt.phases))
+			for i, name := range tt.phases {
 				p := r.Phases[i]
 				require.Equal(t, name, p.Name)
 				require.Contains(t, stdout, name)
@@ -76,6 +77,11 @@ func TestCompare(t *testing.T) {
 					continue
 				}
 				require.Equal(t, 6, p.Rejected, "%s: 1%% of the phase's tokens", name)
+				if name == phaseNoAPNs {
+					require.Equal(t, -1, p.APNsAccepted, "the no-apns worker sends nothing to APNs")
+					require.Zero(t, p.StreamLeft)
+					continue
+				}
 				require.Equal(t, p.Delivered, p.APNsAccepted, name)
 				require.Equal(t, p.Rejected, p.APNsRejected, name)
 				require.Zero(t, p.APNsDuplicates, name)
@@ -86,6 +92,12 @@ func TestCompare(t *testing.T) {
 			require.InDelta(t, w.P99MS-c.P99MS, r.WorkerMinusConsumerP99MS, 1e-9)
 			require.Contains(t, stdout, "worker ÷ consumer, CPU per job")
 			require.Contains(t, stdout, "10 ms ticks")
+			if n, ok := r.phase(phaseNoAPNs); ok {
+				require.InDelta(t, n.CPUUsPerJob/c.CPUUsPerJob, r.NoAPNsOverConsumerCPU, 1e-9)
+				require.Contains(t, stdout, "no-apns ÷ consumer, CPU per job")
+			} else {
+				require.Zero(t, r.NoAPNsOverConsumerCPU)
+			}
 			if tt.name == "binary" {
 				require.Greater(t, r.Phases[1].P50MS, 10.0, "binary outcomes wait for a confirm marker (every 100 ms)")
 			}
@@ -146,6 +158,7 @@ func TestCompareFlags(t *testing.T) {
 		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-workers", "2"},       // one worker
 		{"-duration", "5s"}, // needs a rate
 		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-duration", "-1s"}, // negative
+		{"-no-apns", "-rate", "1000"}, // a phase of -compare
 	} {
 		_, err := parseFlags(args, io.Discard)
 		require.Error(t, err, args)

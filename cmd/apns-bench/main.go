@@ -70,6 +70,7 @@ type benchConfig struct {
 	protocolSet bool // -protocol given (with -nats alone, the worker's mode is not the bench's to know)
 	workerProf  string
 	runWorker   bool
+	noAPNs      bool // -no-apns: -compare's no-apns phase; -run-worker: the instant engine
 	progress    bool
 	verbose     bool
 	// env holds the APNS_WORKER_* variables of the bench's environment
@@ -138,6 +139,8 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 	fs.IntVar(&c.warmup, "warmup", 2000, "jobs published and finished before the measured ones, not counted (warm connections and caches), at -rate if set; 0: none; -compare's default: 1 s of -rate, at least 2000")
 	fs.BoolVar(&c.compare, "compare", false,
 		"the paced comparison: at -rate for -duration, a bare JetStream consumer, a direct send to the APNs server without NATS, and the worker of -spawn-worker, one after the other, each in its own process; one table of their CPU per job, latency, syscalls and context switches")
+	fs.BoolVar(&c.noAPNs, "no-apns", false,
+		"-compare: a fourth phase, no-apns: this binary's worker with an engine that answers each notification at once (the rejected share with 400 BadDeviceToken) without APNs or a network, which shows what the worker costs by itself beside the bare consumer; -run-worker: that engine")
 	fs.DurationVar(&c.duration, "duration", 0, "with -rate: publish for this long (-n jobs at most); -compare's default: 10s a phase")
 	fs.BoolVar(&c.runBaseline, "run-baseline", false, "run -compare's bare consumer from APNS_WORKER_* until SIGINT/SIGTERM (what -compare starts)")
 	fs.BoolVar(&c.runDirect, "run-direct", false, "run -compare's direct phase from APNS_WORKER_*, writing its result to -json FILE (what -compare starts)")
@@ -244,6 +247,9 @@ unless -apns-addr is given. Unknown names are refused.
 		case c.baseline || c.natsURL != "" || c.apnsAddr != "" || c.serve != "" || c.workers != 1 || c.msgID || c.silentClose != 0 || c.rejectedFile != "":
 			bad("-compare runs one worker against its own nats-server and APNs server: not with -baseline, -nats, -apns-addr, -serve, -workers, -msg-id, -silent-close or -rejected-tokens")
 		}
+	}
+	if c.noAPNs && !c.compare && !c.runWorker {
+		bad("-no-apns is a phase of -compare")
 	}
 	if c.duration < 0 || (c.duration > 0 && c.rate <= 0) {
 		bad("-duration %s: needs -rate, and must be > 0", c.duration)

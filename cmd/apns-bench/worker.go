@@ -135,7 +135,7 @@ type inprocWorker struct {
 	done   chan error
 }
 
-func startInprocWorker(cfg *config.Config, log *slog.Logger, resends *atomic.Int64) *inprocWorker {
+func startInprocWorker(cfg *config.Config, log *slog.Logger, resends *atomic.Int64, opts ...worker.Option) *inprocWorker {
 	ctx, cancel := context.WithCancel(context.Background())
 	iw := &inprocWorker{cancel: cancel, done: make(chan error, 1)}
 	countResends := worker.WithOutcomeObserver(func(o apns.Outcome) {
@@ -143,7 +143,7 @@ func startInprocWorker(cfg *config.Config, log *slog.Logger, resends *atomic.Int
 			resends.Add(int64(o.Attempts - 1))
 		}
 	})
-	go func() { iw.done <- worker.Run(ctx, cfg, log, countResends) }()
+	go func() { iw.done <- worker.Run(ctx, cfg, log, append(opts, countResends)...) }()
 	return iw
 }
 
@@ -253,7 +253,13 @@ func runOneWorker(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.Level}))
 	procs.Govern(ctx, cfg.Procs == config.ProcsAuto, log) // as apns-worker does
 	var resends atomic.Int64
-	iw := startInprocWorker(cfg, log, &resends)
+	var opts []worker.Option
+	if c.noAPNs {
+		opts = append(opts, worker.WithEngine(func(out apns.OutcomeFunc) apns.Engine {
+			return newInstantEngine(out, cfg.MaxInFlight)
+		}))
+	}
+	iw := startInprocWorker(cfg, log, &resends, opts...)
 	select {
 	case <-ctx.Done():
 		return iw.stop()

@@ -26,12 +26,21 @@ type Option func(*options)
 
 type options struct {
 	observe func(apns.Outcome)
+	engine  func(apns.OutcomeFunc) apns.Engine
 }
 
 // WithOutcomeObserver calls f with each engine outcome before the consumer
 // handles it (the benchmark counts resends with it). f must be fast.
 func WithOutcomeObserver(f func(apns.Outcome)) Option {
 	return func(o *options) { o.observe = f }
+}
+
+// WithEngine replaces the APNs engine the configuration names with the one
+// newEngine returns, wired to the consumer's outcome func (the benchmark's
+// engine without APNs, which shows what the worker costs by itself). No
+// credentials are loaded and no feedback poller is started.
+func WithEngine(newEngine func(apns.OutcomeFunc) apns.Engine) Option {
+	return func(o *options) { o.engine = newEngine }
 }
 
 // Run wires the worker and blocks until ctx is done, then shuts down in
@@ -138,8 +147,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	live.setPhase("loading the APNs credentials")
 	start = time.Now()
-	eng, creds, closeMock, err := newEngine(cfg, onOutcome, log)
-	if err != nil {
+	var eng apns.Engine
+	var creds engineCreds
+	closeMock := func() {}
+	if o.engine != nil {
+		eng = o.engine(onOutcome)
+	} else if eng, creds, closeMock, err = newEngine(cfg, onOutcome, log); err != nil {
 		_ = w.Shutdown(context.Background(), nil)
 		return err
 	}
@@ -150,7 +163,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	live.set(nc, eng)
 
 	stopFeedback := func(time.Time) {}
-	if cfg.APNs.Mode == config.ModeBinary && cfg.Feedback.Addr != "" && cfg.Feedback.Interval > 0 {
+	if o.engine == nil && cfg.APNs.Mode == config.ModeBinary && cfg.Feedback.Addr != "" && cfg.Feedback.Interval > 0 {
 		if stopFeedback, err = startFeedback(ctx, cfg, creds, w, log); err != nil {
 			_ = w.Shutdown(context.Background(), eng)
 			return err
