@@ -483,18 +483,21 @@ func (e *BinaryEngine) refused(first *delivery, err error, log *slog.Logger) {
 func (e *BinaryEngine) dial() (*tls.Conn, error) {
 	ctx, cancel := context.WithTimeout(e.c.ctx, e.b.dialTimeout)
 	defer cancel()
-	d := tls.Dialer{Config: e.tlsc}
-	c, err := d.DialContext(ctx, "tcp", e.addr)
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", e.addr)
 	if err != nil {
 		return nil, fmt.Errorf("apns: connect to %s: %w", e.addr, err)
 	}
-	tc := c.(*tls.Conn)
-	raw := tc.NetConn()
 	if tcp, ok := raw.(*net.TCPConn); ok {
 		// Keep little in the kernel: what sits there unread by the
 		// gateway is late for the assumed-delivered window and is sent
 		// again after an error response.
 		_ = tcp.SetWriteBuffer(binSendBuffer)
+	}
+	tc := tls.Client(e.c.o.socketConn(raw), e.tlsc) // e.tlsc names the server (ClientTLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("apns: connect to %s: %w", e.addr, err)
 	}
 	e.connsMu.Lock()
 	defer e.connsMu.Unlock()

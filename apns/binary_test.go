@@ -143,6 +143,36 @@ func TestBinaryDelivers(t *testing.T) {
 	require.Zero(t, eng.Stats().Connected)
 }
 
+// TestBinarySocketCalls: the binary engine delivers and hears a rejection
+// with either kind of socket calls (WithDirectSocketCalls).
+func TestBinarySocketCalls(t *testing.T) {
+	t.Parallel()
+	for _, direct := range []bool{true, false} {
+		t.Run(socketCalls(direct), func(t *testing.T) {
+			t.Parallel()
+			const n, bad = 300, 123
+			gw := apnstest.NewGateway(apnstest.Reject(tok(bad), apns.StatusInvalidToken))
+			t.Cleanup(gw.Close)
+			eng, out := newEngine(t, gw, apns.WithConns(2), apns.WithDirectSocketCalls(direct))
+			send(t, eng, 0, n)
+			_ = out.wait(t, n, 10*time.Second)
+			got := out.byRef()
+			require.Len(t, got, n)
+			for i := 0; i < n; i++ {
+				if i == bad {
+					rej, ok := got[i].Rejection()
+					require.True(t, ok, "%v", got[i].Err)
+					require.Equal(t, apns.StatusInvalidToken, rej.Status)
+					continue
+				}
+				require.NoError(t, got[i].Err, i)
+				require.Equal(t, 1, gw.Count(tok(i)), i)
+			}
+			require.Zero(t, gw.Stats().Duplicates)
+		})
+	}
+}
+
 func TestBinaryRejects(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -364,7 +364,7 @@ func errString(err error) string {
 func (e *HTTP2Engine) dial() (*h2conn.Conn[*delivery], error) {
 	ctx, cancel := context.WithTimeout(e.ctx, e.o.h2.dialTimeout)
 	defer cancel()
-	nc, err := dialTCP(ctx, e.addr, e.o.h2.proxy)
+	nc, err := dialTCP(ctx, e.addr, e.o.h2.proxy, e.o.socketConn)
 	if err != nil {
 		return nil, err
 	}
@@ -429,21 +429,28 @@ func http2Credentials(u *url.URL, addr string, auth Auth, o *options) (*tls.Conf
 	return conf, tokens, nil
 }
 
-// dialTCP connects to addr, through an HTTP proxy's tunnel when proxy is set.
-func dialTCP(ctx context.Context, addr string, proxy *url.URL) (net.Conn, error) {
+// dialTCP connects to addr, through an HTTP proxy's tunnel when proxy is
+// set; socket makes the connection the engine's options want
+// (options.socketConn).
+func dialTCP(ctx context.Context, addr string, proxy *url.URL, socket func(net.Conn) net.Conn) (net.Conn, error) {
 	var d net.Dialer
 	if proxy != nil {
-		return dialProxy(ctx, &d, proxy, addr)
+		return dialProxy(ctx, &d, proxy, addr, socket)
 	}
-	return d.DialContext(ctx, "tcp", addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return socket(nc), nil
 }
 
 // dialProxy opens a tunnel to addr with HTTP CONNECT.
-func dialProxy(ctx context.Context, d *net.Dialer, p *url.URL, addr string) (net.Conn, error) {
+func dialProxy(ctx context.Context, d *net.Dialer, p *url.URL, addr string, socket func(net.Conn) net.Conn) (net.Conn, error) {
 	nc, err := d.DialContext(ctx, "tcp", p.Host)
 	if err != nil {
 		return nil, fmt.Errorf("apns: proxy: %w", err)
 	}
+	nc = socket(nc)
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}

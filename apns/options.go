@@ -4,7 +4,10 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
+
+	"github.com/jetpush/apns-worker/internal/rawconn"
 )
 
 // Option configures an engine. The options of one engine (WithAssumeDelivered
@@ -51,6 +54,9 @@ type options struct {
 	maxInFlight int
 	maxRetries  int
 	now         func() time.Time
+	// runtimeSockets: the connections read and write through the net
+	// package's system calls, not direct ones (WithDirectSocketCalls).
+	runtimeSockets bool
 
 	binary binaryOptions // binary.go
 	h2     http2Options  // http2.go
@@ -168,4 +174,26 @@ func WithClock(now func() time.Time) Option {
 		o.now = now
 		return nil
 	}
+}
+
+// WithDirectSocketCalls chooses how the engines read and write their
+// connections to APNs: with direct system calls on the
+// non-blocking socket (on, the default; Linux only, see package
+// internal/rawconn), which spare the Go scheduler's thread wake-ups at
+// moderate rates, or (off) through the net package as any Go program.
+// The two behave alike; off is a way back should a platform misbehave.
+func WithDirectSocketCalls(on bool) Option {
+	return func(o *options) error {
+		o.runtimeSockets = !on
+		return nil
+	}
+}
+
+// socketConn is c as the engine's options want it: with direct socket
+// calls unless WithDirectSocketCalls(false).
+func (o *options) socketConn(c net.Conn) net.Conn {
+	if o.runtimeSockets {
+		return c
+	}
+	return rawconn.Wrap(c)
 }

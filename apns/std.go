@@ -192,7 +192,7 @@ func (h *stdHeaders) UniqueBytes(name string, v []byte) { h.Field(name, string(v
 func (e *StdEngine) dial(ctx context.Context, _, _ string, cfg *tls.Config) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.o.h2.dialTimeout)
 	defer cancel()
-	nc, err := dialTCP(ctx, e.addr, e.o.h2.proxy)
+	nc, err := dialTCP(ctx, e.addr, e.o.h2.proxy, e.o.socketConn)
 	if err != nil {
 		return nil, err
 	}

@@ -51,7 +51,27 @@ type Config struct {
 	// Procs is how many Ps (threads running Go code) the worker uses
 	// (APNS_WORKER_PROCS, default auto): see [Procs].
 	Procs Procs
+	// SocketCalls is how the worker reads and writes its connections to
+	// NATS and APNs (APNS_WORKER_SOCKET_CALLS, default direct): see
+	// [SocketCalls].
+	SocketCalls SocketCalls
 }
+
+// SocketCalls chooses how the worker's sockets are read and written.
+type SocketCalls string
+
+// The socket-call policies.
+const (
+	// SocketCallsDirect makes each read and write on the connections to
+	// NATS and APNs a direct system call on the non-blocking socket
+	// (Linux; elsewhere it is SocketCallsRuntime): at moderate rates the
+	// Go scheduler then wakes no thread for them (package
+	// internal/rawconn).
+	SocketCallsDirect SocketCalls = "direct"
+	// SocketCallsRuntime reads and writes through Go's net package, as
+	// any Go program does.
+	SocketCallsRuntime SocketCalls = "runtime"
+)
 
 // Procs chooses the worker's GOMAXPROCS policy.
 type Procs string
@@ -395,6 +415,7 @@ type spec struct {
 	} `split_words:"true"`
 	ShutdownGrace string `split_words:"true" default:"30s" desc:"bound of a graceful stop after SIGTERM or SIGINT"`
 	Procs         string `default:"auto" desc:"auto (one P while the worker uses well under a core, fewer thread wake-ups; the runtime's default above) or runtime (GOMAXPROCS as the Go runtime sets it); a GOMAXPROCS variable wins"`
+	SocketCalls   string `split_words:"true" default:"direct" desc:"direct (reads and writes to NATS and APNs as direct system calls on Linux, fewer thread wake-ups) or runtime (through Go's net package)"`
 }
 
 // Load reads the environment and validates it. The error, if any, joins an

@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 51)
+	require.Len(t, read, 52)
 }
 
 func TestDefaults(t *testing.T) {
@@ -229,6 +229,7 @@ func TestDefaults(t *testing.T) {
 		Log:           Log{Level: slog.LevelInfo, Format: LogAuto},
 		ShutdownGrace: 30 * time.Second,
 		Procs:         ProcsAuto,
+		SocketCalls:   SocketCallsDirect,
 	}
 	require.Equal(t, want, c)
 	require.Equal(t, []string{"apns.jobs", "apns.jobs.>"}, c.Jobs.Subjects())
@@ -492,6 +493,7 @@ func TestBadVariable(t *testing.T) {
 		{"http addr", nil, map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR", "not host:port"},
 		{"log level", nil, map[string]string{"LOG_LEVEL": "verbose"}, "LOG_LEVEL", "debug, info, warn, error"},
 		{"procs", nil, map[string]string{"PROCS": "2"}, "PROCS", "auto, runtime"},
+		{"socket calls", nil, map[string]string{"SOCKET_CALLS": "raw"}, "SOCKET_CALLS", "direct, runtime"},
 		{"log format", nil, map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "auto, text, json"},
 		{"shutdown grace", nil, map[string]string{"SHUTDOWN_GRACE": "0"}, "SHUTDOWN_GRACE", "must be positive"},
 	}

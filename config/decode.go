@@ -142,6 +142,7 @@ func (d *decoder) decode(s *spec) *Config {
 	c.Log.Format = LogFormat(d.oneOf("LOG_FORMAT", s.Log.Format, string(LogAuto), string(LogAuto), string(LogText), string(LogJSON)))
 	c.ShutdownGrace = d.duration("SHUTDOWN_GRACE", s.ShutdownGrace, false)
 	c.Procs = Procs(d.oneOf("PROCS", s.Procs, string(ProcsAuto), string(ProcsAuto), string(ProcsRuntime)))
+	c.SocketCalls = SocketCalls(d.oneOf("SOCKET_CALLS", s.SocketCalls, string(SocketCallsDirect), string(SocketCallsDirect), string(SocketCallsRuntime)))
 
 	// Phase 2: rules across variables, files, and mode-dependent defaults.
 	d.checkNATS(c)

@@ -78,6 +78,7 @@ func (c Config) LogValue() slog.Value {
 			slog.String("format", string(c.Log.Format))),
 		dur("shutdown_grace", c.ShutdownGrace),
 		slog.String("procs", string(c.Procs)),
+		slog.String("socket_calls", string(c.SocketCalls)),
 	)
 	return slog.GroupValue(attrs...)
 }

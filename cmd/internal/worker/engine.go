@@ -59,6 +59,7 @@ func newEngine(cfg *config.Config, onOutcome apns.OutcomeFunc, log *slog.Logger)
 		apns.WithLogger(log.With(slog.String("component", "apns"))),
 		apns.WithConns(a.Conns),
 		apns.WithMaxInFlight(cfg.MaxInFlight),
+		apns.WithDirectSocketCalls(cfg.SocketCalls == config.SocketCallsDirect),
 	}
 	if a.CAFile != "" {
 		pem, err := os.ReadFile(a.CAFile)

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/jetpush/apns-worker/config"
+	"github.com/jetpush/apns-worker/internal/rawconn"
 )
 
 // connectNATS connects to the configured servers, or, with no URL set,
@@ -64,7 +65,7 @@ func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*na
 		opts = append(opts, authOptions(n)...)
 	}
 	start := time.Now()
-	nc, err := connectRetry(ctx, url, n, timeout, opts, log)
+	nc, err := connectRetry(ctx, url, n, timeout, opts, cfg.SocketCalls == config.SocketCallsDirect, log)
 	if err != nil {
 		stopEmbedded()
 		return nil, nil, err
@@ -79,15 +80,20 @@ func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*na
 }
 
 // connectRetry connects to url, retrying with back-off (100 ms doubling to
-// 2 s) while the servers are unreachable, for timeout at most. Refused
+// 2 s) while the servers are unreachable, for timeout at most; with direct,
+// its connections make direct socket calls (directDialer). Refused
 // credentials and certificates are dead ends at once: retrying cannot cure
 // them.
-func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.Duration, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.Duration, opts []nats.Option, direct bool, log *slog.Logger) (*nats.Conn, error) {
 	deadline := time.Now().Add(timeout)
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		dial := min(2*time.Second, max(time.Until(deadline), 500*time.Millisecond))
-		nc, err := nats.Connect(url, append(opts, nats.Timeout(dial))...)
+		o := append(opts[:len(opts):len(opts)], nats.Timeout(dial))
+		if direct {
+			o = append(o, nats.SetCustomDialer(&directDialer{net.Dialer{Timeout: dial}}))
+		}
+		nc, err := nats.Connect(url, o...)
 		if err == nil {
 			return nc, nil
 		}
@@ -275,4 +281,17 @@ func startEmbedded(ctx context.Context, e config.Embedded, log *slog.Logger) (ns
 		ns.WaitForShutdown()
 		unlock()
 	}, nil
+}
+
+// directDialer dials the NATS servers for APNS_WORKER_SOCKET_CALLS=direct:
+// the connection's reads and writes are direct system calls (package
+// internal/rawconn).
+type directDialer struct{ d net.Dialer }
+
+func (d *directDialer) Dial(network, addr string) (net.Conn, error) {
+	c, err := d.d.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return rawconn.Wrap(c), nil
 }
