@@ -31,11 +31,13 @@ import (
 // (APNS_WORKER_APNS_ENGINE h2 and std): the same jobs, the same events.
 func TestHTTP2Mode(t *testing.T) {
 	for _, engine := range []string{"h2", "std"} {
-		t.Run(engine, func(t *testing.T) { testHTTP2Mode(t, engine) })
+		t.Run(engine, func(t *testing.T) { testHTTP2Mode(t, engine, "direct") })
 	}
+	// Go's net calls on every socket, to NATS and to APNs.
+	t.Run("h2 runtime socket calls", func(t *testing.T) { testHTTP2Mode(t, "h2", "runtime") })
 }
 
-func testHTTP2Mode(t *testing.T, engine string) {
+func testHTTP2Mode(t *testing.T, engine, socketCalls string) {
 	const n = 500
 	tok := func(i int) apns.Token { return token(0xc0, i) }
 	type reject struct {
@@ -58,7 +60,8 @@ func testHTTP2Mode(t *testing.T, engine string) {
 	env := http2Env(t, ns.ClientURL(), h2)
 	env["APNS_WORKER_EVENTS_RECEIPTS"] = "true"
 	env["APNS_WORKER_APNS_ENGINE"] = engine
-	w := startWorker(t, "http2-"+engine, env)
+	env["APNS_WORKER_SOCKET_CALLS"] = socketCalls
+	w := startWorker(t, "http2-"+engine+"-"+socketCalls, env)
 	jobs := publishJobs(t, js, "h2", n, tok)
 	waitDrained(t, js, 90*time.Second)
 
