@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -19,14 +20,17 @@ type conn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 
-	// The read in progress: the poller's read lock serializes reads.
+	// The read in progress. rmu serializes Reads: the poller's read lock
+	// is held only inside rc.Read, and these fields outlive it.
+	rmu    sync.Mutex
 	rbuf   []byte
 	rn     int
 	rerr   syscall.Errno
 	reof   bool
 	readFn func(fd uintptr) bool // rawRead, bound once
 
-	// The write in progress, under the poller's write lock.
+	// The write in progress, under wmu as the read's under rmu.
+	wmu     sync.Mutex
 	wbuf    []byte
 	wn      int
 	werr    syscall.Errno
@@ -52,6 +56,8 @@ func (c *conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rbuf, c.rn, c.rerr, c.reof = p, 0, 0, false
 	err := c.rc.Read(c.readFn)
 	n, errno, eof := c.rn, c.rerr, c.reof
@@ -91,6 +97,8 @@ func (c *conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wbuf, c.wn, c.werr = p, 0, 0
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
