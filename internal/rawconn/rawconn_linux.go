@@ -53,8 +53,8 @@ func wrap(c net.Conn) net.Conn {
 
 // Read reads up to len(p) bytes as net.Conn's Read does.
 func (c *conn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 { // net's checks: closed, not the deadline
+		return c.TCPConn.Read(p)
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
@@ -94,8 +94,8 @@ func (c *conn) rawRead(fd uintptr) bool {
 
 // Write writes all of p, or fails, as net.Conn's Write does.
 func (c *conn) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 { // net's checks: closed, the deadline
+		return c.TCPConn.Write(p)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
