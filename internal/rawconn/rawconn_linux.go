@@ -81,6 +81,7 @@ func (c *conn) rawRead(fd uintptr) bool {
 		switch e {
 		case 0:
 			c.rn, c.reof = int(n), n == 0
+			raceAcquireIO(fd)
 			return true
 		case syscall.EINTR:
 		case syscall.EAGAIN:
@@ -100,6 +101,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbuf, c.wn, c.werr = p, 0, 0
+	raceReleaseIO()
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
 	c.wbuf = nil
