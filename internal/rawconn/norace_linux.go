@@ -6,3 +6,5 @@ package rawconn
 
 func raceReleaseIO()        {}
 func raceAcquireIO(uintptr) {}
+func raceWriteRange([]byte) {}
+func raceReadRange([]byte)  {}

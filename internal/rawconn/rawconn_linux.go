@@ -62,6 +62,7 @@ func (c *conn) Read(p []byte) (int, error) {
 	err := c.rc.Read(c.readFn)
 	n, errno, eof := c.rn, c.rerr, c.reof
 	c.rbuf = nil
+	raceWriteRange(p[:n])
 	switch {
 	case err != nil: // deadline, closed
 		return n, c.opError("read", err)
@@ -105,6 +106,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
 	c.wbuf = nil
+	raceReadRange(p[:n])
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
