@@ -42,11 +42,7 @@ func TestConcurrentWriters(t *testing.T) {
 		wg.Go(func() {
 			for seq := range messages {
 				m := message(wr, seq)
-				n, err := w.Write(m)
-				if err == nil && n != len(m) {
-					err = fmt.Errorf("wrote %d of %d without an error", n, len(m))
-				}
-				if err != nil {
+				if err := write(w, m); err != nil {
 					errs <- err
 					return
 				}

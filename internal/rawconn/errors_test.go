@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/jetpush/apns-worker/internal/rawconn"
 )
 
 // requireTimeout asserts that err is a deadline's failure of op on c, as
@@ -116,9 +114,7 @@ func TestReadDeadline(t *testing.T) {
 // and no more, once the writer closes.
 func TestWriteDeadline(t *testing.T) {
 	t.Run("one large write", func(t *testing.T) {
-		d, peer := tcpPair(t)
-		smallBuffers(t, d, peer)
-		w := rawconn.Wrap(d)
+		w, peer := smallWrappedPair(t)
 		data := pattern(9, 64<<20)
 		require.NoError(t, w.SetWriteDeadline(time.Now().Add(50*time.Millisecond)))
 		n, err := w.Write(data)
@@ -128,9 +124,7 @@ func TestWriteDeadline(t *testing.T) {
 		requireDelivered(t, w, peer, data[:n])
 	})
 	t.Run("many writes", func(t *testing.T) {
-		d, peer := tcpPair(t)
-		smallBuffers(t, d, peer)
-		w := rawconn.Wrap(d)
+		w, peer := smallWrappedPair(t)
 		data := pattern(10, 64<<20)
 		require.NoError(t, w.SetWriteDeadline(time.Now().Add(50*time.Millisecond)))
 		total, chunk := 0, 10000
@@ -165,9 +159,7 @@ func requireDelivered(t *testing.T, w net.Conn, peer net.Conn, want []byte) {
 func TestCloseWhileBlocked(t *testing.T) {
 	for _, op := range []string{"read", "write"} {
 		t.Run(op, func(t *testing.T) {
-			d, peer := tcpPair(t)
-			smallBuffers(t, d, peer)
-			w := rawconn.Wrap(d)
+			w, _ := smallWrappedPair(t)
 			started := make(chan struct{})
 			blocked := async(t, func() error {
 				close(started)

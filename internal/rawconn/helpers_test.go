@@ -3,9 +3,11 @@ package rawconn_test
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -55,6 +57,14 @@ func wrappedPair(t *testing.T) (w net.Conn, peer *net.TCPConn) {
 	return rawconn.Wrap(d), a
 }
 
+// smallWrappedPair is wrappedPair with small socket buffers.
+func smallWrappedPair(t *testing.T) (w net.Conn, peer *net.TCPConn) {
+	t.Helper()
+	d, a := tcpPair(t)
+	smallBuffers(t, d, a)
+	return rawconn.Wrap(d), a
+}
+
 // smallBuffers shrinks the kernel's socket buffers of c so that large
 // writes fill them and wait for the reader (the EAGAIN path).
 func smallBuffers(t *testing.T, cs ...*net.TCPConn) {
@@ -84,11 +94,16 @@ type received struct {
 // readStream reads r in reads of at most chunk bytes until want bytes
 // arrived or a read fails; it returns what it got.
 func readStream(r io.Reader, want, chunk int) received {
+	return readSizes(r, want, []int{chunk})
+}
+
+// readSizes reads r as readStream does, its reads cycling through sizes.
+func readSizes(r io.Reader, want int, sizes []int) received {
 	h := sha256.New()
-	buf := make([]byte, chunk)
+	buf := make([]byte, slices.Max(sizes))
 	var got received
-	for empty := 0; got.n < want; {
-		n, err := r.Read(buf[:min(chunk, want-got.n)])
+	for i, empty := 0, 0; got.n < want; i++ {
+		n, err := r.Read(buf[:min(sizes[i%len(sizes)], want-got.n)])
 		h.Write(buf[:n])
 		got.n += n
 		if err == nil && n == 0 {
@@ -103,6 +118,15 @@ func readStream(r io.Reader, want, chunk int) received {
 	}
 	copy(got.sum[:], h.Sum(nil))
 	return got
+}
+
+// write writes all of b to c, or fails.
+func write(c io.Writer, b []byte) error {
+	n, err := c.Write(b)
+	if err == nil && n != len(b) {
+		err = fmt.Errorf("wrote %d of %d without an error", n, len(b))
+	}
+	return err
 }
 
 // readToEOF reads r in reads of chunk bytes until a read fails; it

@@ -28,13 +28,7 @@ func TestRoundTrip(t *testing.T) {
 					src, dst = peer, w
 				}
 				data := pattern(uint64(size), size)
-				wrote := async(t, func() error {
-					n, err := src.Write(data)
-					if err == nil && n != len(data) {
-						err = fmt.Errorf("wrote %d of %d without an error", n, len(data))
-					}
-					return err
-				})
+				wrote := async(t, func() error { return write(src, data) })
 				got := readStream(dst, size, 32<<10)
 				require.NoError(t, wrote())
 				require.NoError(t, got.err)
@@ -60,13 +54,7 @@ func TestRoundTripSlowReader(t *testing.T) {
 				src, dst = a, w
 			}
 			data := pattern(7, 3<<20+11)
-			wrote := async(t, func() error {
-				n, err := src.Write(data)
-				if err == nil && n != len(data) {
-					err = fmt.Errorf("wrote %d of %d without an error", n, len(data))
-				}
-				return err
-			})
+			wrote := async(t, func() error { return write(src, data) })
 			got := readStream(dst, len(data), 1000)
 			require.NoError(t, wrote())
 			require.NoError(t, got.err)
@@ -85,16 +73,8 @@ func TestConcurrentReadWrite(t *testing.T) {
 	w := rawconn.Wrap(d)
 	out, in := pattern(1, 2<<20), pattern(2, 2<<20+5)
 
-	writeAll := func(c io.Writer, b []byte) func() error {
-		return async(t, func() error {
-			n, err := c.Write(b)
-			if err == nil && n != len(b) {
-				err = fmt.Errorf("wrote %d of %d without an error", n, len(b))
-			}
-			return err
-		})
-	}
-	wrappedWrote, peerWrote := writeAll(w, out), writeAll(a, in)
+	wrappedWrote := async(t, func() error { return write(w, out) })
+	peerWrote := async(t, func() error { return write(a, in) })
 	peerGot := async(t, func() received { return readStream(a, len(out), 4096) })
 	wrappedGot := readStream(w, len(in), 3000)
 
