@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -19,14 +20,17 @@ type conn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 
-	// The read in progress: the poller's read lock serializes reads.
+	// The read in progress. rmu serializes Reads: the poller's read lock
+	// is held only inside rc.Read, and these fields outlive it.
+	rmu    sync.Mutex
 	rbuf   []byte
 	rn     int
 	rerr   syscall.Errno
 	reof   bool
 	readFn func(fd uintptr) bool // rawRead, bound once
 
-	// The write in progress, under the poller's write lock.
+	// The write in progress, under wmu as the read's under rmu.
+	wmu     sync.Mutex
 	wbuf    []byte
 	wn      int
 	werr    syscall.Errno
@@ -49,13 +53,16 @@ func wrap(c net.Conn) net.Conn {
 
 // Read reads up to len(p) bytes as net.Conn's Read does.
 func (c *conn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 { // net's checks: closed, not the deadline
+		return c.TCPConn.Read(p)
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rbuf, c.rn, c.rerr, c.reof = p, 0, 0, false
 	err := c.rc.Read(c.readFn)
 	n, errno, eof := c.rn, c.rerr, c.reof
 	c.rbuf = nil
+	raceWriteRange(p[:n])
 	switch {
 	case err != nil: // deadline, closed
 		return n, c.opError("read", err)
@@ -75,6 +82,7 @@ func (c *conn) rawRead(fd uintptr) bool {
 		switch e {
 		case 0:
 			c.rn, c.reof = int(n), n == 0
+			raceAcquireIO(fd)
 			return true
 		case syscall.EINTR:
 		case syscall.EAGAIN:
@@ -88,13 +96,17 @@ func (c *conn) rawRead(fd uintptr) bool {
 
 // Write writes all of p, or fails, as net.Conn's Write does.
 func (c *conn) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 { // net's checks: closed, the deadline
+		return c.TCPConn.Write(p)
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wbuf, c.wn, c.werr = p, 0, 0
+	raceReleaseIO()
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
 	c.wbuf = nil
+	raceReadRange(p[:n])
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
