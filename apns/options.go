@@ -177,11 +177,11 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithDirectSocketCalls chooses how the engines read and write their
-// connections to APNs: with direct system calls on the
-// non-blocking socket (on, the default; Linux only, see package
-// internal/rawconn), which spare the Go scheduler's thread wake-ups at
-// moderate rates, or (off) through the net package as any Go program.
-// The two behave alike; off is a way back should a platform misbehave.
+// connections to APNs: with direct system calls on the non-blocking socket
+// (on, the default; Linux only, see package internal/rawconn), which spare
+// the Go scheduler's thread wake-ups at moderate rates, or (off) through
+// the net package as any Go program. The two behave alike; off is a way
+// back should a platform misbehave.
 func WithDirectSocketCalls(on bool) Option {
 	return func(o *options) error {
 		o.runtimeSockets = !on

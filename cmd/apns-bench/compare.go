@@ -19,8 +19,9 @@ import (
 
 // runCompare is -compare: against one embedded nats-server and one APNs
 // test server in a child process, it runs the phases consumer, direct and
-// worker (and no-apns, with -no-apns) one after the other, each in a process of its own, at the same
-// offered rate, each after a warm-up at that rate on a fresh jobs stream.
+// worker (and no-apns, with -no-apns) one after the other, each in a
+// process of its own, at the same offered rate, each after a warm-up at
+// that rate on a fresh jobs stream.
 func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *compareResult, err error) {
 	sc, err := newScratch()
 	if err != nil {
