@@ -21,7 +21,7 @@ import (
 // test server in a child process, it runs the phases consumer, direct and
 // worker (and no-apns, with -no-apns) one after the other, each in a
 // process of its own, at the same offered rate, each after a warm-up at
-// that rate on a fresh jobs stream.
+// that rate on a fresh jobs stream; with -rounds N, that sequence N times.
 func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *compareResult, err error) {
 	sc, err := newScratch()
 	if err != nil {
@@ -31,7 +31,7 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 	dir := sc.dir
 	res = &compareResult{
 		Protocol: c.protocol, Rate: c.rate, DurationS: float64(c.n) / c.rate, Jobs: c.n, Warmup: c.warmup,
-		Payload: len(makePayload(c.payload)), Rejected: c.rejected, Conns: c.conns, Worker: c.spawnWorker,
+		Payload: len(makePayload(c.payload)), Rejected: c.rejected, Conns: c.conns, Worker: c.spawnWorker, Rounds: c.rounds,
 		GoVersion: runtime.Version(), LoadBefore: loadAvg(), ClockTickMS: ms(clockTick),
 	}
 	if res.DurationS < 10 {
@@ -43,14 +43,14 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 		return nil, err
 	}
 	sc.onClose(stopNATS)
-	// Phase k's jobs have tokens from k·span (tokenBase), so the APNs
-	// server counts each phase's apart.
+	// The k-th phase run (over every round) has its jobs' tokens from
+	// k·span (tokenBase), so the APNs server counts each phase's apart.
 	span := max(c.n, c.warmup)
 	phases := []string{phaseConsumer, phaseDirect, phaseWorker}
 	if c.noAPNs {
 		phases = append(phases, phaseNoAPNs)
 	}
-	srv, err := startChildServer(c.protocol, filepath.Join(dir, "creds"), len(phases)*span, c.rejected, stderr)
+	srv, err := startChildServer(c.protocol, filepath.Join(dir, "creds"), c.rounds*len(phases)*span, c.rejected, stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -70,38 +70,58 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 		return nil, err
 	}
 
-	for k, name := range phases {
-		fmt.Fprintf(stderr, "apns-bench: phase %d of %d: %s, %d warm-up jobs and %d measured at %.0f jobs/s\n", k+1, len(phases), name, c.warmup, c.n, c.rate)
-		var p phaseResult
-		before, err := srv.stats(k*span, c.n) // the server's counters are its whole life's
-		if err != nil {
-			return res, err
-		}
-		if name == phaseDirect {
-			p, err = directPhase(ctx, c, env, dir, k*span, stderr)
-		} else {
-			p, err = natsPhase(ctx, c, name, env, wcfg, natsURL, js, k*span, stderr)
-		}
-		if (name == phaseDirect || name == phaseWorker) && p.Name != "" {
-			after, serr := srv.stats(k*span, c.n)
-			err = errors.Join(err, serr)
-			p.setAPNs(before, after, c.warmup)
-		}
-		if p.Name != "" {
-			res.Phases = append(res.Phases, p)
-		}
-		if err != nil {
-			return res, fmt.Errorf("phase %s: %w", name, err)
+	for round := 1; round <= c.rounds; round++ {
+		for i, name := range phases {
+			k := (round-1)*len(phases) + i
+			if c.rounds > 1 {
+				fmt.Fprintf(stderr, "apns-bench: round %d of %d, ", round, c.rounds)
+			} else {
+				fmt.Fprint(stderr, "apns-bench: ")
+			}
+			fmt.Fprintf(stderr, "phase %d of %d: %s, %d warm-up jobs and %d measured at %.0f jobs/s\n", i+1, len(phases), name, c.warmup, c.n, c.rate)
+			p, err := comparePhase(ctx, c, name, round, k*span, dir, srv, env, wcfg, natsURL, js, stderr)
+			if p.Name != "" {
+				p.Round = round
+				res.Phases = append(res.Phases, p)
+			}
+			if err != nil {
+				res.setRatios()
+				if c.rounds > 1 {
+					return res, fmt.Errorf("round %d, phase %s: %w", round, name, err)
+				}
+				return res, fmt.Errorf("phase %s: %w", name, err)
+			}
 		}
 	}
 	res.setRatios()
 	return res, nil
 }
 
+// comparePhase runs one phase of a round, its jobs' tokens from tokenBase,
+// with the APNs server's counts of them where it sends to APNs; dir is the
+// run's scratch directory.
+func comparePhase(ctx context.Context, c *benchConfig, name string, round, tokenBase int, dir string, srv *childServer, env map[string]string, wcfg *config.Config, natsURL string, js jetstream.JetStream, stderr io.Writer) (p phaseResult, err error) {
+	before, err := srv.stats(tokenBase, c.n) // the server's counters are its whole life's
+	if err != nil {
+		return p, err
+	}
+	if name == phaseDirect {
+		p, err = directPhase(ctx, c, env, dir, tokenBase, stderr)
+	} else {
+		p, err = natsPhase(ctx, c, name, round, env, wcfg, natsURL, js, tokenBase, stderr)
+	}
+	if (name == phaseDirect || name == phaseWorker) && p.Name != "" {
+		after, serr := srv.stats(tokenBase, c.n)
+		err = errors.Join(err, serr)
+		p.setAPNs(before, after, c.warmup)
+	}
+	return p, err
+}
+
 // natsPhase measures one process that consumes the jobs stream: the bare
 // consumer (apns-bench -run-baseline) or the worker (-spawn-worker). The
 // stream is deleted first, so the phase starts on a fresh one.
-func natsPhase(ctx context.Context, c *benchConfig, name string, env map[string]string, wcfg *config.Config, natsURL string, js jetstream.JetStream, tokenBase int, stderr io.Writer) (p phaseResult, err error) {
+func natsPhase(ctx context.Context, c *benchConfig, name string, round int, env map[string]string, wcfg *config.Config, natsURL string, js jetstream.JetStream, tokenBase int, stderr io.Writer) (p phaseResult, err error) {
 	if err := js.DeleteStream(ctx, wcfg.Jobs.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return p, fmt.Errorf("deleting the jobs stream: %w", err)
 	}
@@ -109,7 +129,7 @@ func natsPhase(ctx context.Context, c *benchConfig, name string, env map[string]
 	if name == phaseWorker {
 		prof := ""
 		if c.workerProf != "" {
-			prof = c.workerProf + ".0"
+			prof = fmt.Sprintf("%s.%d", c.workerProf, round-1)
 		}
 		cw, err = startChildWorker(c.spawnWorker, prof, env, stderr)
 	} else {

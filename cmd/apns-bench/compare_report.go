@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,7 +22,8 @@ const (
 // (direct: outcome). CPU, system calls and context switches are the
 // phase's own process's.
 type phaseResult struct {
-	Name string `json:"name"`
+	Name  string `json:"name"`
+	Round int    `json:"round"` // from 1 (-rounds)
 	// Latency says what the latency figures time.
 	Latency       string  `json:"latency"`
 	Jobs          int     `json:"jobs"` // measured jobs
@@ -118,8 +120,21 @@ type compareResult struct {
 	GoVersion   string  `json:"go_version"`
 	LoadBefore  string  `json:"load_before"`
 	ClockTickMS float64 `json:"clock_tick_ms"`
+	Rounds      int     `json:"rounds"` // -rounds
 
+	// Phases are every round's, in the order they ran.
 	Phases []phaseResult `json:"phases"`
+	// The ratios, each round's own and, at the top level, their medians
+	// over the rounds where both phases ran.
+	roundRatios
+	PerRound []roundRatios `json:"per_round"`
+	Warnings []string      `json:"warnings,omitempty"`
+}
+
+// roundRatios are the worker-to-consumer figures of one round, or their
+// medians.
+type roundRatios struct {
+	Round int `json:"round,omitempty"` // 0 in the medians
 	// WorkerOverConsumerCPU is the worker's CPU per job ÷ the bare
 	// consumer's; WorkerMinusConsumerP99MS the worker's p99 − the
 	// consumer's. 0 when a phase is missing.
@@ -128,14 +143,13 @@ type compareResult struct {
 	// NoAPNsOverConsumerCPU is the no-apns phase's CPU per job ÷ the bare
 	// consumer's: the worker's own share, without the APNs round trip; 0
 	// without -no-apns.
-	NoAPNsOverConsumerCPU float64  `json:"no_apns_over_consumer_cpu,omitempty"`
-	Warnings              []string `json:"warnings,omitempty"`
+	NoAPNsOverConsumerCPU float64 `json:"no_apns_over_consumer_cpu,omitempty"`
 }
 
-// phase returns the phase named name, if it ran.
-func (r *compareResult) phase(name string) (phaseResult, bool) {
+// phase returns the phase named name of round (from 1), if it ran.
+func (r *compareResult) phase(round int, name string) (phaseResult, bool) {
 	for _, p := range r.Phases {
-		if p.Name == name {
+		if p.Round == round && p.Name == name {
 			return p, true
 		}
 	}
@@ -151,20 +165,69 @@ func (r *compareResult) lost() int {
 	return n
 }
 
-// setRatios computes the worker-to-consumer figures.
-func (r *compareResult) setRatios() {
-	w, okW := r.phase(phaseWorker)
-	c, okC := r.phase(phaseConsumer)
+// ratios computes round's worker-to-consumer figures; ok is false unless
+// both the worker and the consumer ran in it.
+func (r *compareResult) ratios(round int) (x roundRatios, ok bool) {
+	w, okW := r.phase(round, phaseWorker)
+	c, okC := r.phase(round, phaseConsumer)
 	if !okW || !okC {
-		return
+		return x, false
 	}
+	x.Round = round
 	if c.CPUUsPerJob > 0 {
-		r.WorkerOverConsumerCPU = w.CPUUsPerJob / c.CPUUsPerJob
+		x.WorkerOverConsumerCPU = w.CPUUsPerJob / c.CPUUsPerJob
 	}
-	r.WorkerMinusConsumerP99MS = w.P99MS - c.P99MS
-	if n, ok := r.phase(phaseNoAPNs); ok && c.CPUUsPerJob > 0 {
-		r.NoAPNsOverConsumerCPU = n.CPUUsPerJob / c.CPUUsPerJob
+	x.WorkerMinusConsumerP99MS = w.P99MS - c.P99MS
+	if n, ok := r.phase(round, phaseNoAPNs); ok && c.CPUUsPerJob > 0 {
+		x.NoAPNsOverConsumerCPU = n.CPUUsPerJob / c.CPUUsPerJob
 	}
+	return x, true
+}
+
+// setRatios computes each round's ratios and, at the top level, their
+// medians.
+func (r *compareResult) setRatios() {
+	r.PerRound = r.PerRound[:0]
+	for round := 1; round <= max(r.Rounds, 1); round++ {
+		if x, ok := r.ratios(round); ok {
+			r.PerRound = append(r.PerRound, x)
+		}
+	}
+	r.roundRatios = roundRatios{
+		WorkerOverConsumerCPU:    r.median(func(x roundRatios) float64 { return x.WorkerOverConsumerCPU }),
+		WorkerMinusConsumerP99MS: r.median(func(x roundRatios) float64 { return x.WorkerMinusConsumerP99MS }),
+		// 0 where the no-apns phase did not run: such rounds count for none.
+		NoAPNsOverConsumerCPU: median(slices.DeleteFunc(r.values(func(x roundRatios) float64 { return x.NoAPNsOverConsumerCPU }), func(v float64) bool { return v == 0 })),
+	}
+}
+
+// median is the median of f over the rounds' ratios (the mean of the two
+// middle ones for an even count), 0 for none.
+func (r *compareResult) median(f func(roundRatios) float64) float64 {
+	return median(r.values(f))
+}
+
+// values is f of each round's ratios.
+func (r *compareResult) values(f func(roundRatios) float64) []float64 {
+	v := make([]float64, 0, len(r.PerRound))
+	for _, x := range r.PerRound {
+		v = append(v, f(x))
+	}
+	return v
+}
+
+// median is v's median (the mean of the two middle values for an even
+// count), 0 for none; it sorts v.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	m := len(v) / 2
+	if len(v)%2 == 0 {
+		return (v[m-1] + v[m]) / 2
+	}
+	return v[m]
 }
 
 // Targets of issue #13, printed beside the ratios.
@@ -176,15 +239,55 @@ const (
 func (r *compareResult) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "apns-bench -compare: %s, %.0f jobs/s offered for %s a phase (%d jobs, after %d warm-up jobs at the same rate), payload %d B, %g%% rejected, worker %s, load before %s\n",
 		r.Protocol, r.Rate, time.Duration(r.DurationS*float64(time.Second)), r.Jobs, r.Warmup, r.Payload, r.Rejected*100, r.Worker, r.LoadBefore)
+	rounds := max(r.Rounds, 1)
+	for round := 1; round <= rounds; round++ {
+		if rounds > 1 {
+			fmt.Fprintf(w, "round %d of %d:\n", round, rounds)
+		}
+		r.writeRound(w, round)
+	}
+	if rounds > 1 && len(r.PerRound) > 0 {
+		span := func(format string, f func(roundRatios) float64) string {
+			v := slices.DeleteFunc(r.values(f), func(v float64) bool { return v == 0 })
+			if len(v) == 0 {
+				return "none"
+			}
+			return fmt.Sprintf(format, slices.Min(v), slices.Max(v))
+		}
+		fmt.Fprintf(w, "over %d rounds, median (range):\n", len(r.PerRound))
+		fmt.Fprintf(w, "worker ÷ consumer, CPU per job: %.2f (%s) (target ≤ %.1f)\n",
+			r.WorkerOverConsumerCPU, span("%.2f–%.2f", func(x roundRatios) float64 { return x.WorkerOverConsumerCPU }), targetCPURatio)
+		fmt.Fprintf(w, "worker p99 − consumer p99: %+.2f ms (%s) (target ≤ +%.0f ms)\n",
+			r.WorkerMinusConsumerP99MS, span("%+.2f to %+.2f", func(x roundRatios) float64 { return x.WorkerMinusConsumerP99MS }), targetP99MS)
+		if r.NoAPNsOverConsumerCPU > 0 {
+			fmt.Fprintf(w, "no-apns ÷ consumer, CPU per job: %.2f (%s)\n",
+				r.NoAPNsOverConsumerCPU, span("%.2f–%.2f", func(x roundRatios) float64 { return x.NoAPNsOverConsumerCPU }))
+		}
+	}
+	fmt.Fprintf(w, "(each phase in its own process, measured from its first measured publish to its last ack; CPU is that process's, from /proc/<pid>/stat in %g ms ticks: ±%.2f µs/job at %d jobs; syscalls are /proc/<pid>/io syscr+syscw, context switches summed over its threads; latency: consumer and worker publish → ack passing the server, direct Send → outcome)\n",
+		r.ClockTickMS, usPerJob(clockTick, r.Jobs), r.Jobs)
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warn)
+	}
+}
+
+// writeRound writes round's table, a column a phase, and its ratios.
+func (r *compareResult) writeRound(w io.Writer, round int) {
+	var phases []phaseResult
+	for _, p := range r.Phases {
+		if p.Round == round {
+			phases = append(phases, p)
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	head := []string{""}
-	for _, p := range r.Phases {
+	for _, p := range phases {
 		head = append(head, p.Name)
 	}
 	fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
 	row := func(label string, cell func(p phaseResult) string) {
 		cells := []string{label}
-		for _, p := range r.Phases {
+		for _, p := range phases {
 			cells = append(cells, cell(p))
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
@@ -222,19 +325,12 @@ func (r *compareResult) writeTable(w io.Writer) {
 	row("APNs accepted / rejected", func(p phaseResult) string { return counts(p.APNsAccepted, p.APNsRejected) })
 	row("APNs duplicates / missing", func(p phaseResult) string { return counts(p.APNsDuplicates, p.APNsMissing) })
 	_ = tw.Flush()
-	if _, ok := r.phase(phaseWorker); ok {
-		if _, ok := r.phase(phaseConsumer); ok {
-			fmt.Fprintf(w, "worker ÷ consumer, CPU per job: %.2f (target ≤ %.1f)\n", r.WorkerOverConsumerCPU, targetCPURatio)
-			fmt.Fprintf(w, "worker p99 − consumer p99: %+.2f ms (target ≤ +%.0f ms)\n", r.WorkerMinusConsumerP99MS, targetP99MS)
-			if r.NoAPNsOverConsumerCPU > 0 {
-				fmt.Fprintf(w, "no-apns ÷ consumer, CPU per job: %.2f (the worker without the APNs round trip)\n", r.NoAPNsOverConsumerCPU)
-			}
+	if x, ok := r.ratios(round); ok {
+		fmt.Fprintf(w, "worker ÷ consumer, CPU per job: %.2f (target ≤ %.1f)\n", x.WorkerOverConsumerCPU, targetCPURatio)
+		fmt.Fprintf(w, "worker p99 − consumer p99: %+.2f ms (target ≤ +%.0f ms)\n", x.WorkerMinusConsumerP99MS, targetP99MS)
+		if x.NoAPNsOverConsumerCPU > 0 {
+			fmt.Fprintf(w, "no-apns ÷ consumer, CPU per job: %.2f (the worker without the APNs round trip)\n", x.NoAPNsOverConsumerCPU)
 		}
-	}
-	fmt.Fprintf(w, "(each phase in its own process, measured from its first measured publish to its last ack; CPU is that process's, from /proc/<pid>/stat in %g ms ticks: ±%.2f µs/job at %d jobs; syscalls are /proc/<pid>/io syscr+syscw, context switches summed over its threads; latency: consumer and worker publish → ack passing the server, direct Send → outcome)\n",
-		r.ClockTickMS, usPerJob(clockTick, r.Jobs), r.Jobs)
-	for _, warn := range r.Warnings {
-		fmt.Fprintf(w, "WARNING: %s\n", warn)
 	}
 }
 

@@ -28,26 +28,31 @@ func TestMain(m *testing.M) {
 }
 
 // TestCompare runs -compare small and short: three phases (four with
-// -no-apns), each in its own process, at the offered rate, with every job finished, the APNs
-// server's counts matching the phases' outcomes, and the figures sane.
+// -no-apns; twice over with -rounds 2), each in its own process, at the
+// offered rate, with every job finished, the APNs server's counts matching
+// the phases' outcomes, the figures sane, and the ratios each round's and
+// their medians.
 func TestCompare(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		args   []string
+		rounds int
 		phases []string
 	}{
-		{"http2", []string{"-protocol", "http2", "-no-apns"}, []string{phaseConsumer, phaseDirect, phaseWorker, phaseNoAPNs}},
-		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms"}, []string{phaseConsumer, phaseDirect, phaseWorker}},
+		{"http2", []string{"-protocol", "http2", "-no-apns", "-rounds", "2"}, 2, []string{phaseConsumer, phaseDirect, phaseWorker, phaseNoAPNs}},
+		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms"}, 1, []string{phaseConsumer, phaseDirect, phaseWorker}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			const rate, jobs = 400, 600 // 1.5 s a phase
 			r, stdout := runCompareBench(t, append(tt.args, "-rate", "400", "-duration", "1.5s", "-warmup", "200", "-rejected", "0.01")...)
 			require.Equal(t, jobs, r.Jobs)
 			require.Equal(t, 200, r.Warmup)
-			require.Len(t, r.Phases, len(tt.phases))
-			for i, name := range tt.phases {
-				p := r.Phases[i]
+			require.Equal(t, tt.rounds, r.Rounds)
+			require.Len(t, r.Phases, tt.rounds*len(tt.phases))
+			for i, p := range r.Phases {
+				name := tt.phases[i%len(tt.phases)]
 				require.Equal(t, name, p.Name)
+				require.Equal(t, 1+i/len(tt.phases), p.Round, "the phases run round after round")
 				require.Contains(t, stdout, name)
 				require.Equal(t, jobs, p.Jobs, name)
 				require.Zero(t, p.Lost, name)
@@ -87,16 +92,37 @@ func TestCompare(t *testing.T) {
 				require.Zero(t, p.APNsDuplicates, name)
 				require.Zero(t, p.APNsMissing, name)
 			}
-			w, c := r.Phases[2], r.Phases[0]
-			require.InDelta(t, w.CPUUsPerJob/c.CPUUsPerJob, r.WorkerOverConsumerCPU, 1e-9)
-			require.InDelta(t, w.P99MS-c.P99MS, r.WorkerMinusConsumerP99MS, 1e-9)
+			require.Len(t, r.PerRound, tt.rounds)
+			var cpu, p99, noAPNs []float64
+			for k, x := range r.PerRound {
+				require.Equal(t, k+1, x.Round)
+				w, okW := r.phase(x.Round, phaseWorker)
+				c, okC := r.phase(x.Round, phaseConsumer)
+				require.True(t, okW && okC)
+				require.InDelta(t, w.CPUUsPerJob/c.CPUUsPerJob, x.WorkerOverConsumerCPU, 1e-9)
+				require.InDelta(t, w.P99MS-c.P99MS, x.WorkerMinusConsumerP99MS, 1e-9)
+				cpu, p99 = append(cpu, x.WorkerOverConsumerCPU), append(p99, x.WorkerMinusConsumerP99MS)
+				if n, ok := r.phase(x.Round, phaseNoAPNs); ok {
+					require.InDelta(t, n.CPUUsPerJob/c.CPUUsPerJob, x.NoAPNsOverConsumerCPU, 1e-9)
+					noAPNs = append(noAPNs, x.NoAPNsOverConsumerCPU)
+				} else {
+					require.Zero(t, x.NoAPNsOverConsumerCPU)
+				}
+			}
+			// The top level holds the medians: with two rounds, the means.
+			require.InDelta(t, median(cpu), r.WorkerOverConsumerCPU, 1e-9)
+			require.InDelta(t, median(p99), r.WorkerMinusConsumerP99MS, 1e-9)
+			require.InDelta(t, median(noAPNs), r.NoAPNsOverConsumerCPU, 1e-9)
 			require.Contains(t, stdout, "worker ÷ consumer, CPU per job")
 			require.Contains(t, stdout, "10 ms ticks")
-			if n, ok := r.phase(phaseNoAPNs); ok {
-				require.InDelta(t, n.CPUUsPerJob/c.CPUUsPerJob, r.NoAPNsOverConsumerCPU, 1e-9)
-				require.Contains(t, stdout, "no-apns ÷ consumer, CPU per job")
+			if tt.rounds > 1 {
+				require.Contains(t, stdout, "round 2 of 2:")
+				require.Contains(t, stdout, "over 2 rounds, median (range):")
 			} else {
-				require.Zero(t, r.NoAPNsOverConsumerCPU)
+				require.NotContains(t, stdout, "round 1 of")
+			}
+			if len(noAPNs) > 0 {
+				require.Contains(t, stdout, "no-apns ÷ consumer, CPU per job")
 			}
 			if tt.name == "binary" {
 				require.Greater(t, r.Phases[1].P50MS, 10.0, "binary outcomes wait for a confirm marker (every 100 ms)")
@@ -149,6 +175,11 @@ func TestCompareFlags(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 5000, c.n, "-n caps the run")
 	require.Zero(t, c.warmup)
+	require.Equal(t, 1, c.rounds, "one round unless told")
+
+	c, err = parseFlags([]string{"-compare", "-rate", "1000", "-spawn-worker", "self", "-rounds", "5"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, 5, c.rounds)
 
 	for _, args := range [][]string{
 		{"-compare", "-spawn-worker", "self"},                                         // no rate
@@ -158,7 +189,9 @@ func TestCompareFlags(t *testing.T) {
 		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-workers", "2"},       // one worker
 		{"-duration", "5s"}, // needs a rate
 		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-duration", "-1s"}, // negative
-		{"-no-apns", "-rate", "1000"}, // a phase of -compare
+		{"-no-apns", "-rate", "1000"},                                          // a phase of -compare
+		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-rounds", "0"}, // at least one
+		{"-rounds", "3", "-rate", "1000"},                                      // rounds of -compare
 	} {
 		_, err := parseFlags(args, io.Discard)
 		require.Error(t, err, args)
@@ -235,9 +268,9 @@ func TestParseStatsLine(t *testing.T) {
 func TestCompareTable(t *testing.T) {
 	v := 2.5
 	r := &compareResult{Protocol: "http2", Rate: 1000, DurationS: 10, Jobs: 10_000, ClockTickMS: 10, Phases: []phaseResult{
-		{Name: phaseConsumer, CPUUsPerJob: 20, P99MS: 1, SyscallsPerJob: &v, CtxSwitchesPerJob: &v, APNsAccepted: -1, APNsRejected: -1},
-		{Name: phaseDirect, CPUUsPerJob: 25},
-		{Name: phaseWorker, CPUUsPerJob: 50, P99MS: 1.5},
+		{Name: phaseConsumer, Round: 1, CPUUsPerJob: 20, P99MS: 1, SyscallsPerJob: &v, CtxSwitchesPerJob: &v, APNsAccepted: -1, APNsRejected: -1},
+		{Name: phaseDirect, Round: 1, CPUUsPerJob: 25},
+		{Name: phaseWorker, Round: 1, CPUUsPerJob: 50, P99MS: 1.5},
 	}}
 	r.setRatios()
 	require.InDelta(t, 2.5, r.WorkerOverConsumerCPU, 1e-9)
@@ -259,4 +292,35 @@ func TestCompareTable(t *testing.T) {
 	b.Reset()
 	r.writeTable(&b)
 	require.NotContains(t, b.String(), "worker ÷ consumer")
+}
+
+// TestCompareTableRounds: with -rounds, a table a round, each with its own
+// ratios, then the medians and ranges over the rounds that have both the
+// worker and the consumer; a round cut short counts for none.
+func TestCompareTableRounds(t *testing.T) {
+	r := &compareResult{Protocol: "http2", Rate: 10_000, DurationS: 10, Jobs: 100_000, ClockTickMS: 10, Rounds: 4}
+	for round, f := range []struct{ consumer, worker, p99 float64 }{{10, 14, 1.5}, {10, 16, 3}, {10, 15, 2}, {10, 0, 0}} {
+		r.Phases = append(r.Phases, phaseResult{Name: phaseConsumer, Round: round + 1, CPUUsPerJob: f.consumer, P99MS: 1})
+		if f.worker > 0 {
+			r.Phases = append(r.Phases, phaseResult{Name: phaseWorker, Round: round + 1, CPUUsPerJob: f.worker, P99MS: 1 + f.p99})
+		}
+		if round < 2 { // no-apns in rounds 1 and 2 only
+			r.Phases = append(r.Phases, phaseResult{Name: phaseNoAPNs, Round: round + 1, CPUUsPerJob: float64(8 + round)})
+		}
+	}
+	r.setRatios()
+	require.Len(t, r.PerRound, 3, "round 4 has no worker")
+	require.InDelta(t, 1.5, r.WorkerOverConsumerCPU, 1e-9, "median of 1.4, 1.6, 1.5")
+	require.InDelta(t, 2.0, r.WorkerMinusConsumerP99MS, 1e-9)
+	require.InDelta(t, 0.85, r.NoAPNsOverConsumerCPU, 1e-9, "median of the rounds with no-apns: 0.8 and 0.9")
+	var b bytes.Buffer
+	r.writeTable(&b)
+	out := b.String()
+	for _, s := range []string{"round 1 of 4:", "round 4 of 4:", "worker ÷ consumer, CPU per job: 1.60 (target", "over 3 rounds, median (range):",
+		"worker ÷ consumer, CPU per job: 1.50 (1.40–1.60) (target ≤ 1.5)", "worker p99 − consumer p99: +2.00 ms (+1.50 to +3.00) (target ≤ +1 ms)", "no-apns ÷ consumer, CPU per job: 0.85 (0.80–0.90)"} {
+		require.Contains(t, out, s)
+	}
+	require.Equal(t, []float64{1, 2, 3}, func() []float64 { v := []float64{3, 1, 2}; median(v); return v }(), "median sorts its argument")
+	require.Equal(t, 2.5, median([]float64{4, 1, 3, 2}))
+	require.Zero(t, median(nil))
 }

@@ -21,7 +21,8 @@
 //	                                         the paced comparison: a bare JetStream
 //	                                         consumer, a direct send without NATS
 //	                                         and the worker, one after the other,
-//	                                         each in its own process (compare.go)
+//	                                         each in its own process (compare.go);
+//	                                         -rounds N: N times over, with medians
 //
 // It prints a table on stdout, a progress bar on stderr, writes -json FILE,
 // and exits 3 if a job was lost.
@@ -71,6 +72,7 @@ type benchConfig struct {
 	workerProf  string
 	runWorker   bool
 	noAPNs      bool // -no-apns: -compare's no-apns phase; -run-worker: the instant engine
+	rounds      int  // -rounds: -compare's phases, this many times over
 	progress    bool
 	verbose     bool
 	// env holds the APNS_WORKER_* variables of the bench's environment
@@ -141,6 +143,7 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 		"the paced comparison: at -rate for -duration, a bare JetStream consumer, a direct send to the APNs server without NATS, and the worker of -spawn-worker, one after the other, each in its own process; one table of their CPU per job, latency, syscalls and context switches")
 	fs.BoolVar(&c.noAPNs, "no-apns", false,
 		"-compare: a fourth phase, no-apns: this binary's worker with an engine that answers each notification at once (the rejected share with 400 BadDeviceToken) without APNs or a network, which shows what the worker costs by itself beside the bare consumer; -run-worker: that engine")
+	fs.IntVar(&c.rounds, "rounds", 1, "-compare: run the phases this many times, round after round (consumer, direct, worker…, then again), and report each round and the medians of the ratios: on a noisy machine one round's ratio can swing by 10 %")
 	fs.DurationVar(&c.duration, "duration", 0, "with -rate: publish for this long (-n jobs at most); -compare's default: 10s a phase")
 	fs.BoolVar(&c.runBaseline, "run-baseline", false, "run -compare's bare consumer from APNS_WORKER_* until SIGINT/SIGTERM (what -compare starts)")
 	fs.BoolVar(&c.runDirect, "run-direct", false, "run -compare's direct phase from APNS_WORKER_*, writing its result to -json FILE (what -compare starts)")
@@ -247,6 +250,9 @@ unless -apns-addr is given. Unknown names are refused.
 		case c.baseline || c.natsURL != "" || c.apnsAddr != "" || c.serve != "" || c.workers != 1 || c.msgID || c.silentClose != 0 || c.rejectedFile != "":
 			bad("-compare runs one worker against its own nats-server and APNs server: not with -baseline, -nats, -apns-addr, -serve, -workers, -msg-id, -silent-close or -rejected-tokens")
 		}
+	}
+	if c.rounds < 1 || (c.rounds > 1 && !c.compare) {
+		bad("-rounds %d: a count of -compare rounds, >= 1", c.rounds)
 	}
 	if c.noAPNs && !c.compare && !c.runWorker {
 		bad("-no-apns is a phase of -compare")
