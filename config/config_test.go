@@ -185,7 +185,7 @@ func TestNamesMatchEnvconfig(t *testing.T) {
 	slices.Sort(read)
 	slices.Sort(decoded)
 	require.Equal(t, read, decoded)
-	require.Len(t, read, 52)
+	require.Len(t, read, 53)
 }
 
 func TestDefaults(t *testing.T) {
@@ -230,6 +230,7 @@ func TestDefaults(t *testing.T) {
 		ShutdownGrace: 30 * time.Second,
 		Procs:         ProcsAuto,
 		SocketCalls:   SocketCallsDirect,
+		GCFloorMiB:    32,
 	}
 	require.Equal(t, want, c)
 	require.Equal(t, []string{"apns.jobs", "apns.jobs.>"}, c.Jobs.Subjects())
@@ -494,6 +495,8 @@ func TestBadVariable(t *testing.T) {
 		{"log level", nil, map[string]string{"LOG_LEVEL": "verbose"}, "LOG_LEVEL", "debug, info, warn, error"},
 		{"procs", nil, map[string]string{"PROCS": "2"}, "PROCS", "auto, runtime"},
 		{"socket calls", nil, map[string]string{"SOCKET_CALLS": "raw"}, "SOCKET_CALLS", "direct, runtime"},
+		{"gc floor", nil, map[string]string{"GC_FLOOR_MIB": "-1"}, "GC_FLOOR_MIB", "out of range 0..65536"},
+		{"gc floor unit", nil, map[string]string{"GC_FLOOR_MIB": "32MiB"}, "GC_FLOOR_MIB", `"32MiB" is not an integer`},
 		{"log format", nil, map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "auto, text, json"},
 		{"shutdown grace", nil, map[string]string{"SHUTDOWN_GRACE": "0"}, "SHUTDOWN_GRACE", "must be positive"},
 	}

@@ -143,6 +143,7 @@ func (d *decoder) decode(s *spec) *Config {
 	c.ShutdownGrace = d.duration("SHUTDOWN_GRACE", s.ShutdownGrace, false)
 	c.Procs = Procs(d.oneOf("PROCS", s.Procs, string(ProcsAuto), string(ProcsAuto), string(ProcsRuntime)))
 	c.SocketCalls = SocketCalls(d.oneOf("SOCKET_CALLS", s.SocketCalls, string(SocketCallsDirect), string(SocketCallsDirect), string(SocketCallsRuntime)))
+	c.GCFloorMiB = d.integer("GC_FLOOR_MIB", s.GCFloorMiB, 0, 1<<16)
 
 	// Phase 2: rules across variables, files, and mode-dependent defaults.
 	d.checkNATS(c)

@@ -79,6 +79,7 @@ func (c Config) LogValue() slog.Value {
 		dur("shutdown_grace", c.ShutdownGrace),
 		slog.String("procs", string(c.Procs)),
 		slog.String("socket_calls", string(c.SocketCalls)),
+		slog.Int("gc_floor_mib", c.GCFloorMiB),
 	)
 	return slog.GroupValue(attrs...)
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jetpush/apns-worker/apns"
+	"github.com/jetpush/apns-worker/cmd/internal/gcfloor"
 	"github.com/jetpush/apns-worker/cmd/internal/procs"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
@@ -252,6 +253,7 @@ func runOneWorker(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.Level}))
 	procs.Govern(ctx, cfg.Procs == config.ProcsAuto, log) // as apns-worker does
+	defer gcfloor.Keep(uint64(cfg.GCFloorMiB)<<20, log)()
 	var resends atomic.Int64
 	var opts []worker.Option
 	if c.noAPNs {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/lmittmann/tint"
 
+	"github.com/jetpush/apns-worker/cmd/internal/gcfloor"
 	"github.com/jetpush/apns-worker/cmd/internal/procs"
 	"github.com/jetpush/apns-worker/cmd/internal/worker"
 	"github.com/jetpush/apns-worker/config"
@@ -150,6 +151,7 @@ func runWorker(ctx context.Context) int {
 	}
 	log.Info("config", rest...)
 	procs.Govern(ctx, cfg.Procs == config.ProcsAuto, log)
+	defer gcfloor.Keep(uint64(cfg.GCFloorMiB)<<20, log)()
 	err = worker.Run(ctx, cfg, log)
 	var dead *worker.DeadEnd
 	switch {
