@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 	"sync/atomic"
 )
 
@@ -63,6 +64,8 @@ func keep(floor uint64, log *slog.Logger, onTune func(percent int)) (stop func()
 	t.set = t.base
 	t.arm()
 	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
 		if t.stopped.CompareAndSwap(false, true) {
 			debug.SetGCPercent(t.base)
 		}
@@ -71,8 +74,9 @@ func keep(floor uint64, log *slog.Logger, onTune func(percent int)) (stop func()
 
 type tuner struct {
 	floor   uint64
-	base    int // GOGC at the start
-	set     int // GOGC last set
+	base    int        // GOGC at the start
+	mu      sync.Mutex // a tune against stop
+	set     int        // GOGC last set; mu
 	stopped atomic.Bool
 	samples []metrics.Sample
 	onTune  func(int)
@@ -100,10 +104,12 @@ func (t *tuner) arm() {
 func (t *tuner) tune() {
 	metrics.Read(t.samples)
 	p := percent(t.floor, t.samples[0].Value.Uint64(), t.samples[1].Value.Uint64()+t.samples[2].Value.Uint64(), t.base)
-	if p != t.set && !t.stopped.Load() {
+	t.mu.Lock()
+	if p != t.set && !t.stopped.Load() { // after stop, GOGC stays restored
 		debug.SetGCPercent(p)
 		t.set = p
 	}
+	t.mu.Unlock()
 	if t.onTune != nil {
 		t.onTune(p)
 	}
