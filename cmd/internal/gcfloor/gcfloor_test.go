@@ -35,6 +35,17 @@ func TestPercent(t *testing.T) {
 	}
 }
 
+// report sends each GOGC the floor computes to tuned, never blocking the
+// finalizer goroutine (a full channel drops it).
+func report(tuned chan<- int) func(int) {
+	return func(p int) {
+		select {
+		case tuned <- p:
+		default:
+		}
+	}
+}
+
 // gogc reads GOGC and the heap goal now.
 func gogc() (percent int, goal uint64) {
 	s := []metrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/heap/goal:bytes"}}
@@ -66,7 +77,7 @@ func TestKeepRaisesTheGoal(t *testing.T) {
 	before, _ := gogc()
 	const floor = 256 << 20
 	tuned := make(chan int, 16)
-	stop := keep(floor, slog.Default(), func(p int) { tuned <- p })
+	stop := keep(floor, slog.Default(), report(tuned))
 	p := waitTune(t, tuned)
 	require.Greater(t, p, before, "a test binary's heap is far below 256 MiB")
 	now, goal := gogc()
@@ -93,7 +104,7 @@ func TestKeepLeavesALargeHeap(t *testing.T) {
 		live[i] = byte(i) // touched, and kept below
 	}
 	tuned := make(chan int, 16)
-	stop := keep(16<<20, slog.Default(), func(p int) { tuned <- p })
+	stop := keep(16<<20, slog.Default(), report(tuned))
 	defer stop()
 	require.Equal(t, before, waitTune(t, tuned))
 	now, _ := gogc()
@@ -106,17 +117,17 @@ func TestKeepLeavesALargeHeap(t *testing.T) {
 func TestKeepOff(t *testing.T) {
 	before, _ := gogc()
 	tuned := make(chan int, 16)
-	keep(0, slog.Default(), func(p int) { tuned <- p })()
+	keep(0, slog.Default(), report(tuned))()
 
 	t.Setenv("GOGC", "150")
-	stop := keep(256<<20, slog.Default(), func(p int) { tuned <- p })
+	stop := keep(256<<20, slog.Default(), report(tuned))
 	runtime.GC()
 	runtime.GC()
 	stop()
 
 	unsetenv(t, "GOGC")
 	old := debug.SetGCPercent(-1)
-	stop = keep(256<<20, slog.Default(), func(p int) { tuned <- p })
+	stop = keep(256<<20, slog.Default(), report(tuned))
 	now, _ := gogc()
 	debug.SetGCPercent(old)
 	stop()
