@@ -3,14 +3,14 @@
 //
 // With GOGC at its default of 100 the heap goal is about twice the live
 // heap, and at least 4 MiB. A worker at a few thousand jobs a second holds a
-// live heap of a megabyte or two and allocates about 1 KiB a job (most of it
-// nats.go's copy of each message), so at 10 000 jobs/s it collects five
-// times a second. On one P a cycle takes a millisecond or more of wall time,
-// and the jobs that arrive meanwhile wait for it: at five cycles a second,
-// they are about the slowest 1 %, the p99. A floor of 32 MiB makes the
-// cycles some ten times rarer at that rate, for at most the floor in memory.
-// Once the live heap is half the floor or more, the goal is GOGC's own: at
-// full rate nothing changes.
+// live heap of a megabyte or two and allocates about 1 KiB a job (nearly
+// half of it nats.go's copy of each message), so at 10 000 jobs/s it
+// collects five times a second. On one P a cycle takes a millisecond or more
+// of wall time, and the jobs that arrive meanwhile wait for it: at five
+// cycles a second, they are about the slowest 1 %, the p99. A floor of
+// 32 MiB makes the cycles some ten times rarer at that rate, for at most the
+// floor in memory. Once the live heap is half the floor or more, the goal is
+// GOGC's own.
 package gcfloor
 
 import (
