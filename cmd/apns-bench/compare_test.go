@@ -358,3 +358,21 @@ func TestCompareFailedPhaseCountsForNone(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(j), `"error":"worker pid 7 exited during the run"`)
 }
+
+// TestCompareTableRoundsNotRun: rounds that never ran (an error ended the
+// run before them) get no table.
+func TestCompareTableRoundsNotRun(t *testing.T) {
+	r := &compareResult{Protocol: "http2", Rate: 1000, DurationS: 10, Jobs: 10_000, ClockTickMS: 10, Rounds: 3, Phases: []phaseResult{
+		{Name: phaseConsumer, Round: 1, CPUUsPerJob: 20, P99MS: 1},
+		{Name: phaseWorker, Round: 1, CPUUsPerJob: 30, P99MS: 2},
+		{Name: phaseConsumer, Round: 2, CPUUsPerJob: 20, P99MS: 1, Error: "publishing: nats: timeout"},
+	}}
+	r.setRatios()
+	var b bytes.Buffer
+	r.writeTable(&b)
+	out := b.String()
+	require.Contains(t, out, "round 1 of 3:")
+	require.Contains(t, out, "round 2 of 3:")
+	require.NotContains(t, out, "round 3 of 3:")
+	require.Contains(t, out, "consumer FAILED (no ratio from it): publishing: nats: timeout")
+}
