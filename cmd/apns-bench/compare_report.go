@@ -245,6 +245,9 @@ func (r *compareResult) writeTable(w io.Writer) {
 		r.Protocol, r.Rate, time.Duration(r.DurationS*float64(time.Second)), r.Jobs, r.Warmup, r.Payload, r.Rejected*100, r.Worker, r.LoadBefore)
 	rounds := max(r.Rounds, 1)
 	for round := 1; round <= rounds; round++ {
+		if !slices.ContainsFunc(r.Phases, func(p phaseResult) bool { return p.Round == round }) {
+			break // an error ended the run before this round
+		}
 		if rounds > 1 {
 			fmt.Fprintf(w, "round %d of %d:\n", round, rounds)
 		}
