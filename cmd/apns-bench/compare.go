@@ -82,6 +82,9 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 			p, err := comparePhase(ctx, c, name, round, k*span, dir, srv, env, wcfg, natsURL, js, stderr)
 			if p.Name != "" {
 				p.Round = round
+				if err != nil {
+					p.Error = err.Error()
+				}
 				res.Phases = append(res.Phases, p)
 			}
 			if err != nil {

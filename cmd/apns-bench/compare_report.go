@@ -62,6 +62,9 @@ type phaseResult struct {
 	APNsDuplicates int `json:"apns_duplicates"`
 	APNsMissing    int `json:"apns_missing"` // finished as delivered, never at APNs
 	StreamLeft     int `json:"stream_left"`  // -1: no stream (direct)
+	// Error is why the phase failed, if it did: its figures are kept but
+	// no ratio is computed from them.
+	Error string `json:"error,omitempty"`
 }
 
 // newPhaseResult computes a phase's figures from what was seen of its n
@@ -146,11 +149,12 @@ type roundRatios struct {
 	NoAPNsOverConsumerCPU float64 `json:"no_apns_over_consumer_cpu,omitempty"`
 }
 
-// phase returns the phase named name of round (from 1), if it ran.
+// phase returns the phase named name of round (from 1), if it ran and did
+// not fail.
 func (r *compareResult) phase(round int, name string) (phaseResult, bool) {
 	for _, p := range r.Phases {
 		if p.Round == round && p.Name == name {
-			return p, true
+			return p, p.Error == ""
 		}
 	}
 	return phaseResult{}, false
@@ -166,7 +170,7 @@ func (r *compareResult) lost() int {
 }
 
 // ratios computes round's worker-to-consumer figures; ok is false unless
-// both the worker and the consumer ran in it.
+// both the worker and the consumer ran in it without failing.
 func (r *compareResult) ratios(round int) (x roundRatios, ok bool) {
 	w, okW := r.phase(round, phaseWorker)
 	c, okC := r.phase(round, phaseConsumer)
@@ -241,6 +245,9 @@ func (r *compareResult) writeTable(w io.Writer) {
 		r.Protocol, r.Rate, time.Duration(r.DurationS*float64(time.Second)), r.Jobs, r.Warmup, r.Payload, r.Rejected*100, r.Worker, r.LoadBefore)
 	rounds := max(r.Rounds, 1)
 	for round := 1; round <= rounds; round++ {
+		if !slices.ContainsFunc(r.Phases, func(p phaseResult) bool { return p.Round == round }) {
+			break // an error ended the run before this round
+		}
 		if rounds > 1 {
 			fmt.Fprintf(w, "round %d of %d:\n", round, rounds)
 		}
@@ -325,6 +332,11 @@ func (r *compareResult) writeRound(w io.Writer, round int) {
 	row("APNs accepted / rejected", func(p phaseResult) string { return counts(p.APNsAccepted, p.APNsRejected) })
 	row("APNs duplicates / missing", func(p phaseResult) string { return counts(p.APNsDuplicates, p.APNsMissing) })
 	_ = tw.Flush()
+	for _, p := range phases {
+		if p.Error != "" {
+			fmt.Fprintf(w, "%s FAILED (no ratio from it): %s\n", p.Name, p.Error)
+		}
+	}
 	if x, ok := r.ratios(round); ok {
 		fmt.Fprintf(w, "worker ÷ consumer, CPU per job: %.2f (target ≤ %.1f)\n", x.WorkerOverConsumerCPU, targetCPURatio)
 		fmt.Fprintf(w, "worker p99 − consumer p99: %+.2f ms (target ≤ +%.0f ms)\n", x.WorkerMinusConsumerP99MS, targetP99MS)

@@ -324,3 +324,55 @@ func TestCompareTableRounds(t *testing.T) {
 	require.Equal(t, 2.5, median([]float64{4, 1, 3, 2}))
 	require.Zero(t, median(nil))
 }
+
+// TestCompareFailedPhaseCountsForNone: a phase that ended in an error (its
+// process died, jobs were lost) keeps its figures and the error in the
+// report, but its round's ratios are not computed from it and the medians
+// leave that round out.
+func TestCompareFailedPhaseCountsForNone(t *testing.T) {
+	var phases []phaseResult
+	require.NoError(t, json.Unmarshal([]byte(`[
+		{"name": "consumer", "round": 1, "cpu_us_per_job": 10, "p99_ms": 1},
+		{"name": "worker", "round": 1, "cpu_us_per_job": 14, "p99_ms": 2},
+		{"name": "consumer", "round": 2, "cpu_us_per_job": 10, "p99_ms": 1},
+		{"name": "worker", "round": 2, "cpu_us_per_job": 40, "p99_ms": 900, "lost": 3, "error": "worker pid 7 exited during the run"},
+		{"name": "consumer", "round": 3, "cpu_us_per_job": 10, "p99_ms": 1},
+		{"name": "worker", "round": 3, "cpu_us_per_job": 16, "p99_ms": 4}
+	]`), &phases))
+	r := &compareResult{Protocol: "http2", Rate: 10_000, DurationS: 10, Jobs: 100_000, ClockTickMS: 10, Rounds: 3, Phases: phases}
+	r.setRatios()
+	require.Len(t, r.PerRound, 2, "round 2's worker failed")
+	require.Equal(t, 1, r.PerRound[0].Round)
+	require.Equal(t, 3, r.PerRound[1].Round)
+	require.InDelta(t, 1.5, r.WorkerOverConsumerCPU, 1e-9, "median of 1.4 and 1.6, not of 1.4, 4.0 and 1.6")
+	require.InDelta(t, 2.0, r.WorkerMinusConsumerP99MS, 1e-9)
+
+	var b bytes.Buffer
+	r.writeTable(&b)
+	out := b.String()
+	require.Contains(t, out, "over 2 rounds, median (range):")
+	require.NotContains(t, out, "CPU per job: 4.00", "round 2's own ratio is not shown as if it were one")
+	require.Contains(t, out, "worker pid 7 exited during the run")
+
+	j, err := json.Marshal(r)
+	require.NoError(t, err)
+	require.Contains(t, string(j), `"error":"worker pid 7 exited during the run"`)
+}
+
+// TestCompareTableRoundsNotRun: rounds that never ran (an error ended the
+// run before them) get no table.
+func TestCompareTableRoundsNotRun(t *testing.T) {
+	r := &compareResult{Protocol: "http2", Rate: 1000, DurationS: 10, Jobs: 10_000, ClockTickMS: 10, Rounds: 3, Phases: []phaseResult{
+		{Name: phaseConsumer, Round: 1, CPUUsPerJob: 20, P99MS: 1},
+		{Name: phaseWorker, Round: 1, CPUUsPerJob: 30, P99MS: 2},
+		{Name: phaseConsumer, Round: 2, CPUUsPerJob: 20, P99MS: 1, Error: "publishing: nats: timeout"},
+	}}
+	r.setRatios()
+	var b bytes.Buffer
+	r.writeTable(&b)
+	out := b.String()
+	require.Contains(t, out, "round 1 of 3:")
+	require.Contains(t, out, "round 2 of 3:")
+	require.NotContains(t, out, "round 3 of 3:")
+	require.Contains(t, out, "consumer FAILED (no ratio from it): publishing: nats: timeout")
+}

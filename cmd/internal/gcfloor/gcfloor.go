@@ -23,8 +23,11 @@ import (
 	"sync/atomic"
 )
 
-// maxPercent bounds the GOGC a floor sets (a tiny heap just after start).
-const maxPercent = 100_000
+// maxPercent bounds the GOGC a floor sets, well inside the runtime's
+// int32. A tiny heap needs floor/minHeap × 100 (minHeap below): 1 638 400
+// for the largest floor the configuration allows, 64 GiB; a floor above
+// 80 GiB is met only once the live heap has grown.
+const maxPercent = 2_000_000
 
 // Metrics read after each collection.
 var names = []string{

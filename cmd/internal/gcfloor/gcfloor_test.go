@@ -35,6 +35,36 @@ func TestPercent(t *testing.T) {
 	}
 }
 
+// runtimeGoal is the heap goal Go's pacer sets for GOGC p after a cycle
+// that marked live with roots of stacks and globals (runtime/mgcpacer.go,
+// gcControllerState.commit and setGCPercent): live + (live + roots) × p/100,
+// at least minHeap × p/100.
+func runtimeGoal(live, roots uint64, p int) uint64 {
+	return max(live+(live+roots)*uint64(p)/100, minHeap*uint64(p)/100)
+}
+
+// TestPercentMeetsTheRuntime: for every floor the configuration allows (up
+// to 65 536 MiB) and a live heap below it, the GOGC percent returns puts
+// the runtime's goal at the floor or above, and one less would not (unless
+// it is the base).
+func TestPercentMeetsTheRuntime(t *testing.T) {
+	const mib = 1 << 20
+	for _, floor := range []uint64{1 * mib, 4 * mib, 32 * mib, 256 * mib, 4096 * mib, 8192 * mib, 65536 * mib} {
+		for _, live := range []uint64{64 << 10, 1 * mib, 3 * mib, 15 * mib, 200 * mib, 5000 * mib} {
+			for _, roots := range []uint64{0, 300 << 10, 4 * mib} {
+				if live >= floor {
+					continue
+				}
+				p := percent(floor, live, roots, 100)
+				require.GreaterOrEqual(t, runtimeGoal(live, roots, p), floor, "floor %d MiB, live %d KiB, roots %d KiB: GOGC %d", floor/mib, live>>10, roots>>10, p)
+				if p > 100 {
+					require.Less(t, runtimeGoal(live, roots, p-1), floor, "floor %d MiB, live %d KiB, roots %d KiB: GOGC %d is not the least", floor/mib, live>>10, roots>>10, p)
+				}
+			}
+		}
+	}
+}
+
 // report sends each GOGC the floor computes to tuned, never blocking the
 // finalizer goroutine (a full channel drops it).
 func report(tuned chan<- int) func(int) {
