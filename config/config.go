@@ -420,7 +420,7 @@ type spec struct {
 	ShutdownGrace string `split_words:"true" default:"30s" desc:"bound of a graceful stop after SIGTERM or SIGINT"`
 	Procs         string `default:"auto" desc:"auto (one P while the worker uses well under a core, fewer thread wake-ups; the runtime's default above) or runtime (GOMAXPROCS as the Go runtime sets it); a GOMAXPROCS variable wins"`
 	SocketCalls   string `split_words:"true" default:"direct" desc:"direct (reads and writes to NATS and APNs as direct system calls on Linux, fewer thread wake-ups) or runtime (through Go's net package)"`
-	GCFloorMiB    string `envconfig:"GC_FLOOR_MIB" default:"32" desc:"MiB the garbage collector's heap goal is kept at or above while the live heap is small (rarer collections at moderate rates, a lower p99); 0 off; a GOGC variable turns it off"`
+	GCFloorMiB    string `envconfig:"GC_FLOOR_MIB" default:"32" desc:"MiB the garbage collector's heap goal is kept at or above while the live heap is small (rarer collections at moderate rates, a lower p99); 0 off; a non-empty GOGC variable turns it off"`
 }
 
 // Load reads the environment and validates it. The error, if any, joins an

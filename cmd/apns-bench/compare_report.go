@@ -198,17 +198,17 @@ func (r *compareResult) setRatios() {
 		}
 	}
 	r.roundRatios = roundRatios{
-		WorkerOverConsumerCPU:    r.median(func(x roundRatios) float64 { return x.WorkerOverConsumerCPU }),
-		WorkerMinusConsumerP99MS: r.median(func(x roundRatios) float64 { return x.WorkerMinusConsumerP99MS }),
-		// 0 where the no-apns phase did not run: such rounds count for none.
-		NoAPNsOverConsumerCPU: median(slices.DeleteFunc(r.values(func(x roundRatios) float64 { return x.NoAPNsOverConsumerCPU }), func(v float64) bool { return v == 0 })),
+		WorkerOverConsumerCPU:    median(r.cpuRatios(func(x roundRatios) float64 { return x.WorkerOverConsumerCPU })),
+		WorkerMinusConsumerP99MS: median(r.values(func(x roundRatios) float64 { return x.WorkerMinusConsumerP99MS })),
+		NoAPNsOverConsumerCPU:    median(r.cpuRatios(func(x roundRatios) float64 { return x.NoAPNsOverConsumerCPU })),
 	}
 }
 
-// median is the median of f over the rounds' ratios (the mean of the two
-// middle ones for an even count), 0 for none.
-func (r *compareResult) median(f func(roundRatios) float64) float64 {
-	return median(r.values(f))
+// cpuRatios is f, a CPU ratio, of each round's ratios where it was
+// measured: it is 0 where its phase did not run (no-apns) or the consumer
+// showed no CPU, and such rounds count for none.
+func (r *compareResult) cpuRatios(f func(roundRatios) float64) []float64 {
+	return slices.DeleteFunc(r.values(f), func(v float64) bool { return v == 0 })
 }
 
 // values is f of each round's ratios.
@@ -254,21 +254,24 @@ func (r *compareResult) writeTable(w io.Writer) {
 		r.writeRound(w, round)
 	}
 	if rounds > 1 && len(r.PerRound) > 0 {
-		span := func(format string, f func(roundRatios) float64) string {
-			v := slices.DeleteFunc(r.values(f), func(v float64) bool { return v == 0 })
+		span := func(format string, v []float64) string {
 			if len(v) == 0 {
 				return "none"
 			}
 			return fmt.Sprintf(format, slices.Min(v), slices.Max(v))
 		}
-		fmt.Fprintf(w, "over %d rounds, median (range):\n", len(r.PerRound))
+		of := "rounds"
+		if len(r.PerRound) == 1 {
+			of = "round"
+		}
+		fmt.Fprintf(w, "over %d %s, median (range):\n", len(r.PerRound), of)
 		fmt.Fprintf(w, "worker ÷ consumer, CPU per job: %.2f (%s) (target ≤ %.1f)\n",
-			r.WorkerOverConsumerCPU, span("%.2f–%.2f", func(x roundRatios) float64 { return x.WorkerOverConsumerCPU }), targetCPURatio)
+			r.WorkerOverConsumerCPU, span("%.2f–%.2f", r.cpuRatios(func(x roundRatios) float64 { return x.WorkerOverConsumerCPU })), targetCPURatio)
 		fmt.Fprintf(w, "worker p99 − consumer p99: %+.2f ms (%s) (target ≤ +%.0f ms)\n",
-			r.WorkerMinusConsumerP99MS, span("%+.2f to %+.2f", func(x roundRatios) float64 { return x.WorkerMinusConsumerP99MS }), targetP99MS)
+			r.WorkerMinusConsumerP99MS, span("%+.2f to %+.2f", r.values(func(x roundRatios) float64 { return x.WorkerMinusConsumerP99MS })), targetP99MS)
 		if r.NoAPNsOverConsumerCPU > 0 {
 			fmt.Fprintf(w, "no-apns ÷ consumer, CPU per job: %.2f (%s)\n",
-				r.NoAPNsOverConsumerCPU, span("%.2f–%.2f", func(x roundRatios) float64 { return x.NoAPNsOverConsumerCPU }))
+				r.NoAPNsOverConsumerCPU, span("%.2f–%.2f", r.cpuRatios(func(x roundRatios) float64 { return x.NoAPNsOverConsumerCPU })))
 		}
 	}
 	fmt.Fprintf(w, "(each phase in its own process, measured from its first measured publish to its last ack; CPU is that process's, from /proc/<pid>/stat in %g ms ticks: ±%.2f µs/job at %d jobs; syscalls are /proc/<pid>/io syscr+syscw, context switches summed over its threads; latency: consumer and worker publish → ack passing the server, direct Send → outcome)\n",

@@ -40,8 +40,9 @@ var names = []string{
 // Keep raises GOGC after each collection so that the next heap goal is at
 // least floor bytes, never lowering it below its value at the call, until
 // stop is called (which restores that value). It does nothing, and stop
-// does nothing, if floor is 0 or the GOGC environment variable is set: an
-// explicit GOGC rules. GOMEMLIMIT, if set, still bounds the heap.
+// does nothing, if floor is 0 or the GOGC environment variable has a value:
+// an explicit GOGC rules (an empty one is the runtime's default, and is not
+// taken as one). GOMEMLIMIT, if set, still bounds the heap.
 func Keep(floor uint64, log *slog.Logger) (stop func()) {
 	return keep(floor, log, nil)
 }
@@ -51,7 +52,7 @@ func keep(floor uint64, log *slog.Logger, onTune func(percent int)) (stop func()
 	if floor == 0 {
 		return func() {}
 	}
-	if v, ok := os.LookupEnv("GOGC"); ok {
+	if v := os.Getenv("GOGC"); v != "" {
 		log.Info("GOGC is set: no GC floor", slog.String("GOGC", v))
 		return func() {}
 	}

@@ -108,6 +108,7 @@ func TestKeepRaisesTheGoal(t *testing.T) {
 	const floor = 256 << 20
 	tuned := make(chan int, 16)
 	stop := keep(floor, slog.Default(), report(tuned))
+	t.Cleanup(stop) // GOGC restored even if the test fails part-way
 	p := waitTune(t, tuned)
 	require.Greater(t, p, before, "a test binary's heap is far below 256 MiB")
 	now, goal := gogc()
@@ -171,4 +172,15 @@ func TestKeepOff(t *testing.T) {
 	}
 	now, _ = gogc()
 	require.Equal(t, before, now)
+}
+
+// TestKeepEmptyGOGC: an empty GOGC is the runtime's default, not an explicit
+// choice: the floor applies.
+func TestKeepEmptyGOGC(t *testing.T) {
+	t.Setenv("GOGC", "")
+	before, _ := gogc()
+	tuned := make(chan int, 16)
+	stop := keep(256<<20, slog.Default(), report(tuned))
+	t.Cleanup(stop)
+	require.Greater(t, waitTune(t, tuned), before)
 }
