@@ -6,11 +6,11 @@
 // live heap of a megabyte or two and allocates about 1 KiB a job (nearly
 // half of it nats.go's copy of each message), so at 10 000 jobs/s it
 // collects five times a second. On one P a cycle takes a millisecond or more
-// of wall time, and the jobs that arrive meanwhile wait for it: at five
-// cycles a second, they are about the slowest 1 %, the p99. A floor of
-// 32 MiB makes the cycles some ten times rarer at that rate, for at most the
-// floor in memory. Once the live heap is half the floor or more, the goal is
-// GOGC's own.
+// of wall time, and the jobs that arrive meanwhile wait for it. A floor of
+// 32 MiB makes the cycles some ten times rarer at that rate, for about the
+// floor in memory (one cycle may overshoot after a jump of the live heap,
+// since GOGC is set after each collection). Once the live heap is half the
+// floor or more, the goal is GOGC's own.
 package gcfloor
 
 import (
