@@ -20,7 +20,8 @@ import (
 
 // startCluster starts an n-node JetStream cluster in this process (distinct
 // ServerName and StoreDir, one cluster name, routes to all) and waits until
-// JetStream answers. The servers are shut down at cleanup.
+// JetStream places a stream with n replicas. The servers are shut down at
+// cleanup.
 func startCluster(tb testing.TB, n int) []*server.Server {
 	tb.Helper()
 	ports := make([]int, n)
@@ -57,11 +58,17 @@ func startCluster(tb testing.TB, n int) []*server.Server {
 		require.True(tb, s.ReadyForConnections(30*time.Second), "%s not ready", s.Name())
 	}
 	_, js := connect(tb, clusterURL(servers))
-	waitFor(tb, 60*time.Second, "JetStream in the cluster", func() bool {
+	// JetStream answers once the meta group has a leader, but a stream with
+	// n replicas is placed only once every peer is known to be online
+	// ("no suitable peers for placement, peer offline" before): wait until
+	// one can be created, so the tests start on the whole cluster.
+	waitFor(tb, 60*time.Second, "JetStream placing a stream on every node", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_, err := js.AccountInfo(ctx)
-		return err == nil
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "IT_PLACEMENT_PROBE", Subjects: []string{"it.placement.probe"}, Replicas: n, Storage: jetstream.MemoryStorage}); err != nil {
+			return false
+		}
+		return js.DeleteStream(ctx, "IT_PLACEMENT_PROBE") == nil
 	})
 	return servers
 }
