@@ -30,7 +30,7 @@ func runCompare(ctx context.Context, c *benchConfig, stderr io.Writer) (res *com
 	defer func() { err = errors.Join(err, sc.close()) }()
 	dir := sc.dir
 	res = &compareResult{
-		Protocol: c.protocol, Rate: c.rate, DurationS: float64(c.n) / c.rate, Jobs: c.n, Warmup: c.warmup,
+		Protocol: c.protocol, Rate: c.rate, PaceStepMS: ms(c.paceStep), DurationS: float64(c.n) / c.rate, Jobs: c.n, Warmup: c.warmup,
 		Payload: len(makePayload(c.payload)), Rejected: c.rejected, Conns: c.conns, Worker: c.spawnWorker, Rounds: c.rounds,
 		GoVersion: runtime.Version(), LoadBefore: loadAvg(), ClockTickMS: ms(clockTick),
 	}
@@ -162,7 +162,7 @@ func natsPhase(ctx context.Context, c *benchConfig, name string, round int, env 
 	}
 	payload := makePayload(c.payload)
 	if c.warmup > 0 {
-		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, stream, durable, c.warmup, payload, c.rate, tokenBase); err != nil {
+		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, stream, durable, c.warmup, payload, c.offer(), tokenBase); err != nil {
 			return p, err
 		}
 	}
@@ -183,7 +183,7 @@ func natsPhase(ctx context.Context, c *benchConfig, name string, round int, env 
 	stopProgress := startProgress(stderr, t, c.progress)
 	var s1 procSample
 	pubErr, waitErr := t.runJobs(ctx, c.timeout, func(ctx context.Context) error {
-		return t.publishAll(ctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending, false)
+		return t.publishAll(ctx, js, wcfg.Jobs.Subject, c.rejected, c.offer(), payload, c.maxPending, false)
 	}, func() { s1 = sampleProc(pid) })
 	stopProgress()
 	if err := worker.DrainNATS(onc, 30*time.Second); err != nil { // every observed ack handled

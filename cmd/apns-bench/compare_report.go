@@ -113,6 +113,7 @@ func (p *phaseResult) setAPNs(before, after serverStats, warmup int) {
 type compareResult struct {
 	Protocol    string  `json:"protocol"`
 	Rate        float64 `json:"rate"`
+	PaceStepMS  float64 `json:"pace_step_ms"` // the publisher releases the jobs due every this long
 	DurationS   float64 `json:"duration_s"`
 	Jobs        int     `json:"jobs"`   // measured jobs a phase
 	Warmup      int     `json:"warmup"` // jobs a phase finished before the measured ones, at the same rate
@@ -241,8 +242,8 @@ const (
 )
 
 func (r *compareResult) writeTable(w io.Writer) {
-	fmt.Fprintf(w, "apns-bench -compare: %s, %.0f jobs/s offered for %s a phase (%d jobs, after %d warm-up jobs at the same rate), payload %d B, %g%% rejected, worker %s, load before %s\n",
-		r.Protocol, r.Rate, time.Duration(r.DurationS*float64(time.Second)), r.Jobs, r.Warmup, r.Payload, r.Rejected*100, r.Worker, r.LoadBefore)
+	fmt.Fprintf(w, "apns-bench -compare: %s, %.0f jobs/s offered for %s a phase (released every %s; %d jobs, after %d warm-up jobs at the same rate), payload %d B, %g%% rejected, worker %s, load before %s\n",
+		r.Protocol, r.Rate, time.Duration(r.DurationS*float64(time.Second)), time.Duration(r.PaceStepMS*float64(time.Millisecond)), r.Jobs, r.Warmup, r.Payload, r.Rejected*100, r.Worker, r.LoadBefore)
 	rounds := max(r.Rounds, 1)
 	for round := 1; round <= rounds; round++ {
 		if !slices.ContainsFunc(r.Phases, func(p phaseResult) bool { return p.Round == round }) {

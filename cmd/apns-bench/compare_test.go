@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -40,7 +41,7 @@ func TestCompare(t *testing.T) {
 		phases []string
 	}{
 		{"http2", []string{"-protocol", "http2", "-no-apns", "-rounds", "2"}, 2, []string{phaseConsumer, phaseDirect, phaseWorker, phaseNoAPNs}},
-		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms"}, 1, []string{phaseConsumer, phaseDirect, phaseWorker}},
+		{"binary", []string{"-protocol", "binary", "-window", "1s", "-confirm-after", "100ms", "-pace-step", "500us"}, 1, []string{phaseConsumer, phaseDirect, phaseWorker}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			const rate, jobs = 400, 600 // 1.5 s a phase
@@ -48,6 +49,12 @@ func TestCompare(t *testing.T) {
 			require.Equal(t, jobs, r.Jobs)
 			require.Equal(t, 200, r.Warmup)
 			require.Equal(t, tt.rounds, r.Rounds)
+			step := time.Millisecond
+			if slices.Contains(tt.args, "-pace-step") {
+				step = 500 * time.Microsecond
+			}
+			require.Equal(t, ms(step), r.PaceStepMS)
+			require.Contains(t, stdout, "released every "+step.String())
 			require.Len(t, r.Phases, tt.rounds*len(tt.phases))
 			for i, p := range r.Phases {
 				name := tt.phases[i%len(tt.phases)]
@@ -180,6 +187,11 @@ func TestCompareFlags(t *testing.T) {
 	c, err = parseFlags([]string{"-compare", "-rate", "1000", "-spawn-worker", "self", "-rounds", "5"}, io.Discard)
 	require.NoError(t, err)
 	require.Equal(t, 5, c.rounds)
+	require.Equal(t, offer{rate: 1000, step: time.Millisecond}, c.offer(), "jobs released every 1 ms unless told")
+
+	c, err = parseFlags([]string{"-compare", "-rate", "10000", "-spawn-worker", "self", "-pace-step", "100us"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, offer{rate: 10_000, step: 100 * time.Microsecond}, c.offer())
 
 	for _, args := range [][]string{
 		{"-compare", "-spawn-worker", "self"},                                         // no rate
@@ -192,31 +204,40 @@ func TestCompareFlags(t *testing.T) {
 		{"-no-apns", "-rate", "1000"},                                          // a phase of -compare
 		{"-compare", "-rate", "1000", "-spawn-worker", "self", "-rounds", "0"}, // at least one
 		{"-rounds", "3", "-rate", "1000"},                                      // rounds of -compare
+		{"-pace-step", "1ms"},                                                  // needs a rate
+		{"-rate", "1000", "-pace-step", "1us"},                                 // too fine
+		{"-rate", "1000", "-pace-step", "2s"},                                  // too coarse
 	} {
 		_, err := parseFlags(args, io.Discard)
 		require.Error(t, err, args)
 	}
 }
 
-// TestPacer: a job is never released before it is due (i/rate after the
-// start), and the jobs of a run at rate take about n/rate, not a burst.
+// TestPacer: at either step, a job is never released before it is due
+// (i/rate after the start), and the jobs of a run at rate take about
+// n/rate, not a burst.
 func TestPacer(t *testing.T) {
 	const rate, n = 5000.0, 500 // 100 ms
-	start := time.Now()
-	p := newPacer(rate, start)
-	defer p.stop()
-	for i := range n {
-		require.True(t, p.wait(context.Background(), i))
-		require.GreaterOrEqual(t, time.Since(start), p.due(i), "job %d released early", i)
+	for _, step := range []time.Duration{0, defaultPaceStep, 100 * time.Microsecond} {
+		start := time.Now()
+		p := newPacer(offer{rate: rate, step: step}, start)
+		for i := range n {
+			require.True(t, p.wait(context.Background(), i))
+			require.GreaterOrEqual(t, time.Since(start), p.due(i), "step %s: job %d released early", step, i)
+		}
+		require.GreaterOrEqual(t, time.Since(start), p.due(n-1))
+		require.Less(t, time.Since(start), 5*time.Second)
+		p.stop()
 	}
-	require.Less(t, time.Since(start), 5*time.Second)
+	p := newPacer(offer{rate: rate}, time.Now())
+	defer p.stop()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.False(t, p.wait(ctx, 1_000_000), "a done ctx ends the wait")
 	var none *pacer // rate 0: no pacing
 	require.True(t, none.wait(context.Background(), 1_000_000))
-	require.Nil(t, newPacer(0, start))
+	require.Nil(t, newPacer(offer{}, time.Now()))
 }
 
 // TestSampleProc: /proc tells this process's CPU, I/O system calls and

@@ -87,8 +87,8 @@ func onDirectOutcome(o apns.Outcome) {
 
 // send offers the batch's jobs to eng at rate (tokens from token), then
 // waits for every outcome until ctx is done.
-func (b *directBatch) send(ctx context.Context, eng apns.Engine, rate float64, token func(i int) apns.Token, payload []byte) error {
-	pace := newPacer(rate, b.start)
+func (b *directBatch) send(ctx context.Context, eng apns.Engine, o offer, token func(i int) apns.Token, payload []byte) error {
+	pace := newPacer(o, b.start)
 	defer pace.stop()
 	for i := range b.sentAt {
 		if !pace.wait(ctx, i) {
@@ -162,7 +162,7 @@ func runDirect(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 	payload := makePayload(c.payload)
 	warm := newDirectBatch(c.warmup)
 	warm.start = time.Now()
-	err = warm.send(ctx, eng, c.rate, func(i int) apns.Token { return warmToken(c.tokenBase + i) }, payload)
+	err = warm.send(ctx, eng, c.offer(), func(i int) apns.Token { return warmToken(c.tokenBase + i) }, payload)
 	var (
 		b      *directBatch
 		s0     procSample
@@ -175,7 +175,7 @@ func runDirect(ctx context.Context, c *benchConfig, stderr io.Writer) error {
 		b.atLast = sample // at the last outcome
 		s0 = sampleProc(pid)
 		b.start = time.Now()
-		err = b.send(ctx, eng, c.rate, func(i int) apns.Token { return tokenFor(c.tokenBase+i, c.rejected) }, payload)
+		err = b.send(ctx, eng, c.offer(), func(i int) apns.Token { return tokenFor(c.tokenBase+i, c.rejected) }, payload)
 	}
 	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer ccancel()
@@ -202,7 +202,7 @@ func directPhase(ctx context.Context, c *benchConfig, env map[string]string, dir
 		return phaseResult{}, err
 	}
 	out := filepath.Join(dir, "direct.json")
-	cmd := exec.Command(exe, "-run-direct", "-json", out, "-rate", fmt.Sprint(c.rate), "-n", fmt.Sprint(c.n),
+	cmd := exec.Command(exe, "-run-direct", "-json", out, "-rate", fmt.Sprint(c.rate), "-pace-step", c.paceStep.String(), "-n", fmt.Sprint(c.n),
 		"-warmup", fmt.Sprint(c.warmup), "-rejected", fmt.Sprint(c.rejected), "-payload", fmt.Sprint(c.payload),
 		"-token-base", fmt.Sprint(tokenBase), "-timeout", c.timeout.String())
 	cmd.Env = childEnv(env)

@@ -50,6 +50,7 @@ type benchConfig struct {
 	workers     int
 	rejected    float64
 	rate        float64
+	paceStep    time.Duration // -pace-step
 	payload     int
 	jsonFile    string
 	window      time.Duration
@@ -92,6 +93,9 @@ type benchConfig struct {
 }
 
 // parseFlags parses args with no APNS_WORKER_* variable set.
+// offer is the publishers' pace: -rate, released every -pace-step.
+func (c *benchConfig) offer() offer { return offer{rate: c.rate, step: c.paceStep} }
+
 func parseFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	return parseFlagsEnv(args, nil, stderr)
 }
@@ -107,6 +111,8 @@ func parseFlagsEnv(args, environ []string, stderr io.Writer) (*benchConfig, erro
 	fs.IntVar(&c.workers, "workers", 1, "workers sharing the durable consumer (1 to 16)")
 	fs.Float64Var(&c.rejected, "rejected", 0.01, "share of jobs whose token the APNs server rejects")
 	fs.Float64Var(&c.rate, "rate", 0, "publish at this many jobs/s; 0: as fast as JetStream takes them")
+	fs.DurationVar(&c.paceStep, "pace-step", defaultPaceStep,
+		"with -rate: release the jobs that fell due together every this long (1ms: 10 jobs a step at 10000 jobs/s); 100us at 10000 jobs/s offers them one by one, as a publisher that sleeps between jobs does")
 	fs.IntVar(&c.payload, "payload", 128, "payload bytes (at least 20)")
 	fs.StringVar(&c.jsonFile, "json", "", "write the result as JSON to this file")
 	fs.DurationVar(&c.window, "window", time.Second,
@@ -215,6 +221,9 @@ unless -apns-addr is given. Unknown names are refused.
 	}
 	if c.rate < 0 {
 		bad("-rate %g < 0", c.rate)
+	}
+	if c.paceStep < 10*time.Microsecond || c.paceStep > time.Second || (set["pace-step"] && c.rate <= 0) {
+		bad("-pace-step %s: want 10us to 1s, with -rate", c.paceStep)
 	}
 	maxPayload := 4096
 	if c.protocol == "binary" {

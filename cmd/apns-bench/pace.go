@@ -5,10 +5,17 @@ import (
 	"time"
 )
 
-// paceStep is how often a pacer releases the jobs that fell due: a step of
-// 1 ms offers a rate evenly (10 jobs a step at 10 000 jobs/s), without a
-// timer a job.
-const paceStep = time.Millisecond
+// defaultPaceStep is how often a pacer releases the jobs that fell due,
+// unless -pace-step says otherwise: a step of 1 ms offers a rate evenly
+// (10 jobs a step at 10 000 jobs/s), without a timer a job.
+const defaultPaceStep = time.Millisecond
+
+// offer is the pace of a publisher: rate jobs/s (0: as fast as it can),
+// the jobs that fell due released together every step.
+type offer struct {
+	rate float64
+	step time.Duration
+}
 
 // pacer offers jobs at a steady rate: job i is due i/rate after start, and
 // each step releases the jobs due by then. A nil pacer (rate 0) releases
@@ -19,13 +26,17 @@ type pacer struct {
 	tick  *time.Ticker
 }
 
-// newPacer returns a pacer for rate jobs/s from start, nil for rate 0. Stop
-// it when done.
-func newPacer(rate float64, start time.Time) *pacer {
-	if rate <= 0 {
+// newPacer returns a pacer for o from start, nil for rate 0. Stop it when
+// done.
+func newPacer(o offer, start time.Time) *pacer {
+	if o.rate <= 0 {
 		return nil
 	}
-	return &pacer{rate: rate, start: start, tick: time.NewTicker(paceStep)}
+	step := o.step
+	if step <= 0 {
+		step = defaultPaceStep
+	}
+	return &pacer{rate: o.rate, start: start, tick: time.NewTicker(step)}
 }
 
 // due is when job i is due, from start.

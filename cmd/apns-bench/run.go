@@ -147,7 +147,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 		return nil, err
 	}
 	if c.warmup > 0 {
-		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, wcfg.Jobs.Stream, wcfg.Jobs.Consumer, c.warmup, makePayload(c.payload), c.rate, 0); err != nil {
+		if base, err = warmUp(ctx, js, wcfg.Jobs.Subject, wcfg.Jobs.Stream, wcfg.Jobs.Consumer, c.warmup, makePayload(c.payload), c.offer(), 0); err != nil {
 			return nil, err
 		}
 	}
@@ -202,7 +202,7 @@ func run(ctx context.Context, c *benchConfig, stderr io.Writer) (res *result, er
 	stopProgress := startProgress(stderr, t, c.progress)
 	var cpu1, childCPU1, srvCPU1 time.Duration
 	pubErr, waitErr := t.runJobs(ctx, c.timeout, func(ctx context.Context) error {
-		return t.publishAll(ctx, js, wcfg.Jobs.Subject, c.rejected, c.rate, payload, c.maxPending, c.msgID)
+		return t.publishAll(ctx, js, wcfg.Jobs.Subject, c.rejected, c.offer(), payload, c.maxPending, c.msgID)
 	}, func() {
 		cpu1, childCPU1, srvCPU1 = selfCPU(), procCPU(pids), procCPU(srvPIDs)
 		if c.cpuProfile != "" {

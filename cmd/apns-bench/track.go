@@ -214,7 +214,7 @@ func (t *tracker) subscribe(nc *nats.Conn, eventsSubject string) ([]*nats.Subscr
 // PubAck and republishes on an error. With msgID the republish carries the
 // same Nats-Msg-Id, so the stream never stores a job twice; without it, a
 // job stored twice would show as a duplicate at the APNs test server.
-func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subject string, share, rate float64, payload []byte, maxPending int, msgID bool) error {
+func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subject string, share float64, o offer, payload []byte, maxPending int, msgID bool) error {
 	type pending struct {
 		i int
 		f jetstream.PubAckFuture
@@ -242,7 +242,7 @@ func (t *tracker) publishAll(ctx context.Context, js jetstream.JetStream, subjec
 	}()
 
 	var pubErr error
-	pace := newPacer(rate, t.start)
+	pace := newPacer(o, t.start)
 	defer pace.stop()
 	for i := range t.n {
 		if !pace.wait(ctx, i) {

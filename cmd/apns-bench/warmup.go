@@ -27,11 +27,11 @@ var warmPrefix = [2]byte{0x3a, 0x3a}
 // that rate, as the measured jobs will be. Job i's token ends in
 // tokenBase+i. It returns the jobs stream's last sequence, the measured
 // run's base.
-func warmUp(ctx context.Context, js jetstream.JetStream, subject, stream, durable string, n int, payload []byte, rate float64, tokenBase int) (uint64, error) {
-	within := warmUpWithin(n, rate)
+func warmUp(ctx context.Context, js jetstream.JetStream, subject, stream, durable string, n int, payload []byte, o offer, tokenBase int) (uint64, error) {
+	within := warmUpWithin(n, o.rate)
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	pace := newPacer(rate, time.Now())
+	pace := newPacer(o, time.Now())
 	defer pace.stop()
 	for i := range n {
 		if !pace.wait(ctx, i) {
