@@ -27,10 +27,14 @@ const (
 )
 
 // A 10005's description: this, then ", reason" for each kind of peer
-// passed over (see nats-server's selectPeerError).
+// passed over (see nats-server's selectPeerError). A peer the meta group
+// knows but has not heard from since it started (the cluster restarted
+// without it) is a "miscellaneous issue"; so, rarely, is a peer at the
+// operator's max_ha_assets, which then waits for the timeout too.
 const (
 	noPeersForPlacement  = "no suitable peers for placement"
 	placementPeerOffline = "peer offline"
+	placementPeerUnknown = "miscellaneous issue"
 )
 
 const (
@@ -49,8 +53,8 @@ const (
 	// setupTooManyReplicas: more replicas than the cluster has JetStream
 	// servers, every one of them online: it can never be placed.
 	setupTooManyReplicas
-	// setupPeerOffline: a server the replicas need is offline (or not yet
-	// known to be online): wait.
+	// setupPeerOffline: a server the replicas need is offline, or not yet
+	// known to be online: wait.
 	setupPeerOffline
 	// setupClusterNotReady: no meta leader yet, no answer in time, no
 	// responders (a server restarting): wait.
@@ -73,7 +77,8 @@ func classifySetup(err error) setupFault {
 			switch {
 			case d == noPeersForPlacement:
 				return setupTooManyReplicas
-			case strings.HasPrefix(d, noPeersForPlacement) && strings.Contains(d, placementPeerOffline):
+			case strings.HasPrefix(d, noPeersForPlacement) &&
+				(strings.Contains(d, placementPeerOffline) || strings.Contains(d, placementPeerUnknown)):
 				return setupPeerOffline
 			}
 			return setupFails // tags, storage, limits: an operator's matter
@@ -135,7 +140,7 @@ func setUpJetStream(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, 
 		case setupTooManyReplicas:
 			return nil, deadEnd(replicasVar, replicas, fmt.Errorf("more replicas than the cluster has JetStream servers, and every one is online: this can never be placed; lower APNS_WORKER_REPLICAS or add servers: %w", err))
 		case setupPeerOffline:
-			v, val, why = replicasVar, replicas, "a server is offline and "+replicas+" replicas cannot be placed without it"
+			v, val, why = replicasVar, replicas, "a server is offline or not yet known to be online, and "+replicas+" replicas cannot be placed without it"
 		case setupClusterNotReady:
 			v, val, why = natsURLVar, url, "the JetStream cluster has no leader or did not answer"
 		}

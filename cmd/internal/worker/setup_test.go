@@ -51,6 +51,7 @@ func TestClassifySetup(t *testing.T) {
 	}{
 		{"peer offline", noPeers("no suitable peers for placement, peer offline"), setupPeerOffline},
 		{"peer offline and a tag excluded", noPeers("no suitable peers for placement, peer offline, exclude tag set"), setupPeerOffline},
+		{"peer not heard from since the cluster restarted", noPeers("no suitable peers for placement, miscellaneous issue"), setupPeerOffline},
 		{"more replicas than servers", noPeers("no suitable peers for placement"), setupTooManyReplicas},
 		{"replicas on a single server", apiError(t, server.NewJSStreamReplicasNotSupportedError()), setupTooManyReplicas},
 		{"insufficient storage", noPeers("no suitable peers for placement, insufficient storage"), setupFails},
@@ -205,4 +206,40 @@ func (a *atomicString) get() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.s
+}
+
+// TestSetUpJetStreamAfterPartialSuccess: an attempt that created the jobs
+// stream and then failed leaves nothing the next one trips on: it takes
+// the stream as it is and creates the rest.
+func TestSetUpJetStreamAfterPartialSuccess(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	require.NoError(t, err)
+	go s.Start()
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	require.True(t, s.ReadyForConnections(10*time.Second))
+	nc, err := nats.Connect(s.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := setupOptions()
+	opts.Replicas = 1
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: opts.JobsStream, Subjects: []string{opts.JobsSubject, opts.JobsSubject + ".>"},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Replicas: 1})
+	require.NoError(t, err)
+
+	var logs syncBuffer
+	w, err := setUpJetStream(ctx, nc, js, opts, time.Second, func(string) {}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	require.NoError(t, err)
+	require.NoError(t, w.Shutdown(ctx, nil))
+	_, err = js.Stream(ctx, opts.EventsStream)
+	require.NoError(t, err)
+	_, err = js.Consumer(ctx, opts.JobsStream, opts.Durable)
+	require.NoError(t, err)
+	require.NotContains(t, logs.String(), "retrying")
 }

@@ -18,8 +18,10 @@ import (
 
 // DeadEnd is a start-up failure that waiting will not cure: a variable's
 // value is wrong for this machine (a data dir that cannot be written, a
-// port in use, credentials that do not load, NATS unreachable for the whole
-// connect timeout). The command exits 2 on one, as for a bad variable.
+// port in use, credentials that do not load, NATS unreachable or the
+// JetStream cluster not ready for the whole connect timeout, more replicas
+// than the cluster has servers). The command exits 2 on one, as for a bad
+// variable.
 type DeadEnd struct {
 	Var   string // the variable at fault, e.g. APNS_WORKER_EMBEDDED_DATA_DIR
 	Value string // its value (never a secret)
