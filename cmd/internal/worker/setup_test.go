@@ -243,3 +243,37 @@ func TestSetUpJetStreamAfterPartialSuccess(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, logs.String(), "retrying")
 }
+
+// TestSetUpJetStreamPermissions: a request the server refuses only times
+// out; the refusal, which reaches the connection, fails the set-up at once
+// (not a wait for the timeout, not a DeadEnd).
+func TestSetUpJetStreamPermissions(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+		Users: []*server.User{{Username: "w", Password: "p", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.>"}}}}}})
+	require.NoError(t, err)
+	go s.Start()
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	require.True(t, s.ReadyForConnections(10*time.Second))
+	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("w", "p"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	opts := setupOptions()
+	opts.Replicas = 1
+	opts.SetupTimeout = 500 * time.Millisecond // the request's own timeout
+
+	var logs syncBuffer
+	start := time.Now()
+	_, err = setUpJetStream(context.Background(), nc, js, opts, time.Minute, func(string) {}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	require.Error(t, err)
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.NotErrorAs(t, err, new(*DeadEnd))
+	require.ErrorIs(t, err, nats.ErrPermissionViolation)
+	require.Contains(t, err.Error(), `Permissions Violation for Publish to "$JS.API.STREAM.INFO.APNS_JOBS"`)
+	require.NotContains(t, logs.String(), "retrying")
+}
