@@ -41,13 +41,7 @@ func TestSetupWaitsForCluster(t *testing.T) {
 	const waiting = `"level":"WARN","msg":"jetstream not ready yet, retrying","var":"APNS_WORKER_REPLICAS","value":"3"`
 
 	t.Run("more replicas than servers", func(t *testing.T) {
-		start := time.Now()
-		w := spawnWorker(t, "setup-r5", env(5, "30s"))
-		code := w.wait(deadEndWithin + 5*time.Second)
-		took := time.Since(start)
-		out := w.log.String()
-		require.Equal(t, 2, code, "log:\n%s", out)
-		require.Less(t, took, deadEndWithin, "waited for nothing; log:\n%s", out)
+		out := exitsAtOnce(t, "setup-r5", env(5, "30s"), 2)
 		last := lastLine(out)
 		require.Contains(t, last, `"msg":"cannot start","var":"APNS_WORKER_REPLICAS","value":"5"`)
 		require.Contains(t, last, "more replicas than the cluster has JetStream servers, and every one is online: this can never be placed")
@@ -59,13 +53,7 @@ func TestSetupWaitsForCluster(t *testing.T) {
 		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: jobsStream, Subjects: []string{jobsSubject}, Retention: jetstream.LimitsPolicy})
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, js.DeleteStream(ctxT(t, 10*time.Second), jobsStream)) })
-		start := time.Now()
-		w := spawnWorker(t, "setup-conflict", env(3, "30s"))
-		code := w.wait(deadEndWithin + 5*time.Second)
-		took := time.Since(start)
-		out := w.log.String()
-		require.Equal(t, 1, code, "log:\n%s", out)
-		require.Less(t, took, deadEndWithin, "waited for nothing; log:\n%s", out)
+		out := exitsAtOnce(t, "setup-conflict", env(3, "30s"), 1)
 		require.Contains(t, lastLine(out), "exists with Limits retention, the worker needs WorkQueue")
 		require.NotContains(t, out, "jetstream not ready yet")
 	})
@@ -150,6 +138,20 @@ func TestSetupWaitsForCluster(t *testing.T) {
 		require.Equal(t, http.StatusOK, code, body)
 		require.Equal(t, 0, w.stop(30*time.Second))
 	})
+}
+
+// exitsAtOnce runs a worker that must exit by itself with code, without
+// waiting (within deadEndWithin), and returns its log.
+func exitsAtOnce(tb testing.TB, name string, env map[string]string, code int) string {
+	tb.Helper()
+	start := time.Now()
+	w := spawnWorker(tb, name, env)
+	got := w.wait(deadEndWithin + 5*time.Second)
+	took := time.Since(start)
+	out := w.log.String()
+	require.Equal(tb, code, got, "exit code; log:\n%s", out)
+	require.Less(tb, took, deadEndWithin, "waited for nothing; log:\n%s", out)
+	return out
 }
 
 // offlineRE matches the server's reason for not placing replicas while a

@@ -101,11 +101,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// plainNATS connects to a nats-server without JetStream: every set-up
-// request finds no responders, as during a cluster node's restart.
-func plainNATS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
+// serveNATS starts a nats-server with o on loopback and connects to it.
+func serveNATS(t *testing.T, o *server.Options, connOpts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	o.Host, o.Port, o.NoLog, o.NoSigs = "127.0.0.1", -1, true, true
+	s, err := server.NewServer(o)
 	require.NoError(t, err)
 	go s.Start()
 	t.Cleanup(func() {
@@ -113,12 +113,19 @@ func plainNATS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 		s.WaitForShutdown()
 	})
 	require.True(t, s.ReadyForConnections(10*time.Second))
-	nc, err := nats.Connect(s.ClientURL())
+	nc, err := nats.Connect(s.ClientURL(), connOpts...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	return nc, js
+}
+
+// plainNATS connects to a nats-server without JetStream: every set-up
+// request finds no responders, as during a cluster node's restart.
+func plainNATS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	return serveNATS(t, &server.Options{})
 }
 
 func setupOptions() consumer.Options {
@@ -212,24 +219,12 @@ func (a *atomicString) get() string {
 // stream and then failed leaves nothing the next one trips on: it takes
 // the stream as it is and creates the rest.
 func TestSetUpJetStreamAfterPartialSuccess(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	require.NoError(t, err)
-	go s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	require.True(t, s.ReadyForConnections(10*time.Second))
-	nc, err := nats.Connect(s.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	nc, js := serveNATS(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	opts := setupOptions()
 	opts.Replicas = 1
-	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: opts.JobsStream, Subjects: []string{opts.JobsSubject, opts.JobsSubject + ".>"},
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: opts.JobsStream, Subjects: []string{opts.JobsSubject, opts.JobsSubject + ".>"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Replicas: 1})
 	require.NoError(t, err)
 
@@ -248,28 +243,17 @@ func TestSetUpJetStreamAfterPartialSuccess(t *testing.T) {
 // out; the refusal, which reaches the connection, fails the set-up at once
 // (not a wait for the timeout, not a DeadEnd).
 func TestSetUpJetStreamPermissions(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	nc, js := serveNATS(t, &server.Options{JetStream: true, StoreDir: t.TempDir(),
 		Users: []*server.User{{Username: "w", Password: "p", Permissions: &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.>"}}}}}})
-	require.NoError(t, err)
-	go s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	require.True(t, s.ReadyForConnections(10*time.Second))
-	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("w", "p"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.>"}}}}}},
+		nats.UserInfo("w", "p"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	opts := setupOptions()
 	opts.Replicas = 1
 	opts.SetupTimeout = 500 * time.Millisecond // the request's own timeout
 
 	var logs syncBuffer
 	start := time.Now()
-	_, err = setUpJetStream(context.Background(), nc, js, opts, time.Minute, func(string) {}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	_, err := setUpJetStream(context.Background(), nc, js, opts, time.Minute, func(string) {}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	require.Error(t, err)
 	require.Less(t, time.Since(start), 5*time.Second)
 	require.NotErrorAs(t, err, new(*DeadEnd))
