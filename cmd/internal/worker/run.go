@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	live.setPhase("creating the streams and the consumer")
 	start := time.Now()
-	w, err := newConsumer(ctx, js, consumer.Options{
+	w, err := setUpJetStream(ctx, nc, js, consumer.Options{
 		JobsStream:    cfg.Jobs.Stream,
 		JobsSubject:   cfg.Jobs.Subject,
 		Durable:       cfg.Jobs.Consumer,
@@ -132,7 +132,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		DrainTimeout:  max(cfg.ShutdownGrace/4, time.Second),
 		Logger:        log.With(slog.String("component", "consumer")),
 		Metrics:       metrics,
-	})
+	}, cfg.NATS.ConnectTimeout, live.setPhase, log)
 	if err != nil {
 		return err
 	}

@@ -14,13 +14,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetpush/apns-worker/config"
-	"github.com/jetpush/apns-worker/consumer"
 )
 
 // DeadEnd is a start-up failure that waiting will not cure: a variable's
 // value is wrong for this machine (a data dir that cannot be written, a
-// port in use, credentials that do not load, NATS unreachable for the whole
-// connect timeout). The command exits 2 on one, as for a bad variable.
+// port in use, credentials that do not load, NATS unreachable or the
+// JetStream cluster not ready for the whole connect timeout, more replicas
+// than the cluster has servers). The command exits 2 on one, as for a bad
+// variable.
 type DeadEnd struct {
 	Var   string // the variable at fault, e.g. APNS_WORKER_EMBEDDED_DATA_DIR
 	Value string // its value (never a secret)
@@ -79,34 +80,6 @@ func unwrapPath(err error) error {
 		return fmt.Errorf("%s: %w", pe.Op, pe.Err)
 	}
 	return err
-}
-
-// newConsumer is consumer.New, given up on when ctx ends (SIGTERM while
-// JetStream is slow to answer); a worker it still makes is shut down.
-func newConsumer(ctx context.Context, js jetstream.JetStream, opts consumer.Options) (*consumer.Worker, error) {
-	type result struct {
-		w   *consumer.Worker
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		w, err := consumer.New(js, opts)
-		done <- result{w, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return nil, fmt.Errorf("jetstream setup (APNS_WORKER_JOBS_STREAM=%s, APNS_WORKER_EVENTS_STREAM=%s): %w", opts.JobsStream, opts.EventsStream, r.err)
-		}
-		return r.w, nil
-	case <-ctx.Done():
-		go func() {
-			if r := <-done; r.w != nil {
-				_ = r.w.Shutdown(context.Background(), nil)
-			}
-		}()
-		return nil, fmt.Errorf("stopped while creating the streams and the consumer: %w", context.Cause(ctx))
-	}
 }
 
 // probeAPNs dials the APNs address once (3 s at most) and logs whether it
