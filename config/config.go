@@ -119,7 +119,8 @@ type NATS struct {
 	TLSCertFile string
 	TLSKeyFile  string
 	// ConnectTimeout bounds the first connection at start-up: the worker
-	// retries with back-off for this long, then exits 2 naming the URL
+	// retries with back-off for this long (an unreachable NATS, then a
+	// JetStream cluster that is not ready), then exits 2 naming the variable
 	// (APNS_WORKER_NATS_CONNECT_TIMEOUT, default 30s; 0 tries once).
 	ConnectTimeout time.Duration
 	// ReconnectWait is the pause between reconnect attempts once connected;
@@ -364,7 +365,7 @@ type spec struct {
 		TlsCa          string `split_words:"true" desc:"PEM CA certificates that verify the NATS servers (default: system roots)"`
 		TlsCert        string `split_words:"true" desc:"PEM client certificate for TLS to NATS (with NATS_TLS_KEY)"`
 		TlsKey         string `split_words:"true" desc:"PEM key of NATS_TLS_CERT"`
-		ConnectTimeout string `split_words:"true" default:"30s" desc:"how long start-up retries an unreachable NATS before exit 2; 0 tries once"`
+		ConnectTimeout string `split_words:"true" default:"30s" desc:"how long start-up retries an unreachable NATS, then a JetStream cluster that is not ready, before exit 2; 0 tries once"`
 		ReconnectWait  string `split_words:"true" default:"2s" desc:"pause between reconnect attempts once connected (forever)"`
 		Name           string `split_words:"true" default:"apns-worker" desc:"connection name shown in NATS monitoring"`
 	} `split_words:"true"`
