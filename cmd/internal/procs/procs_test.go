@@ -51,16 +51,17 @@ func TestLoadAboveUpGivesTheDefaultBack(t *testing.T) {
 	require.Equal(t, []bool{true, false}, *sets)
 }
 
-// TestRunRestoresTheDefault: Run returns when its context ends, and leaves
-// the runtime on its default P count.
-func TestRunRestoresTheDefault(t *testing.T) {
+// TestRunStartsOnOnePAndRestoresTheDefault: Run takes one P before its
+// first sample, and when its context ends it returns and leaves the runtime
+// on its default P count.
+func TestRunStartsOnOnePAndRestoresTheDefault(t *testing.T) {
+	if runtime.GOMAXPROCS(0) <= 1 {
+		t.Skip("the runtime's default is one P: Run has nothing to govern")
+	}
 	g, sets := recorder()
-	g.one = true // as if it had taken one P
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	g.Run(ctx)
-	if runtime.GOMAXPROCS(0) > 1 {
-		require.Equal(t, []bool{false}, *sets)
-		require.False(t, g.one)
-	}
+	require.Equal(t, []bool{true, false}, *sets, "one P from the start, the default back at the end")
+	require.False(t, g.one)
 }
