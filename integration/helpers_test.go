@@ -428,14 +428,24 @@ type worker struct {
 func startWorker(tb testing.TB, name string, env map[string]string) *worker {
 	tb.Helper()
 	w := spawnWorker(tb, name, env)
+	w.waitRunning(tb, 90*time.Second, "")
+	return w
+}
+
+// waitRunning waits until w logs that it runs; it fails the test if w
+// exits first or within passes (after, if not empty, says after what).
+func (w *worker) waitRunning(tb testing.TB, within time.Duration, after string) {
+	tb.Helper()
+	if after != "" {
+		after = " " + after
+	}
 	select {
 	case <-w.log.running:
 	case <-w.done:
-		tb.Fatalf("worker %s exited before running: %v\n%s", name, w.waitErr, w.log.tail())
-	case <-time.After(90 * time.Second):
-		tb.Fatalf("worker %s not running after 90s\n%s", name, w.log.tail())
+		tb.Fatalf("worker %s exited before running: %v\n%s", w.name, w.waitErr, w.log.tail())
+	case <-time.After(within):
+		tb.Fatalf("worker %s not running %s%s\n%s", w.name, within, after, w.log.tail())
 	}
-	return w
 }
 
 // spawnWorker starts the process without waiting for it to run.

@@ -121,13 +121,7 @@ func TestSetupWaitsForCluster(t *testing.T) {
 		require.NotContains(t, w.log.String(), "jetstream streams and consumer ready")
 
 		startServer(t, again[2])
-		select {
-		case <-w.log.running:
-		case <-w.done:
-			t.Fatalf("worker exited: %s", w.log.tail())
-		case <-time.After(20 * time.Second):
-			t.Fatalf("worker not running 20s after the node came back: %s", w.log.tail())
-		}
+		w.waitRunning(t, 20*time.Second, "after the node came back")
 		info, err := js.Stream(ctxT(t, 10*time.Second), jobsStream)
 		require.NoError(t, err)
 		require.Equal(t, 3, info.CachedInfo().Config.Replicas)

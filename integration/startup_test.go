@@ -181,13 +181,7 @@ func TestNATSStartupRetry(t *testing.T) {
 	// back-off: it publishes until the worker has made the stream.
 	_, js := connect(t, ns.ClientURL())
 	jobs := publishJobsRetrying(t, js, "later", n, func(i int) apns.Token { return token(0x1a, i) })
-	select {
-	case <-w.log.running:
-	case <-w.done:
-		t.Fatalf("worker exited: %s", w.log.tail())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("worker not running 30s after NATS started: %s", w.log.tail())
-	}
+	w.waitRunning(t, 30*time.Second, "after NATS started")
 	waitDrained(t, js, 60*time.Second)
 	requireAllDelivered(t, gw, jobs, nil)
 	code, body = httpGet(t, httpAddr, "/readyz")
