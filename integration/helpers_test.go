@@ -55,17 +55,24 @@ func ctxT(tb testing.TB, d time.Duration) context.Context {
 // a temporary directory) on 127.0.0.1; it is shut down at cleanup.
 func startNATS(tb testing.TB) *server.Server {
 	tb.Helper()
-	s, err := server.NewServer(&server.Options{
+	return startServer(tb, &server.Options{
 		JetStream: true, StoreDir: tb.TempDir(), Host: "127.0.0.1", Port: -1,
 		NoLog: true, NoSigs: true,
 	})
+}
+
+// startServer starts a nats-server with o and waits until it takes
+// connections; it is shut down at cleanup.
+func startServer(tb testing.TB, o *server.Options) *server.Server {
+	tb.Helper()
+	s, err := server.NewServer(o)
 	require.NoError(tb, err)
 	go s.Start()
 	tb.Cleanup(func() {
 		s.Shutdown()
 		s.WaitForShutdown()
 	})
-	require.True(tb, s.ReadyForConnections(30*time.Second), "nats-server not ready")
+	require.True(tb, s.ReadyForConnections(30*time.Second), "nats-server %s not ready", o.ServerName)
 	return s
 }
 

@@ -178,20 +178,6 @@ func restartOptions(tb testing.TB, servers []*server.Server, s *server.Server) *
 	}
 }
 
-// startServer starts a nats-server with o; it is shut down at cleanup.
-func startServer(tb testing.TB, o *server.Options) *server.Server {
-	tb.Helper()
-	s, err := server.NewServer(o)
-	require.NoError(tb, err)
-	go s.Start()
-	tb.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	require.True(tb, s.ReadyForConnections(10*time.Second), "%s not ready", o.ServerName)
-	return s
-}
-
 // probePlacement tries to place a stream with the given replicas and
 // returns the server's reason when it cannot ("" when it could; the probe
 // stream is deleted).

@@ -318,15 +318,7 @@ func startNATSWith(tb testing.TB, addr string, adjust func(*server.Options)) *se
 	if adjust != nil {
 		adjust(o)
 	}
-	s, err := server.NewServer(o)
-	require.NoError(tb, err)
-	go s.Start()
-	tb.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	require.True(tb, s.ReadyForConnections(30*time.Second), "nats-server not ready")
-	return s
+	return startServer(tb, o)
 }
 
 // httpGet returns the status and body of GET http://addr+path.
