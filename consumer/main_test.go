@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -55,6 +56,10 @@ type fakeEngine struct {
 
 	gate    chan struct{} // if set, Send waits for it (a saturated engine)
 	blocked atomic.Int32  // Sends waiting at the gate
+	// closeWaits: Close waits for what it holds until its ctx ends, then
+	// fails it and says it gave up, as the real engines do while APNs
+	// does not answer.
+	closeWaits bool
 
 	mu     sync.Mutex
 	closed bool
@@ -130,7 +135,12 @@ func (e *fakeEngine) release(err error) {
 	e.held = nil
 }
 
-func (e *fakeEngine) Close(context.Context) error {
+func (e *fakeEngine) Close(ctx context.Context) error {
+	var gaveUp error
+	if e.closeWaits && e.heldCount() > 0 {
+		<-ctx.Done()
+		gaveUp = fmt.Errorf("fake engine: close: %d notifications failed: %w", e.heldCount(), ctx.Err())
+	}
 	e.mu.Lock()
 	if !e.closed {
 		e.closed = true
@@ -143,7 +153,7 @@ func (e *fakeEngine) Close(context.Context) error {
 	}
 	e.mu.Unlock()
 	<-e.done
-	return nil
+	return gaveUp
 }
 
 func (e *fakeEngine) Stats() apns.Stats {

@@ -389,9 +389,13 @@ func (w *Worker) send(ctx context.Context, stopping <-chan struct{}, eng apns.En
 // Shutdown finishes what Run started: it waits for Run to return, closes
 // eng (outcomes keep flowing to HandleOutcome), waits until every job Run
 // received is acked, naked or terminated, stops the worker's goroutines and
-// flushes the acks to the server. If ctx ends first, the jobs still waiting
-// are naked. The caller drains the NATS connection afterwards. eng may be
-// nil if Run never ran.
+// flushes the acks to the server. The engine has ctx's time but a reserve
+// (settleReserve): if APNs has not answered by then, the engine fails what
+// it holds, those jobs are naked (logged at WARN; it is not an error: each
+// job is settled and will be tried again), and the reserve is left to
+// settle and flush them. If ctx ends first all the same, the jobs still
+// waiting are naked. The caller drains the NATS connection afterwards. eng
+// may be nil if Run never ran.
 func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 	var errs []error
 	if w.running.Load() {
@@ -402,7 +406,19 @@ func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 		}
 	}
 	if eng != nil {
-		if err := eng.Close(ctx); err != nil {
+		ectx, cancel := context.WithCancel(ctx)
+		if end, ok := ctx.Deadline(); ok {
+			ectx, cancel = context.WithDeadline(ctx, end.Add(-settleReserve(time.Until(end))))
+		}
+		err := eng.Close(ectx)
+		cancel()
+		switch {
+		case err == nil:
+		case ctx.Err() == nil && ectx.Err() != nil:
+			// The engine gave up at its own deadline: what it held failed,
+			// and its outcomes nak those jobs.
+			w.log.Warn("apns did not finish within the shutdown grace; the jobs it held are naked", slog.Any("error", err))
+		default:
 			errs = append(errs, fmt.Errorf("consumer: close engine: %w", err))
 		}
 	}
@@ -426,6 +442,13 @@ func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// settleReserve is the part of a shutdown's remaining time kept from the
+// engine, for the jobs it fails to be naked and the acks flushed: a quarter
+// of it, between 100 ms and 2 s.
+func settleReserve(left time.Duration) time.Duration {
+	return min(max(left/4, 100*time.Millisecond), 2*time.Second)
 }
 
 func (w *Worker) waitIdle(ctx context.Context) error {

@@ -467,6 +467,55 @@ func TestShutdownLeavesNothingUnacked(t *testing.T) {
 	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "naked at shutdown is not a failure")
 }
 
+// TestShutdownWhileAPNsSilent: an engine whose APNs never answers holds
+// its jobs until Close gives up. Shutdown gives it all but a reserve of
+// its time, then the jobs it failed are naked and the acks flushed within
+// the deadline, and that is no error: the jobs are tried again at once by
+// the next worker, not after AckWait.
+func TestShutdownWhileAPNsSilent(t *testing.T) {
+	js, _ := startJS(t)
+	const n = 5
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) { return nil, true })
+	eng.closeWaits = true
+	opts := testOptions()
+	opts.AckWait = 30 * time.Second
+	w, err := New(js, opts)
+	require.NoError(t, err)
+	eng.out = w.HandleOutcome
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- w.Run(ctx, eng) }()
+	publishJobs(t, js, n, tokHex)
+	require.Eventually(t, func() bool { return eng.heldCount() == n }, 10*time.Second, 5*time.Millisecond)
+
+	cancel()
+	require.NoError(t, <-runErr)
+	const grace = time.Second
+	sctx, scancel := context.WithTimeout(context.Background(), grace)
+	defer scancel()
+	start := time.Now()
+	require.NoError(t, w.Shutdown(sctx, eng), "every job naked in time: a clean stop")
+	require.Less(t, time.Since(start), grace, "within the deadline")
+	require.Less(t, time.Since(start), grace-settleReserve(grace)+200*time.Millisecond, "the engine gave up at its own deadline, before the reserve")
+	require.Zero(t, w.InFlight())
+
+	eng2 := newFakeEngine(nil)
+	startWorker(t, js, opts, eng2)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		10*time.Second, 10*time.Millisecond, "naked, not left for AckWait (30 s)")
+	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", ""), "naked at shutdown is not a failure")
+}
+
+// TestSettleReserve: a quarter of what is left, between 100 ms and 2 s.
+func TestSettleReserve(t *testing.T) {
+	for left, want := range map[time.Duration]time.Duration{
+		0: 100 * time.Millisecond, 200 * time.Millisecond: 100 * time.Millisecond,
+		time.Second: 250 * time.Millisecond, 30 * time.Second: 2 * time.Second,
+	} {
+		require.Equal(t, want, settleReserve(left), "left %s", left)
+	}
+}
+
 func TestKeepAliveBeyondAckWait(t *testing.T) {
 	js, _ := startJS(t)
 	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) { return nil, true })
