@@ -47,7 +47,7 @@ func (c *h2conn) finish(st *h2stream) {
 	switch {
 	case ans != nil:
 		st.reset, st.rstCode = ans.Reset, uint32(ans.ResetCode)
-		st.ctype, st.padding, st.immediate = ans.ContentType, ans.Padding, ans.Immediate
+		st.ctype, st.padding, st.immediate, st.fields = ans.ContentType, ans.Padding, ans.Immediate, ans.Fields
 		st.out = ans.Body // shared by every stream it answers: memory stays bounded
 	case status != 200:
 		st.ctype = "application/json"
@@ -91,6 +91,9 @@ func (c *h2conn) respond(st *h2stream) {
 	_ = c.henc.WriteField(hpack.HeaderField{Name: "apns-id", Value: st.apnsID, Sensitive: true})
 	if st.ctype != "" {
 		_ = c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: st.ctype})
+	}
+	for _, f := range st.fields {
+		_ = c.henc.WriteField(f)
 	}
 	if st.padding > 0 {
 		_ = c.henc.WriteField(hpack.HeaderField{Name: "x-padding", Value: strings.Repeat("x", st.padding), Sensitive: true})

@@ -80,13 +80,14 @@ type h2stream struct {
 	rstCode   uint32 // with reset
 	status    int
 	apnsID    string
-	ctype     string // content-type, if any
-	padding   int    // bytes of x-padding header
-	immediate bool   // skips the latency queue
-	accepted  bool   // counted as accepted (the server's own 200)
-	respBody  []byte // owned buffer for the server's own error bodies
-	out       []byte // the body to send: respBody, or an injected answer's (shared, read-only)
-	sent      int    // bytes of out written
+	ctype     string              // content-type, if any
+	padding   int                 // bytes of x-padding header
+	fields    []hpack.HeaderField // HTTP2Answer.Fields
+	immediate bool                // skips the latency queue
+	accepted  bool                // counted as accepted (the server's own 200)
+	respBody  []byte              // owned buffer for the server's own error bodies
+	out       []byte              // the body to send: respBody, or an injected answer's (shared, read-only)
+	sent      int                 // bytes of out written
 }
 
 func (st *h2stream) get(i int) (string, bool) { return st.vals[i], st.has&(1<<i) != 0 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/jetpush/apns-worker/apns"
 )
@@ -40,6 +41,10 @@ type HTTP2Answer struct {
 	// for APNs' own 200 that merely carries something odd (PaddedAnswer);
 	// a foreign answer (HTMLAnswer(200)) leaves it false.
 	Taken bool
+	// Fields are more response header fields, written as given after the
+	// content-type: names are not lower-cased, and nothing is checked
+	// (MalformedHTTP2Answer).
+	Fields []hpack.HeaderField
 }
 
 // ReasonAnswer is an Apple-style error: status with {"reason":reason}.
@@ -86,6 +91,18 @@ func TextAnswer(status int, body string) HTTP2Answer {
 // PaddedAnswer is the server's usual 200 with an x-padding header of pad
 // bytes (status 200, no body): the notification is taken.
 func PaddedAnswer(pad int) HTTP2Answer { return HTTP2Answer{Status: 200, Padding: pad, Taken: true} }
+
+// MalformedHTTP2Answer is an Apple-style error, status with {"reason":reason},
+// made malformed (RFC 9113 §8.1.1, §8.2) by one more field: a
+// content-length that is not the body's length, an upper-case name
+// ("Content-Type"), a connection-specific field ("connection"). The bytes
+// say APNs' verdict; a client must take the response as a stream error,
+// never as the verdict.
+func MalformedHTTP2Answer(status int, reason string, field hpack.HeaderField) HTTP2Answer {
+	a := ReasonAnswer(status, reason)
+	a.Fields = []hpack.HeaderField{field}
+	return a
+}
 
 // ResetAnswer resets the stream with code instead of answering.
 func ResetAnswer(code http2.ErrCode) HTTP2Answer {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/apns/apnstest"
@@ -208,6 +209,14 @@ func http2Faults() []faultCase {
 		// notification.
 		{name: "NonAPNs200HTML", happened: h2answers, faults: h2(h2after(50, 40, apnstest.HTMLAnswer(200))...), delivered: ok, badRejected: ok, once: ok},
 		{name: "NonAPNs400NotJSON", happened: h2answers, faults: h2(h2after(50, 40, apnstest.TextAnswer(400, "Bad Request"))...), delivered: ok, badRejected: ok, once: ok},
+		// Apple's JSON in a malformed response (RFC 9113 §8.1.1, §8.2.1):
+		// a stream error, never the verdict it seems to carry.
+		{name: "MalformedContentLengthLonger", happened: h2answers, delivered: ok, badRejected: ok, once: ok,
+			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(410, "Unregistered", hpack.HeaderField{Name: "content-length", Value: "500"}))...)},
+		{name: "MalformedContentLengthShorter", happened: h2answers, delivered: ok, badRejected: ok, once: ok,
+			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(400, "BadDeviceToken", hpack.HeaderField{Name: "content-length", Value: "5"}))...)},
+		{name: "MalformedUpperCaseName", happened: h2answers, delivered: ok, badRejected: ok, once: ok,
+			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(400, "BadDeviceToken", hpack.HeaderField{Name: "Content-Type", Value: "application/json"}))...)},
 		// A 200 with a 20 KB header: delivered if the engine takes a header
 		// list that large, else a fault of that stream only; nothing else
 		// in flight is lost and sent again. (No bad tokens: the injected

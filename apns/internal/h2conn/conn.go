@@ -117,6 +117,8 @@ type Stream struct {
 	sent     int   // payload bytes written
 	window   int64 // send window
 	recv     int64 // received, not yet granted back
+	clen     int64 // the response's content-length; -1: none
+	got      int64 // response DATA bytes, padding excluded
 }
 
 // Header returns the response's value of Config.KeepHeaders[i].
@@ -278,6 +280,12 @@ type headerBlock struct {
 	size   uint32 // decoded header list size (RFC 9113 §6.5.2)
 	raw    int    // encoded bytes
 	tooBig bool
+	// malformed: a field RFC 9113 does not allow in a response (§8.2.1,
+	// §8.3.2); regular: a regular field came, after which a pseudo-header
+	// is malformed; clen: content-length, -1 none.
+	malformed bool
+	regular   bool
+	clen      int64
 }
 
 // frameBuf collects frames in memory; the writer writes it out in one go.

@@ -413,6 +413,120 @@ func TestMalformedResponseFailsOneStream(t *testing.T) {
 	require.ElementsMatch(t, []uint32{1, 3}, []uint32{<-resets, <-resets})
 }
 
+// TestMalformedFieldsFailOneStream: a response RFC 9113 calls malformed
+// (§8.1.1, §8.2.1, §8.2.2, §8.3.2) fails its stream alone with
+// ErrMalformed and RST_STREAM PROTOCOL_ERROR, however APNs-like the bytes
+// that came, so that no one takes it for an answer; the well-formed ones
+// beside them, including a 204 whose content-length is not its DATA and a
+// response with trailers, are answers.
+func TestMalformedFieldsFailOneStream(t *testing.T) {
+	t.Parallel()
+	type answer struct {
+		fields   []hpack.HeaderField // after :status 400, unless it has :status
+		body     []string            // DATA frames, the last with END_STREAM
+		trailers []hpack.HeaderField // a HEADERS with END_STREAM after the DATA, if any
+	}
+	hf := func(kv ...string) []hpack.HeaderField {
+		var fs []hpack.HeaderField
+		for i := 0; i < len(kv); i += 2 {
+			fs = append(fs, hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+		}
+		return fs
+	}
+	reason := `{"reason":"BadDeviceToken"}`
+	malformed := map[string]answer{
+		"/upper-case-name":     {fields: hf("Content-Type", "application/json"), body: []string{reason}},
+		"/space-in-name":       {fields: hf("apns id", "x"), body: []string{reason}},
+		"/empty-name":          {fields: hf("", "x"), body: []string{reason}},
+		"/value-with-lf":       {fields: hf("apns-id", "a\nb"), body: []string{reason}},
+		"/value-padded":        {fields: hf("apns-id", " a"), body: []string{reason}},
+		"/connection":          {fields: hf("connection", "close"), body: []string{reason}},
+		"/transfer-encoding":   {fields: hf("transfer-encoding", "chunked"), body: []string{reason}},
+		"/te-gzip":             {fields: hf("te", "gzip"), body: []string{reason}},
+		"/pseudo-after":        {fields: append(hf("apns-id", "x"), hpack.HeaderField{Name: ":status", Value: "400"}), body: []string{reason}},
+		"/unknown-pseudo":      {fields: hf(":path", "/"), body: []string{reason}},
+		"/length-short":        {fields: hf("content-length", "500"), body: []string{reason}},
+		"/length-long":         {fields: hf("content-length", "5"), body: []string{reason}},
+		"/length-long-frames":  {fields: hf("content-length", "20"), body: []string{reason[:10], reason[10:]}},
+		"/length-no-data":      {fields: hf("content-length", "3")},
+		"/length-not-a-number": {fields: hf("content-length", "-1"), body: []string{reason}},
+		"/length-two-values":   {fields: hf("content-length", "27", "content-length", "28"), body: []string{reason}},
+		"/pseudo-in-trailers":  {body: []string{reason}, trailers: hf(":status", "200")},
+	}
+	wellFormed := map[string]answer{
+		"/length-right":       {fields: hf("content-length", "27"), body: []string{reason[:10], reason[10:]}},
+		"/length-twice-equal": {fields: hf("content-length", "27", "content-length", "27"), body: []string{reason}},
+		"/204-length":         {fields: hf(":status", "204", "content-length", "10")},
+		"/te-trailers":        {fields: hf("te", "trailers"), body: []string{reason}},
+		"/trailers":           {body: []string{reason}, trailers: hf("x-trailer", "1")},
+	}
+	var paths []string
+	for path := range malformed {
+		paths = append(paths, path)
+	}
+	for path := range wellFormed {
+		paths = append(paths, path)
+	}
+	resets := make(chan uint32, len(paths))
+	c, err := startPair(t, h2conn.Config[*testReq]{}, func(p *peer) {
+		p.settings()
+		ids, _ := p.requests(len(paths))
+		for i, id := range ids {
+			a, ok := malformed[paths[i]]
+			if !ok {
+				a = wellFormed[paths[i]]
+			}
+			p.hb.Reset()
+			if len(a.fields) == 0 || a.fields[0].Name != ":status" {
+				_ = p.enc.WriteField(hpack.HeaderField{Name: ":status", Value: "400"})
+			}
+			for _, f := range a.fields {
+				_ = p.enc.WriteField(f)
+			}
+			p.headers(id, bytes.Clone(p.hb.Bytes()), len(a.body) == 0 && len(a.trailers) == 0)
+			for j, d := range a.body {
+				require.NoError(t, p.fr.WriteData(id, j == len(a.body)-1 && len(a.trailers) == 0, []byte(d)))
+			}
+			if len(a.trailers) > 0 {
+				p.hb.Reset()
+				for _, f := range a.trailers {
+					_ = p.enc.WriteField(f)
+				}
+				p.headers(id, bytes.Clone(p.hb.Bytes()), true)
+			}
+		}
+		for n := 0; n < len(malformed); {
+			if rs, ok := p.next().(*http2.RSTStreamFrame); ok && rs.ErrCode == http2.ErrCodeProtocol {
+				resets <- rs.StreamID
+				n++
+			}
+		}
+		p.drain()
+	})
+	require.NoError(t, err)
+	for _, path := range paths {
+		c.send(path, payload)
+	}
+	got := c.wait(len(paths))
+	for path := range malformed {
+		var se *h2conn.StreamError
+		require.ErrorAs(t, got[path].err, &se, path)
+		require.ErrorIs(t, se, h2conn.ErrMalformed, path)
+		require.Equal(t, http2.ErrCodeProtocol, se.Code, path)
+	}
+	for path, a := range wellFormed {
+		require.NoError(t, got[path].err, path)
+		if len(a.body) > 0 {
+			require.Equal(t, reason, string(got[path].r.Body), path)
+		}
+	}
+	seen := map[uint32]bool{}
+	for range malformed {
+		seen[<-resets] = true
+	}
+	require.Len(t, seen, len(malformed), "one RST_STREAM a malformed response")
+}
+
 // TestResponseBeforeRequestBody: a complete response that comes while the
 // payload still waits for window ends the request, and the rest of the
 // payload is cancelled with RST_STREAM instead of left hanging.

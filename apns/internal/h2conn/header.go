@@ -120,3 +120,51 @@ func appendLiteral(b []byte, s string) []byte {
 	}
 	return append(b, s...)
 }
+
+// validField reports whether a response's regular field is allowed by RFC
+// 9113: a name of no upper-case letters, controls, spaces or bytes past
+// 0x7e (§8.2.1); a value without NUL, CR or LF, and no space or tab at
+// either end; and no connection-specific field (§8.2.2), te but
+// "trailers".
+func validField(f hpack.HeaderField) bool {
+	if f.Name == "" {
+		return false
+	}
+	for i := 0; i < len(f.Name); i++ {
+		if b := f.Name[i]; b <= ' ' || b >= 0x7f || 'A' <= b && b <= 'Z' {
+			return false
+		}
+	}
+	v := f.Value
+	if v != "" && (v[0] == ' ' || v[0] == '\t' || v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; b == 0 || b == '\r' || b == '\n' {
+			return false
+		}
+	}
+	switch f.Name {
+	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+		return false
+	case "te":
+		return v == "trailers"
+	}
+	return true
+}
+
+// parseContentLength parses a content-length value: decimal digits only
+// (RFC 9110 §8.6), at most 18 of them.
+func parseContentLength(v string) (int64, bool) {
+	if v == "" || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(v[i]-'0')
+	}
+	return n, true
+}

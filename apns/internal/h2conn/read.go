@@ -51,7 +51,7 @@ func (c *Conn[R]) read() error {
 		c.lastRead.Store(time.Now().UnixNano())
 		switch f := f.(type) {
 		case *http2.HeadersFrame:
-			c.hdr = headerBlock{id: f.StreamID, end: f.StreamEnded()}
+			c.hdr = headerBlock{id: f.StreamID, end: f.StreamEnded(), clen: -1}
 			c.hdec.SetEmitEnabled(true)
 			err = c.onHeaderBlock(f.HeaderBlockFragment(), f.HeadersEnded())
 		case *http2.ContinuationFrame:
@@ -103,13 +103,30 @@ func (c *Conn[R]) onField(f hpack.HeaderField) {
 		c.hdec.SetEmitEnabled(false)
 		return
 	}
-	if f.Name == ":status" {
+	if len(f.Name) > 0 && f.Name[0] == ':' {
+		if f.Name != ":status" || h.regular {
+			h.malformed = true
+			return
+		}
 		if h.status != 0 || len(f.Value) != 3 {
 			h.status = -1 // malformed
 			return
 		}
 		h.status, _ = strconv.Atoi(f.Value)
 		return
+	}
+	h.regular = true
+	if !validField(f) {
+		h.malformed = true
+		return
+	}
+	if f.Name == "content-length" {
+		n, ok := parseContentLength(f.Value)
+		if !ok || h.clen >= 0 && n != h.clen {
+			h.malformed = true
+			return
+		}
+		h.clen = n
 	}
 	for i, k := range c.cfg.KeepHeaders {
 		if f.Name == k {
@@ -139,6 +156,9 @@ func (c *Conn[R]) onHeaderBlock(frag []byte, end bool) error {
 	case h.tooBig:
 		c.resetStream(h.id, http2.ErrCodeProtocol, ErrHeaderListTooLarge)
 		return nil
+	case h.malformed:
+		c.resetStream(h.id, http2.ErrCodeProtocol, ErrMalformed)
+		return nil
 	case h.status >= 100 && h.status < 200 && h.status != 101:
 		if h.end {
 			c.resetStream(h.id, http2.ErrCodeProtocol, ErrMalformed)
@@ -158,14 +178,33 @@ func (c *Conn[R]) onHeaderBlock(frag []byte, end bool) error {
 			c.resetStream(h.id, http2.ErrCodeProtocol, ErrMalformed)
 			return nil
 		}
-		s.Status, s.keep = h.status, h.keep
+		s.Status, s.keep, s.clen = h.status, h.keep, h.clen
+	} else if h.status != 0 || !h.end {
+		// Trailers: no pseudo-header, and END_STREAM (§8.1).
+		c.mu.Unlock()
+		c.resetStream(h.id, http2.ErrCodeProtocol, ErrMalformed)
+		return nil
 	}
 	if !h.end {
 		c.mu.Unlock()
 		return nil
 	}
-	c.answerLocked(r)
+	c.endLocked(r)
 	return nil
+}
+
+// endLocked ends r's stream at its END_STREAM: answered, unless its DATA
+// does not add up to its content-length (RFC 9113 §8.1.1; a 204 or 304
+// has none whatever it says), which makes the response malformed. It
+// unlocks mu.
+func (c *Conn[R]) endLocked(r R) {
+	s := r.H2Stream()
+	if s.clen >= 0 && s.got != s.clen && s.Status != 204 && s.Status != 304 {
+		c.mu.Unlock()
+		c.resetStream(s.id, http2.ErrCodeProtocol, ErrMalformed)
+		return
+	}
+	c.answerLocked(r)
 }
 
 // resetStream fails stream id from this side: RST_STREAM with code, and
@@ -236,6 +275,8 @@ func (c *Conn[R]) onData(f *http2.DataFrame) error {
 		fail = ErrMalformed // DATA before the response's HEADERS
 	} else if s.recv += int64(f.Length); s.recv > recvWindow {
 		fail = errors.New("h2conn: DATA beyond the stream window")
+	} else if s.got += int64(len(f.Data())); s.clen >= 0 && s.got > s.clen && s.Status != 204 && s.Status != 304 {
+		fail = ErrMalformed // more than its content-length
 	}
 	if fail != nil {
 		c.mu.Unlock()
@@ -258,7 +299,7 @@ func (c *Conn[R]) onData(f *http2.DataFrame) error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.answerLocked(r)
+	c.endLocked(r)
 	return nil
 }
 

@@ -148,7 +148,7 @@ func (c *Conn[R]) writeRequest(r R, deadline int64, share bool) bool {
 	c.nextID += 2
 	c.lastOpened.Store(id)
 	s.id, s.deadline, s.sent, s.window, s.recv = id, deadline, 0, c.initWindow, 0
-	s.Status, s.keep, s.Body = 0, [maxKeep]string{}, s.Body[:0]
+	s.Status, s.keep, s.Body, s.clen, s.got = 0, [maxKeep]string{}, s.Body[:0], -1, 0
 	c.streams[id] = r
 	c.writeHeadersLocked(id, c.hbuf.Bytes(), len(s.Payload) == 0)
 	if !c.writeDataLocked(s) {
