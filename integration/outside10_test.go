@@ -107,41 +107,45 @@ func silentListener(tb testing.TB) string {
 	return ln.Addr().String()
 }
 
-// TestContentLengthLies: an answer whose DATA does not match its own
-// content-length is a malformed HTTP/2 response (RFC 9113 §8.1.1: "treated
-// as a stream error of type PROTOCOL_ERROR"), not Apple's verdict, even
-// when the bytes that did arrive hold Apple's JSON. The gateway here, a
-// frame-level server of the test's own, answers every request 410 (or
-// 400) with `{"reason":...}` and a content-length that lies: longer than
-// the body (a body cut short, then END_STREAM) or shorter. No job may be
-// rejected and no token reported bad; each is retried and, as the answer
-// never changes, dead-lettered.
+// TestMalformedAnswerNotAVerdict: a malformed HTTP/2 response is not
+// Apple's verdict, even when the bytes that did arrive hold Apple's JSON
+// reason (RFC 9113 §8.1.1: a response whose DATA does not match its
+// content-length, or §8.2.1 with an upper-case field name, is malformed and
+// "treated as a stream error of type PROTOCOL_ERROR"). The gateway here, a
+// frame-level server of the test's own, answers every request the same
+// way: 410 Unregistered with a content-length longer than the body (a body
+// cut short, then END_STREAM), 400 BadDeviceToken with a shorter one, or
+// 400 BadDeviceToken with a `Content-Type` header. No job may be rejected
+// and no token reported bad; each is retried and, as the answer never
+// changes, dead-lettered.
 //
 // Observed (2026-12-07, outside10): the std engine (x/net) does so ("net/
 // http: server replied with more than declared Content-Length; truncated",
-// "unexpected EOF"); the h2 engine takes both as Apple's verdict and
-// publishes a rejection and a bad-token event for every job, so the two
-// engines disagree on the same answer.
-func TestContentLengthLies(t *testing.T) {
+// "unexpected EOF", "invalid header field name"); the h2 engine takes all
+// three as Apple's verdict and publishes a rejection and a bad-token event
+// for every job, so the two engines disagree on the same answer.
+func TestMalformedAnswerNotAVerdict(t *testing.T) {
+	json := []string{"content-type", "application/json"}
 	for _, engine := range []string{"h2", "std"} {
 		for _, tc := range []struct {
-			name, status, reason, contentLength string
+			name, reason string
+			header       []string
 		}{
-			{"truncated", "410", `Unregistered`, "500"},
-			{"longer", "400", `BadDeviceToken`, "5"},
+			{"truncated", "Unregistered", append([]string{":status", "410", "content-length", "500"}, json...)},
+			{"longer", "BadDeviceToken", append([]string{":status", "400", "content-length", "5"}, json...)},
+			{"uppercase", "BadDeviceToken", []string{":status", "400", "Content-Type", "application/json"}},
 		} {
 			t.Run(engine+"/"+tc.name, func(t *testing.T) {
 				if engine == "h2" {
-					t.Skip("defect: the h2 engine takes a 4xx whose body does not match its content-length as Apple's verdict (rejection and bad-token event); std retries it")
+					t.Skip("defect: the h2 engine takes a malformed 4xx (body not matching its content-length, an upper-case field name) as Apple's verdict (rejection and bad-token event); std retries it")
 				}
-				body := `{"reason":"` + tc.reason + `"}`
-				testContentLengthLies(t, engine, []string{":status", tc.status, "content-type", "application/json", "content-length", tc.contentLength}, body)
+				testMalformedAnswer(t, engine, tc.header, `{"reason":"`+tc.reason+`"}`)
 			})
 		}
 	}
 }
 
-func testContentLengthLies(t *testing.T, engine string, header []string, body string) {
+func testMalformedAnswer(t *testing.T, engine string, header []string, body string) {
 	const n = 5
 	keys := startHTTP2(t) // for its CA and .p8 key: the worker talks to gw
 	gw := startFrameGateway(t, keys.PKI.ServerTLS(false), header, body)
@@ -152,7 +156,7 @@ func testContentLengthLies(t *testing.T, engine string, header []string, body st
 	env["APNS_WORKER_APNS_ENGINE"] = engine
 	env["APNS_WORKER_JOBS_MAX_DELIVER"] = "2"
 	env["APNS_WORKER_JOBS_BACKOFF"] = "100ms"
-	w := startWorker(t, "cl-lies-"+engine, env)
+	w := startWorker(t, "malformed-answer-"+engine, env)
 	publishJobs(t, js, "cl", n, func(i int) apns.Token { return token(0xc1, i) })
 	waitDrained(t, js, 90*time.Second)
 
