@@ -78,33 +78,53 @@ func silentListener(tb testing.TB) string {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
+	serveConns(tb, ln, func(net.Conn) {})
+	return ln.Addr().String()
+}
+
+// serveConns accepts connections on ln, each handled on its own goroutine,
+// until the test ends; then it closes ln and every connection and waits for
+// the handlers.
+func serveConns(tb testing.TB, ln net.Listener, handle func(net.Conn)) {
 	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		done  = make(chan struct{})
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
 	)
+	wg.Add(1)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			mu.Lock()
+			if closed { // accepted as the test ended
+				mu.Unlock()
+				c.Close()
+				return
+			}
 			conns = append(conns, c)
 			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handle(c)
+			}()
 		}
 	}()
 	tb.Cleanup(func() {
 		ln.Close()
-		<-done
 		mu.Lock()
-		defer mu.Unlock()
+		closed = true
 		for _, c := range conns {
 			c.Close()
 		}
+		mu.Unlock()
+		wg.Wait()
 	})
-	return ln.Addr().String()
 }
 
 // TestMalformedAnswerNotAVerdict: a malformed HTTP/2 response is not
@@ -181,36 +201,7 @@ func startFrameGateway(tb testing.TB, cfg *tls.Config, header []string, body str
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	require.NoError(tb, err)
 	g := &frameGateway{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				g.serve(c, header, body)
-			}()
-		}
-	}()
-	tb.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	serveConns(tb, ln, func(c net.Conn) { g.serve(c, header, body) })
 	return g
 }
 
