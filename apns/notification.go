@@ -23,13 +23,30 @@ func ParseToken(s string) (Token, error) {
 		return nil, fmt.Errorf("%w: empty", ErrInvalidToken)
 	}
 	if len(s)%2 != 0 || len(s) > 2*MaxTokenLen {
+		if err := notHex(s); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %d hex digits, want an even number from 2 to %d", ErrInvalidToken, len(s), 2*MaxTokenLen)
 	}
 	t := make(Token, len(s)/2)
 	if _, err := hex.Decode(t, []byte(s)); err != nil {
+		if err := notHex(s); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
 	return t, nil
+}
+
+// notHex names the first byte of s that is not a hex digit, if any: a
+// token with a space or a dash is not hex, whatever its length.
+func notHex(s string) error {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return fmt.Errorf("%w: %q at offset %d is not a hex digit", ErrInvalidToken, c, i)
+		}
+	}
+	return nil
 }
 
 // String returns the token in lowercase hex.

@@ -27,6 +27,16 @@ func TestParseToken(t *testing.T) {
 		require.ErrorIs(t, err, ErrInvalidToken, bad)
 		require.ErrorIs(t, err, ErrInvalidNotification, bad)
 	}
+	// What is wrong is said first: a character, not the length it makes.
+	for bad, want := range map[string]string{
+		strings.Repeat("ab", 16) + " " + strings.Repeat("ab", 16):       `' ' at offset 32 is not a hex digit`,
+		strings.Repeat("ab", 16) + "-" + strings.Repeat("ab", 16) + "a": `'-' at offset 32 is not a hex digit`,
+		"zz":                    `'z' at offset 0 is not a hex digit`,
+		strings.Repeat("a", 65): "65 hex digits, want an even number from 2 to 200",
+	} {
+		_, err := ParseToken(bad)
+		require.ErrorContains(t, err, want, bad)
+	}
 }
 
 func TestValidate(t *testing.T) {
