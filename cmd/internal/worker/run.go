@@ -159,7 +159,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	defer closeMock()
 	stepDone(log, "apns engine ready", "APNS_WORKER_APNS_MODE", string(cfg.APNs.Mode), start)
 	reg.MustRegister(consumer.NewEngineCollector(eng))
-	probeAPNs(ctx, cfg.APNs, log)
+	probeAPNs(ctx, cfg.APNs, creds, log)
 	live.set(nc, eng)
 
 	stopFeedback := func(time.Time) {}

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,10 +84,13 @@ func unwrapPath(err error) error {
 	return err
 }
 
-// probeAPNs dials the APNs address once (3 s at most) and logs whether it
-// answers. A failure is not a dead end: APNs or the network may come back,
-// and the engine keeps trying; the log names the variable to check.
-func probeAPNs(ctx context.Context, a config.APNs, log *slog.Logger) {
+// probeAPNs dials the APNs address once (3 s at most), with TLS as the
+// engine will (its roots, its client certificate if any, ALPN h2 in http2
+// mode), and logs whether it answers. A failure is not a dead end: APNs or
+// the network may come back, and the engine keeps trying; the log names
+// the variable to check (APNS_WORKER_APNS_CA_FILE for a certificate the
+// worker does not trust, else APNS_WORKER_APNS_ADDR).
+func probeAPNs(ctx context.Context, a config.APNs, creds engineCreds, log *slog.Logger) {
 	if a.Mode == config.ModeMock || a.Addr == "" {
 		return
 	}
@@ -96,16 +101,35 @@ func probeAPNs(ctx context.Context, a config.APNs, log *slog.Logger) {
 			hostPort = net.JoinHostPort(u.Hostname(), "443")
 		}
 	}
+	host, _, _ := net.SplitHostPort(hostPort)
+	cfg := &tls.Config{ServerName: host, RootCAs: creds.roots, MinVersion: tls.VersionTLS12}
+	if len(creds.cert.Certificate) > 0 {
+		cfg.Certificates = []tls.Certificate{creds.cert}
+	}
+	if a.Mode == config.ModeHTTP2 {
+		cfg.NextProtos = []string{"h2"}
+	}
 	start := time.Now()
 	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	c, err := (&net.Dialer{}).DialContext(dctx, "tcp", hostPort)
+	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", hostPort)
 	if err != nil {
-		log.Warn("apns not reachable yet; the engine keeps trying", slog.String("var", "APNS_WORKER_APNS_ADDR"),
-			slog.String("value", a.Addr), slog.Any("error", err))
+		v, value := "APNS_WORKER_APNS_ADDR", a.Addr
+		var unknown x509.UnknownAuthorityError
+		var verify *tls.CertificateVerificationError
+		if errors.As(err, &unknown) || errors.As(err, &verify) {
+			v, value = "APNS_WORKER_APNS_CA_FILE", a.CAFile
+		}
+		log.Warn("apns not reachable yet; the engine keeps trying", slog.String("var", v),
+			slog.String("value", value), slog.String("addr", a.Addr), slog.Any("error", err))
 		return
 	}
-	c.Close()
+	defer c.Close()
+	if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; a.Mode == config.ModeHTTP2 && p != "h2" {
+		log.Warn("apns answers TLS but not HTTP/2 (ALPN h2); the engine keeps trying", slog.String("var", "APNS_WORKER_APNS_ADDR"),
+			slog.String("value", a.Addr), slog.String("alpn", p))
+		return
+	}
 	stepDone(log, "apns reachable", "APNS_WORKER_APNS_ADDR", a.Addr, start)
 }
 
