@@ -32,6 +32,7 @@ import (
 type h2Proxy struct {
 	ln      net.Listener
 	tunnels atomic.Int32
+	up      atomic.Int64 // bytes passed on from the client to the server
 	auth    string
 	wg      sync.WaitGroup
 	mu      sync.Mutex
@@ -46,6 +47,18 @@ func (p *h2Proxy) cut() {
 		c.Close()
 	}
 	p.open = nil
+}
+
+// countingWriter adds what it writes to n.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func newH2Proxy(t *testing.T, user, pass string) *h2Proxy {
@@ -96,7 +109,7 @@ func (p *h2Proxy) serve() {
 			p.tunnels.Add(1)
 			fmt.Fprintf(c, "HTTP/1.1 200 Connection established\r\n\r\n")
 			go func() {
-				_, _ = io.Copy(up, br)
+				_, _ = io.Copy(countingWriter{up, &p.up}, br)
 				up.Close()
 			}()
 			_, _ = io.Copy(c, up)
@@ -156,11 +169,18 @@ func TestHTTP2ConnectionsCutMidBurst(t *testing.T) {
 			}
 		}
 	}()
-	// Cut with requests in flight (a slow sender under load could leave
-	// none, and nothing to retry).
+	// Cut with requests on the wire: the server holds its answers to what
+	// it reads from here on, and the cut comes once some of it has passed
+	// the proxy (checking the engine's in-flight count alone, a loaded
+	// machine once cut while every request still waited in the engine's
+	// queue, and nothing was retried).
 	cut := func() {
-		require.Eventually(t, func() bool { return e.Stats().InFlight >= 100 }, 10*time.Second, time.Millisecond)
+		s.SetLatency(time.Hour)
+		mark := p.up.Load()
+		require.Eventually(t, func() bool { return e.Stats().InFlight >= 100 && p.up.Load() > mark+4096 },
+			10*time.Second, time.Millisecond)
 		p.cut()
+		s.SetLatency(time.Millisecond)
 	}
 	outs := col.wait(n / 4)
 	cut()

@@ -89,15 +89,32 @@ func connect(tb testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
+// freeAddr returns a loopback address that was free a moment ago and that
+// it has not returned before in this process.
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	addr := ln.Addr().String()
-	require.NoError(tb, ln.Close())
-	return addr
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(tb, err)
+		addr := ln.Addr().String()
+		require.NoError(tb, ln.Close())
+		// The kernel may give a port just closed again: one test asking
+		// for two addresses got the same one twice (NATS and HTTP), and
+		// the worker dialled its own HTTP server.
+		if !handedOut.addrs[addr] {
+			handedOut.addrs[addr] = true
+			return addr
+		}
+	}
 }
+
+// handedOut is every address freeAddr returned in this process.
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // token returns a distinct 32-byte device token for (tag, i).
 func token(tag byte, i int) apns.Token {
