@@ -406,7 +406,7 @@ func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 		}
 	}
 	if eng != nil {
-		ectx, cancel := context.WithCancel(ctx)
+		ectx, cancel := ctx, context.CancelFunc(func() {})
 		if end, ok := ctx.Deadline(); ok {
 			ectx, cancel = context.WithDeadline(ctx, end.Add(-settleReserve(time.Until(end))))
 		}
