@@ -117,7 +117,7 @@ type Stream struct {
 	sent     int   // payload bytes written
 	window   int64 // send window
 	recv     int64 // received, not yet granted back
-	clen     int64 // the response's content-length; -1: none
+	clen     int64 // the response's content-length; -1: none (or a 204, 304)
 	got      int64 // response DATA bytes, padding excluded
 }
 

@@ -152,19 +152,3 @@ func validField(f hpack.HeaderField) bool {
 	}
 	return true
 }
-
-// parseContentLength parses a content-length value: decimal digits only
-// (RFC 9110 §8.6), at most 18 of them.
-func parseContentLength(v string) (int64, bool) {
-	if v == "" || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for i := 0; i < len(v); i++ {
-		if v[i] < '0' || v[i] > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(v[i]-'0')
-	}
-	return n, true
-}

@@ -121,8 +121,9 @@ func (c *Conn[R]) onField(f hpack.HeaderField) {
 		return
 	}
 	if f.Name == "content-length" {
-		n, ok := parseContentLength(f.Value)
-		if !ok || h.clen >= 0 && n != h.clen {
+		u, err := strconv.ParseUint(f.Value, 10, 63) // digits only (RFC 9110 §8.6)
+		n := int64(u)
+		if err != nil || h.clen >= 0 && n != h.clen {
 			h.malformed = true
 			return
 		}
@@ -179,6 +180,9 @@ func (c *Conn[R]) onHeaderBlock(frag []byte, end bool) error {
 			return nil
 		}
 		s.Status, s.keep, s.clen = h.status, h.keep, h.clen
+		if s.Status == 204 || s.Status == 304 {
+			s.clen = -1 // it has no content, whatever its content-length says
+		}
 	} else if h.status != 0 || !h.end {
 		// Trailers: no pseudo-header, and END_STREAM (§8.1).
 		c.mu.Unlock()
@@ -194,12 +198,11 @@ func (c *Conn[R]) onHeaderBlock(frag []byte, end bool) error {
 }
 
 // endLocked ends r's stream at its END_STREAM: answered, unless its DATA
-// does not add up to its content-length (RFC 9113 §8.1.1; a 204 or 304
-// has none whatever it says), which makes the response malformed. It
-// unlocks mu.
+// does not add up to its content-length (RFC 9113 §8.1.1), which makes
+// the response malformed. It unlocks mu.
 func (c *Conn[R]) endLocked(r R) {
 	s := r.H2Stream()
-	if s.clen >= 0 && s.got != s.clen && s.Status != 204 && s.Status != 304 {
+	if s.clen >= 0 && s.got != s.clen {
 		c.mu.Unlock()
 		c.resetStream(s.id, http2.ErrCodeProtocol, ErrMalformed)
 		return
@@ -275,7 +278,7 @@ func (c *Conn[R]) onData(f *http2.DataFrame) error {
 		fail = ErrMalformed // DATA before the response's HEADERS
 	} else if s.recv += int64(f.Length); s.recv > recvWindow {
 		fail = errors.New("h2conn: DATA beyond the stream window")
-	} else if s.got += int64(len(f.Data())); s.clen >= 0 && s.got > s.clen && s.Status != 204 && s.Status != 304 {
+	} else if s.got += int64(len(f.Data())); s.clen >= 0 && s.got > s.clen {
 		fail = ErrMalformed // more than its content-length
 	}
 	if fail != nil {
