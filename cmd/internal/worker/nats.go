@@ -85,10 +85,9 @@ func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*na
 // credentials and certificates are dead ends at once: retrying cannot cure
 // them.
 func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.Duration, opts []nats.Option, direct bool, log *slog.Logger) (*nats.Conn, error) {
-	deadline := time.Now().Add(timeout)
-	wait := 100 * time.Millisecond
+	retry := newStartupRetry(timeout)
 	for attempt := 1; ; attempt++ {
-		dial := min(2*time.Second, max(time.Until(deadline), 500*time.Millisecond))
+		dial := min(2*time.Second, max(retry.left(), 500*time.Millisecond))
 		o := append(opts[:len(opts):len(opts)], nats.Timeout(dial))
 		if direct {
 			o = append(o, nats.SetCustomDialer(&directDialer{net.Dialer{Timeout: dial}}))
@@ -100,22 +99,17 @@ func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.D
 		if v, val, ok := refusedBy(err, n); ok {
 			return nil, deadEnd(v, val, fmt.Errorf("nats server at %s refused the connection: %w", url, err))
 		}
-		left := time.Until(deadline)
+		left := retry.left()
 		if left <= 0 {
 			return nil, deadEnd("APNS_WORKER_NATS_URL", url, fmt.Errorf("no NATS server reachable within %s (APNS_WORKER_NATS_CONNECT_TIMEOUT), %d attempts: %w", timeout, attempt, err))
 		}
-		// The last wait is cut short so that the last attempt is at the
-		// deadline: the servers get the whole timeout to come up.
-		pause := min(wait, left)
+		pause := retry.pause()
 		log.Warn("nats not reachable yet, retrying", slog.String("var", "APNS_WORKER_NATS_URL"), slog.String("value", url),
 			slog.Int("attempt", attempt), slog.String("retry_in", pause.String()),
 			slog.String("gives_up_in", left.Round(time.Second).String()), slog.Any("error", err))
-		select {
-		case <-ctx.Done():
+		if !retry.sleep(ctx, pause) {
 			return nil, fmt.Errorf("nats: stopped while connecting to %s: %w", url, context.Cause(ctx))
-		case <-time.After(pause):
 		}
-		wait = min(2*wait, 2*time.Second)
 	}
 }
 

@@ -110,13 +110,12 @@ const minSetupAttempt = 2 * time.Second
 func setUpJetStream(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, opts consumer.Options, timeout time.Duration, phase func(string), log *slog.Logger) (*consumer.Worker, error) {
 	url := nc.ConnectedUrlRedacted()
 	start := time.Now()
-	deadline := start.Add(timeout)
-	wait := 100 * time.Millisecond
+	retry := newStartupRetry(timeout)
 	replicas := strconv.Itoa(opts.Replicas)
 	for attempt := 1; ; attempt++ {
 		var giveUp time.Time // none when trying once: consumer.New's own timeout bounds it
 		if timeout > 0 {
-			giveUp = deadline
+			giveUp = retry.deadline
 			if floor := time.Now().Add(minSetupAttempt); floor.After(giveUp) {
 				giveUp = floor
 			}
@@ -145,23 +144,20 @@ func setUpJetStream(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, 
 			v, val, why = natsURLVar, url, "the JetStream cluster has no leader or did not answer"
 		}
 		waited := time.Since(start)
-		left := time.Until(deadline)
+		left := retry.left()
 		if left <= 0 {
 			return nil, deadEnd(v, val, fmt.Errorf("JetStream not ready within %s (APNS_WORKER_NATS_CONNECT_TIMEOUT), waited %s, %d attempts: %s: %w",
 				timeout, waited.Round(time.Millisecond), attempt, why, err))
 		}
-		pause := min(wait, left) // the last attempt is at the deadline
+		pause := retry.pause()
 		phase(fmt.Sprintf("waiting for the JetStream cluster (%s=%s): %s", v, val, why))
 		log.Warn("jetstream not ready yet, retrying", slog.String("var", v), slog.String("value", val),
 			slog.Int("attempt", attempt), slog.String("waited", waited.Round(time.Millisecond).String()),
 			slog.String("retry_in", pause.String()), slog.String("gives_up_in", left.Round(time.Second).String()),
 			slog.Any("error", err))
-		select {
-		case <-ctx.Done():
+		if !retry.sleep(ctx, pause) {
 			return nil, fmt.Errorf("stopped while waiting for the JetStream cluster: %w", context.Cause(ctx))
-		case <-time.After(pause):
 		}
-		wait = min(2*wait, 2*time.Second)
 	}
 }
 

@@ -84,6 +84,35 @@ func unwrapPath(err error) error {
 	return err
 }
 
+// startupRetry paces the retries of a start-up step until its deadline:
+// pauses of 100 ms doubling to 2 s, the last one cut short so that the
+// last attempt is at the deadline (what waited gets the whole timeout).
+type startupRetry struct {
+	deadline time.Time
+	wait     time.Duration
+}
+
+func newStartupRetry(timeout time.Duration) *startupRetry {
+	return &startupRetry{deadline: time.Now().Add(timeout), wait: 100 * time.Millisecond}
+}
+
+// left is the time until the deadline.
+func (r *startupRetry) left() time.Duration { return time.Until(r.deadline) }
+
+// pause is how long to wait before the next attempt.
+func (r *startupRetry) pause() time.Duration { return min(r.wait, r.left()) }
+
+// sleep waits d, then doubles the next pause; false if ctx ended first.
+func (r *startupRetry) sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+	}
+	r.wait = min(2*r.wait, 2*time.Second)
+	return true
+}
+
 // probeAPNs dials the APNs address once (3 s at most), with TLS as the
 // engine will (its roots, its client certificate if any, ALPN h2 in http2
 // mode), and logs whether it answers. A failure is not a dead end: APNs or
