@@ -134,6 +134,13 @@ func (e *StdEngine) do(d *delivery) {
 		e.failed(d, err, ctx)
 		return
 	}
+	if te, ok := resp.Header["Te"]; ok && (len(te) != 1 || te[0] != "trailers") {
+		// malformed (RFC 9113 §8.2.2): a fault of its stream, as in the
+		// h2 engine, never APNs' verdict. x/net deletes the other
+		// connection-specific fields before they reach here.
+		e.c.retry(d, fmt.Errorf("%w: malformed response: te %q", ErrConnLost, te), true)
+		return
+	}
 	e.c.answered(d, resp.StatusCode, body, resp.Header.Get("apns-id"), e.tokens)
 }
 

@@ -81,6 +81,13 @@ type Features struct {
 	// check every outcome, but not that GOAWAY. Only for an engine whose
 	// HTTP/2 is someone else's (x/net's Transport); ours must send it.
 	NoGoAwayCode string
+	// HidesConnectionFields, when set, says why the engine cannot see a
+	// response's connection-specific fields (connection,
+	// transfer-encoding…), which make it malformed (RFC 9113 §8.2.2): the
+	// cases that send them are skipped with this reason. Only for an
+	// engine whose HTTP/2 is someone else's (x/net's Transport deletes
+	// them); ours must refuse such a response.
+	HidesConnectionFields string
 	// CaseTimeout bounds each case (default 30s).
 	CaseTimeout time.Duration
 }

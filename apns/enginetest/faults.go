@@ -46,6 +46,9 @@ type faultCase struct {
 	// goAway: the engine must answer the fault with a GOAWAY of this code
 	// (HTTP/2; 0: not checked).
 	goAway http2.ErrCode
+	// connField: the fault is a connection-specific response field,
+	// skipped for an engine that cannot see them (HidesConnectionFields).
+	connField bool
 	// happened reports how often the server carried the fault out; it
 	// must be positive, or the case proved nothing.
 	happened func(Server) int
@@ -76,6 +79,9 @@ func faultCases(fcs []faultCase) []scenario {
 }
 
 func runFault(t *testing.T, e *env, fc faultCase) {
+	if fc.connField && e.hidesConnFields != "" {
+		t.Skip(e.hidesConnFields)
+	}
 	k := fc.k
 	if k == 0 {
 		k = 300
@@ -217,6 +223,12 @@ func http2Faults() []faultCase {
 			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(400, "BadDeviceToken", hpack.HeaderField{Name: "content-length", Value: "5"}))...)},
 		{name: "MalformedUpperCaseName", happened: h2answers, delivered: ok, badRejected: ok, once: ok,
 			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(400, "BadDeviceToken", hpack.HeaderField{Name: "Content-Type", Value: "application/json"}))...)},
+		{name: "MalformedConnectionField", happened: h2answers, delivered: ok, badRejected: ok, once: ok, connField: ok,
+			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(410, "Unregistered", hpack.HeaderField{Name: "connection", Value: "close"}))...)},
+		{name: "MalformedTransferEncoding", happened: h2answers, delivered: ok, badRejected: ok, once: ok, connField: ok,
+			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(400, "BadDeviceToken", hpack.HeaderField{Name: "transfer-encoding", Value: "chunked"}))...)},
+		{name: "MalformedTE", happened: h2answers, delivered: ok, badRejected: ok, once: ok,
+			faults: h2(h2after(50, 40, apnstest.MalformedHTTP2Answer(410, "Unregistered", hpack.HeaderField{Name: "te", Value: "gzip"}))...)},
 		// A 200 with a 20 KB header: delivered if the engine takes a header
 		// list that large, else a fault of that stream only; nothing else
 		// in flight is lost and sent again. (No bad tokens: the injected

@@ -23,12 +23,14 @@ type env struct {
 	ctx       context.Context // ends at the case's deadline
 	// noGoAwayCode: Features.NoGoAwayCode.
 	noGoAwayCode string
+	// hidesConnFields: Features.HidesConnectionFields.
+	hidesConnFields string
 }
 
 func newEnv(t *testing.T, f Features, newEngine NewEngine) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), f.CaseTimeout)
 	t.Cleanup(cancel)
-	return &env{t: t, proto: f.Protocol, newEngine: newEngine, ctx: ctx, noGoAwayCode: f.NoGoAwayCode}
+	return &env{t: t, proto: f.Protocol, newEngine: newEngine, ctx: ctx, noGoAwayCode: f.NoGoAwayCode, hidesConnFields: f.HidesConnectionFields}
 }
 
 // faults are the hostile options of a case's server, per protocol.
