@@ -2,20 +2,14 @@ package worker
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/jetpush/apns-worker/config"
 )
 
 // DeadEnd is a start-up failure that waiting will not cure: a variable's
@@ -111,55 +105,6 @@ func (r *startupRetry) sleep(ctx context.Context, d time.Duration) bool {
 	}
 	r.wait = min(2*r.wait, 2*time.Second)
 	return true
-}
-
-// probeAPNs dials the APNs address once (3 s at most), with TLS as the
-// engine will (its roots, its client certificate if any, ALPN h2 in http2
-// mode), and logs whether it answers. A failure is not a dead end: APNs or
-// the network may come back, and the engine keeps trying; the log names
-// the variable to check (APNS_WORKER_APNS_CA_FILE for a certificate the
-// worker does not trust, else APNS_WORKER_APNS_ADDR).
-func probeAPNs(ctx context.Context, a config.APNs, creds engineCreds, log *slog.Logger) {
-	if a.Mode == config.ModeMock || a.Addr == "" {
-		return
-	}
-	hostPort := a.Addr
-	if u, err := url.Parse(a.Addr); err == nil && u.Scheme == "https" {
-		hostPort = u.Host
-		if u.Port() == "" {
-			hostPort = net.JoinHostPort(u.Hostname(), "443")
-		}
-	}
-	host, _, _ := net.SplitHostPort(hostPort)
-	cfg := &tls.Config{ServerName: host, RootCAs: creds.roots, MinVersion: tls.VersionTLS12}
-	if len(creds.cert.Certificate) > 0 {
-		cfg.Certificates = []tls.Certificate{creds.cert}
-	}
-	if a.Mode == config.ModeHTTP2 {
-		cfg.NextProtos = []string{"h2"}
-	}
-	start := time.Now()
-	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", hostPort)
-	if err != nil {
-		v, value := "APNS_WORKER_APNS_ADDR", a.Addr
-		var unknown x509.UnknownAuthorityError
-		var verify *tls.CertificateVerificationError
-		if errors.As(err, &unknown) || errors.As(err, &verify) {
-			v, value = "APNS_WORKER_APNS_CA_FILE", a.CAFile
-		}
-		log.Warn("apns not reachable yet; the engine keeps trying", slog.String("var", v),
-			slog.String("value", value), slog.String("addr", a.Addr), slog.Any("error", err))
-		return
-	}
-	defer c.Close()
-	if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; a.Mode == config.ModeHTTP2 && p != "h2" {
-		log.Warn("apns answers TLS but not HTTP/2 (ALPN h2); the engine keeps trying", slog.String("var", "APNS_WORKER_APNS_ADDR"),
-			slog.String("value", a.Addr), slog.String("alpn", p))
-		return
-	}
-	stepDone(log, "apns reachable", "APNS_WORKER_APNS_ADDR", a.Addr, start)
 }
 
 // checkJetStream fails with a DeadEnd when the NATS server keeps saying it
