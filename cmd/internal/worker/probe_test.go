@@ -40,19 +40,7 @@ func TestProbeAPNs(t *testing.T) {
 	// A TLS server that negotiates no application protocol at all.
 	cfg := h2.TLS.Clone()
 	cfg.NextProtos = nil
-	noALPN, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { noALPN.Close() })
-	go func() {
-		for {
-			c, err := noALPN.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.(*tls.Conn).Handshake()
-			c.Close()
-		}
-	}()
+	noALPN := tlsServer(t, cfg, func(net.Conn) {})
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	closedAddr := closed.Addr().String()
@@ -66,7 +54,7 @@ func TestProbeAPNs(t *testing.T) {
 		{"http2", h2.URL, roots, "apns reachable", "APNS_WORKER_APNS_ADDR"},
 		{"untrusted", h2.URL, x509.NewCertPool(), "apns not reachable yet; the engine keeps trying", "APNS_WORKER_APNS_CA_FILE"},
 		{"http1 only", h1.URL, h1roots, "apns not reachable yet; the engine keeps trying", "APNS_WORKER_APNS_ADDR"},
-		{"no ALPN", "https://" + noALPN.Addr().String(), roots, "apns answers TLS but not HTTP/2 (ALPN h2); the engine keeps trying", "APNS_WORKER_APNS_ADDR"},
+		{"no ALPN", "https://" + noALPN, roots, "apns answers TLS but not HTTP/2 (ALPN h2); the engine keeps trying", "APNS_WORKER_APNS_ADDR"},
 		{"nothing listening", "https://" + closedAddr, roots, "apns not reachable yet; the engine keeps trying", "APNS_WORKER_APNS_ADDR"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,24 +84,7 @@ func TestProbeAPNsClientCertificate(t *testing.T) {
 	serve := func(t *testing.T, maxVersion uint16, alpn []string, answer func(net.Conn)) string {
 		cfg := pki.ServerTLS(true)
 		cfg.MaxVersion, cfg.NextProtos = maxVersion, alpn
-		ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					if c.(*tls.Conn).Handshake() == nil {
-						answer(c)
-					}
-				}()
-			}
-		}()
-		return ln.Addr().String()
+		return tlsServer(t, cfg, answer)
 	}
 	settings := func(c net.Conn) { // an HTTP/2 server's first frame
 		fr := http2.NewFramer(c, c)
@@ -161,4 +132,28 @@ func TestProbeAPNsClientCertificate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tlsServer serves TLS with cfg on a loopback port until the test ends:
+// answer runs on each connection whose handshake succeeds, which is then
+// closed. It returns the address.
+func tlsServer(t *testing.T, cfg *tls.Config, answer func(net.Conn)) string {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if c.(*tls.Conn).Handshake() == nil {
+					answer(c)
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
