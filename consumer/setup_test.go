@@ -174,8 +174,9 @@ func TestEventsStreamRecreated(t *testing.T) {
 
 // TestSetupOverlappingSubjectsAndShortMaxAge: an operator's jobs stream on
 // apns.jobs.* with a one-minute max age: the worker adds apns.jobs (no
-// overlap) but not apns.jobs.> (the server would refuse the overlap), and
-// keeps its de-duplication window within the max age.
+// overlap), puts apns.jobs.> in the place of apns.jobs.* (which it covers:
+// the server refuses overlaps), and keeps its de-duplication window within
+// the max age.
 func TestSetupOverlappingSubjectsAndShortMaxAge(t *testing.T) {
 	js, _ := startJS(t)
 	_, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{
@@ -189,9 +190,44 @@ func TestSetupOverlappingSubjectsAndShortMaxAge(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, w.Shutdown(context.Background(), nil))
 	c := streamConfig(t, js, "APNS_JOBS")
-	require.ElementsMatch(t, []string{"apns.jobs.*", "apns.jobs"}, c.Subjects)
+	require.ElementsMatch(t, []string{"apns.jobs", "apns.jobs.>"}, c.Subjects)
 	require.Equal(t, time.Minute, c.Duplicates)
 	require.Equal(t, 1, c.Replicas)
+}
+
+// TestSetupStreamsTheWorkerCannotRunWith: streams an operator created
+// beforehand that would leave jobs or events nowhere to go. Narrower
+// subjects (apns.jobs.ios; apns.events.rejected only, so that bad-token
+// and dead-letter events find no stream) are widened to the worker's,
+// wider ones kept, other subjects kept; no_ack (no event would ever be
+// confirmed stored) is turned off. A subject that only partly overlaps
+// the worker's cannot be widened: New fails naming both.
+func TestSetupStreamsTheWorkerCannotRunWith(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := ctxT(t)
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "APNS_JOBS", Subjects: []string{"apns.jobs.ios", "other.jobs"}, Retention: jetstream.WorkQueuePolicy,
+	})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "APNS_EVENTS", Subjects: []string{"apns.events.rejected"}, NoAck: true,
+	})
+	require.NoError(t, err)
+	w, err := New(js, testOptions())
+	require.NoError(t, err)
+	require.NoError(t, w.Shutdown(context.Background(), nil))
+	jobs, events := streamConfig(t, js, "APNS_JOBS"), streamConfig(t, js, "APNS_EVENTS")
+	require.ElementsMatch(t, []string{"other.jobs", "apns.jobs", "apns.jobs.>"}, jobs.Subjects)
+	require.ElementsMatch(t, []string{"apns.events.>"}, events.Subjects)
+	require.False(t, events.NoAck)
+
+	require.NoError(t, js.DeleteStream(ctx, "APNS_EVENTS"))
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "APNS_EVENTS", Subjects: []string{"push.*.rejected"}})
+	require.NoError(t, err)
+	opts := testOptions()
+	opts.EventsSubject = "push.events"
+	_, err = New(js, opts)
+	require.ErrorContains(t, err, "events stream APNS_EVENTS: its subject push.*.rejected overlaps push.events.>")
 }
 
 // TestRebindDespiteStreamError: the events stream is replaced by another
@@ -214,6 +250,29 @@ func TestRebindDespiteStreamError(t *testing.T) {
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
 		20*time.Second, 10*time.Millisecond)
 	require.NoError(t, r.stop())
+}
+
+func TestSubjectCovers(t *testing.T) {
+	for _, tt := range []struct {
+		wide, narrow string
+		want         bool
+	}{
+		{"apns.jobs", "apns.jobs", true},
+		{"apns.jobs.>", "apns.jobs.ios", true},
+		{"apns.jobs.>", "apns.jobs.*", true},
+		{"apns.jobs.>", "apns.jobs.*.x", true},
+		{"apns.jobs.>", "apns.jobs", false},
+		{"apns.jobs.*", "apns.jobs.>", false},
+		{"apns.jobs.*", "apns.jobs.ios", true},
+		{"apns.*.ios", "apns.jobs.>", false},
+		{"apns.>", "apns.jobs.>", true},
+		{">", "apns", true},
+		{"apns.jobs.ios", "apns.jobs.>", false},
+		{"apns.jobs.ios", "apns.jobs.*", false},
+		{"apns.events.>", "apns.jobs.>", false},
+	} {
+		require.Equal(t, tt.want, subjectCovers(tt.wide, tt.narrow), "%s ⊇ %s", tt.wide, tt.narrow)
+	}
 }
 
 func TestSubjectsCollide(t *testing.T) {

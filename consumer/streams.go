@@ -59,6 +59,23 @@ func subjectsCollide(a, b string) bool {
 	return len(at) == len(bt)
 }
 
+// subjectCovers reports whether pattern wide matches every subject that
+// pattern narrow matches (NATS tokens; * one token, > the rest).
+func subjectCovers(wide, narrow string) bool {
+	wt, nt := strings.Split(wide, "."), strings.Split(narrow, ".")
+	for i, w := range wt {
+		switch {
+		case w == ">":
+			return i < len(nt)
+		case i >= len(nt) || nt[i] == ">":
+			return false
+		case w != "*" && w != nt[i]:
+			return false
+		}
+	}
+	return len(wt) == len(nt)
+}
+
 // ensureEvents creates the events stream, or brings what the worker owns
 // of it up to date.
 func (w *Worker) ensureEvents(ctx context.Context) error {
@@ -121,13 +138,15 @@ func (w *Worker) healEvents() {
 }
 
 // ensureStream creates the stream want describes, or, when it exists, sets
-// only what the worker owns: its subjects are added (others kept, and none
-// that overlaps one of them), replicas are raised to want's (never
-// lowered), the de-duplication window is set (at most the stream's max
-// age), and whatever own sets is applied.
-// Limits an operator set by hand (max bytes, max messages, discard policy,
-// placement, …) stay as they are. A stream whose retention differs from
-// want's cannot serve: that is an error naming both.
+// only what the worker owns: its subjects are added (others kept, but for
+// ones that a subject of want's covers; one that covers a subject of
+// want's stands for it; a partial overlap is an error), acks to publishes
+// are on, replicas are raised to want's (never lowered), the
+// de-duplication window is set (at most the stream's max age), and
+// whatever own sets is applied. Limits an operator set by hand (max bytes,
+// max messages, discard policy, placement, …) stay as they are. A stream
+// whose retention differs from want's cannot serve: that is an error
+// naming both.
 func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) error {
 	for attempt := 0; ; attempt++ {
 		s, err := js.Stream(ctx, want.Name)
@@ -149,13 +168,25 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		next := have
 		next.Subjects = slices.Clone(have.Subjects)
 		for _, subj := range want.Subjects {
-			// A subject the stream's own overlap is left out: the server
-			// refuses overlapping subjects in one stream, and the
-			// operator's wider one (apns.>) already captures ours.
-			if !slices.ContainsFunc(next.Subjects, func(s string) bool { return subjectsCollide(s, subj) }) {
-				next.Subjects = append(next.Subjects, subj)
+			// The server refuses overlapping subjects in one stream. An
+			// operator's wider subject (apns.>) already captures ours;
+			// narrower ones (apns.jobs.ios) give way to ours, which
+			// captures them; one that only partly overlaps ours
+			// (apns.*.ios against apns.jobs.>) leaves part of ours
+			// uncaptured, which the worker cannot run with.
+			if slices.ContainsFunc(next.Subjects, func(s string) bool { return subjectCovers(s, subj) }) {
+				continue
 			}
+			next.Subjects = slices.DeleteFunc(next.Subjects, func(s string) bool { return subjectCovers(subj, s) })
+			if i := slices.IndexFunc(next.Subjects, func(s string) bool { return subjectsCollide(s, subj) }); i >= 0 {
+				return fmt.Errorf("its subject %s overlaps %s, which the worker needs whole: give the stream %s (or a subject that covers it) instead",
+					next.Subjects[i], subj, subj)
+			}
+			next.Subjects = append(next.Subjects, subj)
 		}
+		// Without acks to publishes, no event or job is ever confirmed
+		// stored: the worker owns this setting.
+		next.NoAck = false
 		next.Replicas = max(have.Replicas, want.Replicas) // never scaled down
 		if want.Duplicates > 0 {
 			next.Duplicates = want.Duplicates
