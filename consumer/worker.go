@@ -214,7 +214,7 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 		// the server forgot would otherwise stall intake for 30 s
 		// (measured in integration's TestClusterNodeLoss; nats.go #2063).
 		cc, err := w.cons.Consume(handler,
-			jetstream.PullMaxMessages(w.opts.PullMaxMessages),
+			jetstream.PullMaxMessagesWithBytesLimit(w.opts.PullMaxMessages, w.pullMaxBytes()),
 			jetstream.PullExpiry(5*time.Second),
 			jetstream.ConsumeErrHandler(w.consumeError))
 		if err != nil {
@@ -276,6 +276,16 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 		}
 		cancel()
 	}
+}
+
+// pullMaxBytes bounds each pull request in bytes as well as in messages:
+// without it, a backlog of large jobs (1 000 of 1 MB) is a GB the server
+// queues for the worker at once, past its max_pending (64 MiB by default),
+// and it cuts the worker as a slow consumer, again after each reconnect.
+// It is at least twice the server's max_payload, so that any job fits.
+func (w *Worker) pullMaxBytes() int {
+	const floor = 16 << 20
+	return max(floor, 2*int(w.js.Conn().MaxPayload()))
 }
 
 func (w *Worker) consumeError(_ jetstream.ConsumeContext, err error) {
