@@ -25,10 +25,11 @@
 //	                  to Send as a probe every CredentialsProbeInterval
 //
 // Events are published asynchronously with a Nats-Msg-Id of
-// "<kind>:<job id>:<stream seq>" (or "<kind>:seq:<stream seq>" for jobs
-// without an id), so a redelivered job never doubles its event, while a
-// job id a producer reuses for a new job (a new stream sequence) still
-// gets its own events; a job is finished only once its events are stored.
+// "<kind>:<job id>:<stream seq>:<stored>" (or "<kind>:seq:<stream
+// seq>:<stored>" for jobs without an id; <stored> is when the jobs stream
+// stored the job), so a redelivered job never doubles its event, while a
+// job id a producer reuses for a new job (a new stream sequence), or a job
+// of a jobs stream made again, still gets its own events; a job is finished only once its events are stored.
 // An event not stored for a transient cause (no PubAck in time, no
 // responders while the events stream elects a leader, a connection being
 // replaced) is published again by the worker, up to 6 times with back-off;

@@ -188,15 +188,17 @@ func withoutJob(body any, data []byte) any {
 }
 
 // eventMsgID derives an event's Nats-Msg-Id from the event kind, the job
-// id and the job's stream sequence: "<kind>:<job id>:<seq>". A redelivered
-// job keeps its sequence, so it publishes the same id and the events
-// stream drops the repeat; a producer that reuses a job id for a new job
-// (after the jobs stream's duplicates window) gets a new sequence, so its
-// events are not dropped as repeats of the old job's. Jobs without an id
-// use "<kind>:seq:<seq>"; ids that are not short printable ASCII are
-// hashed ("<kind>:h:<hash>:<seq>").
-func eventMsgID(kind, jobID string, seq uint64) string {
-	s := strconv.FormatUint(seq, 10)
+// id, the job's stream sequence and the time the stream stored it (Unix
+// nanoseconds): "<kind>:<job id>:<seq>:<stored>". A redelivered job keeps
+// both, so it publishes the same id and the events stream drops the
+// repeat; a producer that reuses a job id for a new job (after the jobs
+// stream's duplicates window) gets a new sequence, and a job stored after
+// the jobs stream was made again (its sequences start again at 1) a new
+// time, so their events are not dropped as repeats of an earlier job's.
+// Jobs without an id use "<kind>:seq:<seq>:<stored>"; ids that are not
+// short printable ASCII are hashed ("<kind>:h:<hash>:<seq>:<stored>").
+func eventMsgID(kind, jobID string, seq uint64, stored int64) string {
+	s := strconv.FormatUint(seq, 10) + ":" + strconv.FormatInt(stored, 10)
 	if jobID == "" {
 		return kind + ":seq:" + s
 	}

@@ -49,10 +49,14 @@ func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, evs 
 
 // sendEvents publishes pe's events and sets its deadline.
 func (w *Worker) sendEvents(pe *pendingEvents) error {
-	seq, _ := w.meta(pe.it)
+	var seq uint64
+	var stored int64
+	if md, err := pe.it.msg.Metadata(); err == nil {
+		seq, stored = md.Sequence.Stream, md.Timestamp.UnixNano()
+	}
 	pe.futs = make([]jetstream.PubAckFuture, 0, len(pe.evs))
 	for _, ev := range pe.evs {
-		m, err := eventMsg(w.opts.subject(ev.kind), eventMsgID(ev.kind, pe.it.id, seq), ev.body)
+		m, err := eventMsg(w.opts.subject(ev.kind), eventMsgID(ev.kind, pe.it.id, seq, stored), ev.body)
 		if err != nil {
 			return err
 		}

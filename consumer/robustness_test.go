@@ -401,10 +401,13 @@ func TestReusedJobIDGetsItsOwnEvents(t *testing.T) {
 }
 
 func TestEventMsgID(t *testing.T) {
-	require.Equal(t, "rejected:job-1:7", eventMsgID(KindRejected, "job-1", 7))
-	require.Equal(t, "badtokens:seq:7", eventMsgID(KindBadToken, "", 7))
-	require.Regexp(t, `^deadletter:h:[0-9a-f]{32}:7$`, eventMsgID(KindDeadLetter, "has space", 7))
-	require.NotEqual(t, eventMsgID(KindBadToken, "job-1", 7), eventMsgID(KindBadToken, "job-1", 8))
+	const stored = 1733000000123456789
+	require.Equal(t, "rejected:job-1:7:1733000000123456789", eventMsgID(KindRejected, "job-1", 7, stored))
+	require.Equal(t, "badtokens:seq:7:1733000000123456789", eventMsgID(KindBadToken, "", 7, stored))
+	require.Regexp(t, `^deadletter:h:[0-9a-f]{32}:7:1733000000123456789$`, eventMsgID(KindDeadLetter, "has space", 7, stored))
+	require.NotEqual(t, eventMsgID(KindBadToken, "job-1", 7, stored), eventMsgID(KindBadToken, "job-1", 8, stored))
+	// The jobs stream made again: sequence 7 again, stored later.
+	require.NotEqual(t, eventMsgID(KindBadToken, "", 7, stored), eventMsgID(KindBadToken, "", 7, stored+1))
 }
 
 // TestEventsMaxAge: zero takes the 7-day default; negative means no limit.
