@@ -69,12 +69,11 @@ func (w *Worker) failed(it *item, cause error) {
 			w.finish(it, actNakDelay, w.opts.backoff(deliveries))
 			return
 		}
-		w.m.deadLettered.Inc()
 		w.log.Warn("job dead-lettered", slog.String("job_id", it.id), slog.Uint64("seq", seq),
 			slog.String("reason", reason), slog.Uint64("deliveries", deliveries), slog.Any("error", cause))
 		ev := DeadLetterEvent{JobID: it.id, Seq: seq, Reason: reason, Error: cause.Error(), Deliveries: deliveries, Time: time.Now().UTC()}
 		ev.EventJob = eventJob(it.msg.Data(), MaxEventJob)
-		w.publish(it, KindDeadLetter, actTerm, false, event{KindDeadLetter, ev})
+		w.publish(it, KindDeadLetter, actTerm, false, w.m.deadLettered, event{KindDeadLetter, ev})
 	}
 }
 
@@ -84,7 +83,6 @@ func (w *Worker) rejected(it *item, token apns.Token, rej *apns.RejectionError) 
 	if reason == "" {
 		reason = rej.Status.String()
 	}
-	w.m.rejected.WithLabelValues(reason).Inc()
 	seq, _ := w.meta(it)
 	now := time.Now().UTC()
 	ev := RejectionEvent{
@@ -103,19 +101,18 @@ func (w *Worker) rejected(it *item, token apns.Token, rej *apns.RejectionError) 
 			Token: token.String(), Time: t, Source: SourceRejection, Reason: reason, JobID: it.id, Seq: seq,
 		}})
 	}
-	w.publish(it, KindRejected, actAck, false, evs...)
+	w.publish(it, KindRejected, actAck, false, w.m.rejected.WithLabelValues(reason), evs...)
 }
 
 // malformed publishes a rejection event carrying the job's bytes, then
 // terminates the job: no attempt will ever succeed.
 func (w *Worker) malformed(it *item, token string, cause error) {
 	reason := malformedReason(cause)
-	w.m.malformed.WithLabelValues(reason).Inc()
 	seq, _ := w.meta(it)
 	w.log.Warn("malformed job", slog.String("job_id", it.id), slog.Uint64("seq", seq),
 		slog.String("reason", reason), slog.Any("error", cause))
 	ev := malformedEvent(it.id, seq, token, w.opts.Protocol, cause, it.msg.Data())
-	w.publish(it, KindRejected, actTerm, false, event{KindRejected, ev})
+	w.publish(it, KindRejected, actTerm, false, w.m.malformed.WithLabelValues(reason), event{KindRejected, ev})
 }
 
 // receipt publishes a delivered receipt, then acks. A receipt that cannot
@@ -123,7 +120,7 @@ func (w *Worker) malformed(it *item, token string, cause error) {
 // a delivered notification again would be worse than a missing receipt.
 func (w *Worker) receipt(it *item, token apns.Token, apnsID string) {
 	seq, _ := w.meta(it)
-	w.publish(it, KindDelivered, actAck, true, event{KindDelivered, ReceiptEvent{
+	w.publish(it, KindDelivered, actAck, true, nil, event{KindDelivered, ReceiptEvent{
 		JobID: it.id, Seq: seq, APNsID: apnsID, Token: token.String(), Time: time.Now().UTC(),
 	}})
 }
@@ -138,10 +135,11 @@ func (w *Worker) meta(it *item) (seq, deliveries uint64) {
 	return md.Sequence.Stream, md.NumDelivered
 }
 
-// finish acks, naks or terminates a job, once.
-func (w *Worker) finish(it *item, a action, delay time.Duration) {
+// finish acks, naks or terminates a job, once; it reports whether this
+// call did.
+func (w *Worker) finish(it *item, a action, delay time.Duration) bool {
 	if !it.done.CompareAndSwap(false, true) {
-		return
+		return false
 	}
 	var err error
 	switch a {
@@ -162,4 +160,5 @@ func (w *Worker) finish(it *item, a action, delay time.Duration) {
 	if it.slot.CompareAndSwap(true, false) { // see holdSlot
 		<-w.slots
 	}
+	return true
 }

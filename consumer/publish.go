@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Publishing a job's events: a job is acked (or termed) only once its
@@ -27,15 +28,20 @@ type pendingEvents struct {
 	ackOnErr bool // receipts: ack even if the event is lost
 	minimal  bool // the last try: the events without the job's bytes
 	retries  int  // publishes again after a transient failure
+	// counter counts the job's outcome once its events are stored (nil:
+	// none), so that a job naked because they were not is not counted at
+	// each attempt.
+	counter  prometheus.Counter
 	evs      []event
 	futs     []jetstream.PubAckFuture
 	deadline time.Time
 }
 
 // publish sends a job's events asynchronously; the job is finished with
-// onOK once every event is confirmed, or naked for a retry if one is not.
-func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, evs ...event) {
-	pe := &pendingEvents{it: it, kind: kind, onOK: onOK, ackOnErr: ackOnErr, evs: evs}
+// onOK, and counted by counter, once every event is confirmed, or naked
+// for a retry if one is not.
+func (w *Worker) publish(it *item, kind string, onOK action, ackOnErr bool, counter prometheus.Counter, evs ...event) {
+	pe := &pendingEvents{it: it, kind: kind, onOK: onOK, ackOnErr: ackOnErr, counter: counter, evs: evs}
 	if err := w.sendEvents(pe); err != nil {
 		w.eventFailed(pe, err)
 		return
@@ -139,7 +145,7 @@ func (w *Worker) retryEvents(pe *pendingEvents, retry int) {
 		w.eventFailed(pe, err)
 		return
 	}
-	w.finish(pe.it, pe.onOK, 0)
+	w.eventsStored(pe)
 }
 
 // goUnlessStopped runs f on a goroutine Shutdown waits for, unless the
@@ -172,7 +178,7 @@ func permanentEventError(err error) bool {
 // their PubAcks and terminates the job; it naks it if they fail too.
 func (w *Worker) publishMinimal(pe *pendingEvents) {
 	data := pe.it.msg.Data()
-	mp := &pendingEvents{it: pe.it, kind: pe.kind, onOK: actTerm, minimal: true,
+	mp := &pendingEvents{it: pe.it, kind: pe.kind, onOK: actTerm, minimal: true, counter: pe.counter,
 		evs: make([]event, len(pe.evs))}
 	for i, ev := range pe.evs {
 		mp.evs[i] = event{ev.kind, withoutJob(ev.body, data)}
@@ -188,7 +194,15 @@ func (w *Worker) publishMinimal(pe *pendingEvents) {
 	}
 	w.log.Warn("job terminated with an event without its bytes", slog.String("kind", pe.kind),
 		slog.String("job_id", pe.it.id))
-	w.finish(mp.it, actTerm, 0)
+	w.eventsStored(mp)
+}
+
+// eventsStored finishes pe's job with pe.onOK now that its events are
+// stored, and counts it.
+func (w *Worker) eventsStored(pe *pendingEvents) {
+	if w.finish(pe.it, pe.onOK, 0) && pe.counter != nil {
+		pe.counter.Inc()
+	}
 }
 
 // confirmEvents waits for PubAcks in publish order (the server answers in
@@ -208,7 +222,7 @@ func (w *Worker) confirmEvents() {
 			w.eventFailed(pe, err)
 			continue
 		}
-		w.finish(pe.it, pe.onOK, 0)
+		w.eventsStored(pe)
 	}
 }
 
