@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -318,4 +319,46 @@ func TestOutsideDeadLetterAfterMaxDeliverFailures(t *testing.T) {
 	require.Equal(t, 3*(1+3), h2.Statuses()[503],
 		"dead-lettered after %d failed deliveries (each sent once and retried 3 times by the engine), want 3; event says deliveries %d",
 		h2.Statuses()[503]/4, dl[0].Deliveries)
+}
+
+// TestOutsideEmptyJobWithStatusHeader: a producer publishes an empty job
+// with a header named Status (a proxy or an HTTP bridge forwarding its
+// headers, say). README: "An empty message has "job_raw":"" and
+// "job_size":0", and "Anything the stream stores ends in one of the
+// outcomes below". nats.go's jetstream pull consumer (checkMsg in
+// jetstream/message.go, v1.55.0) takes any message without data whose
+// headers hold Status for the server's own status message, whatever its
+// reply subject ($JS.ACK…): the worker's handler never sees the job, it
+// is never acked or terminated, and is delivered again every ACK_WAIT,
+// for ever, with no event and no log line naming it. With Status 404 the
+// worker logs "consume error: no messages" every ACK_WAIT; with
+// Status 409 and Description "Consumer Deleted" every redelivery stops
+// the worker's subscription ("consume stopped; binding the consumer
+// again").
+func TestOutsideEmptyJobWithStatusHeader(t *testing.T) {
+	t.Skip("defect: an empty job with a Status header (404/408/409) is taken by nats.go for a status message: never handed to the worker, redelivered for ever, no event (409 Consumer Deleted also restarts intake)")
+	ns := startNATS(t)
+	nc, js := connect(t, ns.ClientURL())
+	env := mockEnv(ns.ClientURL())
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "2s"
+	w := startWorker(t, "status-header", env)
+
+	headers := []nats.Header{
+		{"Status": {"404"}, "Description": {"No Messages"}},
+		{"Status": {"408"}, "Description": {"Request Timeout"}},
+		{"Status": {"409"}, "Description": {"Consumer Deleted"}},
+	}
+	for i, h := range headers {
+		h.Set(jetstream.MsgIDHeader, "status-"+h.Get("Status"))
+		_, err := js.PublishMsg(ctxT(t, 10*time.Second), &nats.Msg{Subject: jobsSubject, Header: h})
+		require.NoError(t, err, "publish %d", i)
+	}
+	// A job after them, to show intake goes on.
+	publishRaw(t, js, []byte("not json"))
+	require.NoError(t, nc.Flush())
+
+	waitDrained(t, js, 20*time.Second) // several ACK_WAITs
+	rej := readEvents[consumer.RejectionEvent](t, js, subjRejected)
+	require.Len(t, rej, len(headers)+1, "one rejection (empty message) per job")
+	require.NotContains(t, w.log.String(), "binding the consumer again", "a job restarted the worker's intake")
 }
