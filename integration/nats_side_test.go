@@ -363,3 +363,30 @@ func TestOutsideEmptyJobWithStatusHeader(t *testing.T) {
 	require.Len(t, rej, len(headers)+1, "one rejection (empty message) per job")
 	require.NotContains(t, w.log.String(), "binding the consumer again", "a job restarted the worker's intake")
 }
+
+// TestOutsideJobsStreamNarrowSubjects: the same fault on the jobs stream.
+// An operator created APNS_JOBS beforehand (work queue, as the worker
+// needs) for apns.jobs.ios only. The worker adds apns.jobs but leaves
+// apns.jobs.> out, as it "overlaps" apns.jobs.ios, and starts: a producer
+// publishing to apns.jobs.android (README: "Publish JSON to apns.jobs (or
+// any subject below it)") gets no responders.
+func TestOutsideJobsStreamNarrowSubjects(t *testing.T) {
+	t.Skip("defect: a jobs stream pre-created for apns.jobs.ios only is accepted without apns.jobs.>: jobs to other subjects below apns.jobs are refused")
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	ctx := ctxT(t, 30*time.Second)
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: jobsStream, Subjects: []string{jobsSubject + ".ios"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+	})
+	require.NoError(t, err)
+
+	w, exited := spawnUntilRunningOrExit(t, "narrow-jobs", mockEnv(ns.ClientURL()))
+	if exited {
+		code := w.wait(time.Second)
+		require.Equal(t, 1, code, "log:\n%s", w.log.String())
+		require.Contains(t, lastLine(w.log.String()), "APNS_WORKER_JOBS_")
+		return
+	}
+	_, err = js.Publish(ctx, jobsSubject+".android", []byte(`{"id":"android-1","token":"`+mockBadToken+`","payload":{"aps":{}}}`))
+	require.NoError(t, err, "a job published below %s", jobsSubject)
+}
