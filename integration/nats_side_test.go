@@ -526,3 +526,47 @@ func scrapeLabelled(t *testing.T, w *worker, series string) float64 {
 	}
 	return 0
 }
+
+// TestOutsideNoPullPermission: the worker's NATS user may set up the
+// streams and the durable but not pull from it (no publish permission on
+// $JS.API.CONSUMER.MSG.NEXT.>, a plausible least-privilege slip). README:
+// JetStream refusals at start-up, "permissions once the refused request
+// times out after 10 s", end the process with exit code 1. The worker
+// instead logs "worker running", /readyz answers "ok", and it can never
+// take a job: a permissions violation and "no heartbeat received" every
+// 5 s at WARN, for ever, while jobs pile up.
+func TestOutsideNoPullPermission(t *testing.T) {
+	t.Skip("defect: a NATS user that may not pull ($JS.API.CONSUMER.MSG.NEXT) gets a running, ready worker that never takes a job, instead of exit 1")
+	ns := startNATSWith(t, freeAddr(t), func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "admin", Password: "pw"},
+			{Username: "nopull", Password: "pw", Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: []string{
+					"$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.>",
+					"$JS.API.CONSUMER.INFO.>", "$JS.ACK.>", eventsPrefix + ".>",
+				}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+			}},
+		}
+	})
+	env := mockEnv(ns.ClientURL())
+	env["APNS_WORKER_NATS_USER"] = "nopull"
+	env["APNS_WORKER_NATS_PASSWORD"] = "pw"
+	w, exited := spawnUntilRunningOrExit(t, "no-pull", env)
+	if exited {
+		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
+		return
+	}
+	adminURL := strings.Replace(ns.ClientURL(), "nats://", "nats://admin:pw@", 1)
+	_, js := connect(t, adminURL)
+	publishRaw(t, js, []byte("not json"))
+	waitFor(t, 30*time.Second, "the worker to take the job, or to exit 1", func() bool {
+		if w.exited() {
+			return true
+		}
+		return streamState(t, js, jobsStream).Msgs == 0
+	})
+	if w.exited() {
+		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
+	}
+}
