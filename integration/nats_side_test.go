@@ -570,3 +570,47 @@ func TestOutsideNoPullPermission(t *testing.T) {
 		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
 	}
 }
+
+// TestOutsideNoAckPermission: the worker's NATS user may pull but not ack
+// (no publish permission on $JS.ACK.>). Every ack is refused (an async
+// permissions violation, logged at WARN), so each job delivered to APNs
+// comes back after ACK_WAIT and is sent again, for ever: devices get the
+// same notification every ACK_WAIT (measured: 10 jobs, ACK_WAIT 1 s, 300
+// notifications in 30 s). The worker says "worker running" and
+// /readyz "ok". As for the other permissions (README: exit code 1), a
+// worker that cannot ack should stop, not push the same jobs in a loop.
+func TestOutsideNoAckPermission(t *testing.T) {
+	t.Skip("defect: a NATS user that may not ack ($JS.ACK.>) gets a running worker that sends every job to APNs again each ACK_WAIT, for ever")
+	ns := startNATSWith(t, freeAddr(t), func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "admin", Password: "pw"},
+			{Username: "noack", Password: "pw", Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: []string{
+					"$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>", eventsPrefix + ".>",
+				}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+			}},
+		}
+	})
+	gw := startGateway(t)
+	env := binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond)
+	env["APNS_WORKER_NATS_USER"] = "noack"
+	env["APNS_WORKER_NATS_PASSWORD"] = "pw"
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "1s"
+	w, exited := spawnUntilRunningOrExit(t, "no-ack", env)
+	if exited {
+		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
+		return
+	}
+	adminURL := strings.Replace(ns.ClientURL(), "nats://", "nats://admin:pw@", 1)
+	_, js := connect(t, adminURL)
+	jobs := publishJobs(t, js, "noack", 10, func(i int) apns.Token { return token(0xac, i) })
+	waitFor(t, 30*time.Second, "the worker to deliver and ack the jobs, or to exit 1", func() bool {
+		return w.exited() || streamState(t, js, jobsStream).Msgs == 0
+	})
+	if w.exited() {
+		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
+		return
+	}
+	require.Zero(t, requireAllDelivered(t, gw, jobs, nil), "notifications sent more than once")
+}
