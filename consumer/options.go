@@ -59,9 +59,10 @@ type Options struct {
 	// between AckWait/6 and AckWait/3 after the worker received it, then
 	// one every AckWait/3, which keeps a job held by a slow engine ours.
 	AckWait time.Duration
-	// MaxDeliver is the attempts a job gets before it is dead-lettered
-	// (default 10). The worker enforces it (publish the dead letter, then
-	// Term); the server-side consumer keeps MaxDeliver unlimited so a job is
+	// MaxDeliver is the deliveries a job gets before it is dead-lettered
+	// (default 10), and no sooner than its back-off schedule allows since
+	// the job was stored (see youngerThanRetries). The worker enforces it
+	// (publish the dead letter, then Term); the server-side consumer keeps MaxDeliver unlimited so a job is
 	// never stranded in the work-queue stream (nats-server #5564).
 	MaxDeliver int
 	// Backoff is the NakWithDelay schedule for failed jobs: the delay after
@@ -247,6 +248,16 @@ func (o Options) withDefaults() (Options, error) {
 func (o *Options) backoff(n uint64) time.Duration {
 	i := int(min(n, uint64(len(o.Backoff)))) - 1
 	return o.Backoff[max(i, 0)]
+}
+
+// retryHorizon is the least time MaxDeliver failed attempts take: the
+// back-off delays after the first MaxDeliver-1 of them.
+func (o *Options) retryHorizon() time.Duration {
+	var d time.Duration
+	for n := 1; n < o.MaxDeliver; n++ {
+		d += o.backoff(uint64(n))
+	}
+	return d
 }
 
 func (o *Options) subject(kind string) string { return o.EventsSubject + "." + kind }

@@ -65,7 +65,7 @@ func (w *Worker) failed(it *item, cause error) {
 		if errors.Is(cause, apns.ErrExpired) {
 			// The notification's expiration passed: no retry can send it.
 			reason = ReasonExpired
-		} else if deliveries < uint64(w.opts.MaxDeliver) {
+		} else if deliveries < uint64(w.opts.MaxDeliver) || w.youngerThanRetries(it) {
 			w.finish(it, actNakDelay, w.opts.backoff(deliveries))
 			return
 		}
@@ -133,6 +133,19 @@ func (w *Worker) meta(it *item) (seq, deliveries uint64) {
 		return 0, 1
 	}
 	return md.Sequence.Stream, md.NumDelivered
+}
+
+// youngerThanRetries reports whether the jobs stream stored it less than
+// Options.retryHorizon ago. JetStream's delivery count, which MaxDeliver
+// is compared with, also counts deliveries that were no attempt: jobs
+// handed back unsent at a stop, dropped from the pull buffer at an intake
+// pause, or naked because their event was not stored. During an APNs
+// outage those could use up a job's deliveries in minutes; a job is
+// dead-lettered only once it has also been in the stream as long as
+// MaxDeliver failed attempts and their back-off take.
+func (w *Worker) youngerThanRetries(it *item) bool {
+	md, err := it.msg.Metadata()
+	return err == nil && time.Since(md.Timestamp) < w.opts.retryHorizon()
 }
 
 // finish acks, naks or terminates a job, once; it reports whether this

@@ -336,6 +336,42 @@ func TestFailedThenRetried(t *testing.T) {
 	require.Zero(t, streamMsgs(t, js, "APNS_EVENTS", "apns.events.rejected"))
 }
 
+// TestHandBacksDoNotShortenRetries: JetStream counts every delivery,
+// also those that were no attempt (here two hand-backs, as at a stop while
+// APNs is down), so a job reaches MaxDeliver (3) at its first failure.
+// It is dead-lettered only once it has been in the stream as long as
+// MaxDeliver failed attempts and their back-off take (2 × 1 s): not at
+// that first failure.
+func TestHandBacksDoNotShortenRetries(t *testing.T) {
+	js, _ := startJS(t)
+	opts := testOptions()
+	opts.Backoff = []time.Duration{time.Second}
+	w, err := New(js, opts) // the streams and the durable
+	require.NoError(t, err)
+	require.NoError(t, w.Shutdown(context.Background(), nil))
+	publishJobs(t, js, 1, tokHex)
+	cons, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+	require.NoError(t, err)
+	for range 2 { // handed back unsent
+		b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		m, ok := <-b.Messages()
+		require.True(t, ok, "no delivery: %v", b.Error())
+		require.NoError(t, m.Nak())
+	}
+
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return fmt.Errorf("%w: test: 503", apns.ErrRetriesExhausted), false
+	})
+	startWorker(t, js, opts, eng)
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
+		20*time.Second, 10*time.Millisecond)
+	dl := events[DeadLetterEvent](t, js, "apns.events.deadletter")
+	require.Len(t, dl, 1)
+	require.GreaterOrEqual(t, eng.sent(tokHex(0)), 2, "dead-lettered at its first failure")
+	require.Greater(t, dl[0].Deliveries, uint64(opts.MaxDeliver))
+}
+
 func TestCredentialsErrorDoesNotDeadLetter(t *testing.T) {
 	js, _ := startJS(t)
 	eng := newFakeEngine(func(_ *apns.Notification, attempt int) (error, bool) {
