@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -250,6 +251,42 @@ func TestRebindDespiteStreamError(t *testing.T) {
 	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 },
 		20*time.Second, 10*time.Millisecond)
 	require.NoError(t, r.stop())
+}
+
+// TestBindNeverLowersSharedSettings: workers on one durable with other
+// ACK_WAIT and MAX_IN_FLIGHT (a rolling upgrade). A worker with shorter
+// or smaller ones keeps the durable's (and warns about the ack wait); one
+// with longer or larger ones raises them.
+func TestBindNeverLowersSharedSettings(t *testing.T) {
+	js, _ := startJS(t)
+	bind := func(ackWait time.Duration, maxInFlight int) string {
+		var log syncBuffer
+		opts := testOptions()
+		opts.AckWait, opts.MaxInFlight = ackWait, maxInFlight
+		opts.Logger = slog.New(slog.NewJSONHandler(&log, nil))
+		w, err := New(js, opts)
+		require.NoError(t, err)
+		require.NoError(t, w.Shutdown(context.Background(), nil))
+		return log.String()
+	}
+	durable := func() jetstream.ConsumerConfig {
+		c, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+		require.NoError(t, err)
+		return c.CachedInfo().Config
+	}
+	require.NotContains(t, bind(30*time.Second, 2000), "ack wait")
+	first := durable()
+	require.Equal(t, 30*time.Second, first.AckWait)
+
+	log := bind(5*time.Second, 1000)
+	require.Equal(t, first.AckWait, durable().AckWait, "lowered")
+	require.Equal(t, first.MaxAckPending, durable().MaxAckPending, "lowered")
+	require.Contains(t, log, `"durable_ack_wait":30000000000`)
+	require.Contains(t, log, "APNS_WORKER_JOBS_ACK_WAIT")
+
+	bind(time.Minute, 4000)
+	require.Equal(t, time.Minute, durable().AckWait)
+	require.Greater(t, durable().MaxAckPending, first.MaxAckPending)
 }
 
 func TestSubjectCovers(t *testing.T) {

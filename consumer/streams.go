@@ -205,16 +205,35 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 }
 
+// bindConsumer creates the durable consumer, or brings an existing one to
+// the worker's settings. Its AckWait and MaxAckPending are shared by every
+// worker on it, which may have been started with other values (a rolling
+// upgrade): they are raised to this worker's, never lowered. Lowering
+// AckWait under a worker that keeps its jobs alive at a longer one's pace
+// would let them expire while it holds them, and the server would send
+// them again; this worker keeps its own jobs alive at its own, shorter,
+// pace, which is safe under a longer AckWait.
 func (w *Worker) bindConsumer(ctx context.Context) error {
 	o := &w.opts
+	ackWait, maxAckPending := o.AckWait, o.MaxAckPending
+	if c, err := w.js.Consumer(ctx, o.JobsStream, o.Durable); err == nil {
+		have := c.CachedInfo().Config
+		if have.AckWait > ackWait {
+			w.log.Warn("the durable's ack wait is longer than APNS_WORKER_JOBS_ACK_WAIT; keeping it, as other workers may hold jobs that long "+
+				"(to lower it, stop every worker and edit or delete the durable)",
+				slog.String("durable", o.Durable), slog.Duration("durable_ack_wait", have.AckWait), slog.Duration("ack_wait", o.AckWait))
+			ackWait = have.AckWait
+		}
+		maxAckPending = max(maxAckPending, have.MaxAckPending)
+	}
 	c, err := w.js.CreateOrUpdateConsumer(ctx, o.JobsStream, jetstream.ConsumerConfig{
 		Durable:       o.Durable,
 		Description:   "apns-worker jobs, shared by every worker",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       o.AckWait,
+		AckWait:       ackWait,
 		MaxDeliver:    -1, // enforced by the worker: dead letter, then Term
-		MaxAckPending: o.MaxAckPending,
+		MaxAckPending: maxAckPending,
 	})
 	if err != nil {
 		return fmt.Errorf("consumer: durable %s on %s: %w", o.Durable, o.JobsStream, err)

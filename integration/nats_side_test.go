@@ -255,7 +255,6 @@ func TestOutsideNATSKeyFilesCheckedAtStart(t *testing.T) {
 // twice; 0 when both workers use the same value). The keep-alive should
 // follow the durable's actual AckWait (or a mismatch be refused/warned).
 func TestOutsideAckWaitLoweredByAnotherWorker(t *testing.T) {
-	t.Skip("defect: workers sharing a durable with different ACK_WAIT keep their jobs alive at their own ACK_WAIT/3, not the durable's: jobs expire and APNs gets most of them twice")
 	const n = 1000
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
