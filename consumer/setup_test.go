@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -287,6 +290,40 @@ func TestBindNeverLowersSharedSettings(t *testing.T) {
 	bind(time.Minute, 4000)
 	require.Equal(t, time.Minute, durable().AckWait)
 	require.Greater(t, durable().MaxAckPending, first.MaxAckPending)
+}
+
+// TestSetupWithinServerLimits: a server whose JetStream limits cap
+// MaxAckPending and de-duplication windows below the worker's: the worker
+// uses the limits, with a warning each, instead of failing to start.
+func TestSetupWithinServerLimits(t *testing.T) {
+	s, err := server.NewServer(&server.Options{
+		JetStream: true, StoreDir: t.TempDir(), Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+		JetStreamLimits: server.JSLimitOpts{MaxAckPending: 500, Duplicates: time.Minute},
+	})
+	require.NoError(t, err)
+	go s.Start()
+	require.True(t, s.ReadyForConnections(10*time.Second))
+	t.Cleanup(s.Shutdown)
+	nc, err := nats.Connect(s.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+
+	var log syncBuffer
+	opts := testOptions()
+	opts.JobsDuplicates, opts.EventsDuplicates = 2*time.Minute, 10*time.Minute
+	opts.Logger = slog.New(slog.NewJSONHandler(&log, nil))
+	w, err := New(js, opts)
+	require.NoError(t, err)
+	require.NoError(t, w.Shutdown(context.Background(), nil))
+	require.Equal(t, time.Minute, streamConfig(t, js, "APNS_JOBS").Duplicates)
+	require.Equal(t, time.Minute, streamConfig(t, js, "APNS_EVENTS").Duplicates)
+	c, err := js.Consumer(ctxT(t), "APNS_JOBS", "apns-worker")
+	require.NoError(t, err)
+	require.Equal(t, 500, c.CachedInfo().Config.MaxAckPending)
+	require.Equal(t, 2, strings.Count(log.String(), "the server limits de-duplication windows"), log.String())
+	require.Contains(t, log.String(), "APNS_WORKER_MAX_IN_FLIGHT")
 }
 
 func TestSubjectCovers(t *testing.T) {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +31,7 @@ func (w *Worker) setup(ctx context.Context) error {
 // ensureStreams runs ensureStream for the jobs and the events streams.
 func (w *Worker) ensureStreams(ctx context.Context) error {
 	o := &w.opts
-	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
+	err := w.ensureStreamCapped(ctx, jetstream.StreamConfig{
 		Name:       o.JobsStream,
 		Subjects:   []string{o.JobsSubject, o.JobsSubject + ".>"},
 		Retention:  jetstream.WorkQueuePolicy,
@@ -76,12 +78,49 @@ func subjectCovers(wide, narrow string) bool {
 	return len(wt) == len(nt)
 }
 
+// ensureStreamCapped runs ensureStream, and, if the server refuses want's
+// de-duplication window as longer than its limit (server option
+// jetstream.limits.duplicate_window), again with that limit, with a
+// warning: a shorter window only lets an older repeated publish through.
+func (w *Worker) ensureStreamCapped(ctx context.Context, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) error {
+	err := ensureStream(ctx, w.js, want, own)
+	if limit, ok := serverLimit(err, dupWindowLimit); ok {
+		if d, perr := time.ParseDuration(limit); perr == nil && d > 0 && d < want.Duplicates {
+			w.log.Warn("the server limits de-duplication windows; using its limit", slog.String("stream", want.Name),
+				slog.Duration("duplicates", want.Duplicates), slog.Duration("server_limit", d))
+			want.Duplicates = d
+			err = ensureStream(ctx, w.js, want, own)
+		}
+	}
+	return err
+}
+
+// Server limits named in JetStream's refusals: the de-duplication window
+// (a stream's config error) and MaxAckPending (JSConsumerMaxPendingAckExcess).
+var (
+	dupWindowLimit     = regexp.MustCompile(`^duplicates window can not be larger then server limit of (\S+)$`)
+	maxAckPendingLimit = regexp.MustCompile(`^consumer max ack pending exceeds system limit of (\d+)$`)
+)
+
+// serverLimit returns the limit a JetStream API error of the form re names.
+func serverLimit(err error, re *regexp.Regexp) (string, bool) {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return "", false
+	}
+	m := re.FindStringSubmatch(apiErr.Description)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
+
 // ensureEvents creates the events stream, or brings what the worker owns
 // of it up to date.
 func (w *Worker) ensureEvents(ctx context.Context) error {
 	o := &w.opts
 	maxAge := max(o.EventsMaxAge, 0) // negative: no limit
-	err := ensureStream(ctx, w.js, jetstream.StreamConfig{
+	err := w.ensureStreamCapped(ctx, jetstream.StreamConfig{
 		Name:       o.EventsStream,
 		Subjects:   []string{o.EventsSubject + ".>"},
 		Retention:  jetstream.LimitsPolicy,
@@ -226,7 +265,7 @@ func (w *Worker) bindConsumer(ctx context.Context) error {
 		}
 		maxAckPending = max(maxAckPending, have.MaxAckPending)
 	}
-	c, err := w.js.CreateOrUpdateConsumer(ctx, o.JobsStream, jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:       o.Durable,
 		Description:   "apns-worker jobs, shared by every worker",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -234,7 +273,20 @@ func (w *Worker) bindConsumer(ctx context.Context) error {
 		AckWait:       ackWait,
 		MaxDeliver:    -1, // enforced by the worker: dead letter, then Term
 		MaxAckPending: maxAckPending,
-	})
+	}
+	c, err := w.js.CreateOrUpdateConsumer(ctx, o.JobsStream, cfg)
+	if limit, ok := serverLimit(err, maxAckPendingLimit); ok {
+		// The server (or the account) caps MaxAckPending: the workers on
+		// the durable hold at most that many jobs between them.
+		if n, perr := strconv.Atoi(limit); perr == nil && n > 0 && n < cfg.MaxAckPending {
+			w.log.Warn("the server limits max ack pending; using its limit: the workers on the durable hold at most that many jobs "+
+				"(lower APNS_WORKER_MAX_IN_FLIGHT so that each worker's share fits)",
+				slog.String("durable", o.Durable), slog.Int("max_ack_pending", cfg.MaxAckPending), slog.Int("server_limit", n),
+				slog.Int("max_in_flight", o.MaxInFlight))
+			cfg.MaxAckPending = n
+			c, err = w.js.CreateOrUpdateConsumer(ctx, o.JobsStream, cfg)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("consumer: durable %s on %s: %w", o.Durable, o.JobsStream, err)
 	}

@@ -410,7 +410,6 @@ func TestOutsideJobsStreamNarrowSubjects(t *testing.T) {
 // checks". It should clamp to the server's limit (with a warning), or
 // name the variable that fixes it.
 func TestOutsideServerJetStreamLimits(t *testing.T) {
-	t.Skip("defect: a server JetStream limit on max_ack_pending or the duplicate window stops start-up (exit 1) without naming a variable that fixes it; the windows have none")
 	for _, tt := range []struct {
 		name   string
 		limits server.JSLimitOpts
