@@ -146,9 +146,10 @@ func New(js jetstream.JetStream, opts Options) (*Worker, error) {
 	if err := w.setup(ctx); err != nil {
 		return nil, err
 	}
-	w.wg.Add(2)
+	w.wg.Add(3)
 	go w.confirmEvents()
 	go w.keepAlive()
+	go w.sweep()
 	return w, nil
 }
 
