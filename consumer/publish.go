@@ -233,14 +233,20 @@ func (w *Worker) awaitEvents(pe *pendingEvents, timer *time.Timer) error {
 		// A PubAck that is already in wins over a deadline that passed
 		// while pe waited behind other jobs' events.
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			if err := w.inEventsStream(ack); err != nil {
+				return err
+			}
 			continue
 		case err := <-f.Err():
 			return err
 		default:
 		}
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			if err := w.inEventsStream(ack); err != nil {
+				return err
+			}
 		case err := <-f.Err():
 			return err
 		case <-timer.C:
@@ -248,6 +254,16 @@ func (w *Worker) awaitEvents(pe *pendingEvents, timer *time.Timer) error {
 		case <-w.stop:
 			return errWorkerStopped
 		}
+	}
+	return nil
+}
+
+// inEventsStream checks that an event was stored in the events stream: a
+// stream an operator made on the events' subjects meanwhile (start-up
+// would refuse its overlap) stores them where no producer reads them.
+func (w *Worker) inEventsStream(ack *jetstream.PubAck) error {
+	if ack.Stream != w.opts.EventsStream {
+		return fmt.Errorf("event stored in stream %s, not the events stream %s", ack.Stream, w.opts.EventsStream)
 	}
 	return nil
 }

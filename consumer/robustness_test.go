@@ -361,7 +361,7 @@ func TestAwaitEventsPastDeadline(t *testing.T) {
 		pe := &pendingEvents{deadline: time.Now().Add(-time.Second)}
 		for range 3 {
 			f := doneFuture{ok: make(chan *jetstream.PubAck, 1)}
-			f.ok <- &jetstream.PubAck{}
+			f.ok <- &jetstream.PubAck{Stream: "APNS_EVENTS"}
 			pe.futs = append(pe.futs, f)
 		}
 		require.NoError(t, w.awaitEvents(pe, timer), "try %d", i)

@@ -256,6 +256,33 @@ func TestRebindDespiteStreamError(t *testing.T) {
 	require.NoError(t, r.stop())
 }
 
+// TestEventInForeignStreamNotStored: while the worker runs, an operator
+// replaces the events stream with another stream on its subjects. A
+// rejection's event stored there is not stored for the producers: the job
+// is not acked but tried again, until the events stream is back, and its
+// event is then in it.
+func TestEventInForeignStreamNotStored(t *testing.T) {
+	js, _ := startJS(t)
+	eng := newFakeEngine(func(*apns.Notification, int) (error, bool) {
+		return &apns.RejectionError{HTTPStatus: 400, Reason: "BadDeviceToken"}, false
+	})
+	opts := testOptions()
+	opts.eventRetryBase = 10 * time.Millisecond
+	startWorker(t, js, opts, eng)
+	ctx := ctxT(t)
+	require.NoError(t, js.DeleteStream(ctx, "APNS_EVENTS"))
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"apns.events.>"}})
+	require.NoError(t, err)
+	publishJobs(t, js, 1, tokHex)
+	require.Eventually(t, func() bool { return eng.sent(tokHex(0)) >= 2 }, 20*time.Second, 10*time.Millisecond,
+		"the job was not tried again")
+	require.Equal(t, uint64(1), streamMsgs(t, js, "APNS_JOBS", ""), "acked with its event in AUDIT")
+
+	require.NoError(t, js.DeleteStream(ctx, "AUDIT")) // the worker makes the events stream again
+	require.Eventually(t, func() bool { return streamMsgs(t, js, "APNS_JOBS", "") == 0 }, 30*time.Second, 10*time.Millisecond)
+	require.Equal(t, uint64(1), streamMsgs(t, js, "APNS_EVENTS", "apns.events.rejected"))
+}
+
 // TestBindNeverLowersSharedSettings: workers on one durable with other
 // ACK_WAIT and MAX_IN_FLIGHT (a rolling upgrade). A worker with shorter
 // or smaller ones keeps the durable's (and warns about the ack wait); one
