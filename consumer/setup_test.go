@@ -179,8 +179,8 @@ func TestEventsStreamRecreated(t *testing.T) {
 // TestSetupOverlappingSubjectsAndShortMaxAge: an operator's jobs stream on
 // apns.jobs.* with a one-minute max age: the worker adds apns.jobs (no
 // overlap), puts apns.jobs.> in the place of apns.jobs.* (which it covers:
-// the server refuses overlaps), and keeps its de-duplication window within
-// the max age.
+// the server refuses overlaps), keeps its de-duplication window within
+// the max age, and warns that the max age drops jobs without an event.
 func TestSetupOverlappingSubjectsAndShortMaxAge(t *testing.T) {
 	js, _ := startJS(t)
 	_, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{
@@ -190,9 +190,13 @@ func TestSetupOverlappingSubjectsAndShortMaxAge(t *testing.T) {
 		MaxAge:    time.Minute,
 	})
 	require.NoError(t, err)
-	w, err := New(js, testOptions())
+	var log syncBuffer
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewJSONHandler(&log, nil))
+	w, err := New(js, opts)
 	require.NoError(t, err)
 	require.NoError(t, w.Shutdown(context.Background(), nil))
+	require.Contains(t, log.String(), `"msg":"the jobs stream's limits let the server drop jobs, which then get no outcome and no event","stream":"APNS_JOBS","max_age":60000000000`)
 	c := streamConfig(t, js, "APNS_JOBS")
 	require.ElementsMatch(t, []string{"apns.jobs", "apns.jobs.>"}, c.Subjects)
 	require.Equal(t, time.Minute, c.Duplicates)

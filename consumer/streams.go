@@ -42,7 +42,25 @@ func (w *Worker) ensureStreams(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
 	}
+	w.warnDroppingLimits(ctx)
 	return w.ensureEvents(ctx)
+}
+
+// warnDroppingLimits warns when an operator's limits on the jobs stream
+// let the server drop jobs (a max age, or a cap with discard old): those
+// go without an outcome or an event, which the worker cannot tell.
+func (w *Worker) warnDroppingLimits(ctx context.Context) {
+	s, err := w.js.Stream(ctx, w.opts.JobsStream)
+	if err != nil {
+		return
+	}
+	c := s.CachedInfo().Config
+	capped := c.MaxMsgs > 0 || c.MaxBytes > 0 || c.MaxMsgsPerSubject > 0
+	if c.MaxAge > 0 || capped && c.Discard == jetstream.DiscardOld {
+		w.log.Warn("the jobs stream's limits let the server drop jobs, which then get no outcome and no event",
+			slog.String("stream", c.Name), slog.Duration("max_age", c.MaxAge), slog.Int64("max_msgs", c.MaxMsgs),
+			slog.Int64("max_bytes", c.MaxBytes), slog.String("discard", c.Discard.String()))
+	}
 }
 
 // subjectsCollide reports whether some subject matches both patterns a
