@@ -76,6 +76,8 @@ type files struct {
 	p8Ed25519 string // PKCS#8, but not EC
 	garbage   string // not PEM, not PKCS#12
 	missing   string // does not exist
+	creds     string // NATS credentials: a user JWT and its NKey seed
+	nkey      string // an NKey user seed
 }
 
 func newFiles(t *testing.T) files {
@@ -135,6 +137,8 @@ func newFiles(t *testing.T) files {
 	f.p8Ed25519 = write("ed25519.p8", pemOf("PRIVATE KEY", edDER))
 
 	f.garbage = write("garbage.bin", []byte("not a certificate\x00\x01"))
+	f.creds = write("worker.creds", []byte(testCreds))
+	f.nkey = write("worker.nk", []byte(testUserSeed+"\n"))
 	f.missing = filepath.Join(dir, "missing.pem")
 	return f
 }
@@ -418,7 +422,7 @@ func TestBadVariable(t *testing.T) {
 		{"creds with embedded", nil, map[string]string{"NATS_CREDS": f.garbage}, "NATS_CREDS", "embedded nats-server"},
 		{"user without password", remote, map[string]string{"NATS_USER": "u"}, "NATS_PASSWORD", "required with APNS_WORKER_NATS_USER"},
 		{"password without user", remote, map[string]string{"NATS_PASSWORD": natsPassword}, "NATS_USER", "required with APNS_WORKER_NATS_PASSWORD"},
-		{"token with creds", remote, map[string]string{"NATS_CREDS": f.garbage, "NATS_TOKEN": natsToken}, "NATS_TOKEN", "one NATS authentication method"},
+		{"token with creds", remote, map[string]string{"NATS_CREDS": f.creds, "NATS_TOKEN": natsToken}, "NATS_TOKEN", "one NATS authentication method"},
 		{"tls ca not pem", nats, map[string]string{"NATS_TLS_CA": f.garbage}, "NATS_TLS_CA", "no PEM CERTIFICATE block"},
 		{"apns ca not pem", nil, map[string]string{"APNS_CA_FILE": f.garbage}, "APNS_CA_FILE", "no PEM CERTIFICATE block"},
 		{"tls cert is a key", nats, map[string]string{"NATS_TLS_CERT": f.keyPEM}, "NATS_TLS_CERT", "no PEM CERTIFICATE block"},

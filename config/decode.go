@@ -207,14 +207,21 @@ func (d *decoder) checkNATS(c *Config) {
 	d.pair("NATS_USER", n.User, "NATS_PASSWORD", n.Password.Reveal())
 	d.pair("NATS_TLS_CERT", n.TLSCertFile, "NATS_TLS_KEY", n.TLSKeyFile)
 
-	d.readFile("NATS_CREDS", n.CredsFile)
-	d.readFile("NATS_NKEY", n.NKeyFile)
+	if _, ok := d.readFile("NATS_CREDS", n.CredsFile); ok {
+		d.checkNATSCreds("NATS_CREDS", n.CredsFile)
+	}
+	if _, ok := d.readFile("NATS_NKEY", n.NKeyFile); ok {
+		d.checkNATSNKey("NATS_NKEY", n.NKeyFile)
+	}
 	d.checkCA("NATS_TLS_CA", n.TLSCAFile)
 	if b, ok := d.readFile("NATS_TLS_CERT", n.TLSCertFile); ok {
 		d.checkPEMCert("NATS_TLS_CERT", n.TLSCertFile, b)
 	}
 	if b, ok := d.readFile("NATS_TLS_KEY", n.TLSKeyFile); ok && pemKey(b) == nil {
 		d.failf("NATS_TLS_KEY", "%s: no PEM PRIVATE KEY block", n.TLSKeyFile)
+	}
+	if n.TLSCertFile != "" && n.TLSKeyFile != "" && d.ok("NATS_TLS_CERT", "NATS_TLS_KEY") {
+		d.checkNATSKeyPair("NATS_TLS_KEY", n.TLSCertFile, n.TLSKeyFile)
 	}
 }
 
