@@ -62,7 +62,11 @@ func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*na
 		url = ns.ClientURL()
 		timeout = 5 * time.Second // our own server, already ready
 	} else {
-		opts = append(opts, authOptions(n)...)
+		auth, err := authOptions(n)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, auth...)
 	}
 	start := time.Now()
 	nc, err := connectRetry(ctx, url, n, timeout, opts, cfg.SocketCalls == config.SocketCallsDirect, log)
@@ -98,6 +102,21 @@ func connectRetry(ctx context.Context, url string, n config.NATS, timeout time.D
 		}
 		if v, val, ok := refusedBy(err, n); ok {
 			return nil, deadEnd(v, val, fmt.Errorf("nats server at %s refused the connection: %w", url, err))
+		}
+		var load *loadError
+		if errors.As(err, &load) {
+			return nil, deadEnd(load.v, load.value, fmt.Errorf("cannot load it to connect to %s: %w", url, load.err))
+		}
+		if alert, ok := certAlert(err); ok {
+			return nil, clientCertRefusal(n, url, alert, err)
+		}
+		if closedAfterTLSHandshake(err) {
+			// Whether the server refused the client certificate, nats.go
+			// may not have read: ask the server again, only listening.
+			if at, refusal := probeClientCert(n, strings.Split(url, ","), dial); refusal != nil {
+				alert, _ := certAlert(refusal)
+				return nil, clientCertRefusal(n, at, alert, fmt.Errorf("%w (then, asked again: %w)", err, refusal))
+			}
 		}
 		left := retry.left()
 		if left <= 0 {
@@ -139,31 +158,6 @@ func refusedBy(err error, n config.NATS) (v, value string, refused bool) {
 		return "APNS_WORKER_NATS_TLS_CA", n.TLSCAFile, true
 	}
 	return "", "", false
-}
-
-func authOptions(n config.NATS) []nats.Option {
-	var opts []nats.Option
-	switch {
-	case n.CredsFile != "":
-		opts = append(opts, nats.UserCredentials(n.CredsFile))
-	case n.NKeyFile != "":
-		if o, err := nats.NkeyOptionFromSeed(n.NKeyFile); err == nil {
-			opts = append(opts, o)
-		} else {
-			opts = append(opts, func(*nats.Options) error { return fmt.Errorf("nkey %s: %w", n.NKeyFile, err) })
-		}
-	case n.User != "":
-		opts = append(opts, nats.UserInfo(n.User, n.Password.Reveal()))
-	case n.Token != "":
-		opts = append(opts, nats.Token(n.Token.Reveal()))
-	}
-	if n.TLSCAFile != "" {
-		opts = append(opts, nats.RootCAs(n.TLSCAFile))
-	}
-	if n.TLSCertFile != "" {
-		opts = append(opts, nats.ClientCert(n.TLSCertFile, n.TLSKeyFile))
-	}
-	return opts
 }
 
 // DrainNATS flushes acks and publishes, then closes the connection, waiting
