@@ -26,7 +26,10 @@ import (
 // dead end is a *DeadEnd naming its variable, and ctx ends the wait at
 // once. The returned close drains the connection within timeout, then
 // stops the embedded server and releases its data dir.
-func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats.Conn, func(timeout time.Duration) error, error) {
+//
+// The connection's asynchronous errors go to faults (which may be nil)
+// first; those it does not take are logged at WARN.
+func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger, faults *natsFaults) (*nats.Conn, func(timeout time.Duration) error, error) {
 	n := cfg.NATS
 	var closing atomic.Bool
 	opts := []nats.Option{
@@ -43,6 +46,9 @@ func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*na
 			log.Info("nats reconnected", slog.String("url", c.ConnectedUrlRedacted()))
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			if faults.report(err) {
+				return
+			}
 			subj := ""
 			if s != nil {
 				subj = s.Subject

@@ -84,7 +84,7 @@ func TestConnectClientCertRefused(t *testing.T) {
 				// Repeated: which of the two answers nats.go gets is timing.
 				for range 10 {
 					start := time.Now()
-					nc, closeNATS, err := connectNATS(context.Background(), remoteConfig(tt.n), log)
+					nc, closeNATS, err := connectNATS(context.Background(), remoteConfig(tt.n), log, nil)
 					if err == nil {
 						_ = closeNATS(time.Second)
 						nc.Close()
@@ -101,7 +101,7 @@ func TestConnectClientCertRefused(t *testing.T) {
 		}
 		t.Run(v.name+"/client certificate of its CA", func(t *testing.T) {
 			nc, closeNATS, err := connectNATS(context.Background(),
-				remoteConfig(config.NATS{URLs: []string{url}, TLSCAFile: ca, TLSCertFile: cert, TLSKeyFile: key}), log)
+				remoteConfig(config.NATS{URLs: []string{url}, TLSCAFile: ca, TLSCertFile: cert, TLSKeyFile: key}), log, nil)
 			require.NoError(t, err)
 			require.True(t, nc.IsConnected())
 			require.NoError(t, closeNATS(5*time.Second))
@@ -111,7 +111,7 @@ func TestConnectClientCertRefused(t *testing.T) {
 		s := startTLSNATS(t, pki, tls.VersionTLS13)
 		otherCA, _, _ := pkiFiles(t, apnstest.MustPKI())
 		_, _, err := connectNATS(context.Background(),
-			remoteConfig(config.NATS{URLs: []string{s.ClientURL()}, TLSCAFile: otherCA, TLSCertFile: cert, TLSKeyFile: key}), log)
+			remoteConfig(config.NATS{URLs: []string{s.ClientURL()}, TLSCAFile: otherCA, TLSCertFile: cert, TLSKeyFile: key}), log, nil)
 		var dead *DeadEnd
 		require.ErrorAs(t, err, &dead)
 		require.Equal(t, "APNS_WORKER_NATS_TLS_CA", dead.Var, "%v", err)
@@ -142,7 +142,7 @@ func TestConnectBadKeyFiles(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.n.URLs = []string{url}
 			start := time.Now()
-			_, _, err := connectNATS(context.Background(), remoteConfig(tt.n), slog.New(slog.DiscardHandler))
+			_, _, err := connectNATS(context.Background(), remoteConfig(tt.n), slog.New(slog.DiscardHandler), nil)
 			var dead *DeadEnd
 			require.ErrorAs(t, err, &dead)
 			require.Equal(t, tt.v, dead.Var, "%v", err)

@@ -94,7 +94,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	defer stopHTTP()
 
 	live.setPhase("connecting to NATS")
-	nc, closeNATS, err := connectNATS(ctx, cfg, log)
+	faults := newNATSFaults(cfg, log)
+	nc, closeNATS, err := connectNATS(ctx, cfg, log, faults)
 	if err != nil {
 		return err
 	}
@@ -175,7 +176,18 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		slog.String("events", cfg.Events.Subject+".>"),
 		slog.String("apns_mode", string(cfg.APNs.Mode)))
 	running = true
-	runErr := w.Run(ctx, eng)
+	// A permission the worker cannot run without, refused, stops it as a
+	// signal would, and is its error.
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	go func() {
+		select {
+		case <-faults.Done():
+			stopRun()
+		case <-runCtx.Done():
+		}
+	}()
+	runErr := errors.Join(w.Run(runCtx, eng), faults.Err())
 
 	end := fixShutdownEnd()
 	log.Info("shutting down", slog.String("grace", cfg.ShutdownGrace.String()), slog.String("left", time.Until(end).Round(time.Millisecond).String()))
