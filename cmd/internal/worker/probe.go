@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -49,7 +51,14 @@ func probeAPNs(ctx context.Context, a config.APNs, creds engineCreds, log *slog.
 	warn := func(msg, v, value string, attrs ...any) {
 		log.Warn(msg, append([]any{slog.String("var", v), slog.String("value", value), slog.String("addr", a.Addr)}, attrs...)...)
 	}
-	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", hostPort)
+	dial := func() (*tls.Conn, error) {
+		c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", hostPort)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*tls.Conn), nil
+	}
+	tc, err := dial()
 	if err != nil {
 		var unknown x509.UnknownAuthorityError
 		var verify *tls.CertificateVerificationError
@@ -63,13 +72,25 @@ func probeAPNs(ctx context.Context, a config.APNs, creds engineCreds, log *slog.
 		}
 		return
 	}
-	tc := c.(*tls.Conn)
 	defer tc.Close()
 	if p := tc.ConnectionState().NegotiatedProtocol; a.Mode == config.ModeHTTP2 && p != "h2" {
 		warn("apns answers TLS but not HTTP/2 (ALPN h2); the engine keeps trying", "APNS_WORKER_APNS_ADDR", a.Addr, slog.String("alpn", p))
 		return
 	}
-	if err := firstAnswer(dctx, tc, a.Mode); err != nil {
+	err = firstAnswer(dctx, tc, a.Mode)
+	if err != nil && hasCert && !refusedTLS(err) && closedByServer(err) {
+		// TLS 1.3: a server that refuses the certificate sends its alert
+		// and closes; a write of ours that meets the closed connection
+		// fails first, and the alert may be lost. Ask again, only
+		// listening, as in binary mode.
+		if again, derr := dial(); derr == nil {
+			if rerr := firstAnswer(dctx, again, config.ModeBinary); refusedTLS(rerr) {
+				err = rerr
+			}
+			again.Close()
+		}
+	}
+	if err != nil {
 		switch {
 		case hasCert && refusedTLS(err):
 			// TLS 1.3: the server checks the client's certificate after
@@ -127,4 +148,10 @@ func firstAnswer(ctx context.Context, c *tls.Conn, mode config.Mode) error {
 func refusedTLS(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "remote error"
+}
+
+// closedByServer reports whether err is the server closing the
+// connection under a write or a read (broken pipe, reset, EOF).
+func closedByServer(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
