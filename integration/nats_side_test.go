@@ -1,8 +1,9 @@
 package integration
 
 // Defects found checking the worker from outside, on the NATS, producer
-// and operator side (helper outside11). Each test fails on the code it was
-// written against and is skipped with "defect: …" until the fix lands.
+// and operator side (helper outside11, 2026-12-07). Each test failed on
+// the code it was written against; its comment says what was found, and
+// each passes since its fix.
 
 import (
 	"fmt"
@@ -52,6 +53,21 @@ func spawnUntilRunningOrExit(t *testing.T, name string, env map[string]string) (
 		t.Fatalf("worker %s neither running nor exited within 60s\n%s", name, w.log.tail())
 	}
 	return w, false
+}
+
+// requireDeadEnd starts a worker with env and requires it to stop with
+// exit code 2 within deadEndWithin (why: what the test shows); it returns
+// the worker's log.
+func requireDeadEnd(t *testing.T, name string, env map[string]string, why string) string {
+	t.Helper()
+	start := time.Now()
+	w := spawnWorker(t, name, env)
+	code := w.wait(deadEndWithin + 30*time.Second)
+	took := time.Since(start)
+	out := w.log.String()
+	require.Equal(t, 2, code, "exit code; log:\n%s", out)
+	require.Less(t, took, deadEndWithin, "%s; log:\n%s", why, out)
+	return out
 }
 
 // TestOutsideEventIDAfterJobsStreamRecreated: the events' Nats-Msg-Id of
@@ -156,7 +172,6 @@ func TestOutsideEventsStreamNoAck(t *testing.T) {
 // for the whole timeout and names APNS_WORKER_NATS_URL ("no NATS server
 // reachable"), not the certificate variable.
 func TestOutsideNATSClientCertRefused(t *testing.T) {
-	t.Skip("defect: a client certificate refused by NATS (missing, or not from the server's CA) is retried for NATS_CONNECT_TIMEOUT and reported as NATS_URL unreachable")
 	pki := apnstest.MustPKI()
 	addr := freeAddr(t)
 	ns := startNATSWith(t, addr, func(o *server.Options) {
@@ -183,13 +198,7 @@ func TestOutsideNATSClientCertRefused(t *testing.T) {
 			for k, v := range tt.env {
 				env[k] = v
 			}
-			start := time.Now()
-			w := spawnWorker(t, "nats-client-cert", env)
-			code := w.wait(45 * time.Second)
-			took := time.Since(start)
-			out := w.log.String()
-			require.Equal(t, 2, code, "exit code; log:\n%s", out)
-			require.Less(t, took, deadEndWithin, "a refused certificate is a dead end, not an unreachable server; log:\n%s", out)
+			out := requireDeadEnd(t, "nats-client-cert", env, "a refused certificate is a dead end, not an unreachable server")
 			last := lastLine(out)
 			require.Contains(t, last, `"var":"APNS_WORKER_NATS_TLS_CERT"`, "log:\n%s", out)
 		})
@@ -206,7 +215,6 @@ func TestOutsideNATSClientCertRefused(t *testing.T) {
 // then fails on them, is retried as if NATS were unreachable for the
 // whole NATS_CONNECT_TIMEOUT, and start-up ends naming APNS_WORKER_NATS_URL.
 func TestOutsideNATSKeyFilesCheckedAtStart(t *testing.T) {
-	t.Skip("defect: a NATS_NKEY / NATS_CREDS file with no seed, or a NATS_TLS_CERT/KEY pair that does not match, is retried for NATS_CONNECT_TIMEOUT and reported as NATS_URL unreachable")
 	ns := startNATS(t)
 	dir := t.TempDir()
 	junk := filepath.Join(dir, "junk")
@@ -230,13 +238,7 @@ func TestOutsideNATSKeyFilesCheckedAtStart(t *testing.T) {
 			for k, v := range tt.env {
 				env[k] = v
 			}
-			start := time.Now()
-			w := spawnWorker(t, "nats-key-files", env)
-			code := w.wait(40 * time.Second)
-			took := time.Since(start)
-			out := w.log.String()
-			require.Equal(t, 2, code, "exit code; log:\n%s", out)
-			require.Less(t, took, deadEndWithin, "a file that is not a key is a bad variable, not an unreachable server; log:\n%s", out)
+			out := requireDeadEnd(t, "nats-key-files", env, "a file that is not a key is a bad variable, not an unreachable server")
 			require.True(t, strings.Contains(out, tt.variable) && !strings.Contains(lastLine(out), `"var":"APNS_WORKER_NATS_URL"`),
 				"the output names %s (and not NATS_URL); log:\n%s", tt.variable, out)
 		})
@@ -528,86 +530,72 @@ func scrapeLabelled(t *testing.T, w *worker, series string) float64 {
 // streams and the durable but not pull from it (no publish permission on
 // $JS.API.CONSUMER.MSG.NEXT.>, a plausible least-privilege slip). README:
 // JetStream refusals at start-up, "permissions once the refused request
-// times out after 10 s", end the process with exit code 1. The worker
-// instead logs "worker running", /readyz answers "ok", and it can never
-// take a job: a permissions violation and "no heartbeat received" every
-// 5 s at WARN, for ever, while jobs pile up.
+// times out after 10 s", end the process with exit code 1. Found from
+// outside: the worker logged "worker running", /readyz answered "ok", and
+// it could never take a job (a permissions violation at WARN every 5 s,
+// for ever). Now it stops with exit 1 and an ERROR naming the subject; the
+// job waits in the stream.
 func TestOutsideNoPullPermission(t *testing.T) {
-	t.Skip("defect: a NATS user that may not pull ($JS.API.CONSUMER.MSG.NEXT) gets a running, ready worker that never takes a job, instead of exit 1")
-	ns := startNATSWith(t, freeAddr(t), func(o *server.Options) {
-		o.Users = []*server.User{
-			{Username: "admin", Password: "pw"},
-			{Username: "nopull", Password: "pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{
-					"$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.>",
-					"$JS.API.CONSUMER.INFO.>", "$JS.ACK.>", eventsPrefix + ".>",
-				}},
-				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
-			}},
-		}
-	})
-	env := mockEnv(ns.ClientURL())
-	env["APNS_WORKER_NATS_USER"] = "nopull"
-	env["APNS_WORKER_NATS_PASSWORD"] = "pw"
-	w, exited := spawnUntilRunningOrExit(t, "no-pull", env)
-	if exited {
-		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
-		return
-	}
-	adminURL := strings.Replace(ns.ClientURL(), "nats://", "nats://admin:pw@", 1)
-	_, js := connect(t, adminURL)
-	publishRaw(t, js, []byte("not json"))
-	waitFor(t, 30*time.Second, "the worker to take the job, or to exit 1", func() bool {
-		if w.exited() {
-			return true
-		}
-		return streamState(t, js, jobsStream).Msgs == 0
-	})
-	if w.exited() {
-		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
-	}
+	js, url := natsWithLimitedUser(t, "nopull",
+		"$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.>",
+		"$JS.API.CONSUMER.INFO.>", "$JS.ACK.>", eventsPrefix+".>")
+	w, _ := spawnUntilRunningOrExit(t, "no-pull", limitedEnv(mockEnv(url), "nopull"))
+	publishRaw(t, js, []byte("not json")) // the streams are set up by now
+	requireStopsOnPermission(t, w, "$JS.API.CONSUMER.MSG.NEXT.")
+	require.EqualValues(t, 1, streamState(t, js, jobsStream).Msgs, "the job was lost")
 }
 
 // TestOutsideNoAckPermission: the worker's NATS user may pull but not ack
-// (no publish permission on $JS.ACK.>). Every ack is refused (an async
-// permissions violation, logged at WARN), so each job delivered to APNs
-// comes back after ACK_WAIT and is sent again, for ever: devices get the
-// same notification every ACK_WAIT (measured: 10 jobs, ACK_WAIT 1 s, 300
-// notifications in 30 s). The worker says "worker running" and
-// /readyz "ok". As for the other permissions (README: exit code 1), a
-// worker that cannot ack should stop, not push the same jobs in a loop.
+// (no publish permission on $JS.ACK.>). Found from outside: every ack was
+// refused (an async permissions violation, logged at WARN), so each job
+// delivered to APNs came back after ACK_WAIT and was sent again, for
+// ever: devices got the same notification every ACK_WAIT (10 jobs, ACK_WAIT
+// 1 s: 300 notifications in 30 s), while the worker said "worker running"
+// and /readyz "ok". Now, as for the other permissions (README: exit code
+// 1), it stops at the first refused ack; the jobs stay in the stream.
 func TestOutsideNoAckPermission(t *testing.T) {
-	t.Skip("defect: a NATS user that may not ack ($JS.ACK.>) gets a running worker that sends every job to APNs again each ACK_WAIT, for ever")
+	js, url := natsWithLimitedUser(t, "noack", "$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>", eventsPrefix+".>")
+	gw := startGateway(t)
+	env := limitedEnv(binaryEnv(t, url, gw, 200*time.Millisecond), "noack")
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "1s"
+	w := startWorker(t, "no-ack", env)
+	publishJobs(t, js, "noack", 10, func(i int) apns.Token { return token(0xac, i) })
+	requireStopsOnPermission(t, w, "$JS.ACK.")
+	require.EqualValues(t, 10, streamState(t, js, jobsStream).Msgs, "jobs lost")
+}
+
+// natsWithLimitedUser starts a NATS server with two logins: admin (all
+// permissions; the returned JetStream context) and user (password "pw":
+// see limitedEnv), who may publish only to allow and subscribe only to
+// inboxes. It returns the server's URL.
+func natsWithLimitedUser(t *testing.T, user string, allow ...string) (jetstream.JetStream, string) {
+	t.Helper()
 	ns := startNATSWith(t, freeAddr(t), func(o *server.Options) {
 		o.Users = []*server.User{
 			{Username: "admin", Password: "pw"},
-			{Username: "noack", Password: "pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{
-					"$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>", eventsPrefix + ".>",
-				}},
+			{Username: user, Password: "pw", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: allow},
 				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 			}},
 		}
 	})
-	gw := startGateway(t)
-	env := binaryEnv(t, ns.ClientURL(), gw, 200*time.Millisecond)
-	env["APNS_WORKER_NATS_USER"] = "noack"
-	env["APNS_WORKER_NATS_PASSWORD"] = "pw"
-	env["APNS_WORKER_JOBS_ACK_WAIT"] = "1s"
-	w, exited := spawnUntilRunningOrExit(t, "no-ack", env)
-	if exited {
-		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
-		return
-	}
-	adminURL := strings.Replace(ns.ClientURL(), "nats://", "nats://admin:pw@", 1)
-	_, js := connect(t, adminURL)
-	jobs := publishJobs(t, js, "noack", 10, func(i int) apns.Token { return token(0xac, i) })
-	waitFor(t, 30*time.Second, "the worker to deliver and ack the jobs, or to exit 1", func() bool {
-		return w.exited() || streamState(t, js, jobsStream).Msgs == 0
-	})
-	if w.exited() {
-		require.Equal(t, 1, w.wait(time.Second), "log:\n%s", w.log.String())
-		return
-	}
-	require.Zero(t, requireAllDelivered(t, gw, jobs, nil), "notifications sent more than once")
+	_, js := connect(t, strings.Replace(ns.ClientURL(), "nats://", "nats://admin:pw@", 1))
+	return js, ns.ClientURL()
+}
+
+// limitedEnv logs the worker of env in as natsWithLimitedUser's user.
+func limitedEnv(env map[string]string, user string) map[string]string {
+	env["APNS_WORKER_NATS_USER"], env["APNS_WORKER_NATS_PASSWORD"] = user, "pw"
+	return env
+}
+
+// requireStopsOnPermission waits for w to stop with exit code 1 and an
+// ERROR naming the refused subject (its prefix).
+func requireStopsOnPermission(t *testing.T, w *worker, subject string) {
+	t.Helper()
+	code := w.wait(30 * time.Second)
+	out := w.log.String()
+	require.Equal(t, 1, code, "log:\n%s", out)
+	require.Contains(t, out, `"level":"ERROR","msg":"nats refused a permission the worker cannot run without; stopping"`, out)
+	require.Contains(t, out, `"subject":"`+subject, out)
 }
