@@ -147,6 +147,20 @@ func TestHorizontalScale(t *testing.T) {
 	t.Logf("scale: %d jobs over 3 workers, %d duplicates at the gateway", n, dups)
 }
 
+// TestHangUpStopsGracefully: SIGHUP (a closed terminal, a supervisor)
+// stops the worker as SIGTERM does: exit 0 and its stop summary. Found
+// from outside: Go's default killed it without a stop.
+func TestHangUpStopsGracefully(t *testing.T) {
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	w := startWorker(t, "hangup", mockEnv(ns.ClientURL()))
+	publishRaw(t, js, []byte("not json"))
+	waitDrained(t, js, 30*time.Second)
+	require.NoError(t, w.cmd.Process.Signal(syscall.SIGHUP))
+	require.Equal(t, 0, w.wait(30*time.Second), "exit code")
+	require.Contains(t, w.log.String(), `"msg":"stopped"`)
+}
+
 // TestGracefulStop: SIGTERM in the middle of a burst: the worker exits 0,
 // every job it took is acked (it reached the gateway) or naked (ready for
 // the next worker at once), none waits for AckWait; a restart finishes the

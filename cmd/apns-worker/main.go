@@ -40,7 +40,9 @@ func main() {
 	if len(args) > 0 {
 		cmd = args[0]
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too (a closed terminal, some supervisors): the worker has no
+	// configuration to reload, and Go's default would kill it unclean.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 
 	var err error
