@@ -47,12 +47,13 @@ var (
 type Option func(*options) error
 
 type options struct {
-	rootCAs     *x509.CertPool
-	dialTimeout time.Duration
-	readTimeout time.Duration
-	tokenLen    int
-	maxTokens   int
-	log         *slog.Logger
+	rootCAs      *x509.CertPool
+	dialTimeout  time.Duration
+	readTimeout  time.Duration
+	fetchTimeout time.Duration
+	tokenLen     int
+	maxTokens    int
+	log          *slog.Logger
 }
 
 // WithRootCAs sets the CAs that verify the service's certificate (default:
@@ -85,6 +86,22 @@ func WithReadTimeout(d time.Duration) Option {
 			return fmt.Errorf("%w: read timeout %v <= 0", ErrInvalidOption, d)
 		}
 		o.readTimeout = d
+		return nil
+	}
+}
+
+// WithFetchTimeout bounds a whole Fetch, connecting included (default
+// 30s). Apple's service sends its tuples at once and closes; one that
+// keeps the connection open, trickling bytes, would otherwise hold the
+// tuples read so far (which it has forgotten) for as long as it likes.
+// Fetch then returns them with context.DeadlineExceeded, and the next
+// Fetch reads on where the service left off.
+func WithFetchTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: fetch timeout %v <= 0", ErrInvalidOption, d)
+		}
+		o.fetchTimeout = d
 		return nil
 	}
 }
@@ -137,11 +154,12 @@ type Client struct {
 // apns.LoadCertificate. It does not connect.
 func NewClient(addr string, cert tls.Certificate, opts ...Option) (*Client, error) {
 	o := options{
-		dialTimeout: 10 * time.Second,
-		readTimeout: 30 * time.Second,
-		tokenLen:    32,
-		maxTokens:   1_000_000,
-		log:         slog.New(slog.DiscardHandler),
+		dialTimeout:  10 * time.Second,
+		readTimeout:  30 * time.Second,
+		fetchTimeout: 30 * time.Second,
+		tokenLen:     32,
+		maxTokens:    1_000_000,
+		log:          slog.New(slog.DiscardHandler),
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -165,8 +183,8 @@ func (c *Client) Addr() string { return c.addr }
 // will not send them again. Errors wrap ErrMalformed (plus
 // io.ErrUnexpectedEOF when the connection closed mid-tuple), ErrTooMany,
 // apns.ErrCredentials when the service refused the client certificate, the
-// context's error when ctx ended (it closes the connection), or the network
-// error.
+// context's error when ctx ended (it closes the connection),
+// context.DeadlineExceeded after WithFetchTimeout, or the network error.
 func (c *Client) Fetch(ctx context.Context) ([]BadToken, error) {
 	toks, err := c.fetch(ctx)
 	if err != nil {
@@ -184,6 +202,8 @@ func (c *Client) Fetch(ctx context.Context) ([]BadToken, error) {
 }
 
 func (c *Client) fetch(ctx context.Context) ([]BadToken, error) {
+	ctx, cancelFetch := context.WithTimeout(ctx, c.o.fetchTimeout)
+	defer cancelFetch()
 	dctx, cancel := context.WithTimeout(ctx, c.o.dialTimeout)
 	defer cancel()
 	raw, err := (&net.Dialer{}).DialContext(dctx, "tcp", c.addr)
@@ -207,6 +227,9 @@ func (c *Client) fetch(ctx context.Context) ([]BadToken, error) {
 	}
 	r := bufio.NewReaderSize(&deadlineReader{conn: conn, ctx: ctx, idle: c.o.readTimeout}, 4096)
 	toks, err := readAll(r, c.o.tokenLen, c.o.maxTokens)
+	if cerr := ctx.Err(); err != nil && cerr != nil && !errors.Is(err, cerr) {
+		err = fmt.Errorf("%w (%w)", cerr, err) // the connection closed by the fetch timeout, or by ctx
+	}
 	return toks, c.credentials(err)
 }
 

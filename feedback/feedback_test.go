@@ -157,6 +157,20 @@ func TestFetchStalled(t *testing.T) {
 		t.Log(err)
 		require.Equal(t, []feedback.BadToken{{tok(1, 32), t0}}, got)
 	})
+	t.Run("fetch timeout", func(t *testing.T) {
+		// The bound on the whole fetch, which a service that trickles
+		// a byte at a time cannot stretch as it does the read timeout.
+		t.Parallel()
+		srv := newServer(t)
+		srv.Add(tok(1, 32), t0)
+		srv.StallAfterData()
+		start := time.Now()
+		got, err := newClient(t, srv, feedback.WithFetchTimeout(time.Second)).Fetch(context.Background())
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.Less(t, time.Since(start), 20*time.Second, "the read timeout (30s) ended it, not the fetch timeout")
+		t.Log(err)
+		require.Equal(t, []feedback.BadToken{{tok(1, 32), t0}}, got)
+	})
 	t.Run("handshake, dial timeout", func(t *testing.T) {
 		t.Parallel()
 		srv := newServer(t)
