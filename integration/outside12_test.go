@@ -1,0 +1,500 @@
+package integration
+
+// Outside checks of the binary protocol and the feedback service (helper
+// outside12): the worker binary against TLS servers written here from
+// APNS.md, not apnstest's.
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+)
+
+// ---- PKI ----
+
+type o12PKI struct {
+	dir           string
+	CA, Cert, Key string // files: CA, client certificate and key
+	serverCert    tls.Certificate
+	caPool        *x509.CertPool
+	caKey         *ecdsa.PrivateKey
+	caCert        *x509.Certificate
+}
+
+func o12Key(tb testing.TB) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(tb, err)
+	return k
+}
+
+func o12WritePEM(tb testing.TB, path, typ string, der []byte) {
+	require.NoError(tb, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+}
+
+// newO12PKI makes a CA, a server certificate for 127.0.0.1 valid from
+// notBefore to notAfter, and a client certificate.
+func newO12PKI(tb testing.TB, notBefore, notAfter time.Time) *o12PKI {
+	tb.Helper()
+	p := &o12PKI{dir: tb.TempDir()}
+	p.caKey = o12Key(tb)
+	caT := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "outside12 CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, caT, caT, &p.caKey.PublicKey, p.caKey)
+	require.NoError(tb, err)
+	p.caCert, err = x509.ParseCertificate(der)
+	require.NoError(tb, err)
+	p.caPool = x509.NewCertPool()
+	p.caPool.AddCert(p.caCert)
+	p.CA = filepath.Join(p.dir, "ca.pem")
+	o12WritePEM(tb, p.CA, "CERTIFICATE", der)
+
+	sk := o12Key(tb)
+	sT := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: notBefore, NotAfter: notAfter,
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	sder, err := x509.CreateCertificate(rand.Reader, sT, p.caCert, &sk.PublicKey, p.caKey)
+	require.NoError(tb, err)
+	p.serverCert = tls.Certificate{Certificate: [][]byte{sder}, PrivateKey: sk}
+
+	ck := o12Key(tb)
+	cT := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "outside12 client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	cder, err := x509.CreateCertificate(rand.Reader, cT, p.caCert, &ck.PublicKey, p.caKey)
+	require.NoError(tb, err)
+	p.Cert = filepath.Join(p.dir, "client.pem")
+	o12WritePEM(tb, p.Cert, "CERTIFICATE", cder)
+	kder, err := x509.MarshalPKCS8PrivateKey(ck)
+	require.NoError(tb, err)
+	p.Key = filepath.Join(p.dir, "client-key.pem")
+	o12WritePEM(tb, p.Key, "PRIVATE KEY", kder)
+	return p
+}
+
+func (p *o12PKI) serverTLS() *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{p.serverCert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    p.caPool,
+	}
+}
+
+// ---- a binary gateway and feedback service of our own ----
+
+// o12Frame is one frame as read off the wire, checked against APNS.md.
+type o12Frame struct {
+	Raw      []byte
+	ID       uint32
+	Token    []byte
+	Payload  []byte
+	Exp      uint32
+	HasExp   bool
+	Prio     byte
+	HasPrio  bool
+	Problems []string // departures from the documented format
+}
+
+// o12ReadFrame reads one command-2 frame and checks it byte by byte.
+func o12ReadFrame(r io.Reader) (o12Frame, error) {
+	var f o12Frame
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return f, err
+	}
+	if hdr[0] != 2 {
+		return f, fmt.Errorf("command %d", hdr[0])
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > 1<<16 {
+		return f, fmt.Errorf("frame length %d", n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return f, err
+	}
+	f.Raw = append(hdr[:], body...)
+	seen := map[byte]bool{}
+	for i := 0; i < len(body); {
+		if len(body)-i < 3 {
+			f.Problems = append(f.Problems, "truncated item header")
+			break
+		}
+		typ, l := body[i], int(binary.BigEndian.Uint16(body[i+1:]))
+		i += 3
+		if l > len(body)-i {
+			f.Problems = append(f.Problems, fmt.Sprintf("item %d overruns", typ))
+			break
+		}
+		v := body[i : i+l]
+		i += l
+		if seen[typ] {
+			f.Problems = append(f.Problems, fmt.Sprintf("item %d twice", typ))
+		}
+		seen[typ] = true
+		switch typ {
+		case 1:
+			f.Token = v
+		case 2:
+			f.Payload = v
+		case 3:
+			if l != 4 {
+				f.Problems = append(f.Problems, fmt.Sprintf("id length %d", l))
+				continue
+			}
+			f.ID = binary.BigEndian.Uint32(v)
+		case 4:
+			if l != 4 {
+				f.Problems = append(f.Problems, fmt.Sprintf("expiration length %d", l))
+				continue
+			}
+			f.Exp, f.HasExp = binary.BigEndian.Uint32(v), true
+		case 5:
+			if l != 1 {
+				f.Problems = append(f.Problems, fmt.Sprintf("priority length %d", l))
+				continue
+			}
+			f.Prio, f.HasPrio = v[0], true
+			if v[0] != 10 && v[0] != 5 {
+				f.Problems = append(f.Problems, fmt.Sprintf("priority %d", v[0]))
+			}
+		default:
+			f.Problems = append(f.Problems, fmt.Sprintf("unknown item %d", typ))
+		}
+	}
+	if !seen[3] {
+		f.Problems = append(f.Problems, "no identifier")
+	}
+	if len(f.Token) != 0 && len(f.Token) != 32 {
+		f.Problems = append(f.Problems, fmt.Sprintf("token of %d bytes", len(f.Token)))
+	}
+	if len(f.Payload) > 2048 {
+		f.Problems = append(f.Problems, fmt.Sprintf("payload of %d bytes", len(f.Payload)))
+	}
+	if len(f.Token) != 0 && len(f.Payload) != 0 && !json.Valid(f.Payload) {
+		f.Problems = append(f.Problems, "payload not JSON")
+	}
+	return f, nil
+}
+
+// o12Server is a TLS listener whose connections run handle.
+type o12Server struct {
+	tb     testing.TB
+	ln     net.Listener
+	Addr   string
+	handle func(cn int, c *tls.Conn)
+	mu     sync.Mutex
+	conns  int
+	open   []net.Conn
+	wg     sync.WaitGroup
+	stop   chan struct{}
+}
+
+func startO12Server(tb testing.TB, conf *tls.Config, handle func(cn int, c *tls.Conn)) *o12Server {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	s := &o12Server{tb: tb, ln: ln, Addr: ln.Addr().String(), handle: handle, stop: make(chan struct{})}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns++
+			cn := s.conns
+			s.open = append(s.open, raw)
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer raw.Close()
+				c := tls.Server(raw, conf)
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := c.Handshake(); err != nil {
+					return
+				}
+				_ = c.SetDeadline(time.Time{})
+				s.handle(cn, c)
+			}()
+		}
+	}()
+	tb.Cleanup(s.Close)
+	return s
+}
+
+func (s *o12Server) Close() {
+	select {
+	case <-s.stop:
+		return
+	default:
+	}
+	close(s.stop)
+	s.ln.Close()
+	s.mu.Lock()
+	for _, c := range s.open {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+func (s *o12Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns
+}
+
+// o12Gateway is a binary gateway acting as APNS.md describes, with the
+// triggers the test chooses: a frame's token picks the answer.
+type o12Gateway struct {
+	*o12Server
+	mu       sync.Mutex
+	accepted map[string]int    // token hex -> frames taken
+	payloads map[string][]byte // token hex -> last payload taken
+	frames   map[string]o12Frame
+	problems []string
+	answered map[string]bool // trigger tokens answered once
+	// trigger, for a frame not yet answered, writes the gateway's answer
+	// (nil: take the frame) and says whether the frame counts as taken
+	// and whether to close.
+	trigger func(f o12Frame, prev uint32, c *tls.Conn) (taken, closeConn bool)
+}
+
+func startO12Gateway(tb testing.TB, p *o12PKI, trigger func(f o12Frame, prev uint32, c *tls.Conn) (bool, bool)) *o12Gateway {
+	g := &o12Gateway{accepted: map[string]int{}, payloads: map[string][]byte{}, frames: map[string]o12Frame{}, answered: map[string]bool{}, trigger: trigger}
+	g.o12Server = startO12Server(tb, p.serverTLS(), g.serve)
+	return g
+}
+
+func (g *o12Gateway) serve(cn int, c *tls.Conn) {
+	r := bufio.NewReader(c)
+	var prev uint32
+	for {
+		f, err := o12ReadFrame(r)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+				g.mu.Lock()
+				g.problems = append(g.problems, fmt.Sprintf("conn %d: %v", cn, err))
+				g.mu.Unlock()
+			}
+			return
+		}
+		tok := hex.EncodeToString(f.Token)
+		g.mu.Lock()
+		for _, p := range f.Problems {
+			g.problems = append(g.problems, fmt.Sprintf("conn %d frame %d (%s): %s", cn, f.ID, tok, p))
+		}
+		first := !g.answered[tok]
+		g.answered[tok] = true
+		g.mu.Unlock()
+		if len(f.Token) == 0 {
+			// A confirm marker: APNs answers missing device token (2).
+			_, _ = c.Write([]byte{8, 2, byte(f.ID >> 24), byte(f.ID >> 16), byte(f.ID >> 8), byte(f.ID)})
+			return
+		}
+		taken, closeConn := true, false
+		if first && g.trigger != nil {
+			taken, closeConn = g.trigger(f, prev, c)
+		}
+		if taken {
+			g.mu.Lock()
+			g.accepted[tok]++
+			g.payloads[tok] = f.Payload
+			g.frames[tok] = f
+			g.mu.Unlock()
+		}
+		if closeConn {
+			return
+		}
+		prev = f.ID
+	}
+}
+
+func (g *o12Gateway) count(tok string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.accepted[tok]
+}
+
+func o12ErrResp(c *tls.Conn, status byte, id uint32) {
+	b := []byte{8, status, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[2:], id)
+	_, _ = c.Write(b)
+}
+
+// o12Tok is a 32-byte token: tag, sub, then i.
+func o12Tok(tag, sub byte, i int) string {
+	t := make([]byte, 32)
+	t[0], t[1] = tag, sub
+	binary.BigEndian.PutUint64(t[24:], uint64(i))
+	return hex.EncodeToString(t)
+}
+
+func o12Env(natsURL, addr string, p *o12PKI, assumed time.Duration) map[string]string {
+	return map[string]string{
+		"APNS_WORKER_NATS_URL":               natsURL,
+		"APNS_WORKER_APNS_MODE":              "binary",
+		"APNS_WORKER_APNS_ADDR":              addr,
+		"APNS_WORKER_APNS_CA_FILE":           p.CA,
+		"APNS_WORKER_APNS_CERT_FILE":         p.Cert,
+		"APNS_WORKER_APNS_KEY_FILE":          p.Key,
+		"APNS_WORKER_APNS_ASSUMED_DELIVERED": assumed.String(),
+		"APNS_WORKER_FEEDBACK_INTERVAL":      "0",
+		"APNS_WORKER_JOBS_BACKOFF":           "200ms,1s",
+	}
+}
+
+// o12Pub publishes a raw job with its id as Nats-Msg-Id.
+func o12Pub(tb testing.TB, js jetstream.JetStream, id string, data string) uint64 {
+	tb.Helper()
+	m := &nats.Msg{Subject: jobsSubject, Data: []byte(data), Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
+	ack, err := js.PublishMsg(ctxT(tb, 30*time.Second), m)
+	require.NoError(tb, err)
+	return ack.Sequence
+}
+
+type o12Event struct {
+	JobID    string `json:"job_id"`
+	Seq      uint64 `json:"seq"`
+	Token    string `json:"token"`
+	Protocol string `json:"protocol"`
+	Status   int    `json:"status"`
+	Reason   string `json:"reason"`
+	Source   string `json:"source"`
+	Time     string `json:"time"`
+	Error    string `json:"error"`
+}
+
+// ---- tests ----
+
+// TestOutside12BinaryStatuses: a gateway answering each documented status
+// mid-stream (naming the bad notification; status 10 the last good one),
+// then taking everything. Frames are checked against APNS.md byte by byte.
+func TestOutside12BinaryStatuses(t *testing.T) {
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	gw := startO12Gateway(t, p, func(f o12Frame, prev uint32, c *tls.Conn) (bool, bool) {
+		if f.Token[0] != 0xE0 {
+			return true, false
+		}
+		st := f.Token[1]
+		if st == 10 {
+			o12ErrResp(c, st, f.ID) // this one processed, the rest discarded
+			return true, true
+		}
+		o12ErrResp(c, st, f.ID)
+		return false, true
+	})
+	env := o12Env(ns.ClientURL(), gw.Addr, p, time.Second)
+	w := startWorker(t, "o12-statuses", env)
+
+	statuses := []byte{1, 2, 3, 4, 5, 6, 7, 8, 10, 128, 255}
+	var goods []string
+	triggers := map[byte]string{}
+	for i, st := range statuses {
+		for k := range 3 {
+			tok := o12Tok(0xA0, 0, i*3+k)
+			goods = append(goods, tok)
+			o12Pub(t, js, "good-"+tok[60:], fmt.Sprintf(`{"id":"good-%d","token":%q,"payload":{"aps":{"alert":"good %d"}}}`, i*3+k, tok, i*3+k))
+		}
+		tok := o12Tok(0xE0, st, i)
+		triggers[st] = tok
+		o12Pub(t, js, fmt.Sprintf("trig-%d", st), fmt.Sprintf(`{"id":"trig-%d","token":%q,"payload":{"aps":{"alert":"status %d"}}}`, st, tok, st))
+	}
+	// Frame contents: priority 5 with an expiration, expiration 0, default.
+	tokP := o12Tok(0xB0, 1, 0)
+	o12Pub(t, js, "prio5", fmt.Sprintf(`{"id":"prio5","token":%q,"priority":5,"expiration":"2030-01-01T00:00:00Z","payload":{"aps":{"content-available":1}},"push_type":"background"}`, tokP))
+	tokE := o12Tok(0xB0, 2, 0)
+	o12Pub(t, js, "exp0", fmt.Sprintf(`{"id":"exp0","token":%q,"expiration":0,"payload":{"aps":{"alert":"x"},"k":"\u00e9"}}`, tokE))
+
+	waitDrained(t, js, 60*time.Second)
+
+	gw.mu.Lock()
+	problems := append([]string(nil), gw.problems...)
+	gw.mu.Unlock()
+	require.Empty(t, problems, "frames off the documented format")
+
+	for _, tok := range goods {
+		require.Equal(t, 1, gw.count(tok), "good token %s taken once (no silent close: an error response settles what came before)", tok)
+	}
+	for _, st := range statuses {
+		n := gw.count(triggers[st])
+		switch st {
+		case 10:
+			require.Equal(t, 1, n, "status 10 named it processed: taken once")
+		case 1, 255:
+			require.Equal(t, 1, n, "status %d is temporary: sent again, taken once", st)
+		default:
+			require.Equal(t, 0, n, "status %d is permanent: never taken", st)
+		}
+	}
+	rej := readEvents[o12Event](t, js, subjRejected)
+	byJob := map[string]o12Event{}
+	for _, e := range rej {
+		_, dup := byJob[e.JobID]
+		require.False(t, dup, "one rejection per job: %s", e.JobID)
+		byJob[e.JobID] = e
+	}
+	for _, st := range []byte{2, 3, 4, 5, 6, 7, 8, 128} {
+		e, ok := byJob[fmt.Sprintf("trig-%d", st)]
+		require.True(t, ok, "rejection event for status %d", st)
+		require.Equal(t, int(st), e.Status)
+		require.Equal(t, "binary", e.Protocol)
+		require.Equal(t, triggers[st], e.Token)
+	}
+	require.Len(t, rej, 8, "rejections: %+v", rej)
+	bad := readEvents[o12Event](t, js, subjBadTokens)
+	require.Len(t, bad, 1)
+	require.Equal(t, triggers[8], bad[0].Token)
+	require.Equal(t, "rejection", bad[0].Source)
+	require.Equal(t, "trig-8", bad[0].JobID)
+	require.Zero(t, subjectCount(t, js, eventsPrefix+".deadletter"))
+
+	// The frames' contents.
+	gw.mu.Lock()
+	fp, fe := gw.frames[tokP], gw.frames[tokE]
+	fg := gw.frames[goods[0]]
+	gw.mu.Unlock()
+	require.True(t, fp.HasPrio && fp.Prio == 5, "priority item 5: %+v", fp)
+	require.True(t, fp.HasExp && fp.Exp == uint32(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Unix()), "expiration: %+v", fp)
+	require.Equal(t, `{"aps":{"content-available":1}}`, string(fp.Payload))
+	require.True(t, fe.HasExp && fe.Exp == 0, "expiration 0 sent as 0: %+v", fe)
+	require.Equal(t, `{"aps":{"alert":"x"},"k":"\u00e9"}`, string(fe.Payload), "payload byte for byte")
+	require.True(t, fg.HasPrio && fg.Prio == 10, "default priority 10: %+v", fg)
+	require.Equal(t, 0, w.stop(30*time.Second))
+}
