@@ -498,3 +498,207 @@ func TestOutside12BinaryStatuses(t *testing.T) {
 	require.True(t, fg.HasPrio && fg.Prio == 10, "default priority 10: %+v", fg)
 	require.Equal(t, 0, w.stop(30*time.Second))
 }
+
+// o12OddTrigger answers a frame whose token starts E1 by its second byte:
+// 1 status 8 for an identifier never sent, 2 status 8 for identifier 0,
+// 3 three bytes of an error response then a close, 4 six bytes that are no
+// error response (command 9), 5 a silent close after reading it.
+func o12OddTrigger(f o12Frame, prev uint32, c *tls.Conn) (bool, bool) {
+	if f.Token[0] != 0xE1 {
+		return true, false
+	}
+	switch f.Token[1] {
+	case 1:
+		o12ErrResp(c, 8, f.ID+1000)
+	case 2:
+		o12ErrResp(c, 8, 0)
+	case 3:
+		_, _ = c.Write([]byte{8, 8, 0})
+	case 4:
+		b := []byte{9, 8, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[2:], f.ID)
+		_, _ = c.Write(b)
+	case 5:
+	}
+	return false, true
+}
+
+// TestOutside12BinaryOddAnswers: error responses that name no notification
+// the worker has in flight, partial or foreign answers, and silent closes:
+// no job may be rejected or reported a bad token, and every job must be
+// taken by the gateway at least once before its ack.
+func TestOutside12BinaryOddAnswers(t *testing.T) {
+	for _, markers := range []string{"0", "100ms"} {
+		t.Run("confirm_after="+markers, func(t *testing.T) {
+			ns := startNATS(t)
+			_, js := connect(t, ns.ClientURL())
+			p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+			gw := startO12Gateway(t, p, o12OddTrigger)
+			env := o12Env(ns.ClientURL(), gw.Addr, p, 2*time.Second)
+			env["APNS_WORKER_APNS_CONFIRM_AFTER"] = markers
+			w := startWorker(t, "o12-odd", env)
+			var toks []string
+			for round := range 3 {
+				for kind := byte(1); kind <= 5; kind++ {
+					for k := range 4 {
+						tok := o12Tok(0xA1, kind, round*100+k)
+						toks = append(toks, tok)
+						o12Pub(t, js, "g"+tok[60:]+tok[:4], fmt.Sprintf(`{"id":"g-%s","token":%q,"payload":{"aps":{"alert":"g"}}}`, tok[56:], tok))
+					}
+					tok := o12Tok(0xE1, kind, round)
+					toks = append(toks, tok)
+					o12Pub(t, js, "t"+tok[60:]+tok[:4], fmt.Sprintf(`{"id":"t-%d-%d","token":%q,"payload":{"aps":{"alert":"t"}}}`, kind, round, tok))
+				}
+			}
+			waitDrained(t, js, 90*time.Second)
+			for _, tok := range toks {
+				require.GreaterOrEqual(t, gw.count(tok), 1, "token %s acked but never taken by the gateway", tok)
+			}
+			require.Zero(t, subjectCount(t, js, subjRejected), "rejections: %+v", readEvents[o12Event](t, js, subjRejected))
+			require.Zero(t, subjectCount(t, js, subjBadTokens))
+			require.Zero(t, subjectCount(t, js, eventsPrefix+".deadletter"))
+			gw.mu.Lock()
+			require.Empty(t, gw.problems)
+			gw.mu.Unlock()
+			require.Equal(t, 0, w.stop(30*time.Second))
+		})
+	}
+}
+
+// o12Tuple is one feedback tuple.
+func o12Tuple(ts uint32, tok string) []byte {
+	t, _ := hex.DecodeString(tok)
+	b := binary.BigEndian.AppendUint32(nil, ts)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(t)))
+	return append(b, t...)
+}
+
+// TestOutside12FeedbackChunkingDuplicates: a feedback service of our own
+// sends tuples one byte a record, a duplicate, then a truncated tuple; the
+// next poll the same tuple again, the same token with a later time, and a
+// new one; later polls close at once. Each (token, time) must be one
+// .badtokens event with source feedback.
+func TestOutside12FeedbackChunkingDuplicates(t *testing.T) {
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	gw := startO12Gateway(t, p, nil)
+	A, B, C, D := o12Tok(0xF0, 1, 1), o12Tok(0xF0, 2, 2), o12Tok(0xF0, 3, 3), o12Tok(0xF0, 4, 4)
+	t1, t2, t3, t4 := uint32(1_700_000_000), uint32(1_700_000_100), uint32(1_700_000_200), uint32(1_700_000_300)
+	polls := make(chan int, 100)
+	fb := startO12Server(t, p.serverTLS(), func(cn int, c *tls.Conn) {
+		polls <- cn
+		switch cn {
+		case 1:
+			var b []byte
+			for _, tp := range []struct {
+				ts  uint32
+				tok string
+			}{{t1, A}, {t2, B}, {t1, A}, {t3, C}} {
+				b = append(b, o12Tuple(tp.ts, tp.tok)...)
+			}
+			for i := range b {
+				if _, err := c.Write(b[i : i+1]); err != nil {
+					return
+				}
+			}
+			_, _ = c.Write(o12Tuple(t4, D)[:4]) // truncated: header cut
+		case 2:
+			b := append(o12Tuple(t1, A), o12Tuple(t4, A)...)
+			b = append(b, o12Tuple(t4, D)...)
+			_, _ = c.Write(b[:7])
+			_, _ = c.Write(b[7:])
+		}
+	})
+	env := o12Env(ns.ClientURL(), gw.Addr, p, time.Second)
+	env["APNS_WORKER_FEEDBACK_ADDR"] = fb.Addr
+	env["APNS_WORKER_FEEDBACK_INTERVAL"] = "1s"
+	w := startWorker(t, "o12-feedback", env)
+	waitFor(t, 30*time.Second, "4 feedback polls", func() bool { return fb.Conns() >= 4 })
+	waitFor(t, 10*time.Second, "5 bad-token events", func() bool { return subjectCount(t, js, subjBadTokens) >= 5 })
+	require.Equal(t, 0, w.stop(30*time.Second))
+	evs := readEvents[o12Event](t, js, subjBadTokens)
+	got := map[string]int{}
+	for _, e := range evs {
+		require.Equal(t, "feedback", e.Source, "%+v", e)
+		ts, err := time.Parse(time.RFC3339Nano, e.Time)
+		require.NoError(t, err)
+		got[fmt.Sprintf("%s@%d", e.Token, ts.Unix())]++
+	}
+	want := map[string]int{
+		fmt.Sprintf("%s@%d", A, t1): 1, fmt.Sprintf("%s@%d", B, t2): 1, fmt.Sprintf("%s@%d", C, t3): 1,
+		fmt.Sprintf("%s@%d", A, t4): 1, fmt.Sprintf("%s@%d", D, t4): 1,
+	}
+	require.Equal(t, want, got)
+}
+
+// o12Feedback runs a worker polling a feedback service served by serve
+// every second.
+func o12Feedback(t *testing.T, name string, serve func(cn int, c *tls.Conn)) (jetstream.JetStream, *worker, *o12Server) {
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	gw := startO12Gateway(t, p, nil)
+	fb := startO12Server(t, p.serverTLS(), serve)
+	env := o12Env(ns.ClientURL(), gw.Addr, p, time.Second)
+	env["APNS_WORKER_FEEDBACK_ADDR"] = fb.Addr
+	env["APNS_WORKER_FEEDBACK_INTERVAL"] = "1s"
+	return js, startWorker(t, name, env), fb
+}
+
+// TestOutside12FeedbackHuge: 50 000 tuples in one stream, each one event.
+func TestOutside12FeedbackHuge(t *testing.T) {
+	const huge = 50_000
+	js, w, _ := o12Feedback(t, "o12-feedback-huge", func(cn int, c *tls.Conn) {
+		if cn > 1 {
+			return
+		}
+		bw := bufio.NewWriterSize(c, 64<<10)
+		for i := range huge {
+			_, _ = bw.Write(o12Tuple(1_700_000_000, o12Tok(0xF2, 0, i)))
+		}
+		_ = bw.Flush()
+	})
+	waitFor(t, 60*time.Second, "50 000 bad-token events", func() bool { return subjectCount(t, js, subjBadTokens) >= huge })
+	require.Equal(t, 0, w.stop(30*time.Second))
+	require.Equal(t, huge, subjectCount(t, js, subjBadTokens))
+}
+
+// TestOutside12FeedbackTrickleHeld: a feedback service that never closes
+// and sends a byte a second. The tokens of the whole tuples it sent are
+// held by the fetch, unpublished, for as long as the service keeps
+// trickling (here 45 s and more; the poller never polls again either), and
+// lost with them if the worker dies meanwhile: the service cleared them
+// once read.
+func TestOutside12FeedbackTrickleHeld(t *testing.T) {
+	t.Skip("defect: a feedback fetch has no overall deadline: a service that trickles and never closes holds its tuples unpublished (and the poller) for ever")
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	js, w, _ := o12Feedback(t, "o12-feedback-trickle", func(cn int, c *tls.Conn) {
+		if cn > 1 {
+			return
+		}
+		b := append(o12Tuple(1_700_000_000, o12Tok(0xF1, 0, 1)), o12Tuple(1_700_000_001, o12Tok(0xF1, 0, 2))...)
+		if _, err := c.Write(b[:38]); err != nil { // one whole tuple, and the next one
+			return
+		}
+		for i := 0; i < 600; i++ { // bounded: a byte a second for at most 10 min
+			select {
+			case <-time.After(time.Second):
+			case <-stop:
+				return
+			}
+			if _, err := c.Write(b[38+i%38 : 39+i%38]); err != nil {
+				return
+			}
+		}
+	})
+	// The read timeout is 30 s and the interval 1 s: give it 45 s.
+	deadline := time.Now().Add(45 * time.Second)
+	for subjectCount(t, js, subjBadTokens) < 1 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond) // polling interval
+	}
+	n := subjectCount(t, js, subjBadTokens)
+	require.Equal(t, 0, w.stop(30*time.Second))
+	require.GreaterOrEqual(t, n, 1, "a whole tuple read 45 s ago is still not published (it is after the stop: %d)", subjectCount(t, js, subjBadTokens))
+}
