@@ -1082,3 +1082,104 @@ func TestOutside12StopWhileNATSDown(t *testing.T) {
 	require.Equal(t, 0, code, "a SIGTERM with no job held is a clean stop")
 	require.Less(t, time.Since(start), 10*time.Second, "within SHUTDOWN_GRACE")
 }
+
+// TestOutside12ObserveReadsNothing: a gateway that completes the handshake
+// and never reads (observation).
+func TestOutside12ObserveReadsNothing(t *testing.T) {
+	if os.Getenv("O12_OBSERVE") == "" {
+		t.Skip("observation only")
+	}
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	stop := make(chan struct{})
+	srv := startO12Server(t, p.serverTLS(), func(cn int, c *tls.Conn) {
+		select {
+		case <-stop:
+		case <-time.After(2 * time.Minute):
+		}
+	})
+	t.Cleanup(func() { close(stop) })
+	env := o12Env(ns.ClientURL(), srv.Addr, p, 2*time.Second)
+	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
+	env["APNS_WORKER_APNS_CONFIRM_AFTER"] = os.Getenv("O12_CONFIRM")
+	if env["APNS_WORKER_APNS_CONFIRM_AFTER"] == "" {
+		env["APNS_WORKER_APNS_CONFIRM_AFTER"] = "0"
+	}
+	w := startWorker(t, "o12-readsnothing", env)
+	n := 20000
+	big := strings.Repeat("x", 1500)
+	for i := range n {
+		tok := o12Tok(0xA4, 0, i)
+		m := &nats.Msg{Subject: jobsSubject, Data: []byte(fmt.Sprintf(`{"id":"r-%d","token":%q,"payload":{"aps":{"alert":%q}}}`, i, tok, big))}
+		_, err := js.PublishMsgAsync(m)
+		require.NoError(t, err)
+	}
+	<-js.PublishAsyncComplete()
+	for range 6 {
+		time.Sleep(3 * time.Second)
+		c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
+		t.Logf("readyz %d %q\n%s", c, b, o12Metrics(t, w.HTTPAddr, "apns_worker_jobs_delivered", "apns_worker_jobs_in_flight", "apns_worker_jobs_failed", "apns_engine_connected"))
+	}
+	require.Equal(t, 0, w.stop(40*time.Second))
+	for _, l := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(l, `"WARN"`) || strings.Contains(l, `"ERROR"`) || strings.Contains(l, "stop") {
+			t.Log(l)
+		}
+	}
+}
+
+// TestOutside12GatewayReadsNothing: a binary gateway that completes the TLS
+// handshake and then never reads a byte. The worker sees it: its writes
+// time out ("binary gateway connection lost; resending in flight", "write
+// ... i/o timeout"), and the silent-close budget starts. It then opens
+// connection after connection (apns_engine_connected 148 of 4), writes each
+// a budget of frames that fit in the socket buffers, retires it, waits out
+// the assumed-delivered window and acks the jobs as delivered: all 20 000 of
+// 20 000 in an observed run, none of them read by the gateway. The README:
+// a job is acked "only once APNs' outcome is known"; the window assumption
+// should not outlive the evidence of write timeouts that the gateway takes
+// nothing.
+func TestOutside12GatewayReadsNothing(t *testing.T) {
+	t.Skip("defect: binary gateway that never reads: after write timeouts, budget-retired connections ack every job as delivered though not a byte was read")
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	stop := make(chan struct{})
+	srv := startO12Server(t, p.serverTLS(), func(cn int, c *tls.Conn) {
+		select { // hold the connection, read nothing
+		case <-stop:
+		case <-time.After(2 * time.Minute):
+		}
+	})
+	t.Cleanup(func() { close(stop) })
+	env := o12Env(ns.ClientURL(), srv.Addr, p, 2*time.Second)
+	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
+	w := startWorker(t, "o12-readsnothing", env)
+	const n = 4000
+	big := strings.Repeat("x", 1500)
+	for i := range n {
+		tok := o12Tok(0xA4, 0, i)
+		m := &nats.Msg{Subject: jobsSubject, Data: []byte(fmt.Sprintf(`{"id":"r-%d","token":%q,"payload":{"aps":{"alert":%q}}}`, i, tok, big))}
+		_, err := js.PublishMsgAsync(m)
+		require.NoError(t, err)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("publish not complete")
+	}
+	waitFor(t, 30*time.Second, "a write timeout against the gateway", func() bool {
+		return strings.Contains(w.log.String(), "binary gateway connection lost; resending in flight")
+	})
+	// Twice the window and more after the evidence: nothing may have been
+	// acked as delivered, as nothing was read.
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) && w.metric("apns_worker_jobs_delivered_total") == 0 {
+		time.Sleep(200 * time.Millisecond) // polling interval
+	}
+	delivered := w.metric("apns_worker_jobs_delivered_total")
+	t.Logf("delivered %v, connected %v, stream %d", delivered, w.metric("apns_engine_connected"), streamState(t, js, jobsStream).Msgs)
+	require.Zero(t, delivered, "jobs acked as delivered by a gateway that never read a byte")
+	require.Equal(t, 0, w.stop(40*time.Second))
+}
