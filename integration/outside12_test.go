@@ -1183,3 +1183,80 @@ func TestOutside12GatewayReadsNothing(t *testing.T) {
 	require.Zero(t, delivered, "jobs acked as delivered by a gateway that never read a byte")
 	require.Equal(t, 0, w.stop(40*time.Second))
 }
+
+// TestOutside12ObserveIntakePause: APNs down with more jobs than
+// MAX_IN_FLIGHT for longer than ACK_WAIT (observation of the README's log
+// lines and metrics).
+func TestOutside12ObserveIntakePause(t *testing.T) {
+	if os.Getenv("O12_OBSERVE") == "" {
+		t.Skip("observation only")
+	}
+	ns := startNATS(t)
+	_, js := connect(t, ns.ClientURL())
+	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	addr := freeAddr(t) // nothing listens yet
+	env := o12Env(ns.ClientURL(), addr, p, time.Second)
+	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
+	env["APNS_WORKER_MAX_IN_FLIGHT"] = "10"
+	env["APNS_WORKER_JOBS_ACK_WAIT"] = "2s"
+	w := startWorker(t, "o12-intake", env)
+	for i := range 60 {
+		tok := o12Tok(0xA5, 0, i)
+		o12Pub(t, js, tok[56:], fmt.Sprintf(`{"id":"i-%d","token":%q,"payload":{"aps":{"alert":"i"}}}`, i, tok))
+	}
+	time.Sleep(8 * time.Second)
+	c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
+	t.Logf("down: readyz %d %q\n%s", c, b, o12Metrics(t, w.HTTPAddr, "apns_worker_intake", "apns_worker_jobs_in_flight", "apns_worker_jobs_received", "apns_worker_jobs_failed", "apns_worker_jobs_dead"))
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	g := &o12Gateway{accepted: map[string]int{}, payloads: map[string][]byte{}, frames: map[string]o12Frame{}, answered: map[string]bool{}}
+	ln.Close()
+	g.o12Server = startO12ServerAt(t, addr, p.serverTLS(), g.serve)
+	waitDrained(t, js, 60*time.Second)
+	dups := 0
+	for i := range 60 {
+		if n := g.count(o12Tok(0xA5, 0, i)); n != 1 {
+			dups++
+		}
+	}
+	t.Logf("up: tokens not taken exactly once: %d\n%s", dups, o12Metrics(t, w.HTTPAddr, "apns_worker_intake", "apns_worker_jobs_received", "apns_worker_jobs_delivered", "apns_worker_jobs_dead"))
+	require.Equal(t, 0, w.stop(30*time.Second))
+	for _, l := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(l, "intake") {
+			t.Log(l)
+		}
+	}
+}
+
+func startO12ServerAt(tb testing.TB, addr string, conf *tls.Config, handle func(cn int, c *tls.Conn)) *o12Server {
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(tb, err)
+	s := &o12Server{tb: tb, ln: ln, Addr: addr, handle: handle, stop: make(chan struct{})}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns++
+			cn := s.conns
+			s.open = append(s.open, raw)
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer raw.Close()
+				c := tls.Server(raw, conf)
+				if err := c.Handshake(); err != nil {
+					return
+				}
+				s.handle(cn, c)
+			}()
+		}
+	}()
+	tb.Cleanup(s.Close)
+	return s
+}
