@@ -447,6 +447,8 @@ func TestOutside12BinaryStatuses(t *testing.T) {
 	tokE := o12Tok(0xB0, 2, 0)
 	o12Pub(t, js, "exp0", fmt.Sprintf(`{"id":"exp0","token":%q,"expiration":0,"payload":{"aps":{"alert":"x"},"k":"\u00e9"}}`, tokE))
 
+	tokU := o12Tok(0xB0, 3, 0)
+	o12Pub(t, js, "upper", fmt.Sprintf(`{"id":"upper","token":%q,"expiration":4294967295,"priority":10,"payload":{"aps":{"alert":"u"}}}`, strings.ToUpper(tokU)))
 	waitDrained(t, js, 60*time.Second)
 
 	gw.mu.Lock()
@@ -494,7 +496,9 @@ func TestOutside12BinaryStatuses(t *testing.T) {
 	gw.mu.Lock()
 	fp, fe := gw.frames[tokP], gw.frames[tokE]
 	fg := gw.frames[goods[0]]
+	fu := gw.frames[tokU]
 	gw.mu.Unlock()
+	require.True(t, fu.HasExp && fu.Exp == 4294967295 && fu.HasPrio && fu.Prio == 10, "upper-case token, largest expiration: %+v", fu)
 	require.True(t, fp.HasPrio && fp.Prio == 5, "priority item 5: %+v", fp)
 	require.True(t, fp.HasExp && fp.Exp == uint32(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Unix()), "expiration: %+v", fp)
 	require.Equal(t, `{"aps":{"content-available":1}}`, string(fp.Payload))
