@@ -410,6 +410,12 @@ type o12Event struct {
 // mid-stream (naming the bad notification; status 10 the last good one),
 // then taking everything. Frames are checked against APNS.md byte by byte.
 func TestOutside12BinaryStatuses(t *testing.T) {
+	for _, markers := range []string{"0", "50ms"} {
+		t.Run("confirm_after="+markers, func(t *testing.T) { o12Statuses(t, markers) })
+	}
+}
+
+func o12Statuses(t *testing.T, markers string) {
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
 	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
@@ -426,6 +432,7 @@ func TestOutside12BinaryStatuses(t *testing.T) {
 		return false, true
 	})
 	env := o12Env(ns.ClientURL(), gw.Addr, p, time.Second)
+	env["APNS_WORKER_APNS_CONFIRM_AFTER"] = markers
 	w := startWorker(t, "o12-statuses", env)
 
 	statuses := []byte{1, 2, 3, 4, 5, 6, 7, 8, 10, 128, 255}
