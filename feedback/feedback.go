@@ -107,7 +107,9 @@ func WithFetchTimeout(d time.Duration) Option {
 }
 
 // WithTokenLen sets the device-token length every tuple must have (default
-// 32, as Apple sends); 0 accepts any length from 1 to apns.MaxTokenLen.
+// 32, as Apple sends); 0 accepts any length from 1 to apns.MaxTokenLen. A
+// tuple of another length is skipped, and the tuples after it read: Fetch
+// returns them with an error wrapping ErrMalformed that counts the skipped.
 func WithTokenLen(n int) Option {
 	return func(o *options) error {
 		if n < 0 || n > apns.MaxTokenLen {

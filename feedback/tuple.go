@@ -39,10 +39,7 @@ func readTuple(r io.Reader, tokenLen int) (BadToken, error) {
 		return BadToken{}, err
 	}
 	l := int(binary.BigEndian.Uint16(h[4:]))
-	switch {
-	case tokenLen != 0 && l != tokenLen:
-		return BadToken{}, fmt.Errorf("%w: token length %d, want %d", ErrMalformed, l, tokenLen)
-	case l == 0 || l > apns.MaxTokenLen:
+	if l == 0 || l > apns.MaxTokenLen {
 		return BadToken{}, fmt.Errorf("%w: token length %d, want 1 to %d", ErrMalformed, l, apns.MaxTokenLen)
 	}
 	tok := make(apns.Token, l)
@@ -53,14 +50,30 @@ func readTuple(r io.Reader, tokenLen int) (BadToken, error) {
 		}
 		return BadToken{}, err
 	}
+	if tokenLen != 0 && l != tokenLen {
+		// Read whole: the next tuple starts right after it.
+		return BadToken{}, fmt.Errorf("%w: token length %d, want %d", errOtherLength, l, tokenLen)
+	}
 	return BadToken{Token: tok, Time: time.Unix(int64(binary.BigEndian.Uint32(h[:4])), 0).UTC()}, nil
 }
 
+// errOtherLength is a whole tuple whose token is not of the length asked
+// for: readAll skips it and reads on.
+var errOtherLength = fmt.Errorf("%w: a token of another length", ErrMalformed)
+
 // readAll reads tuples until a clean end of input, at most max of them
 // (0: no limit). It returns the tuples read before any error; the error
-// says which tuple failed.
-func readAll(r io.Reader, tokenLen, max int) ([]BadToken, error) {
-	var out []BadToken
+// says which tuple failed. Tuples whose token is of another length than
+// tokenLen are skipped, the rest read; they are then counted in an error
+// wrapping ErrMalformed.
+func readAll(r io.Reader, tokenLen, max int) (out []BadToken, err error) {
+	skipped := 0
+	var first error
+	defer func() {
+		if skipped > 0 {
+			err = errors.Join(fmt.Errorf("%d tuples skipped, the first: %w", skipped, first), err)
+		}
+	}()
 	for {
 		if max > 0 && len(out) == max {
 			var b [1]byte
@@ -76,6 +89,12 @@ func readAll(r io.Reader, tokenLen, max int) ([]BadToken, error) {
 		t, err := readTuple(r, tokenLen)
 		if err == io.EOF {
 			return out, nil
+		}
+		if errors.Is(err, errOtherLength) {
+			if skipped++; skipped == 1 {
+				first = fmt.Errorf("%w (tuple %d)", err, len(out)+skipped)
+			}
+			continue
 		}
 		switch {
 		case errors.Is(err, ErrMalformed):

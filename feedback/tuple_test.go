@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -152,20 +153,48 @@ func FuzzReadTuple(f *testing.F) {
 				require.Equal(t, b[:n], encodeTuple(tup.Time, tup.Token))
 			}
 
-			// readAll returns a prefix of whole tuples, whatever follows.
-			all, err := readAll(bytes.NewReader(b), tokenLen, 0)
-			re := []byte{}
-			for _, tup := range all {
-				re = append(re, encodeTuple(tup.Time, tup.Token)...)
-			}
-			require.Equal(t, b[:len(re)], re)
-			if err == nil {
-				require.Len(t, b, len(re))
-			} else {
-				require.ErrorIs(t, err, ErrMalformed)
+		}
+
+		// With any length, readAll returns a prefix of whole tuples,
+		// whatever follows.
+		all, err := readAll(bytes.NewReader(b), 0, 0)
+		re := []byte{}
+		for _, tup := range all {
+			re = append(re, encodeTuple(tup.Time, tup.Token)...)
+		}
+		require.Equal(t, b[:len(re)], re)
+		if err == nil {
+			require.Len(t, b, len(re))
+		} else {
+			require.ErrorIs(t, err, ErrMalformed)
+		}
+		// With a length, the same tuples but for those of other lengths,
+		// which it skips, reading on.
+		var want []BadToken
+		for _, tup := range all {
+			if len(tup.Token) == 32 {
+				want = append(want, tup)
 			}
 		}
+		got, err32 := readAll(bytes.NewReader(b), 32, 0)
+		require.Equal(t, want, got)
+		if len(want) < len(all) {
+			require.ErrorIs(t, err32, ErrMalformed)
+		}
 	})
+}
+
+// TestReadAllSkipsOtherLengths: a tuple whose token is of another length
+// than asked is read whole and skipped: the tuples after it are kept, and
+// the error counts it.
+func TestReadAllSkipsOtherLengths(t *testing.T) {
+	t.Parallel()
+	t1 := time.Unix(1_700_000_000, 0).UTC()
+	b := slices.Concat(encodeTuple(t1, tok(1, 32)), encodeTuple(t1, tok(2, 64)), encodeTuple(t1, tok(3, 32)))
+	got, err := readAll(bytes.NewReader(b), 32, 0)
+	require.Equal(t, []BadToken{{tok(1, 32), t1}, {tok(3, 32), t1}}, got)
+	require.ErrorIs(t, err, ErrMalformed)
+	require.ErrorContains(t, err, "1 tuples skipped, the first: feedback: malformed response: a token of another length: token length 64, want 32 (tuple 2)")
 }
 
 func TestReadAllErrorAtLimit(t *testing.T) {
