@@ -245,7 +245,13 @@ func (w *Worker) Run(ctx context.Context, eng apns.Engine) error {
 				}
 				return err // Run's end: the deferred drain naks a job still waiting for a slot
 			}
-			cc.Drain()
+			if nc := w.js.Conn(); (ctx.Err() != nil || runErr != nil) && nc != nil && nc.IsReconnecting() {
+				// NATS is down: a drain needs the server. The jobs in the
+				// pull buffer come back to a worker after AckWait.
+				cc.Stop()
+			} else {
+				cc.Drain()
+			}
 			if ctx.Err() != nil || runErr != nil {
 				drainTimer = time.AfterFunc(w.opts.DrainTimeout, cancelSend)
 				select {
@@ -447,7 +453,17 @@ func (w *Worker) Shutdown(ctx context.Context, eng apns.Engine) error {
 	// At most 5 s, and never past ctx: Shutdown's deadline is the caller's.
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if nc := w.js.Conn(); nc != nil && !nc.IsClosed() {
+	switch nc := w.js.Conn(); {
+	case nc == nil || nc.IsClosed():
+	case nc.IsReconnecting():
+		// NATS is down: a flush could only time out. Acks sent meanwhile
+		// wait in the client's buffer and are lost with it; their jobs
+		// come back to a worker after ACK_WAIT, as after a crash.
+		if b, _ := nc.Buffered(); b > 0 {
+			w.log.Warn("nats not connected at stop: what the worker sent meanwhile is lost; jobs whose acks were among it come back after ACK_WAIT",
+				slog.Int("unsent_bytes", b))
+		}
+	default:
 		if err := nc.FlushWithContext(fctx); err != nil {
 			errs = append(errs, fmt.Errorf("consumer: flush acks: %w", err))
 		}

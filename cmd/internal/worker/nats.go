@@ -83,7 +83,17 @@ func connectNATS(ctx context.Context, cfg *config.Config, log *slog.Logger, faul
 	stepDone(log, "nats connected", "APNS_WORKER_NATS_URL", nc.ConnectedUrlRedacted(), start)
 	return nc, func(timeout time.Duration) error {
 		closing.Store(true)
-		err := DrainNATS(nc, timeout)
+		var err error
+		if nc.IsReconnecting() {
+			// NATS is down: nothing can be drained. The consumer's stop
+			// said what it could not flush; its jobs come back to a
+			// worker after ACK_WAIT.
+			unsent, _ := nc.Buffered()
+			log.Warn("nats not connected at stop; closing without a drain", slog.Int("unsent_bytes", unsent))
+			nc.Close()
+		} else {
+			err = DrainNATS(nc, timeout)
+		}
 		stopEmbedded()
 		return err
 	}, nil
