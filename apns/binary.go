@@ -409,7 +409,7 @@ func (e *BinaryEngine) newSession() *binSession {
 // connection that retires cleanly raises the budget by an eighth, so that
 // a one-off loss does not cap the engine for ever.
 const (
-	binMinBudget   = 32 // the fewest notifications a connection carries
+	binMinBudget   = 1  // the fewest notifications a connection carries
 	binMaxDrainers = 64 // retired connections waiting out their window, per connection slot
 )
 
