@@ -1,19 +1,19 @@
 package integration
 
 // Outside checks of the binary protocol and the feedback service (helper
-// outside12): the worker binary against TLS servers written here from
-// APNS.md, not apnstest's.
+// outside12, 2026-12-07): the worker binary against TLS servers written
+// here from APNS.md, not apnstest's. Each test that found a defect says so
+// in its comment, and how it was fixed; TestOutside12GatewayReadsNothing
+// is still open (skipped).
 
 import (
 	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -24,12 +24,10 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,7 +225,13 @@ type o12Server struct {
 
 func startO12Server(tb testing.TB, conf *tls.Config, handle func(cn int, c *tls.Conn)) *o12Server {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startO12ServerAt(tb, "127.0.0.1:0", conf, handle)
+}
+
+// startO12ServerAt is startO12Server on addr (host:port; port 0: any).
+func startO12ServerAt(tb testing.TB, addr string, conf *tls.Config, handle func(cn int, c *tls.Conn)) *o12Server {
+	tb.Helper()
+	ln, err := net.Listen("tcp", addr)
 	require.NoError(tb, err)
 	s := &o12Server{tb: tb, ln: ln, Addr: ln.Addr().String(), handle: handle, stop: make(chan struct{})}
 	s.wg.Add(1)
@@ -685,7 +689,8 @@ func TestOutside12FeedbackHuge(t *testing.T) {
 // held by the fetch, unpublished, for as long as the service keeps
 // trickling (here 45 s and more; the poller never polls again either), and
 // lost with them if the worker dies meanwhile: the service cleared them
-// once read.
+// once read. Fixed: a fetch is bounded as a whole (feedback
+// WithFetchTimeout, 30 s), and what it read is published.
 func TestOutside12FeedbackTrickleHeld(t *testing.T) {
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
@@ -731,343 +736,12 @@ func o12HTTP(t *testing.T, addr, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func o12Metrics(t *testing.T, addr string, prefixes ...string) string {
-	_, body := o12HTTP(t, addr, "/metrics")
-	var out []string
-	for _, l := range strings.Split(body, "\n") {
-		for _, p := range prefixes {
-			if strings.HasPrefix(l, p) {
-				out = append(out, l)
-			}
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
-// TestOutside12ObserveTLS: observation of TLS faults (not a check).
-func TestOutside12ObserveTLS(t *testing.T) {
-	if os.Getenv("O12_OBSERVE") == "" {
-		t.Skip("observation only")
-	}
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	var mode atomic.Int32 // 0 refuse the client cert (verify against another CA), 1 accept
-	other := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	base := p.serverTLS()
-	conf := &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		c := base.Clone()
-		if mode.Load() == 0 {
-			c.ClientCAs = other.caPool
-		}
-		return c, nil
-	}}
-	g := &o12Gateway{accepted: map[string]int{}, payloads: map[string][]byte{}, frames: map[string]o12Frame{}, answered: map[string]bool{}}
-	g.o12Server = startO12Server(t, conf, g.serve)
-	env := o12Env(ns.ClientURL(), g.Addr, p, time.Second)
-	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
-	w := startWorker(t, "o12-tls", env)
-	for i := range 3 {
-		tok := o12Tok(0xC0, 0, i)
-		o12Pub(t, js, tok[56:], fmt.Sprintf(`{"id":"c-%d","token":%q,"payload":{"aps":{"alert":"c"}}}`, i, tok))
-	}
-	for range 4 {
-		time.Sleep(2 * time.Second)
-		c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-		t.Logf("refusing: readyz %d %q\n%s", c, b, o12Metrics(t, w.HTTPAddr, "apns_engine_credentials_ok", "apns_engine_connected", "apns_worker_jobs_in_flight", "apns_worker_jobs_failed"))
-	}
-	mode.Store(1)
-	start := time.Now()
-	waitDrained(t, js, 90*time.Second)
-	t.Logf("drained %s after the fix", time.Since(start))
-	c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-	t.Logf("readyz %d %q", c, b)
-	require.Equal(t, 0, w.stop(30*time.Second))
-	for _, l := range strings.Split(w.log.String(), "\n") {
-		if strings.Contains(l, `"WARN"`) || strings.Contains(l, `"ERROR"`) {
-			t.Log(l)
-		}
-	}
-}
-
-// TestOutside12ObserveServerCert: observation of a gateway with an expired
-// server certificate, then a slow handshake (not a check).
-func TestOutside12ObserveServerCert(t *testing.T) {
-	if os.Getenv("O12_OBSERVE") == "" {
-		t.Skip("observation only")
-	}
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	good := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	expired := newO12PKI(t, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
-	var mode atomic.Int32 // 0 expired, 1 slow handshake (4 s), 2 fine
-	base := good.serverTLS()
-	conf := &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		c := base.Clone()
-		switch mode.Load() {
-		case 0:
-			c.Certificates = []tls.Certificate{expired.serverCert}
-			c.ClientCAs = good.caPool
-		case 1:
-			time.Sleep(4 * time.Second)
-		}
-		return c, nil
-	}}
-	// the expired PKI's server cert is signed by its own CA: trust both
-	g := &o12Gateway{accepted: map[string]int{}, payloads: map[string][]byte{}, frames: map[string]o12Frame{}, answered: map[string]bool{}}
-	g.o12Server = startO12Server(t, conf, g.serve)
-	ca := filepath.Join(t.TempDir(), "both.pem")
-	a, _ := os.ReadFile(good.CA)
-	b, _ := os.ReadFile(expired.CA)
-	require.NoError(t, os.WriteFile(ca, append(a, b...), 0o600))
-	env := o12Env(ns.ClientURL(), g.Addr, good, time.Second)
-	env["APNS_WORKER_APNS_CA_FILE"] = ca
-	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
-	w := startWorker(t, "o12-srvcert", env)
-	for i := range 3 {
-		tok := o12Tok(0xC1, 0, i)
-		o12Pub(t, js, tok[56:], fmt.Sprintf(`{"id":"c-%d","token":%q,"payload":{"aps":{"alert":"c"}}}`, i, tok))
-	}
-	for phase := int32(0); phase < 3; phase++ {
-		mode.Store(phase)
-		for range 3 {
-			time.Sleep(2 * time.Second)
-			c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-			t.Logf("phase %d: readyz %d %q\n%s", phase, c, b, o12Metrics(t, w.HTTPAddr, "apns_engine_credentials_ok", "apns_engine_connected", "apns_engine_reconnects", "apns_worker_jobs_in_flight", "apns_worker_jobs_failed", "apns_worker_jobs_delivered"))
-		}
-	}
-	waitDrained(t, js, 90*time.Second)
-	require.Equal(t, 0, w.stop(30*time.Second))
-	for _, l := range strings.Split(w.log.String(), "\n") {
-		if strings.Contains(l, `"WARN"`) || strings.Contains(l, `"ERROR"`) {
-			t.Log(l)
-		}
-	}
-}
-
-// o12H2 is an HTTP/2 APNs of our own (net/http's server) checking the
-// provider token: ES256 with the key it trusts now, kid, iss, iat.
-type o12H2 struct {
-	srv      *httptest.Server
-	mu       sync.Mutex
-	pub      *ecdsa.PublicKey
-	kid      string
-	refuse   bool                // 403 InvalidProviderToken for every request
-	tokens   map[string]int      // JWT -> requests
-	perConn  map[string][]string // remote addr -> distinct JWTs, in order
-	accepted map[string]int      // device token -> 200s
-	answers  map[int]int         // status -> count
-}
-
-func startO12H2(t *testing.T, p *o12PKI) *o12H2 {
-	s := &o12H2{tokens: map[string]int{}, perConn: map[string][]string{}, accepted: map[string]int{}, answers: map[int]int{}}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
-	s.srv.EnableHTTP2 = true
-	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.serverCert}}
-	s.srv.StartTLS()
-	t.Cleanup(s.srv.Close)
-	return s
-}
-
-func (s *o12H2) answer(w http.ResponseWriter, code int, reason string) {
-	s.answers[code]++
-	if code == 200 {
-		w.Header().Set("apns-id", "00000000-0000-4000-8000-000000000000")
-		w.WriteHeader(200)
-		return
-	}
-	w.Header().Set("content-type", "application/json")
-	w.WriteHeader(code)
-	fmt.Fprintf(w, `{"reason":%q}`, reason)
-}
-
-func (s *o12H2) serve(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
-	_ = body
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	tok, ok := strings.CutPrefix(r.URL.Path, "/3/device/")
-	if r.Method != http.MethodPost || !ok {
-		s.answer(w, 404, "BadPath")
-		return
-	}
-	jwtStr, ok := strings.CutPrefix(r.Header.Get("authorization"), "bearer ")
-	if !ok {
-		s.answer(w, 403, "MissingProviderToken")
-		return
-	}
-	s.tokens[jwtStr]++
-	pc := s.perConn[r.RemoteAddr]
-	if len(pc) == 0 || pc[len(pc)-1] != jwtStr {
-		s.perConn[r.RemoteAddr] = append(pc, jwtStr)
-	}
-	parts := strings.Split(jwtStr, ".")
-	if len(parts) != 3 {
-		s.answer(w, 403, "InvalidProviderToken")
-		return
-	}
-	hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
-	cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
-	sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
-	var hdr struct{ Alg, Kid string }
-	var cl struct {
-		Iss string
-		Iat int64
-	}
-	_ = json.Unmarshal(hb, &hdr)
-	_ = json.Unmarshal(cb, &cl)
-	h := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	valid := len(sig) == 64 && ecdsa.Verify(s.pub, h[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
-	switch {
-	case s.refuse || !valid || hdr.Alg != "ES256" || hdr.Kid != s.kid || cl.Iss != "TEAM123456":
-		s.answer(w, 403, "InvalidProviderToken")
-	case time.Since(time.Unix(cl.Iat, 0)) > time.Hour:
-		s.answer(w, 403, "ExpiredProviderToken")
-	default:
-		s.accepted[tok]++
-		s.answer(w, 200, "")
-	}
-}
-
-func o12P8(t *testing.T, path string) *ecdsa.PrivateKey {
-	k := o12Key(t)
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	require.NoError(t, err)
-	tmp := path + ".tmp"
-	o12WritePEM(t, tmp, "PRIVATE KEY", der)
-	require.NoError(t, os.Rename(tmp, path))
-	return k
-}
-
-// TestOutside12ObserveTokenAuth: observation of token auth operations:
-// a key APNs refuses then accepts, a .p8 replaced while running.
-func TestOutside12ObserveTokenAuth(t *testing.T) {
-	if os.Getenv("O12_OBSERVE") == "" {
-		t.Skip("observation only")
-	}
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	s := startO12H2(t, p)
-	p8 := filepath.Join(t.TempDir(), "AuthKey.p8")
-	k := o12P8(t, p8)
-	s.mu.Lock()
-	s.pub, s.kid, s.refuse = &k.PublicKey, "ABCDE12345", true
-	s.mu.Unlock()
-	env := map[string]string{
-		"APNS_WORKER_NATS_URL":     ns.ClientURL(),
-		"APNS_WORKER_APNS_MODE":    "http2",
-		"APNS_WORKER_APNS_ADDR":    s.srv.URL,
-		"APNS_WORKER_APNS_CA_FILE": p.CA,
-		"APNS_WORKER_APNS_P8_FILE": p8,
-		"APNS_WORKER_APNS_KEY_ID":  "ABCDE12345",
-		"APNS_WORKER_APNS_TEAM_ID": "TEAM123456",
-		"APNS_WORKER_APNS_TOPIC":   "com.example.app",
-		"APNS_WORKER_JOBS_BACKOFF": "200ms,1s",
-		"APNS_WORKER_HTTP_ADDR":    freeAddr(t),
-	}
-	w := startWorker(t, "o12-token", env)
-	pub := func(tag byte, n int) {
-		for i := range n {
-			tok := o12Tok(tag, 0, i)
-			o12Pub(t, js, tok[56:]+tok[:2], fmt.Sprintf(`{"id":"h-%x-%d","token":%q,"payload":{"aps":{"alert":"h"}}}`, tag, i, tok))
-		}
-	}
-	show := func(what string) {
-		c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-		s.mu.Lock()
-		t.Logf("%s: readyz %d %q; jwts %d, answers %v, per conn %d\n%s", what, c, b, len(s.tokens), s.answers, len(s.perConn),
-			o12Metrics(t, w.HTTPAddr, "apns_engine_credentials_ok", "apns_worker_jobs_in_flight", "apns_worker_jobs_failed", "apns_worker_jobs_delivered", "apns_worker_jobs_dead", "apns_worker_jobs_rejected"))
-		s.mu.Unlock()
-	}
-	pub(0xD0, 20)
-	time.Sleep(3 * time.Second)
-	show("refused 3s")
-	s.mu.Lock()
-	s.refuse = false
-	s.mu.Unlock()
-	start := time.Now()
-	waitDrained(t, js, 90*time.Second)
-	show(fmt.Sprintf("accepted; drained %s after", time.Since(start)))
-	// Key rotated: new file, APNs trusts only the new key.
-	k2 := o12P8(t, p8)
-	s.mu.Lock()
-	s.pub = &k2.PublicKey
-	s.mu.Unlock()
-	pub(0xD1, 5)
-	time.Sleep(5 * time.Second)
-	show("rotated 5s")
-	require.Equal(t, 0, w.stop(40*time.Second))
-	for _, l := range strings.Split(w.log.String(), "\n") {
-		if strings.Contains(l, `"WARN"`) || strings.Contains(l, `"ERROR"`) {
-			t.Log(l)
-		}
-	}
-}
-
-// TestOutside12ObserveOps: /readyz and /metrics with the events stream
-// full, then NATS down (observation).
-func TestOutside12ObserveOps(t *testing.T) {
-	if os.Getenv("O12_OBSERVE") == "" {
-		t.Skip("observation only")
-	}
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	gw := startO12Gateway(t, p, func(f o12Frame, prev uint32, c *tls.Conn) (bool, bool) {
-		if f.Token[0] == 0xE2 {
-			o12ErrResp(c, 8, f.ID)
-			return false, true
-		}
-		return true, false
-	})
-	env := o12Env(ns.ClientURL(), gw.Addr, p, time.Second)
-	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
-	env["APNS_WORKER_APNS_CONFIRM_AFTER"] = "100ms"
-	w := startWorker(t, "o12-ops", env)
-	ctx := ctxT(t, 30*time.Second)
-	st, err := js.Stream(ctx, eventsStream)
-	require.NoError(t, err)
-	cfg := st.CachedInfo().Config
-	old := cfg
-	cfg.MaxMsgs = 0
-	cfg.MaxMsgs = 1
-	cfg.Discard = jetstream.DiscardNew
-	_, err = js.UpdateStream(ctx, cfg)
-	require.NoError(t, err)
-	_, err = js.Publish(ctx, eventsPrefix+".filler", []byte("x"))
-	require.NoError(t, err)
-	show := func(what string) {
-		c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-		t.Logf("%s: readyz %d %q\n%s", what, c, b, o12Metrics(t, w.HTTPAddr, "apns_worker_", "apns_engine_"))
-	}
-	o12Pub(t, js, "bad-1", fmt.Sprintf(`{"id":"bad-1","token":%q,"payload":{"aps":{"alert":"b"}}}`, o12Tok(0xE2, 8, 1)))
-	o12Pub(t, js, "good-1", fmt.Sprintf(`{"id":"good-1","token":%q,"payload":{"aps":{"alert":"g"}}}`, o12Tok(0xA0, 8, 1)))
-	time.Sleep(8 * time.Second)
-	show("events full 8s")
-	_, err = js.UpdateStream(ctx, old)
-	require.NoError(t, err)
-	start := time.Now()
-	waitDrained(t, js, 60*time.Second)
-	show(fmt.Sprintf("events room again: drained after %s", time.Since(start)))
-	t.Logf("rejected events %d, badtokens %d", subjectCount(t, js, subjRejected), subjectCount(t, js, subjBadTokens))
-	ns.Shutdown()
-	time.Sleep(3 * time.Second)
-	show("nats down 3s")
-	code := w.stop(40 * time.Second)
-	t.Logf("exit code %d", code)
-	for _, l := range strings.Split(w.log.String(), "\n") {
-		if strings.Contains(l, `"WARN"`) || strings.Contains(l, `"ERROR"`) || strings.Contains(l, "stop") {
-			t.Log(l)
-		}
-	}
-}
-
 // TestOutside12StopWhileNATSDown: a worker holding no job is stopped with
 // SIGTERM while its NATS server is down. The README: SIGTERM is a clean
 // stop, exit 0 within APNS_WORKER_SHUTDOWN_GRACE. Observed: exit 1, "stopped
 // with an error" "consumer: flush acks: context deadline exceeded\nnats:
-// drain: nats: connection reconnecting", with nothing to ack.
+// drain: nats: connection reconnecting", with nothing to ack. Fixed: a
+// stop while NATS is down neither drains nor flushes; exit 0 at once.
 func TestOutside12StopWhileNATSDown(t *testing.T) {
 	ns := startNATS(t)
 	_, js := connect(t, ns.ClientURL())
@@ -1090,52 +764,6 @@ func TestOutside12StopWhileNATSDown(t *testing.T) {
 	t.Logf("exit %d after %s\n%s", code, time.Since(start), w.log.tail())
 	require.Equal(t, 0, code, "a SIGTERM with no job held is a clean stop")
 	require.Less(t, time.Since(start), 10*time.Second, "within SHUTDOWN_GRACE")
-}
-
-// TestOutside12ObserveReadsNothing: a gateway that completes the handshake
-// and never reads (observation).
-func TestOutside12ObserveReadsNothing(t *testing.T) {
-	if os.Getenv("O12_OBSERVE") == "" {
-		t.Skip("observation only")
-	}
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	stop := make(chan struct{})
-	srv := startO12Server(t, p.serverTLS(), func(cn int, c *tls.Conn) {
-		select {
-		case <-stop:
-		case <-time.After(2 * time.Minute):
-		}
-	})
-	t.Cleanup(func() { close(stop) })
-	env := o12Env(ns.ClientURL(), srv.Addr, p, 2*time.Second)
-	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
-	env["APNS_WORKER_APNS_CONFIRM_AFTER"] = os.Getenv("O12_CONFIRM")
-	if env["APNS_WORKER_APNS_CONFIRM_AFTER"] == "" {
-		env["APNS_WORKER_APNS_CONFIRM_AFTER"] = "0"
-	}
-	w := startWorker(t, "o12-readsnothing", env)
-	n := 20000
-	big := strings.Repeat("x", 1500)
-	for i := range n {
-		tok := o12Tok(0xA4, 0, i)
-		m := &nats.Msg{Subject: jobsSubject, Data: []byte(fmt.Sprintf(`{"id":"r-%d","token":%q,"payload":{"aps":{"alert":%q}}}`, i, tok, big))}
-		_, err := js.PublishMsgAsync(m)
-		require.NoError(t, err)
-	}
-	<-js.PublishAsyncComplete()
-	for range 6 {
-		time.Sleep(3 * time.Second)
-		c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-		t.Logf("readyz %d %q\n%s", c, b, o12Metrics(t, w.HTTPAddr, "apns_worker_jobs_delivered", "apns_worker_jobs_in_flight", "apns_worker_jobs_failed", "apns_engine_connected"))
-	}
-	require.Equal(t, 0, w.stop(40*time.Second))
-	for _, l := range strings.Split(w.log.String(), "\n") {
-		if strings.Contains(l, `"WARN"`) || strings.Contains(l, `"ERROR"`) || strings.Contains(l, "stop") {
-			t.Log(l)
-		}
-	}
 }
 
 // TestOutside12GatewayReadsNothing: a binary gateway that completes the TLS
@@ -1191,83 +819,6 @@ func TestOutside12GatewayReadsNothing(t *testing.T) {
 	t.Logf("delivered %v, connected %v, stream %d", delivered, w.metric("apns_engine_connected"), streamState(t, js, jobsStream).Msgs)
 	require.Zero(t, delivered, "jobs acked as delivered by a gateway that never read a byte")
 	require.Equal(t, 0, w.stop(40*time.Second))
-}
-
-// TestOutside12ObserveIntakePause: APNs down with more jobs than
-// MAX_IN_FLIGHT for longer than ACK_WAIT (observation of the README's log
-// lines and metrics).
-func TestOutside12ObserveIntakePause(t *testing.T) {
-	if os.Getenv("O12_OBSERVE") == "" {
-		t.Skip("observation only")
-	}
-	ns := startNATS(t)
-	_, js := connect(t, ns.ClientURL())
-	p := newO12PKI(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-	addr := freeAddr(t) // nothing listens yet
-	env := o12Env(ns.ClientURL(), addr, p, time.Second)
-	env["APNS_WORKER_HTTP_ADDR"] = freeAddr(t)
-	env["APNS_WORKER_MAX_IN_FLIGHT"] = "10"
-	env["APNS_WORKER_JOBS_ACK_WAIT"] = "2s"
-	w := startWorker(t, "o12-intake", env)
-	for i := range 60 {
-		tok := o12Tok(0xA5, 0, i)
-		o12Pub(t, js, tok[56:], fmt.Sprintf(`{"id":"i-%d","token":%q,"payload":{"aps":{"alert":"i"}}}`, i, tok))
-	}
-	time.Sleep(8 * time.Second)
-	c, b := o12HTTP(t, w.HTTPAddr, "/readyz")
-	t.Logf("down: readyz %d %q\n%s", c, b, o12Metrics(t, w.HTTPAddr, "apns_worker_intake", "apns_worker_jobs_in_flight", "apns_worker_jobs_received", "apns_worker_jobs_failed", "apns_worker_jobs_dead"))
-	ln, err := net.Listen("tcp", addr)
-	require.NoError(t, err)
-	g := &o12Gateway{accepted: map[string]int{}, payloads: map[string][]byte{}, frames: map[string]o12Frame{}, answered: map[string]bool{}}
-	ln.Close()
-	g.o12Server = startO12ServerAt(t, addr, p.serverTLS(), g.serve)
-	waitDrained(t, js, 60*time.Second)
-	dups := 0
-	for i := range 60 {
-		if n := g.count(o12Tok(0xA5, 0, i)); n != 1 {
-			dups++
-		}
-	}
-	t.Logf("up: tokens not taken exactly once: %d\n%s", dups, o12Metrics(t, w.HTTPAddr, "apns_worker_intake", "apns_worker_jobs_received", "apns_worker_jobs_delivered", "apns_worker_jobs_dead"))
-	require.Equal(t, 0, w.stop(30*time.Second))
-	for _, l := range strings.Split(w.log.String(), "\n") {
-		if strings.Contains(l, "intake") {
-			t.Log(l)
-		}
-	}
-}
-
-func startO12ServerAt(tb testing.TB, addr string, conf *tls.Config, handle func(cn int, c *tls.Conn)) *o12Server {
-	ln, err := net.Listen("tcp", addr)
-	require.NoError(tb, err)
-	s := &o12Server{tb: tb, ln: ln, Addr: addr, handle: handle, stop: make(chan struct{})}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			raw, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns++
-			cn := s.conns
-			s.open = append(s.open, raw)
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer raw.Close()
-				c := tls.Server(raw, conf)
-				if err := c.Handshake(); err != nil {
-					return
-				}
-				s.handle(cn, c)
-			}()
-		}
-	}()
-	tb.Cleanup(s.Close)
-	return s
 }
 
 // o12CloseAfterN runs 300 jobs through a gateway that takes n frames on
@@ -1345,7 +896,7 @@ func TestOutside12BinaryCloseAfterN(t *testing.T) {
 // connection lost") though the gateway took every one of them dozens of
 // times. The budget never goes under binMinBudget (32, apns/binary.go), so
 // a gateway that closes after fewer than 32 frames loses work on every
-// connection, as if there were no budget.
+// connection, as if there were no budget. Fixed: the budget has no floor.
 func TestOutside12BinaryCloseAfterFewFrames(t *testing.T) {
 	const jobs = 300
 	taken, dead := o12CloseAfterN(t, 16, jobs)
@@ -1358,7 +909,7 @@ func TestOutside12BinaryCloseAfterFewFrames(t *testing.T) {
 // reader can step over it; APNS.md: tokens are 32 bytes, "Apple allows up
 // to 100". Observed: the fetch stops at the 64-byte tuple as malformed and
 // the 32-byte token after it is never published, though the service
-// cleared its list once read.
+// cleared its list once read. Fixed: such a tuple is skipped, the rest read.
 func TestOutside12FeedbackOtherTokenLength(t *testing.T) {
 	A, B := o12Tok(0xF3, 1, 1), o12Tok(0xF3, 2, 2)
 	X := strings.Repeat("ab", 64)
