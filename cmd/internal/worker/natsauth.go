@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/jetpush/apns-worker/apns"
 	"github.com/jetpush/apns-worker/config"
 )
 
@@ -145,16 +146,16 @@ func loginVar(n config.NATS) (v, value string) {
 
 // certAlert returns the TLS alert the server sent (err is a "remote
 // error: tls: …"), if it is one a server sends when it refuses the client
-// certificate, or requires one it did not get: certificate alerts, access
-// denied, and handshake failure (TLS 1.2 without a certificate).
+// certificate (apns.CertificateRefused: certificate alerts, unknown CA,
+// access denied, certificate required), or requires one it did not get
+// (handshake failure: TLS 1.2 without a certificate).
 func certAlert(err error) (string, bool) {
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Op != "remote error" || op.Err == nil {
 		return "", false
 	}
 	a := op.Err.Error() // "tls: unknown certificate authority"
-	switch t := strings.TrimPrefix(a, "tls: "); {
-	case strings.Contains(t, "certificate"), t == "access denied", t == "handshake failure":
+	if apns.CertificateRefused(err) || a == "tls: handshake failure" {
 		return a, true
 	}
 	return "", false

@@ -143,11 +143,11 @@ func firstAnswer(ctx context.Context, c *tls.Conn, mode config.Mode) error {
 	return nil
 }
 
-// refusedTLS reports whether err is a TLS alert from the server (a
-// "remote error"): with a client certificate, the server refusing it.
+// refusedTLS reports whether err is a TLS alert from the server refusing
+// the client certificate, or asking for one (certAlert).
 func refusedTLS(err error) bool {
-	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "remote error"
+	_, ok := certAlert(err)
+	return ok
 }
 
 // closedByServer reports whether err is the server closing the
