@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -146,6 +147,20 @@ func (w *Worker) retryEvents(pe *pendingEvents, retry int) {
 		return
 	}
 	w.eventsStored(pe)
+}
+
+// untilStopped returns a context derived from parent that also ends when
+// the worker stops (or cancel is called).
+func (w *Worker) untilStopped(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	go func() {
+		select {
+		case <-w.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // goUnlessStopped runs f on a goroutine Shutdown waits for, unless the

@@ -165,15 +165,11 @@ func (w *Worker) healEvents() {
 		return
 	}
 	w.goUnlessStopped(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), w.opts.SetupTimeout)
+		// Shutdown waits for this goroutine: end it with the worker.
+		ctx, cancel := w.untilStopped(context.Background())
 		defer cancel()
-		go func() { // Shutdown waits for this goroutine: end it with the worker
-			select {
-			case <-w.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx, cancelT := context.WithTimeout(ctx, w.opts.SetupTimeout)
+		defer cancelT()
 		_, err := w.js.Stream(ctx, w.opts.EventsStream)
 		switch {
 		case err == nil:

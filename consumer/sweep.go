@@ -34,15 +34,8 @@ func (w *Worker) sweepEvery() time.Duration { return w.opts.AckWait }
 // sweep runs sweepOnce every sweepEvery until the worker stops.
 func (w *Worker) sweep() {
 	defer w.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := w.untilStopped(context.Background()) // a request in flight ends with the worker
 	defer cancel()
-	go func() { // a request in flight ends with the worker
-		select {
-		case <-w.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	t := time.NewTicker(w.sweepEvery())
 	defer t.Stop()
 	var head uint64
