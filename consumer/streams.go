@@ -31,7 +31,7 @@ func (w *Worker) setup(ctx context.Context) error {
 // ensureStreams runs ensureStream for the jobs and the events streams.
 func (w *Worker) ensureStreams(ctx context.Context) error {
 	o := &w.opts
-	err := w.ensureStreamCapped(ctx, jetstream.StreamConfig{
+	jobs, err := w.ensureStreamCapped(ctx, jetstream.StreamConfig{
 		Name:       o.JobsStream,
 		Subjects:   []string{o.JobsSubject, o.JobsSubject + ".>"},
 		Retention:  jetstream.WorkQueuePolicy,
@@ -42,19 +42,14 @@ func (w *Worker) ensureStreams(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: jobs stream %s: %w", o.JobsStream, err)
 	}
-	w.warnDroppingLimits(ctx)
+	w.warnDroppingLimits(jobs)
 	return w.ensureEvents(ctx)
 }
 
 // warnDroppingLimits warns when an operator's limits on the jobs stream
 // let the server drop jobs (a max age, or a cap with discard old): those
 // go without an outcome or an event, which the worker cannot tell.
-func (w *Worker) warnDroppingLimits(ctx context.Context) {
-	s, err := w.js.Stream(ctx, w.opts.JobsStream)
-	if err != nil {
-		return
-	}
-	c := s.CachedInfo().Config
+func (w *Worker) warnDroppingLimits(c jetstream.StreamConfig) {
 	capped := c.MaxMsgs > 0 || c.MaxBytes > 0 || c.MaxMsgsPerSubject > 0
 	if c.MaxAge > 0 || capped && c.Discard == jetstream.DiscardOld {
 		w.log.Warn("the jobs stream's limits let the server drop jobs, which then get no outcome and no event",
@@ -100,17 +95,17 @@ func subjectCovers(wide, narrow string) bool {
 // de-duplication window as longer than its limit (server option
 // jetstream.limits.duplicate_window), again with that limit, with a
 // warning: a shorter window only lets an older repeated publish through.
-func (w *Worker) ensureStreamCapped(ctx context.Context, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) error {
-	err := ensureStream(ctx, w.js, want, own)
+func (w *Worker) ensureStreamCapped(ctx context.Context, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) (jetstream.StreamConfig, error) {
+	have, err := ensureStream(ctx, w.js, want, own)
 	if limit, ok := serverLimit(err, dupWindowLimit); ok {
 		if d, perr := time.ParseDuration(limit); perr == nil && d > 0 && d < want.Duplicates {
 			w.log.Warn("the server limits de-duplication windows; using its limit", slog.String("stream", want.Name),
 				slog.Duration("duplicates", want.Duplicates), slog.Duration("server_limit", d))
 			want.Duplicates = d
-			err = ensureStream(ctx, w.js, want, own)
+			have, err = ensureStream(ctx, w.js, want, own)
 		}
 	}
-	return err
+	return have, err
 }
 
 // Server limits named in JetStream's refusals: the de-duplication window
@@ -138,7 +133,7 @@ func serverLimit(err error, re *regexp.Regexp) (string, bool) {
 func (w *Worker) ensureEvents(ctx context.Context) error {
 	o := &w.opts
 	maxAge := max(o.EventsMaxAge, 0) // negative: no limit
-	err := w.ensureStreamCapped(ctx, jetstream.StreamConfig{
+	_, err := w.ensureStreamCapped(ctx, jetstream.StreamConfig{
 		Name:       o.EventsStream,
 		Subjects:   []string{o.EventsSubject + ".>"},
 		Retention:  jetstream.LimitsPolicy,
@@ -199,8 +194,8 @@ func (w *Worker) healEvents() {
 // whatever own sets is applied. Limits an operator set by hand (max bytes,
 // max messages, discard policy, placement, …) stay as they are. A stream
 // whose retention differs from want's cannot serve: that is an error
-// naming both.
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) error {
+// naming both. It returns the stream's config as it left it.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, own func(*jetstream.StreamConfig)) (jetstream.StreamConfig, error) {
 	for attempt := 0; ; attempt++ {
 		s, err := js.Stream(ctx, want.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -208,14 +203,14 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && attempt < 3 {
 				continue // another worker created it meanwhile: update that one
 			}
-			return err
+			return want, err
 		}
 		if err != nil {
-			return err
+			return jetstream.StreamConfig{}, err
 		}
 		have := s.CachedInfo().Config
 		if have.Retention != want.Retention {
-			return fmt.Errorf("exists with %s retention, the worker needs %s: delete it or point the worker at another stream",
+			return have, fmt.Errorf("exists with %s retention, the worker needs %s: delete it or point the worker at another stream",
 				have.Retention, want.Retention)
 		}
 		next := have
@@ -232,7 +227,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			}
 			next.Subjects = slices.DeleteFunc(next.Subjects, func(s string) bool { return subjectCovers(subj, s) })
 			if i := slices.IndexFunc(next.Subjects, func(s string) bool { return subjectsCollide(s, subj) }); i >= 0 {
-				return fmt.Errorf("its subject %s overlaps %s, which the worker needs whole: give the stream %s (or a subject that covers it) instead",
+				return have, fmt.Errorf("its subject %s overlaps %s, which the worker needs whole: give the stream %s (or a subject that covers it) instead",
 					next.Subjects[i], subj, subj)
 			}
 			next.Subjects = append(next.Subjects, subj)
@@ -251,10 +246,10 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			own(&next)
 		}
 		if reflect.DeepEqual(next, have) {
-			return nil
+			return have, nil
 		}
 		_, err = js.UpdateStream(ctx, next)
-		return err
+		return next, err
 	}
 }
 
